@@ -1,0 +1,36 @@
+"""loomx: Loom files as lazy xarray Datasets on dask.
+
+Examples
+--------
+>>> import loomx
+>>> ds = loomx.open_loom("pbmc.loom")  # doctest: +SKIP
+>>> ds["matrix"].mean("col").compute()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from . import accessor as _accessor  # noqa: F401  (registers ds.loom)
+from ._spec import LOOM_SPEC_VERSION
+from .backend import open_loom
+from .errors import (
+    LoomFileError,
+    LoomFormatError,
+    LoomFormatWarning,
+    LoomNameError,
+    LoomWriteError,
+    LoomxError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LOOM_SPEC_VERSION",
+    "LoomFileError",
+    "LoomFormatError",
+    "LoomFormatWarning",
+    "LoomNameError",
+    "LoomWriteError",
+    "LoomxError",
+    "__version__",
+    "open_loom",
+]

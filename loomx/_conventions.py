@@ -1,0 +1,217 @@
+"""The one mapping between Loom objects and xarray names, dims and values.
+
+Naming rule (reversible)
+------------------------
+* ``/matrix`` is the data variable ``matrix``; ``/layers/X`` is the data variable ``X``.
+* ``/row_attrs/X`` and ``/col_attrs/X`` are coordinates ``X`` on the row or column dim.
+* A Loom name that appears in more than one of ``layers``, ``row_attrs`` and ``col_attrs``,
+  or that equals a dimension name or ``matrix``, or that already looks qualified, is
+  *qualified* everywhere it appears: ``"{namespace}:{name}"``, e.g. ``row_attrs:X_LogCV`` and
+  ``col_attrs:X_LogCV``.  The inverse splits at the first ``:`` when the prefix is a namespace.
+* Graph ``/col_graphs/KNN`` is stored as side-variables that are always qualified:
+  ``col_graphs:KNN`` (original vertex number, on the ``col`` dim) and ``col_graphs:KNN:a``,
+  ``:b``, ``:w`` (the edge list, on the dim ``col_graphs:KNN:edge``).
+
+Extra dimensions of an N-D attribute ``X`` are named ``X_dim_1``, ``X_dim_2``, ...
+
+Strings
+-------
+Spec 3.0.0 stores variable-length UTF-8; it is decoded strictly, never HTML-unescaped.
+Older files store fixed-length ASCII with XML character references (``&#233;``), decoded
+with :func:`html.unescape`.
+"""
+
+from __future__ import annotations
+
+import html
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import h5py
+import numpy as np
+
+from . import _spec
+
+DEFAULT_DIMS: tuple[str, str] = ("row", "col")
+SEPARATOR = ":"
+NAMESPACES = (_spec.LAYERS, _spec.ROW_ATTRS, _spec.COL_ATTRS, _spec.ROW_GRAPHS, _spec.COL_GRAPHS)
+GRAPH_PARTS = ("a", "b", "w")
+
+STRING_DTYPE = h5py.string_dtype("utf-8")
+"""The HDF5 dtype of 3.0.0 strings: variable-length UTF-8."""
+
+
+# --------------------------------------------------------------------------- names
+
+
+def qualify(namespace: str, name: str) -> str:
+    """``("row_attrs", "X")`` -> ``"row_attrs:X"``."""
+    return f"{namespace}{SEPARATOR}{name}"
+
+
+def split_qualified(var_name: str) -> tuple[str | None, str]:
+    """Inverse of :func:`qualify`: ``"row_attrs:X"`` -> ``("row_attrs", "X")``.
+
+    A name without a known namespace prefix gives ``(None, var_name)``.
+    """
+    prefix, sep, rest = str(var_name).partition(SEPARATOR)
+    if sep and prefix in NAMESPACES and rest:
+        return prefix, rest
+    return None, str(var_name)
+
+
+def extra_dim_names(var_name: str, ndim: int) -> tuple[str, ...]:
+    """Names of the trailing dims of an N-D attribute: ``X_dim_1``, ``X_dim_2``, ..."""
+    return tuple(f"{var_name}_dim_{k}" for k in range(1, ndim))
+
+
+def assign_names(
+    layers: Iterable[str],
+    row_attrs: Iterable[str],
+    col_attrs: Iterable[str],
+    dims: Sequence[str] = DEFAULT_DIMS,
+) -> dict[tuple[str, str], str]:
+    """Map ``(namespace, loom_name)`` to the xarray variable name, by the module's rule.
+
+    ``/matrix`` is given as ``("layers", "")`` -> ``"matrix"`` when present in ``layers``.
+    """
+    spaces = {
+        _spec.LAYERS: [n for n in layers if n != ""],
+        _spec.ROW_ATTRS: list(row_attrs),
+        _spec.COL_ATTRS: list(col_attrs),
+    }
+    counts = Counter(n for names in spaces.values() for n in set(names))
+    all_raw = {n for names in spaces.values() for n in names}
+    reserved = set(dims) | {_spec.MATRIX}
+    reserved |= {f"{n}_dim_{k}" for n in all_raw for k in range(1, 4)}
+    out: dict[tuple[str, str], str] = {(_spec.LAYERS, ""): _spec.MATRIX}
+    for space, names in spaces.items():
+        for name in names:
+            clash = counts[name] > 1 or name in reserved or split_qualified(name)[0] is not None
+            out[(space, name)] = qualify(space, name) if clash else name
+    return out
+
+
+def graph_var_names(namespace: str, graph: str) -> dict[str, str]:
+    """Variable and dim names of graph side-variables.
+
+    Returns keys ``"vertex"``, ``"edge"`` (the dim), ``"a"``, ``"b"``, ``"w"``.
+    """
+    base = qualify(namespace, graph)
+    names = {"vertex": base, "edge": f"{base}{SEPARATOR}edge"}
+    names.update({part: f"{base}{SEPARATOR}{part}" for part in GRAPH_PARTS})
+    return names
+
+
+def parse_graph_var(var_name: str) -> tuple[str, str, str] | None:
+    """``"col_graphs:KNN:a"`` -> ``("col_graphs", "KNN", "a")``; ``"col_graphs:KNN"`` ->
+    ``("col_graphs", "KNN", "vertex")``; anything else -> ``None``."""
+    space, rest = split_qualified(var_name)
+    if space not in (_spec.ROW_GRAPHS, _spec.COL_GRAPHS):
+        return None
+    graph, sep, part = rest.rpartition(SEPARATOR)
+    if sep and part in (*GRAPH_PARTS, "edge"):
+        return space, graph, part
+    return space, rest, "vertex"
+
+
+# --------------------------------------------------------------------------- strings
+
+
+def is_string_dtype(dtype: np.dtype) -> bool:
+    """Whether an HDF5-backed dtype holds strings (vlen or fixed-length)."""
+    dtype = np.dtype(dtype)
+    return h5py.check_string_dtype(dtype) is not None or dtype.kind in "SU"
+
+
+def decode_strings(raw: np.ndarray, *, fixed_length: bool, legacy: bool) -> np.ndarray:
+    """Decode an array of raw HDF5 strings to an object array of ``str``.
+
+    Parameters
+    ----------
+    raw
+        Array of ``bytes`` (or ``str``) as h5py returns it.
+    fixed_length
+        True for fixed-length ``S`` strings.
+    legacy
+        True for files older than spec 3.0.0: fixed-length strings then hold ASCII with XML
+        character references, which are unescaped.
+
+    Raises
+    ------
+    UnicodeDecodeError
+        When bytes are not valid UTF-8 (callers wrap this with the HDF5 path).
+    """
+    unescape = fixed_length and legacy
+    flat = raw.ravel()
+    out = np.empty(flat.shape, dtype=object)
+    for i, item in enumerate(flat):
+        text = item.decode("utf-8") if isinstance(item, bytes) else str(item)
+        out[i] = html.unescape(text) if unescape else text
+    return out.reshape(raw.shape)
+
+
+def _as_text(value: Any) -> str:
+    if value is None:
+        return ""
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def encode_strings(values: np.ndarray, *, legacy: bool) -> np.ndarray:
+    """Encode strings for writing: vlen UTF-8 (3.0.0) or escaped fixed-length ASCII (older)."""
+    flat = np.asarray(values, dtype=object).ravel()
+    texts = [
+        "" if v is None else (v.decode("utf-8") if isinstance(v, bytes) else str(v)) for v in flat
+    ]
+    if legacy:
+        encoded = [t.encode("ascii", "xmlcharrefreplace") for t in texts]
+        width = max((len(e) for e in encoded), default=1) or 1
+        return np.array(encoded, dtype=f"S{width}").reshape(np.shape(values))
+    return np.array(texts, dtype=object).reshape(np.shape(values))
+
+
+def decode_value(value: Any, *, legacy: bool) -> Any:
+    """Decode a global attribute value: unwrap 1-element arrays, decode bytes and strings."""
+    value = _spec.unwrap_scalar(value)
+    if isinstance(value, bytes):
+        text = value.decode("utf-8")
+        return html.unescape(text) if legacy else text
+    if isinstance(value, np.ndarray) and (value.dtype.kind in "SO"):
+        fixed = value.dtype.kind == "S"
+        try:
+            return decode_strings(value, fixed_length=fixed, legacy=legacy)
+        except (UnicodeDecodeError, AttributeError):
+            return value
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# --------------------------------------------------------------------------- compound
+
+
+def compound_to_array(raw: np.ndarray) -> tuple[np.ndarray, list[str]]:
+    """A structured (compound) array of shape (n,) -> a 2-D (n, n_fields) array and field names.
+
+    Fields are promoted to one common numeric dtype.  Non-numeric fields are not supported.
+    """
+    names = list(raw.dtype.names or ())
+    dtypes = [raw.dtype.fields[n][0] for n in names]
+    if any(d.kind not in "biuf" or d.shape for d in dtypes):
+        raise TypeError("compound attribute with non-numeric or nested fields")
+    common = np.result_type(*dtypes)
+    out = np.empty((*raw.shape, len(names)), dtype=common)
+    for k, name in enumerate(names):
+        out[..., k] = raw[name]
+    return out, names
+
+
+def encode_attr_values(values: np.ndarray, *, legacy: bool) -> np.ndarray:
+    """Normalise attribute values for writing: bool -> uint8, strings per spec version."""
+    values = np.asarray(values)
+    if values.dtype.kind == "b":
+        return values.astype(np.uint8)
+    if values.dtype.kind in "USO" or values.dtype.kind == "T":
+        return encode_strings(values, legacy=legacy)
+    return values

@@ -1,0 +1,417 @@
+"""LoomStore: a picklable recipe for one Loom file, and the metadata it holds.
+
+The store never keeps an open handle across pickling: handles live in xarray's per-process
+:class:`~xarray.backends.CachingFileManager` cache and are reopened lazily in every process
+(threads, processes, ``dask.distributed`` workers).  Reading the layout touches metadata and
+attributes only, never layer data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import h5py
+import numpy as np
+from xarray.backends import CachingFileManager
+from xarray.backends.locks import HDF5_LOCK
+
+from . import _conventions as conv
+from . import _spec
+from .errors import LoomFileError, LoomFormatError, LoomFormatWarning, describe
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def open_h5(path: str, mode: str = "r", locking: bool | str | None = None) -> h5py.File:
+    """Open ``path`` with h5py, turning h5py's errors into :mod:`loomx.errors`."""
+    if mode not in ("r", "r+", "a"):
+        raise ValueError(f"mode must be 'r' or 'r+' for reading, found {mode!r}")
+    if not os.path.exists(path):
+        raise LoomFileError(f"{path!r}: no such file")
+    kwargs: dict[str, Any] = {} if locking is None else {"locking": locking}
+    try:
+        return h5py.File(path, mode, **kwargs)
+    except OSError as err:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+        if head != HDF5_SIGNATURE:
+            raise LoomFileError(
+                f"{path!r}: not an HDF5 file (found first bytes {head!r}, expected the HDF5 "
+                f"signature {HDF5_SIGNATURE!r}); a Loom file is an HDF5 file"
+            ) from err
+        raise LoomFileError(
+            f"{path!r}: cannot open as HDF5 in mode {mode!r}: {err}. The file may be "
+            "truncated or corrupt, or locked by a writer (pass locking=False only on "
+            "filesystems without file locking)"
+        ) from err
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """Storage facts of one HDF5 dataset (no data)."""
+
+    h5path: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    chunks: tuple[int, ...] | None
+    compression: str | None
+    compression_opts: Any
+    shuffle: bool
+    fletcher32: bool
+
+    @classmethod
+    def of(cls, dset: h5py.Dataset) -> DatasetInfo:
+        return cls(
+            h5path=dset.name,
+            shape=tuple(dset.shape),
+            dtype=dset.dtype,
+            chunks=dset.chunks,
+            compression=dset.compression,
+            compression_opts=dset.compression_opts,
+            shuffle=bool(dset.shuffle),
+            fletcher32=bool(dset.fletcher32),
+        )
+
+    def encoding(self, source: str) -> dict[str, Any]:
+        """The xarray ``encoding`` dict that records where and how this is stored."""
+        return {
+            "source": source,
+            "loom_path": self.h5path,
+            "chunksizes": self.chunks,
+            "compression": self.compression,
+            "compression_opts": self.compression_opts,
+            "shuffle": self.shuffle,
+            "fletcher32": self.fletcher32,
+            "dtype": self.dtype,
+        }
+
+
+@dataclass
+class AttrInfo:
+    """One row or column attribute, read and decoded."""
+
+    info: DatasetInfo
+    values: np.ndarray
+    compound_fields: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    """One graph: the three edge-list datasets (not read)."""
+
+    h5path: str
+    a: DatasetInfo
+    b: DatasetInfo
+    w: DatasetInfo
+
+    @property
+    def n_edges(self) -> int:
+        return self.a.shape[0]
+
+
+@dataclass
+class LoomLayout:
+    """Everything about a Loom file except its layer and graph data."""
+
+    path: str
+    version: str
+    shape: tuple[int, int]
+    layers: dict[str, DatasetInfo] = field(default_factory=dict)  # "" is /matrix
+    row_attrs: dict[str, AttrInfo] = field(default_factory=dict)
+    col_attrs: dict[str, AttrInfo] = field(default_factory=dict)
+    row_graphs: dict[str, GraphInfo] = field(default_factory=dict)
+    col_graphs: dict[str, GraphInfo] = field(default_factory=dict)
+    global_attrs: dict[str, Any] = field(default_factory=dict)
+    global_attrs_location: str = "/attrs"
+
+
+class LoomStore:
+    """Picklable handle recipe for a Loom file.
+
+    Parameters
+    ----------
+    path
+        Path of the ``.loom`` file.
+    mode
+        ``"r"`` (default) or ``"r+"``.
+    locking
+        Passed to :class:`h5py.File`; ``False`` for filesystems without HDF5 file locking.
+    """
+
+    def __init__(self, path: str | os.PathLike, *, mode: str = "r", locking: bool | None = None):
+        self.path = os.fspath(path)
+        self.mode = mode
+        self.locking = locking
+        self.lock = HDF5_LOCK
+        self._manager = CachingFileManager(
+            open_h5, self.path, mode=mode, kwargs={"locking": locking}
+        )
+
+    def __repr__(self) -> str:
+        return f"LoomStore({self.path!r}, mode={self.mode!r})"
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[h5py.File]:
+        """Context manager giving the (cached) open :class:`h5py.File`, under the HDF5 lock."""
+        with self.lock, self._manager.acquire_context(needs_lock=False) as h5file:
+            yield h5file
+
+    def close(self) -> None:
+        """Close this process's cached handle (it is reopened on next use)."""
+        self._manager.close()
+
+    def read_layout(self) -> LoomLayout:
+        """Read metadata and attributes (never layer or graph data) and check them."""
+        with self.open() as h5file:
+            return _LayoutReader(h5file, self.path).read()
+
+
+def _hard_child(group: h5py.Group, name: str, path: str) -> h5py.Dataset | h5py.Group:
+    """``group[name]`` if it is a hard link inside this file; a clear error otherwise."""
+    link = group.get(name, getlink=True)
+    where = f"{group.name.rstrip('/')}/{name}"
+    if not isinstance(link, h5py.HardLink):
+        raise LoomFormatError(
+            f"{describe(path, where)}: found a {type(link).__name__}, expected a dataset or "
+            "group stored in this file (loomx does not follow soft or external links)"
+        )
+    obj = group[name]
+    if isinstance(obj, h5py.Dataset) and (obj.external or obj.is_virtual):
+        raise LoomFormatError(
+            f"{describe(path, where)}: found a dataset with external or virtual storage, "
+            "expected data stored in this file"
+        )
+    return obj
+
+
+class _LayoutReader:
+    """Reads and checks the layout of one open file (used only by LoomStore)."""
+
+    def __init__(self, h5file: h5py.File, path: str):
+        self.f = h5file
+        self.path = path
+
+    def warn(self, h5path: str, message: str) -> None:
+        warnings.warn(f"{describe(self.path, h5path)}: {message}", LoomFormatWarning, stacklevel=4)
+
+    def group(self, name: str) -> h5py.Group | None:
+        if name not in self.f:
+            return None
+        obj = _hard_child(self.f, name, self.path)
+        if not isinstance(obj, h5py.Group):
+            raise LoomFormatError(
+                f"{describe(self.path, '/' + name)}: found a dataset, expected a group"
+            )
+        return obj
+
+    def read(self) -> LoomLayout:
+        version, source = self.version()
+        legacy = not _spec.uses_vlen_utf8(version)
+        shape = self.matrix_shape()
+        layout = LoomLayout(path=self.path, version=version, shape=shape)
+        layout.layers = self.layers(shape)
+        for space, axis in _spec.AXIS_OF_ATTRS.items():
+            attrs = self.attrs(space, shape[axis], legacy)
+            setattr(layout, space, attrs)
+        for space in _spec.AXIS_OF_GRAPHS:
+            setattr(layout, space, self.graphs(space))
+        layout.global_attrs, layout.global_attrs_location = self.global_attrs(version, legacy)
+        if source is None:
+            self.warn("/", f"no {_spec.VERSION_KEY}; reading it as a pre-3.0.0 Loom file")
+        return layout
+
+    def version(self) -> tuple[str, str | None]:
+        raw, source = None, None
+        attrs_group = self.f.get(_spec.GLOBAL_ATTRS)
+        if isinstance(attrs_group, h5py.Group) and _spec.VERSION_KEY in attrs_group:
+            raw, source = attrs_group[_spec.VERSION_KEY][()], "/attrs"
+        if _spec.VERSION_KEY in self.f.attrs:
+            raw, source = self.f.attrs[_spec.VERSION_KEY], "/"
+        if raw is None:
+            return "0.0.0", None
+        return _spec.version_from_raw(raw), source
+
+    def matrix_shape(self) -> tuple[int, int]:
+        if _spec.MATRIX not in self.f:
+            found = sorted(self.f.keys())
+            raise LoomFormatError(
+                f"{describe(self.path, '/matrix')}: not a Loom file: no /matrix dataset "
+                f"(found top-level objects {found}, expected /matrix, /row_attrs, /col_attrs)"
+            )
+        matrix = _hard_child(self.f, _spec.MATRIX, self.path)
+        if not isinstance(matrix, h5py.Dataset) or matrix.ndim != 2:
+            what = "a group" if isinstance(matrix, h5py.Group) else f"shape {matrix.shape}"
+            raise LoomFormatError(
+                f"{describe(self.path, '/matrix')}: found {what}, expected a 2-D dataset"
+            )
+        return (int(matrix.shape[0]), int(matrix.shape[1]))
+
+    def layer_info(self, dset: h5py.Dataset, shape: tuple[int, int]) -> DatasetInfo:
+        info = DatasetInfo.of(dset)
+        if info.shape != shape:
+            raise LoomFormatError(
+                f"{describe(self.path, info.h5path)}: layer shape {info.shape} does not match "
+                f"/matrix shape {shape}"
+            )
+        if not _spec.is_layer_dtype(info.dtype):
+            raise LoomFormatError(
+                f"{describe(self.path, info.h5path)}: layer dtype {info.dtype} is not numeric; "
+                f"expected one of {[str(d) for d in _spec.LAYER_DTYPES]}"
+            )
+        return info
+
+    def layers(self, shape: tuple[int, int]) -> dict[str, DatasetInfo]:
+        out = {"": self.layer_info(self.f[_spec.MATRIX], shape)}
+        group = self.group(_spec.LAYERS)
+        for name in group.keys() if group is not None else ():
+            dset = _hard_child(group, name, self.path)
+            if not isinstance(dset, h5py.Dataset):
+                raise LoomFormatError(
+                    f"{describe(self.path, dset.name)}: found a group, expected a layer dataset"
+                )
+            out[name] = self.layer_info(dset, shape)
+        return out
+
+    def attrs(self, space: str, length: int, legacy: bool) -> dict[str, AttrInfo]:
+        group = self.group(space)
+        if group is None:
+            self.warn("/" + space, "group missing; expected it in every Loom file")
+            return {}
+        out = {}
+        for name in group:
+            dset = _hard_child(group, name, self.path)
+            if not isinstance(dset, h5py.Dataset):
+                raise LoomFormatError(
+                    f"{describe(self.path, dset.name)}: found a group, expected an attribute "
+                    "dataset"
+                )
+            if dset.ndim == 0 or dset.shape[0] != length:
+                axis = "rows" if space == _spec.ROW_ATTRS else "columns"
+                raise LoomFormatError(
+                    f"{describe(self.path, dset.name)}: attribute has shape {dset.shape}, "
+                    f"expected first dimension {length} (the number of {axis} of /matrix)"
+                )
+            out[name] = self.attr(dset, legacy)
+        return out
+
+    def attr(self, dset: h5py.Dataset, legacy: bool) -> AttrInfo:
+        info = DatasetInfo.of(dset)
+        raw = dset[()]
+        dtype = dset.dtype
+        if dtype.names is not None:
+            try:
+                values, fields = conv.compound_to_array(raw)
+            except TypeError as err:
+                raise LoomFormatError(
+                    f"{describe(self.path, dset.name)}: compound dtype {dtype} has non-numeric "
+                    "fields; expected numeric fields or a plain dtype"
+                ) from err
+            self.warn(
+                dset.name,
+                f"compound dtype with fields {fields} (not allowed by the Loom spec); read as "
+                f"a 2-D attribute whose last dim is labelled by the field names",
+            )
+            return AttrInfo(info, values, compound_fields=fields)
+        string_info = h5py.check_string_dtype(dtype)
+        if string_info is not None or dtype.kind in "SO":
+            fixed = string_info is not None and string_info.length is not None
+            try:
+                values = conv.decode_strings(np.asarray(raw), fixed_length=fixed, legacy=legacy)
+            except UnicodeDecodeError as err:
+                raise LoomFormatError(
+                    f"{describe(self.path, dset.name)}: strings are not valid UTF-8 ({err})"
+                ) from err
+            return AttrInfo(info, values)
+        if h5py.check_enum_dtype(dtype) is not None and dtype != np.bool_:
+            self.warn(dset.name, "HDF5 enum dtype (not allowed by the Loom spec); read as int")
+            raw = np.asarray(raw).astype(dtype.base)
+        if dtype.kind not in "biuf":
+            raise LoomFormatError(
+                f"{describe(self.path, dset.name)}: attribute dtype {dtype} is not supported; "
+                "expected numbers or strings"
+            )
+        return AttrInfo(info, np.asarray(raw))
+
+    def graphs(self, space: str) -> dict[str, GraphInfo]:
+        out: dict[str, GraphInfo] = {}
+        legacy_name = _spec.LEGACY_GRAPH_GROUPS[space]
+        for group_name in (legacy_name, space):
+            group = self.group(group_name)
+            if group is None:
+                continue
+            if group_name == legacy_name and len(group):
+                self.warn(group.name, f"legacy graph group; read as /{space}")
+            for name in group:
+                out[name] = self.graph(_hard_child(group, name, self.path))
+        return out
+
+    def graph(self, group: h5py.Group | h5py.Dataset) -> GraphInfo:
+        if not isinstance(group, h5py.Group):
+            raise LoomFormatError(
+                f"{describe(self.path, group.name)}: found a dataset, expected a graph group "
+                "with datasets a, b, w"
+            )
+        parts = {}
+        for part in conv.GRAPH_PARTS:
+            if part not in group:
+                raise LoomFormatError(
+                    f"{describe(self.path, group.name)}: graph has no '{part}' dataset; "
+                    "expected a, b (vertices) and w (weights)"
+                )
+            dset = _hard_child(group, part, self.path)
+            if not isinstance(dset, h5py.Dataset) or dset.ndim != 1:
+                raise LoomFormatError(
+                    f"{describe(self.path, f'{group.name}/{part}')}: expected a 1-D dataset"
+                )
+            parts[part] = DatasetInfo.of(dset)
+        lengths = {p: info.shape[0] for p, info in parts.items()}
+        if len(set(lengths.values())) != 1:
+            raise LoomFormatError(
+                f"{describe(self.path, group.name)}: graph edge lists have unequal lengths "
+                f"{lengths}; expected a, b and w of equal length"
+            )
+        for part in ("a", "b"):
+            kind = parts[part].dtype.kind
+            if kind == "f":
+                self.warn(
+                    parts[part].h5path,
+                    f"vertex indices stored as {parts[part].dtype}; expected integers "
+                    "(accepted when whole-valued)",
+                )
+            elif kind not in "iu":
+                raise LoomFormatError(
+                    f"{describe(self.path, parts[part].h5path)}: vertex dtype "
+                    f"{parts[part].dtype}; expected integers"
+                )
+        if parts["w"].dtype.kind not in "biuf":
+            raise LoomFormatError(
+                f"{describe(self.path, parts['w'].h5path)}: weight dtype {parts['w'].dtype}; "
+                "expected numbers"
+            )
+        return GraphInfo(group.name, parts["a"], parts["b"], parts["w"])
+
+    def global_attrs(self, version: str, legacy: bool) -> tuple[dict[str, Any], str]:
+        group = self.group(_spec.GLOBAL_ATTRS)
+        out: dict[str, Any] = {}
+        if group is not None:
+            for name in group:
+                dset = _hard_child(group, name, self.path)
+                if isinstance(dset, h5py.Dataset):
+                    out[name] = self.global_value(dset[()], f"{group.name}/{name}", legacy)
+            return out, "/attrs"
+        for name, value in self.f.attrs.items():
+            out[name] = self.global_value(value, "/", legacy)
+        return out, "/"
+
+    def global_value(self, value: Any, h5path: str, legacy: bool) -> Any:
+        try:
+            return conv.decode_value(value, legacy=legacy)
+        except UnicodeDecodeError as err:
+            raise LoomFormatError(
+                f"{describe(self.path, h5path)}: global attribute is not valid UTF-8 ({err})"
+            ) from err

@@ -1,0 +1,395 @@
+"""xarray backend for Loom files: ``xr.open_dataset(path, engine="loom")``.
+
+The entrypoint builds a Dataset whose layers and graph edge lists are lazy
+:class:`LoomBackendArray` objects (nothing is read until computed) and whose attributes are
+in-memory coordinates, read once at open.  Each layer's ``encoding["preferred_chunks"]`` is a
+chunking that is a whole multiple of its HDF5 chunks and large enough to keep task counts
+low, so ``chunks={}`` gives good dask chunks.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
+
+import dask
+import numpy as np
+import xarray as xr
+from dask.array.core import normalize_chunks
+from xarray.backends import BackendArray, BackendEntrypoint
+from xarray.core import indexing
+
+from . import _conventions as conv
+from . import _spec
+from ._store import DatasetInfo, LoomLayout, LoomStore
+from .errors import LoomFormatError, describe
+
+DEFAULT_CHUNK_BYTES = 64 * 2**20
+"""Target size of one dask chunk of a layer (raw bytes)."""
+
+
+class LoomBackendArray(BackendArray):
+    """Lazy array over one HDF5 dataset of a Loom file.
+
+    Holds only the picklable :class:`LoomStore` and the HDF5 path.  Slices are read through
+    the fast chunk reader when the dataset's filters allow it, otherwise through h5py.  A
+    vector index reads each needed run of HDF5 chunks once and selects in memory.
+
+    ``whole_number_cast`` declares an integer dtype for a float dataset (graph vertices in
+    files from the wild): values are checked to be whole numbers when read.
+    """
+
+    def __init__(
+        self,
+        store: LoomStore,
+        info: DatasetInfo,
+        whole_number_cast: np.dtype | None = None,
+    ):
+        self.store = store
+        self.info = info
+        self.shape = info.shape
+        self.cast = whole_number_cast
+        self.dtype = np.dtype(whole_number_cast if whole_number_cast is not None else info.dtype)
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(
+            key, self.shape, indexing.IndexingSupport.OUTER_1VECTOR, self._raw_getitem
+        )
+
+    def _raw_getitem(self, key: tuple) -> np.ndarray:
+        slices: list[slice] = []
+        post: list[Any] = []
+        for axis, k in enumerate(key):
+            if isinstance(k, slice) and (k.step in (None, 1)):
+                slices.append(k)
+                post.append(slice(None))
+            elif isinstance(k, slice):
+                start, stop, step = k.indices(self.shape[axis])
+                slices.append(slice(start, stop))
+                post.append(slice(None, None, step))
+            elif isinstance(k, (int, np.integer)):
+                slices.append(slice(int(k), int(k) + 1))
+                post.append(0)
+            else:
+                index = np.asarray(k)
+                if index.size == 0:
+                    slices.append(slice(0, 0))
+                    post.append(slice(None))
+                    continue
+                lo, hi = int(index.min()), int(index.max()) + 1
+                slices.append(slice(lo, hi))
+                post.append(index - lo)
+        block = self._read_runs(slices, post)
+        return self._cast(block[tuple(post)])
+
+    def _read_runs(self, slices: list[slice], post: list[Any]) -> np.ndarray:
+        """Read the bounding box, skipping chunk runs no vector index needs."""
+        chunks = self.info.chunks
+        vector_axes = [ax for ax, p in enumerate(post) if isinstance(p, np.ndarray)]
+        if chunks is None or not vector_axes:
+            return self._read_box(slices)
+        axis = vector_axes[0]
+        lo = slices[axis].start
+        width = chunks[axis]
+        needed = np.unique((post[axis] + lo) // width)
+        if len(needed) * width >= slices[axis].stop - slices[axis].start:
+            return self._read_box(slices)
+        shape = [s.stop - s.start for s in slices]
+        out = np.zeros(shape, dtype=self.info.dtype)
+        breaks = np.flatnonzero(np.diff(needed) != 1) + 1
+        for run in np.split(needed, breaks):
+            start = max(int(run[0]) * width, lo)
+            stop = min((int(run[-1]) + 1) * width, slices[axis].stop)
+            sub = list(slices)
+            sub[axis] = slice(start, stop)
+            dest = [slice(None)] * len(shape)
+            dest[axis] = slice(start - lo, stop - lo)
+            out[tuple(dest)] = self._read_box(sub)
+        return out
+
+    def _read_box(self, slices: list[slice]) -> np.ndarray:
+        key = tuple(slices)
+        with self.store.open() as h5file:
+            return h5file[self.info.h5path][key]
+
+    def _cast(self, values: np.ndarray) -> np.ndarray:
+        if self.cast is None:
+            return values
+        if values.size and not np.all(np.isfinite(values) & (values == np.round(values))):
+            raise LoomFormatError(
+                f"{describe(self.store.path, self.info.h5path)}: graph vertices stored as "
+                f"{self.info.dtype} include values that are not whole numbers; expected "
+                "integer vertex indices"
+            )
+        return values.astype(self.cast)
+
+
+def default_chunks(
+    shape: Sequence[int],
+    dtype: np.dtype,
+    hdf5_chunks: Sequence[int] | None,
+    target_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> tuple[int, ...]:
+    """Dask chunk shape: whole multiples of the HDF5 chunks, about ``target_bytes`` raw.
+
+    Contiguous datasets are treated as stored in full rows (bands of whole rows).
+    """
+    shape = tuple(int(s) for s in shape)
+    if not shape or any(s == 0 for s in shape):
+        return tuple(max(s, 1) for s in shape)
+    base = tuple(hdf5_chunks) if hdf5_chunks else (1,) * (len(shape) - 1) + (shape[-1],)
+    limit = min(target_bytes, dask.utils.parse_bytes(dask.config.get("array.chunk-size")))
+    chunks = normalize_chunks(
+        "auto", shape=shape, dtype=np.dtype(dtype), previous_chunks=base, limit=limit
+    )
+    out = []
+    for size, dim_chunks, b in zip(shape, chunks, base, strict=True):
+        c = max(dim_chunks[0], 1)
+        c = max(b, (c // b) * b) if c < size else size
+        out.append(min(c, size))
+    return tuple(out)
+
+
+class _VertexIds(BackendArray):
+    """Lazy ``arange(n)``: the original vertex number of each row or column of a graph."""
+
+    def __init__(self, n: int):
+        self.shape = (n,)
+        self.dtype = np.dtype(np.int64)
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(
+            key, self.shape, indexing.IndexingSupport.OUTER, self._raw
+        )
+
+    def _raw(self, key: tuple) -> np.ndarray:
+        return np.arange(self.shape[0], dtype=np.int64)[key]
+
+
+def build_dataset(
+    store: LoomStore,
+    layout: LoomLayout,
+    dims: Sequence[str] = conv.DEFAULT_DIMS,
+    drop_variables: Iterable[str] | None = None,
+) -> xr.Dataset:
+    """Turn a :class:`LoomLayout` into a lazy :class:`xarray.Dataset` (no data read)."""
+    row_dim, col_dim = _check_dims(dims)
+    names = conv.assign_names(layout.layers, layout.row_attrs, layout.col_attrs, dims)
+    drop = set(drop_variables or ())
+    data_vars: dict[str, xr.Variable] = {}
+    coords: dict[str, xr.Variable] = {}
+    for layer, info in layout.layers.items():
+        name = names[(_spec.LAYERS, layer)]
+        if name in drop:
+            continue
+        lazy = indexing.LazilyIndexedArray(LoomBackendArray(store, info))
+        encoding = info.encoding(layout.path)
+        chunks = default_chunks(info.shape, info.dtype, info.chunks)
+        encoding["preferred_chunks"] = dict(zip((row_dim, col_dim), chunks, strict=True))
+        data_vars[name] = xr.Variable((row_dim, col_dim), lazy, encoding=encoding)
+    for space, dim in ((_spec.ROW_ATTRS, row_dim), (_spec.COL_ATTRS, col_dim)):
+        for attr, item in getattr(layout, space).items():
+            name = names[(space, attr)]
+            if name in drop:
+                continue
+            extra = conv.extra_dim_names(name, item.values.ndim)
+            encoding = item.info.encoding(layout.path)
+            if item.compound_fields is not None:
+                encoding["loom_compound_fields"] = list(item.compound_fields)
+                coords[extra[0]] = xr.Variable(
+                    extra[0], np.array(item.compound_fields, dtype=object)
+                )
+            coords[name] = xr.Variable((dim, *extra), item.values, encoding=encoding)
+    for space, dim in ((_spec.ROW_GRAPHS, row_dim), (_spec.COL_GRAPHS, col_dim)):
+        n = layout.shape[0 if space == _spec.ROW_GRAPHS else 1]
+        for graph, ginfo in getattr(layout, space).items():
+            gnames = conv.graph_var_names(space, graph)
+            if gnames["vertex"] in drop:
+                continue
+            coords[gnames["vertex"]] = xr.Variable(
+                dim,
+                indexing.LazilyIndexedArray(_VertexIds(n)),
+                encoding={
+                    "source": layout.path,
+                    "loom_path": ginfo.h5path,
+                    "loom_n_vertices": n,
+                },
+            )
+            for part in conv.GRAPH_PARTS:
+                info = getattr(ginfo, part)
+                cast = np.dtype(np.int64) if part != "w" and info.dtype.kind == "f" else None
+                backend_array = LoomBackendArray(store, info, whole_number_cast=cast)
+                coords[gnames[part]] = xr.Variable(
+                    gnames["edge"],
+                    indexing.LazilyIndexedArray(backend_array),
+                    encoding=info.encoding(layout.path),
+                )
+    ds = xr.Dataset(data_vars, coords=coords, attrs=dict(layout.global_attrs))
+    ds.encoding.update(
+        {
+            "source": layout.path,
+            "loom_spec_version": layout.version,
+            "loom_dims": (row_dim, col_dim),
+            "loom_global_attrs_location": layout.global_attrs_location,
+        }
+    )
+    return ds
+
+
+def _check_dims(dims: Sequence[str]) -> tuple[str, str]:
+    dims = tuple(dims)
+    if len(dims) != 2 or dims[0] == dims[1] or not all(isinstance(d, str) for d in dims):
+        raise ValueError(f"dims must be two different names, found {dims!r}")
+    return dims[0], dims[1]
+
+
+class LoomBackendEntrypoint(BackendEntrypoint):
+    """Open Loom files with ``xr.open_dataset(path, engine="loom")``.
+
+    Examples
+    --------
+    >>> ds = xr.open_dataset("pbmc.loom", engine="loom", chunks={})  # doctest: +SKIP
+    """
+
+    description = "Open Loom (.loom) single-cell HDF5 files as lazy Datasets"
+    url = "https://linnarsson-lab.org/loompy/format/index.html"
+    open_dataset_parameters: ClassVar[tuple[str, ...]] = (
+        "filename_or_obj",
+        "drop_variables",
+        "dims",
+        "mode",
+        "locking",
+    )
+
+    def open_dataset(  # type: ignore[override]
+        self,
+        filename_or_obj: str | os.PathLike,
+        *,
+        drop_variables: str | Iterable[str] | None = None,
+        dims: Sequence[str] = conv.DEFAULT_DIMS,
+        mode: str = "r",
+        locking: bool | None = None,
+    ) -> xr.Dataset:
+        if not isinstance(filename_or_obj, (str, os.PathLike)):
+            raise TypeError(f"engine='loom' opens paths, found {type(filename_or_obj).__name__}")
+        if mode not in ("r", "r+"):
+            raise ValueError(f"mode must be 'r' or 'r+', found {mode!r}")
+        if isinstance(drop_variables, str):
+            drop_variables = [drop_variables]
+        store = LoomStore(filename_or_obj, mode=mode, locking=locking)
+        try:
+            layout = store.read_layout()
+            ds = build_dataset(store, layout, dims=dims, drop_variables=drop_variables)
+        except BaseException:
+            store.close()
+            raise
+        ds.set_close(store.close)
+        return ds
+
+    def guess_can_open(self, filename_or_obj: Any) -> bool:
+        if not isinstance(filename_or_obj, (str, os.PathLike)):
+            return False
+        return os.fspath(filename_or_obj).endswith(".loom")
+
+
+def open_loom(
+    path: str | os.PathLike,
+    *,
+    chunks: int | str | dict[str, Any] | None = "auto",
+    dims: Sequence[str] = conv.DEFAULT_DIMS,
+    mode: str = "r",
+    locking: bool | None = None,
+) -> xr.Dataset:
+    """Open a Loom file as a lazy :class:`xarray.Dataset`.
+
+    Opening reads metadata and row/column attributes only, never layer or graph data, and
+    never writes to the file.
+
+    Parameters
+    ----------
+    path
+        The ``.loom`` file.
+    chunks
+        ``"auto"`` or ``{}`` (default): dask chunks that are whole multiples of each layer's
+        HDF5 chunks, about 64 MiB each.  ``None``: no dask; layers are lazily indexed
+        arrays.  An int (``-1`` for whole dims) or a dict ``{dim: size}`` chunks layers
+        like :meth:`xarray.Dataset.chunk`; dims left out get the default.
+    dims
+        Names of the row and column dims, ``("row", "col")`` by default.
+    mode
+        ``"r"`` (default) or ``"r+"``.
+    locking
+        HDF5 file locking; pass ``False`` on filesystems without it.
+
+    Returns
+    -------
+    xarray.Dataset
+        Layers are data variables (``/matrix`` is ``matrix``), row and column attributes
+        are in-memory coordinates, global attributes are ``ds.attrs``; graphs are available
+        through ``ds.loom.row_graphs`` and ``ds.loom.col_graphs``.
+
+    Examples
+    --------
+    >>> ds = loomx.open_loom("pbmc.loom", dims=("gene", "cell"))  # doctest: +SKIP
+    >>> ds["matrix"].sum("cell").compute()  # doctest: +SKIP
+    """
+    ds = xr.open_dataset(
+        path,
+        engine=LoomBackendEntrypoint,
+        chunks=None,
+        cache=False,
+        dims=tuple(dims),
+        mode=mode,
+        locking=locking,
+    )
+    attr_coords = {
+        name: xr.Variable(var.dims, np.asarray(var.values), var.attrs, var.encoding)
+        for name, var in ds.coords.variables.items()
+        if conv.parse_graph_var(str(name)) is None and name not in ds.indexes
+    }
+    ds = ds.assign_coords(attr_coords)
+    if chunks is None:
+        return ds
+    return chunk_layers(ds, chunks)
+
+
+def chunk_layers(ds: xr.Dataset, chunks: int | str | dict[str, Any]) -> xr.Dataset:
+    """Give every layer of ``ds`` dask chunks; graphs and attributes stay as they are.
+
+    ``"auto"`` and ``{}`` use each layer's ``encoding["preferred_chunks"]``.
+    """
+    out = ds.copy()
+    for name, var in ds.data_vars.items():
+        preferred = var.encoding.get("preferred_chunks")
+        if preferred is None or var.ndim != 2:
+            continue
+        sizes = resolve_chunks(chunks, var.dims, preferred, var.shape)
+        out[name] = var.variable.chunk(sizes)
+    return out
+
+
+def resolve_chunks(
+    chunks: int | str | dict[str, Any],
+    dims: Sequence[str],
+    preferred: dict[str, int],
+    shape: Sequence[int],
+) -> dict[str, int]:
+    """Per-dim chunk sizes from a user's ``chunks`` argument (``-1`` = whole dim)."""
+    if isinstance(chunks, str):
+        if chunks != "auto":
+            raise ValueError(f"chunks must be 'auto', an int or a dict, found {chunks!r}")
+        chunks = {}
+    if isinstance(chunks, int):
+        chunks = dict.fromkeys(dims, chunks)
+    if not isinstance(chunks, dict):
+        raise ValueError(f"chunks must be 'auto', an int or a dict, found {chunks!r}")
+    out = {}
+    for dim, size in zip(dims, shape, strict=True):
+        value = chunks.get(dim, "auto")
+        if value in ("auto", None):
+            value = preferred[dim]
+        elif value == -1:
+            value = max(size, 1)
+        out[dim] = int(value)
+    return out

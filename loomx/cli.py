@@ -1,0 +1,62 @@
+"""The ``loomx`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+import numpy as np
+
+from .backend import open_loom
+from .graphs import graph_names
+
+
+def info(path: str) -> str:
+    """A short text summary of a Loom file: shape, layers, attributes, graphs, globals."""
+    ds = open_loom(path)
+    row_dim, col_dim = ds.loom.dims
+    lines = [f"{path}: {ds.sizes[row_dim]} rows x {ds.sizes[col_dim]} columns"]
+    lines.append(f"  spec version: {ds.encoding.get('loom_spec_version')}")
+    for name in ds.loom.layers:
+        var = ds[name]
+        enc = var.encoding
+        lines.append(
+            f"  layer {name}: {var.dtype}, HDF5 chunks {enc.get('chunksizes')}, "
+            f"{enc.get('compression')}, dask chunks {tuple(c[0] for c in var.chunks or ())}"
+        )
+    for dim, label in ((row_dim, "row"), (col_dim, "col")):
+        attrs = [str(n) for n, v in ds.coords.items() if v.dims[:1] == (dim,) and ":" not in str(n)]
+        lines.append(f"  {label} attributes ({len(attrs)}): {', '.join(attrs)}")
+    for space in ("row_graphs", "col_graphs"):
+        lines.append(f"  {space}: {', '.join(graph_names(ds, space)) or '-'}")
+    for key, value in ds.attrs.items():
+        text = np.array2string(value) if isinstance(value, np.ndarray) else str(value)
+        lines.append(f"  attrs[{key!r}] = {text[:60]}")
+    ds.close()
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``loomx`` console script."""
+    parser = argparse.ArgumentParser(prog="loomx", description="Work with Loom files.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_info = sub.add_parser("info", help="summarise a Loom file")
+    p_info.add_argument("path")
+    p_example = sub.add_parser("example", help="write a synthetic example Loom file")
+    p_example.add_argument("path")
+    p_example.add_argument("--rows", type=int, default=500)
+    p_example.add_argument("--cols", type=int, default=1200)
+    args = parser.parse_args(argv)
+    if args.command == "info":
+        print(info(args.path))
+    elif args.command == "example":
+        from .testing import make_example_loom
+
+        make_example_loom(args.path, args.rows, args.cols)
+        print(f"wrote {args.path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+from hypothesis import HealthCheck, settings
+
+from loomx.testing import make_example_loom
+
+settings.register_profile(
+    "ci", max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "dev", max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+DATA = Path(__file__).parent / "data"
+WILD_FILES = sorted(DATA.glob("*.loom"))
+
+
+def sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def wild_file(request, tmp_path):
+    """Copy of one file from tests/data (never touch the originals)."""
+    target = tmp_path / request.param.name
+    shutil.copy(request.param, target)
+    return target
+
+
+@pytest.fixture(scope="session")
+def example_loom(tmp_path_factory) -> str:
+    return make_example_loom(tmp_path_factory.mktemp("ex") / "example.loom", 300, 700)
+
+
+@pytest.fixture(scope="session")
+def loompy_file(tmp_path_factory) -> dict:
+    """A file written by loompy itself, with every feature, and the arrays it holds."""
+    import loompy
+
+    rng = np.random.default_rng(1)
+    n, m = 150, 260
+    matrix = rng.poisson(0.5, size=(n, m)).astype(np.float32)
+    layers = {
+        "": matrix,
+        "counts_u16": matrix.astype(np.uint16),
+        "counts_i64": matrix.astype(np.int64),
+        "norm": np.log1p(matrix).astype(np.float64),
+    }
+    genes = np.array([f"G{i}-{'éβ日'[i % 3]}" for i in range(n)])
+    row_attrs = {"Gene": genes, "Score": rng.normal(size=n), "Loadings": rng.normal(size=(n, 4))}
+    col_attrs = {
+        "CellID": np.array([f"cell{j}ü" for j in range(m)]),
+        "ClusterID": rng.integers(0, 3, m),
+        "Valid": rng.random(m) < 0.5,
+        "Embedding": rng.normal(size=(m, 2)),
+    }
+    knn = sp.coo_matrix(
+        (np.array([1.0, 2.0, 3.0, 0.5]), (np.array([0, 0, 5, 7]), np.array([1, 1, 6, 2]))),
+        shape=(m, m),
+    )
+    rgraph = sp.coo_matrix((np.ones(3), (np.array([0, 1, 2]), np.array([1, 2, 0]))), shape=(n, n))
+    path = tmp_path_factory.mktemp("lp") / "loompy_written.loom"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loompy.create(str(path), layers, row_attrs, col_attrs, file_attrs={"Title": "Tëst"})
+        with loompy.connect(str(path)) as ds:
+            ds.col_graphs["KNN"] = knn
+            ds.row_graphs["coexpr"] = rgraph
+            ds.attrs["Weights"] = np.arange(4.0)
+    return {
+        "path": str(path),
+        "layers": layers,
+        "row_attrs": row_attrs,
+        "col_attrs": col_attrs,
+        "knn": knn,
+        "rgraph": rgraph,
+    }
