@@ -18,12 +18,13 @@ Strings
 -------
 Spec 3.0.0 stores variable-length UTF-8; it is decoded strictly, never HTML-unescaped.
 Older files store fixed-length ASCII with XML character references (``&#233;``), decoded
-with :func:`html.unescape`.
+by :func:`xml_unescape` (XML rules: numeric references and the five predefined entities;
+:func:`html.unescape` would turn ``&#145;`` into ``‘`` by HTML's Windows-1252 rule).
 """
 
 from __future__ import annotations
 
-import html
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -118,6 +119,22 @@ def parse_graph_var(var_name: str) -> tuple[str, str, str] | None:
 
 # --------------------------------------------------------------------------- strings
 
+_XML_REFERENCE = re.compile(r"&(#[0-9]+|#[xX][0-9a-fA-F]+|amp|lt|gt|quot|apos);")
+_XML_ENTITIES = {"amp": "&", "lt": "<", "gt": ">", "quot": '"', "apos": "'"}
+
+
+def _xml_reference(match: re.Match[str]) -> str:
+    ref = match.group(1)
+    if ref[0] != "#":
+        return _XML_ENTITIES[ref]
+    code = int(ref[2:], 16) if ref[1] in "xX" else int(ref[1:])
+    return chr(code) if 0 < code <= 0x10FFFF and not 0xD800 <= code <= 0xDFFF else match.group(0)
+
+
+def xml_unescape(text: str) -> str:
+    """Decode XML character references: ``"caf&#233;"`` -> ``"café"``."""
+    return _XML_REFERENCE.sub(_xml_reference, text) if "&" in text else text
+
 
 def is_string_dtype(dtype: np.dtype) -> bool:
     """Whether an HDF5-backed dtype holds strings (vlen or fixed-length)."""
@@ -148,7 +165,7 @@ def decode_strings(raw: np.ndarray, *, fixed_length: bool, legacy: bool) -> np.n
     out = np.empty(flat.shape, dtype=object)
     for i, item in enumerate(flat):
         text = item.decode("utf-8") if isinstance(item, bytes) else str(item)
-        out[i] = html.unescape(text) if unescape else text
+        out[i] = xml_unescape(text) if unescape else text
     return out.reshape(raw.shape)
 
 
@@ -171,12 +188,17 @@ def encode_strings(values: np.ndarray, *, legacy: bool) -> np.ndarray:
     return np.array(texts, dtype=object).reshape(np.shape(values))
 
 
-def decode_value(value: Any, *, legacy: bool) -> Any:
-    """Decode a global attribute value: unwrap 1-element arrays, decode bytes and strings."""
+def decode_value(value: Any, *, legacy: bool, ascii_text: bool = False) -> Any:
+    """Decode a global attribute value: unwrap 1-element arrays, decode bytes and strings.
+
+    In legacy files, bytes and ASCII-typed text (``ascii_text``) are XML-unescaped.
+    """
     value = _spec.unwrap_scalar(value)
+    if isinstance(value, str):
+        return xml_unescape(value) if legacy and ascii_text else value
     if isinstance(value, bytes):
         text = value.decode("utf-8")
-        return html.unescape(text) if legacy else text
+        return xml_unescape(text) if legacy else text
     if isinstance(value, np.ndarray) and (value.dtype.kind in "SO"):
         fixed = value.dtype.kind == "S"
         try:

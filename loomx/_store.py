@@ -405,12 +405,14 @@ class _LayoutReader:
                     out[name] = self.global_value(dset[()], f"{group.name}/{name}", legacy)
             return out, "/attrs"
         for name, value in self.f.attrs.items():
-            out[name] = self.global_value(value, "/", legacy)
+            string_info = h5py.check_string_dtype(self.f.attrs.get_id(name).dtype)
+            ascii_text = string_info is not None and string_info.encoding == "ascii"
+            out[name] = self.global_value(value, "/", legacy, ascii_text)
         return out, "/"
 
-    def global_value(self, value: Any, h5path: str, legacy: bool) -> Any:
+    def global_value(self, value: Any, h5path: str, legacy: bool, ascii_text: bool = False) -> Any:
         try:
-            return conv.decode_value(value, legacy=legacy)
+            return conv.decode_value(value, legacy=legacy, ascii_text=ascii_text)
         except UnicodeDecodeError as err:
             raise LoomFormatError(
                 f"{describe(self.path, h5path)}: global attribute is not valid UTF-8 ({err})"

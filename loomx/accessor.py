@@ -38,6 +38,12 @@ class LoomAccessor:
         """Column graphs by name, each an ``(M, M)`` sparse DataArray loaded on lookup."""
         return graphs.GraphMapping(self._ds, _spec.COL_GRAPHS)
 
+    def edges(self, name: str, dim: str | None = None) -> xr.Dataset:
+        """Edge list of graph ``name`` on ``dim`` (default the column dim): ``a``, ``b``,
+        ``w`` renumbered to the current rows or columns, duplicates and order kept."""
+        space = _spec.ROW_GRAPHS if (dim or self.dims[1]) == self.dims[0] else _spec.COL_GRAPHS
+        return graphs.graph_edge_list(self._ds, space, name)
+
     def assign_graph(self, name: str, matrix: Any, dim: str | None = None) -> xr.Dataset:
         """Return a new Dataset with graph ``name`` added or replaced on ``dim`` (default
         the column dim), from a sparse.COO, scipy sparse matrix or dense adjacency."""

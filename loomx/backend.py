@@ -61,13 +61,12 @@ class LoomBackendArray(BackendArray):
         slices: list[slice] = []
         post: list[Any] = []
         for axis, k in enumerate(key):
-            if isinstance(k, slice) and (k.step in (None, 1)):
-                slices.append(k)
-                post.append(slice(None))
-            elif isinstance(k, slice):
+            if isinstance(k, slice):
                 start, stop, step = k.indices(self.shape[axis])
-                slices.append(slice(start, stop))
-                post.append(slice(None, None, step))
+                if step < 0:
+                    start, stop = stop + 1, start + 1
+                slices.append(slice(start, max(stop, start)))
+                post.append(slice(None) if step == 1 else slice(None, None, step))
             elif isinstance(k, (int, np.integer)):
                 slices.append(slice(int(k), int(k) + 1))
                 post.append(0)

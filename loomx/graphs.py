@@ -118,7 +118,9 @@ def graph_dataarray(ds: xr.Dataset, space: str, name: str) -> xr.DataArray:
     """A graph as an ``(n, n)`` :class:`xarray.DataArray` backed by :class:`sparse.COO`.
 
     The dims are the axis dim and ``{dim}_to`` (xarray cannot index a repeated dim).
-    Duplicate (multigraph) edges are kept, not summed.
+    Parallel (multigraph) edges add up in the matrix, as in scipy's ``coo_matrix.tocsr()``:
+    a COO that held them twice would be wrong under ``todense()`` (last write wins).  The
+    edge list itself, with duplicates and order, is :func:`graph_edge_list`.
     """
     dim = axis_dim(ds, space)
     a, b, w = graph_edges(ds, space, name)
@@ -127,11 +129,15 @@ def graph_dataarray(ds: xr.Dataset, space: str, name: str) -> xr.DataArray:
     return xr.DataArray(coo, dims=(dim, f"{dim}_to"), name=name)
 
 
-def to_scipy_graph(graph: xr.DataArray, format: str = "coo") -> scipy.sparse.spmatrix:
-    """Convert a graph DataArray to a scipy sparse matrix (``"coo"``, ``"csr"``, ``"csc"``).
+def graph_edge_list(ds: xr.Dataset, space: str, name: str) -> xr.Dataset:
+    """A graph's edge list (``a``, ``b``, ``w`` on dim ``edge``), renumbered to the current
+    rows or columns, with duplicate edges and the file's edge order kept."""
+    a, b, w = graph_edges(ds, space, name)
+    return xr.Dataset({"a": ("edge", a), "b": ("edge", b), "w": ("edge", w)})
 
-    ``"coo"`` keeps duplicate edges; the compressed formats sum them.
-    """
+
+def to_scipy_graph(graph: xr.DataArray, format: str = "coo") -> scipy.sparse.spmatrix:
+    """Convert a graph DataArray to a scipy sparse matrix (``"coo"``, ``"csr"``, ``"csc"``)."""
     coo: sparse.COO = graph.data
     matrix = scipy.sparse.coo_matrix((coo.data, (coo.coords[0], coo.coords[1])), shape=coo.shape)
     return matrix.asformat(format)

@@ -1,0 +1,50 @@
+"""The same Dataset computes on every dask scheduler, including worker processes."""
+
+from __future__ import annotations
+
+import dask
+import h5py
+import numpy as np
+import pytest
+
+import loomx
+
+
+@pytest.fixture(scope="module")
+def expected(example_loom):
+    with h5py.File(example_loom, "r") as f:
+        matrix = f["matrix"][:]
+    return matrix.sum(axis=1), matrix[:, ::7].mean(axis=0)
+
+
+def compute(ds):
+    sub = ds["matrix"].isel(col=slice(None, None, 7))
+    return dask.compute(ds["matrix"].sum("col").data, sub.mean("row").data)
+
+
+@pytest.mark.parametrize("scheduler", ["sync", "threads", "processes"])
+def test_local_schedulers(example_loom, expected, scheduler):
+    ds = loomx.open_loom(example_loom, chunks={"row": 128, "col": 256})
+    ds["matrix"].sum().compute(scheduler="sync")  # a handle is open in this process
+    with dask.config.set(scheduler=scheduler, num_workers=2):
+        sums, means = compute(ds)
+    np.testing.assert_allclose(sums, expected[0], rtol=1e-6)
+    np.testing.assert_allclose(means, expected[1], rtol=1e-6)
+
+
+def test_local_cluster_with_worker_processes(example_loom, expected):
+    distributed = pytest.importorskip("distributed")
+    ds = loomx.open_loom(example_loom, chunks={"row": 128, "col": 256})
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster) as client,
+    ):
+        pids = set(client.run(lambda: __import__("os").getpid()).values())
+        assert len(pids) == 2 and __import__("os").getpid() not in pids
+        sums, means = compute(ds)
+        graph = ds.loom.col_graphs["KNN"]  # graphs load through the client too
+    np.testing.assert_allclose(sums, expected[0], rtol=1e-6)
+    np.testing.assert_allclose(means, expected[1], rtol=1e-6)
+    assert graph.shape == (700, 700)

@@ -1,0 +1,105 @@
+"""Properties: random Loom content written with h5py reads back identically, and results
+do not depend on ``chunks=``."""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+
+import loomx
+from loomx.testing import write_loom_h5py
+from loomx.testing.strategies import LoomContent, loom_contents
+
+
+def write(content: LoomContent, path: Path) -> None:
+    write_loom_h5py(
+        path,
+        content.layers,
+        content.row_attrs,
+        content.col_attrs,
+        row_graphs=content.row_graphs,
+        col_graphs=content.col_graphs,
+        global_attrs=content.global_attrs,
+        version=content.version,
+        chunks=content.chunks,
+    )
+
+
+def lookup(ds, space: str, name: str):
+    """The variable that holds ``/{space}/{name}``, whatever the naming rule made of it."""
+    if name == "":
+        return ds["matrix"]
+    for var in ds.variables.values():
+        if var.encoding.get("loom_path") == f"/{space}/{name}":
+            return var
+    raise AssertionError(f"/{space}/{name} not found in {list(ds.variables)}")
+
+
+def expected_attr(values: np.ndarray) -> np.ndarray:
+    return values.astype(np.uint8) if values.dtype == np.bool_ else values
+
+
+@given(loom_contents(), st.sampled_from(["auto", None, 1, {"row": 3, "col": 5}]))
+def test_h5py_written_content_reads_back_identically(content, chunks):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "p.loom"
+        write(content, path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", loomx.LoomFormatWarning)
+            ds = loomx.open_loom(path, chunks=chunks)
+        for name, values in content.layers.items():
+            var = lookup(ds, "layers", name)
+            assert var.dtype == values.dtype
+            np.testing.assert_array_equal(var.values, values)
+        for space, attrs in (("row_attrs", content.row_attrs), ("col_attrs", content.col_attrs)):
+            for name, values in attrs.items():
+                var = lookup(ds, space, name)
+                np.testing.assert_array_equal(var.values, expected_attr(values))
+        for space, graphs in (("row", content.row_graphs), ("col", content.col_graphs)):
+            for name, (a, b, w) in graphs.items():
+                edges = ds.loom.edges(name, dim=space)
+                np.testing.assert_array_equal(edges["a"].values, a)
+                np.testing.assert_array_equal(edges["b"].values, b)
+                np.testing.assert_array_equal(edges["w"].values, w)
+        assert ds.attrs["Title"] == content.global_attrs["Title"]
+        np.testing.assert_array_equal(ds.attrs["Numbers"], content.global_attrs["Numbers"])
+        assert ds.attrs["LOOM_SPEC_VERSION"] == content.version
+        ds.close()
+
+
+@given(
+    loom_contents(max_side=60),
+    st.tuples(st.integers(1, 70), st.integers(1, 70)),
+    st.lists(st.integers(0, 59), min_size=1, max_size=10),
+)
+def test_results_do_not_depend_on_chunks(content, chunks, picks):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "c.loom"
+        write(content, path)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", loomx.LoomFormatWarning)
+            a = loomx.open_loom(path, chunks={"row": chunks[0], "col": chunks[1]})
+            b = loomx.open_loom(path)
+            c = loomx.open_loom(path, chunks=None)
+        m = a.sizes["col"]
+        cols = [p % m for p in picks]
+        results = []
+        exact_sum = np.dtype(content.layers[""].dtype).kind in "iu"  # modular: any order
+        for ds in (a, b, c):
+            matrix = ds["matrix"]
+            results.append(
+                (
+                    matrix.sum("col").values if exact_sum else matrix.min("col").values,
+                    matrix.max("row").values,
+                    ds["matrix"].isel(col=cols).values,
+                    ds["matrix"].isel(row=slice(None, None, 2), col=cols[::-1]).values,
+                )
+            )
+        for other in results[1:]:
+            for x, y in zip(results[0], other, strict=True):
+                np.testing.assert_array_equal(x, y)

@@ -1,0 +1,153 @@
+"""Bad input gives a clear loomx error naming the file, the HDF5 path and the problem."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+import loomx
+from loomx.errors import LoomFileError, LoomFormatError, LoomxError
+from loomx.testing import write_loom_h5py
+
+
+def minimal(path, **extra):
+    write_loom_h5py(path, {"": np.ones((4, 5), dtype=np.float32)}, **extra)
+    return path
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(LoomFileError, match="no such file") as info:
+        loomx.open_loom(tmp_path / "nope.loom")
+    assert isinstance(info.value, OSError) and isinstance(info.value, LoomxError)
+
+
+def test_not_hdf5(tmp_path):
+    path = tmp_path / "text.loom"
+    path.write_text("gene\tcell\n")
+    with pytest.raises(LoomFileError, match="not an HDF5 file") as info:
+        loomx.open_loom(path)
+    assert str(path) in str(info.value)
+
+
+def test_truncated_file(tmp_path):
+    path = minimal(tmp_path / "full.loom")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.loom"
+    cut.write_bytes(data[: len(data) // 3])
+    with pytest.raises(LoomFileError, match="truncated or corrupt"):
+        loomx.open_loom(cut)
+
+
+def test_hdf5_but_not_loom(tmp_path):
+    path = tmp_path / "plain.h5"
+    with h5py.File(path, "w") as f:
+        f["data"] = np.ones(3)
+    with pytest.raises(LoomFormatError, match=r"/matrix.*not a Loom file.*\['data'\]"):
+        loomx.open_loom(path)
+
+
+def test_matrix_not_2d(tmp_path):
+    path = tmp_path / "m1d.loom"
+    with h5py.File(path, "w") as f:
+        f["matrix"] = np.ones(3)
+    with pytest.raises(LoomFormatError, match=r"/matrix: found shape \(3,\), expected a 2-D"):
+        loomx.open_loom(path)
+
+
+def test_layer_shape_mismatch(tmp_path):
+    path = minimal(tmp_path / "l.loom")
+    with h5py.File(path, "a") as f:
+        f["layers/bad"] = np.ones((4, 6))
+    with pytest.raises(LoomFormatError, match=r"/layers/bad: layer shape \(4, 6\).*\(4, 5\)"):
+        loomx.open_loom(path)
+
+
+def test_non_numeric_layer(tmp_path):
+    path = minimal(tmp_path / "s.loom")
+    with h5py.File(path, "a") as f:
+        f.create_dataset("layers/text", data=np.full((4, 5), b"x"))
+    with pytest.raises(LoomFormatError, match=r"/layers/text: layer dtype .* not numeric"):
+        loomx.open_loom(path)
+
+
+@pytest.mark.parametrize(("space", "length"), [("row_attrs", 3), ("col_attrs", 4)])
+def test_attribute_length_mismatch(tmp_path, space, length):
+    path = minimal(tmp_path / "a.loom")
+    with h5py.File(path, "a") as f:
+        f[f"{space}/Bad"] = np.arange(length)
+    expected = 4 if space == "row_attrs" else 5
+    with pytest.raises(LoomFormatError, match=rf"/{space}/Bad.*\({length},\).*{expected}"):
+        loomx.open_loom(path)
+
+
+def test_graph_unequal_lengths(tmp_path):
+    path = minimal(tmp_path / "g.loom")
+    with h5py.File(path, "a") as f:
+        g = f.create_group("col_graphs/KNN")
+        g["a"], g["b"], g["w"] = np.array([0, 1]), np.array([1, 2, 3]), np.ones(2)
+    with pytest.raises(LoomFormatError, match="/col_graphs/KNN: graph edge lists have unequal"):
+        loomx.open_loom(path)
+
+
+def test_graph_missing_part(tmp_path):
+    path = minimal(tmp_path / "g.loom")
+    with h5py.File(path, "a") as f:
+        g = f.create_group("row_graphs/R")
+        g["a"], g["b"] = np.array([0]), np.array([1])
+    with pytest.raises(LoomFormatError, match="/row_graphs/R: graph has no 'w'"):
+        loomx.open_loom(path)
+
+
+def test_graph_vertex_out_of_range_when_used(tmp_path):
+    path = minimal(tmp_path / "g.loom", col_graphs={"KNN": ([0, 5], [1, 2], [1.0, 1.0])})
+    ds = loomx.open_loom(path)  # graphs are read only when used
+    with pytest.raises(LoomFormatError, match=r"/col_graphs/KNN/a: vertex indices \[5\]"):
+        ds.loom.col_graphs["KNN"]
+
+
+def test_graph_float_vertices_not_whole(tmp_path):
+    path = minimal(tmp_path / "g.loom", col_graphs={"KNN": ([0.5, 1.0], [1.0, 2.0], [1.0, 1.0])})
+    with pytest.warns(loomx.LoomFormatWarning, match="float64"):
+        ds = loomx.open_loom(path)
+    with pytest.raises(LoomFormatError, match="not whole numbers"):
+        ds.loom.col_graphs["KNN"]
+
+
+def test_external_link_refused(tmp_path):
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["x"] = np.ones(5)
+    path = minimal(tmp_path / "ext.loom")
+    with h5py.File(path, "a") as f:
+        f["col_attrs/Ext"] = h5py.ExternalLink(str(other), "x")
+    with pytest.raises(LoomFormatError, match="/col_attrs/Ext: found a ExternalLink"):
+        loomx.open_loom(path)
+
+
+def test_external_storage_refused(tmp_path):
+    raw = tmp_path / "raw.bin"
+    np.ones((4, 5), dtype=np.float32).tofile(raw)
+    path = minimal(tmp_path / "exts.loom")
+    with h5py.File(path, "a") as f:
+        f.create_dataset("layers/ext", shape=(4, 5), dtype="f4", external=[(str(raw), 0, 80)])
+    with pytest.raises(LoomFormatError, match="/layers/ext: found a dataset with external"):
+        loomx.open_loom(path)
+
+
+def test_invalid_utf8_string(tmp_path):
+    path = minimal(tmp_path / "u.loom")
+    with h5py.File(path, "a") as f:
+        dt = h5py.string_dtype("utf-8")
+        f.create_dataset(
+            "row_attrs/Bad", data=np.array([b"ok", b"\xff", b"a", b"b"], dtype=object), dtype=dt
+        )
+    with pytest.raises(LoomFormatError, match="/row_attrs/Bad: strings are not valid UTF-8"):
+        loomx.open_loom(path)
+
+
+def test_name_error_is_keyerror(example_loom):
+    ds = loomx.open_loom(example_loom)
+    with pytest.raises(KeyError, match="no graph 'nope'") as info:
+        ds.loom.col_graphs["nope"]
+    assert isinstance(info.value, loomx.LoomNameError)
