@@ -1,0 +1,508 @@
+"""HDF5 chunk index and the fast read path.
+
+HDF5 runs every call, decompression included, under one global lock, so h5py reads do not
+scale with threads and spend most of their time in library overhead.  This module reads the
+chunk index of a dataset once (:meth:`ChunkIndex.from_dataset`) and afterwards decodes raw
+chunk bytes itself: the only I/O is ``read_at(offset, nbytes)``, so the same code can read a
+local file (:func:`local_reader`) or, later, byte ranges over HTTP/S3.
+
+Supported: chunked or contiguous layout, 1-D to n-D, the filters deflate, shuffle and
+fletcher32 (checksum verified) in any pipeline order with per-chunk filter masks, unallocated
+chunks (fill value), every integer and float dtype whose file type is the plain IEEE/two's
+complement type, either byte order.  Anything else makes :meth:`ChunkIndex.from_dataset`
+return ``None`` and the caller reads through h5py.
+
+Measured on a loompy-like file (4000 x 6000 float32, 7 % non-zero, 64 x 64 chunks, gzip 2,
+96 MB raw, in the page cache; 2-core machine; MB/s of raw data, best of 5):
+
+=====================================  =========  =========  ==========
+MB/s                                   zlib       isal       libdeflate
+=====================================  =========  =========  ==========
+inflate only, 1 / 2 threads            960/1730   1950/2960  2860/4660
+``ChunkIndex.read``, whole matrix      685        1080       1360
+same, chunks split over 2 / 4 threads  910/850    1040/760   1190/915
+=====================================  =========  =========  ==========
+
+h5py reads the same matrix at 530 MB/s (``dset[...]``) or 550 MB/s (512-row bands, where
+``ChunkIndex.read`` with libdeflate gives 1750 MB/s).  All three inflaters release the GIL,
+but copying chunks into the output (first touch of fresh pages) and the per-chunk Python work
+hold it, so threads inside one read do not pay off here: parallelism comes from processes.
+The chunk index of a 150 000-chunk dataset builds in 0.15 s.
+
+The inflater is the fastest one installed: libdeflate (package ``deflate``), then isal
+(package ``isal``), then the standard library's zlib.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import threading
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable
+from functools import lru_cache, partial
+from typing import Any
+
+import numpy as np
+
+from .errors import LoomFileError
+
+__all__ = ["DEFAULT_INFLATER", "INFLATERS", "ChunkIndex", "local_reader", "read_region"]
+
+ReadAt = Callable[[int, int], bytes]
+_Inflate = Callable[[Any, int], Any]
+
+_DEFLATE, _SHUFFLE, _FLETCHER32 = 1, 2, 3
+_MAX_RUN = 16 << 20  # largest single read_at when coalescing adjacent chunks
+
+
+def _find_inflaters() -> dict[str, _Inflate]:
+    found: dict[str, _Inflate] = {}
+    with contextlib.suppress(ImportError):
+        import deflate
+
+        found["libdeflate"] = deflate.zlib_decompress
+    with contextlib.suppress(ImportError):
+        from isal import isal_zlib
+
+        found["isal"] = lambda data, size, f=isal_zlib.decompress: f(data, 15, max(size, 1))
+    found["zlib"] = lambda data, size: zlib.decompress(data, 15, max(size, 1))
+    return found
+
+
+_INFLATE_FUNCS = _find_inflaters()
+#: Names of the inflaters installed, fastest first.
+INFLATERS: tuple[str, ...] = tuple(_INFLATE_FUNCS)
+#: The inflater :meth:`ChunkIndex.read` uses unless told otherwise.
+DEFAULT_INFLATER: str = INFLATERS[0]
+
+
+def _unshuffle(itemsize: int, buf: Any) -> np.ndarray:
+    src = np.frombuffer(buf, np.uint8)
+    n = src.size // itemsize
+    body = n * itemsize
+    dst = np.empty(src.size, np.uint8)
+    dst[:body].reshape(n, itemsize)[...] = src[:body].reshape(itemsize, n).T
+    dst[body:] = src[body:]
+    return dst
+
+
+@lru_cache(maxsize=4)
+def _fletcher_weights(nwords: int) -> np.ndarray:
+    return (np.arange(nwords, 0, -1, dtype=np.uint64) % 65535).astype(np.uint32)
+
+
+def _fletcher32(data: np.ndarray) -> int:
+    """HDF5's Fletcher-32 of a uint8 array (16-bit big-endian words, ones' complement sums)."""
+    if data.size % 2:
+        data = np.append(data, np.uint8(0))
+    words = data.view(">u2").astype(np.uint64)
+    if not words.size:
+        return 0
+    s1 = int(words.sum())
+    if s1 == 0:
+        return 0
+    s2 = int(np.dot(words, _fletcher_weights(words.size)))
+    return (((s2 - 1) % 65535 + 1) << 16) | ((s1 - 1) % 65535 + 1)
+
+
+def _check_fletcher32(buf: Any) -> np.ndarray:
+    a = np.frombuffer(buf, np.uint8)
+    if a.size < 4:
+        raise LoomFileError("chunk too short for its fletcher32 checksum")
+    data = a[:-4]
+    stored = int.from_bytes(a[-4:].tobytes(), "little")
+    value = _fletcher32(data)
+    swapped = ((value & 0x00FF00FF) << 8) | ((value >> 8) & 0x00FF00FF)
+    if stored not in (value, swapped):
+        raise LoomFileError("data error detected by fletcher32 checksum")
+    return data
+
+
+def _bounds(shape: tuple[int, ...], key: Any) -> tuple[list[int], list[int]]:
+    """Start and stop per dimension of a key of step-1 slices."""
+    if not isinstance(key, tuple):
+        key = (key,)
+    if len(key) > len(shape):
+        raise IndexError(f"{len(key)} indices for a {len(shape)}-D dataset")
+    key = key + (slice(None),) * (len(shape) - len(key))
+    starts, stops = [], []
+    for k, n in zip(key, shape, strict=True):
+        if not isinstance(k, slice):
+            raise TypeError(f"only slices are supported here, got {k!r}")
+        start, stop, step = k.indices(n)
+        if step != 1:
+            raise ValueError(f"only step-1 slices are supported here, got {k!r}")
+        starts.append(start)
+        stops.append(max(start, stop))
+    return starts, stops
+
+
+def _run_bounds(offsets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """Start indices of runs of file-adjacent chunks (sorted by offset), plus the end."""
+    n = offsets.size
+    new = np.ones(n, bool)
+    if n > 1:
+        new[1:] = offsets[1:] != offsets[:-1] + sizes[:-1]
+        band = np.cumsum(sizes) // _MAX_RUN
+        new[1:] |= band[1:] != band[:-1]
+    return np.append(np.flatnonzero(new), n)
+
+
+class ChunkIndex:
+    """Where every chunk of one HDF5 dataset lies in the file.  Picklable, small.
+
+    Build it with :meth:`from_dataset`; read with :meth:`read`.  ``offsets``, ``sizes`` and
+    ``masks`` have one entry per chunk, laid out like the chunk grid: byte offset in the file
+    (``-1``: unallocated, reads as ``fill_value``), stored size and filter mask.  A contiguous
+    dataset is described as unfiltered chunks of one row each (1-D: one chunk).
+    """
+
+    def __init__(
+        self,
+        shape: tuple[int, ...],
+        dtype: np.dtype,
+        chunks: tuple[int, ...],
+        fill_value: Any,
+        filters: tuple[tuple[int, tuple[int, ...]], ...],
+        offsets: np.ndarray,
+        sizes: np.ndarray,
+        masks: np.ndarray,
+    ) -> None:
+        self.shape = tuple(int(n) for n in shape)
+        self.dtype = np.dtype(dtype)
+        self.chunks = tuple(int(c) for c in chunks)
+        self.fill_value = np.asarray(fill_value, self.dtype)[()]
+        self.filters = filters
+        self.offsets = np.asarray(offsets, np.int64)
+        self.sizes = np.asarray(sizes, np.int64)
+        self.masks = np.asarray(masks, np.uint32)
+        self._decoders: dict[tuple[int, str], Callable[[Any], Any]] = {}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_decoders"] = {}
+        return state
+
+    @classmethod
+    def from_dataset(cls, dset: Any) -> ChunkIndex | None:
+        """Read the chunk index of an open h5py dataset.
+
+        Parameters
+        ----------
+        dset : h5py.Dataset
+            The dataset.  Only its metadata is read (no chunk data).
+
+        Returns
+        -------
+        ChunkIndex or None
+            ``None`` when loomx cannot decode this dataset itself (other filters, compact,
+            external or virtual storage, non-numeric or unusual file types, scalars); the
+            caller then reads it with h5py.
+        """
+        import h5py
+
+        dtype = dset.dtype
+        if dtype.kind not in "iuf" or dtype.fields or dtype.subdtype or dtype.itemsize > 8:
+            return None
+        if dset.ndim == 0 or dset.is_virtual or dset.external:
+            return None
+        try:
+            if dset.id.get_type() != h5py.h5t.py_create(dtype):
+                return None
+        except (TypeError, ValueError):
+            return None
+        plist = dset.id.get_create_plist()
+        filters = []
+        for i in range(plist.get_nfilters()):
+            code, _flags, values, _name = plist.get_filter(i)
+            if code not in (_DEFLATE, _SHUFFLE, _FLETCHER32):
+                return None
+            filters.append((int(code), tuple(int(v) for v in values)))
+        layout = plist.get_layout()
+        fill = dset.fillvalue
+        if layout == h5py.h5d.CONTIGUOUS and not filters:
+            start = dset.id.get_offset()
+            chunks = (1, *dset.shape[1:]) if dset.ndim > 1 else dset.shape
+            grid = (dset.shape[0] if dset.ndim > 1 else 1,) + (1,) * (dset.ndim - 1)
+            nbytes = int(np.prod(chunks)) * dtype.itemsize
+            rows = np.arange(grid[0], dtype=np.int64).reshape(grid)
+            offsets = rows * 0 - 1 if start is None else start + rows * nbytes
+            return cls(dset.shape, dtype, chunks, fill, (), offsets, rows * 0 + nbytes, rows * 0)
+        if layout != h5py.h5d.CHUNKED:
+            return None
+        chunks = dset.chunks
+        grid = tuple(-(-n // c) for n, c in zip(dset.shape, chunks, strict=True))
+        flat: list[int] = []
+        extend = flat.extend
+        dsid = dset.id
+        try:
+            dsid.chunk_iter(
+                lambda s: extend((*s.chunk_offset, s.byte_offset, s.size, s.filter_mask))
+            )
+        except (AttributeError, NotImplementedError):
+            for i in range(dsid.get_num_chunks()):
+                s = dsid.get_chunk_info(i)
+                extend((*s.chunk_offset, s.byte_offset, s.size, s.filter_mask))
+        table = np.array(flat, np.int64).reshape(-1, dset.ndim + 3)
+        where = table[:, : dset.ndim] // np.array(chunks, np.int64)
+        table, where = table[(where < grid).all(axis=1)], where[(where < grid).all(axis=1)]
+        cell = tuple(where.T)
+        offsets = np.full(grid, -1, np.int64)
+        sizes = np.zeros(grid, np.int64)
+        masks = np.zeros(grid, np.uint32)
+        offsets[cell] = table[:, -3]
+        sizes[cell] = table[:, -2]
+        masks[cell] = table[:, -1]
+        return cls(dset.shape, dtype, chunks, fill, tuple(filters), offsets, sizes, masks)
+
+    def _decoder(self, mask: int, inflater: str) -> Callable[[Any], Any]:
+        """Bytes as stored -> bytes of one chunk, for chunks with this filter mask."""
+        found = self._decoders.get((mask, inflater))
+        if found is not None:
+            return found
+        inflate = _INFLATE_FUNCS[inflater]
+        size: int | None = int(np.prod(self.chunks)) * self.dtype.itemsize
+        steps: list[Callable[[Any], Any]] = []
+        for i, (code, values) in enumerate(self.filters):
+            if mask >> i & 1:
+                continue
+            if code == _DEFLATE:
+                sized = None if size is None else lambda buf, n=size: inflate(buf, n)
+                steps.append(zlib.decompress if sized is None else sized)
+                size = None
+            elif code == _SHUFFLE:
+                steps.append(partial(_unshuffle, values[0] if values else self.dtype.itemsize))
+            else:
+                steps.append(_check_fletcher32)
+                size = None if size is None else size + 4
+        steps.reverse()
+
+        def decode(buf: Any) -> Any:
+            for step in steps:
+                buf = step(buf)
+            return buf
+
+        found = steps[0] if len(steps) == 1 else decode
+        self._decoders[(mask, inflater)] = found
+        return found
+
+    def read(
+        self,
+        read_at: ReadAt,
+        key: tuple[slice, ...] | slice = (),
+        *,
+        inflater: str | None = None,
+    ) -> np.ndarray:
+        """Return ``dset[key]``, bit-identical to h5py.
+
+        Parameters
+        ----------
+        read_at : callable
+            ``read_at(offset, nbytes) -> bytes`` reading the file; every needed chunk is read
+            exactly once, runs of file-adjacent chunks in one call (at most 16 MB).
+        key : tuple of slice
+            One step-1 slice per dimension; missing trailing dimensions mean the whole axis.
+        inflater : str, optional
+            One of :data:`INFLATERS`; default :data:`DEFAULT_INFLATER`.
+
+        Returns
+        -------
+        numpy.ndarray
+            A new array of dtype :attr:`dtype`.
+        """
+        starts, stops = _bounds(self.shape, key)
+        out = np.empty([b - a for a, b in zip(starts, stops, strict=True)], self.dtype)
+        if out.size == 0:
+            return out
+        inflater = inflater or DEFAULT_INFLATER
+        out_keys: list[list[slice]] = []
+        in_keys: list[list[slice]] = []
+        cells: list[slice] = []
+        for a, b, c in zip(starts, stops, self.chunks, strict=True):
+            first, last = a // c, (b - 1) // c + 1
+            cells.append(slice(first, last))
+            corner = np.arange(first, last) * c
+            lo, hi = np.maximum(corner, a), np.minimum(corner + c, b)
+            out_keys.append(list(map(slice, (lo - a).tolist(), (hi - a).tolist())))
+            in_keys.append(list(map(slice, (lo - corner).tolist(), (hi - corner).tolist())))
+        cell = tuple(cells)
+        offsets = self.offsets[cell].ravel()
+        grid_shape = self.offsets[cell].shape
+
+        def region(flat: np.ndarray, keys: list[list[slice]]) -> list[tuple[slice, ...]]:
+            idx = np.unravel_index(flat, grid_shape)
+            per_dim = [[k[i] for i in ix.tolist()] for k, ix in zip(keys, idx, strict=True)]
+            return list(zip(*per_dim, strict=True))
+
+        missing = np.flatnonzero(offsets < 0)
+        for okey in region(missing, out_keys):
+            out[okey] = self.fill_value
+        present = np.flatnonzero(offsets >= 0)
+        if not present.size:
+            return out
+        order = present[np.argsort(offsets[present], kind="stable")]
+        offs = offsets[order]
+        sizes = self.sizes[cell].ravel()[order]
+        masks = self.masks[cell].ravel()[order]
+        bounds = _run_bounds(offs, sizes).tolist()
+        okeys = region(order, out_keys)
+        ikeys = region(order, in_keys)
+        ends = (offs + sizes).tolist()
+        offs_l = offs.tolist()
+        mask_l = masks.tolist()
+        uniform = not masks.any()
+        decode = self._decoder(0, inflater)
+        dtype, chunks = self.dtype, self.chunks
+        nbytes = int(np.prod(chunks)) * dtype.itemsize
+        for r0, r1 in itertools.pairwise(bounds):
+            base = offs_l[r0]
+            buf = memoryview(read_at(base, ends[r1 - 1] - base))
+            if buf.nbytes != ends[r1 - 1] - base:
+                raise LoomFileError(f"short read at byte {base}: {buf.nbytes} bytes")
+            for k in range(r0, r1):
+                if not uniform:
+                    decode = self._decoder(mask_l[k], inflater)
+                try:
+                    raw = decode(buf[offs_l[k] - base : ends[k] - base])
+                except Exception as e:
+                    raise LoomFileError(f"chunk at byte {offs_l[k]} cannot be decoded: {e}") from e
+                if len(raw) != nbytes:
+                    raise LoomFileError(
+                        f"chunk at byte {offs_l[k]} decodes to {len(raw)} bytes, not {nbytes}"
+                    )
+                out[okeys[k]] = np.ndarray(chunks, dtype, raw)[ikeys[k]]
+        return out
+
+
+class _FileHandle:
+    """One open file descriptor, closed when the last reader using it goes away."""
+
+    __slots__ = ("fd", "pid")
+
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        self.pid = os.getpid()
+
+    def __del__(self) -> None:
+        if os.getpid() == self.pid:
+            with contextlib.suppress(OSError):
+                os.close(self.fd)
+
+
+_lock = threading.Lock()
+_handles: OrderedDict[tuple[Any, ...], _FileHandle] = OrderedDict()
+_indexes: OrderedDict[tuple[Any, ...], ChunkIndex | None] = OrderedDict()
+_MAX_CACHED = 64
+
+
+def _file_key(path: str | os.PathLike[str]) -> tuple[Any, ...]:
+    real = os.path.realpath(path)
+    st = os.stat(real)
+    return (os.getpid(), real, st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+def _cached(cache: OrderedDict, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+    with _lock:
+        if key in cache:
+            cache.move_to_end(key)
+            return cache[key]
+    value = make()
+    with _lock:
+        value = cache.setdefault(key, value)
+        while len(cache) > _MAX_CACHED:
+            cache.popitem(last=False)
+    return value
+
+
+class _LocalReader:
+    """``read_at`` for a local file: ``os.pread`` on a per-process cached descriptor."""
+
+    __slots__ = ("_handle", "path")
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        key = _file_key(self.path)
+        self._handle = _cached(_handles, key, lambda: _FileHandle(key[1]))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_LocalReader, (self.path,))
+
+    def __call__(self, offset: int, nbytes: int) -> bytes:
+        handle = self._handle
+        if handle.pid != os.getpid():
+            handle = self._handle = _LocalReader(self.path)._handle
+        parts = [os.pread(handle.fd, nbytes, offset)]
+        done = len(parts[0])
+        while done < nbytes:
+            parts.append(os.pread(handle.fd, nbytes - done, offset + done))
+            if not parts[-1]:
+                raise LoomFileError(f"{self.path!r}: short read at byte {offset + done}")
+            done += len(parts[-1])
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def local_reader(path: str | os.PathLike[str]) -> ReadAt:
+    """Return ``read_at(offset, nbytes) -> bytes`` for a local file.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file.
+
+    Returns
+    -------
+    callable
+        Reads with ``os.pread`` on a descriptor cached per process and per file version
+        (path, inode, size, mtime).  It pickles as the path and reopens after ``fork``.
+    """
+    return _LocalReader(path)
+
+
+def read_region(
+    path: str | os.PathLike[str],
+    h5path: str,
+    key: tuple[slice, ...] | slice = (),
+    *,
+    open_file: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+) -> np.ndarray:
+    """Return ``h5py.File(path)[h5path][key]`` through the fast path when possible.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The HDF5 file.
+    h5path : str
+        The dataset inside it.
+    key : tuple of slice
+        Step-1 slices, as for :meth:`ChunkIndex.read`.
+    open_file : callable, optional
+        Context manager factory giving the open :class:`h5py.File` (for example a
+        ``LoomStore.open``, which honours its mode and locking); default
+        ``h5py.File(path, "r")``.
+
+    Returns
+    -------
+    numpy.ndarray
+        The region.  The chunk index is cached per process, keyed by the file's real path,
+        modification time, size and ``h5path``; datasets :meth:`ChunkIndex.from_dataset`
+        refuses are read with h5py.
+    """
+    import h5py
+
+    fkey = _file_key(path)
+    opener = open_file or (lambda: h5py.File(fkey[1], "r"))
+
+    def build() -> ChunkIndex | None:
+        with opener() as f:
+            return ChunkIndex.from_dataset(f[h5path])
+
+    index = _cached(_indexes, (*fkey, h5path), build)
+    if index is None:
+        with opener() as f:
+            dset = f[h5path]
+            starts, stops = _bounds(dset.shape, key)
+            return dset[tuple(map(slice, starts, stops))]
+    return index.read(local_reader(fkey[1]), key)
