@@ -20,8 +20,8 @@ from dask.array.core import normalize_chunks
 from xarray.backends import BackendArray, BackendEntrypoint
 from xarray.core import indexing
 
+from . import _chunks, _spec
 from . import _conventions as conv
-from . import _spec
 from ._store import DatasetInfo, LoomLayout, LoomStore
 from .errors import LoomFormatError, describe
 
@@ -108,9 +108,9 @@ class LoomBackendArray(BackendArray):
         return out
 
     def _read_box(self, slices: list[slice]) -> np.ndarray:
-        key = tuple(slices)
-        with self.store.open() as h5file:
-            return h5file[self.info.h5path][key]
+        return _chunks.read_region(
+            self.store.path, self.info.h5path, tuple(slices), open_file=self.store.open
+        )
 
     def _cast(self, values: np.ndarray) -> np.ndarray:
         if self.cast is None:
