@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
+import scipy.sparse
 import xarray as xr
 
 from . import _conventions as conv
-from . import _spec, graphs
+from . import _spec, graphs, ops
 
 
 @xr.register_dataset_accessor("loom")
@@ -52,4 +55,50 @@ class LoomAccessor:
     @property
     def layers(self) -> list[str]:
         """Names of the data variables that are layers (dims ``(row, col)``)."""
-        return [str(n) for n, v in self._ds.data_vars.items() if v.dims == self.dims]
+        return ops.layer_names(self._ds)
+
+    def isel(self, indexers: dict[str, Any] | None = None, **kwargs: Any) -> xr.Dataset:
+        """A lazy view, like loompy's ``ds.view[rows, cols]``: every layer, attribute and
+        graph is sliced (graphs become the induced subgraph, renumbered on use)."""
+        out = self._ds.isel(indexers, **kwargs)
+        out.encoding = dict(self._ds.encoding)
+        return out
+
+    def scan(
+        self,
+        dim: str | None = None,
+        batch_size: int | None = None,
+        items: Sequence[int] | np.ndarray | None = None,
+        layers: Sequence[str] | None = None,
+    ) -> Iterator[tuple[int, np.ndarray, xr.Dataset]]:
+        """Batches ``(start, indices, view)`` along ``dim`` (default columns); see
+        :func:`loomx.ops.scan`."""
+        return ops.scan(self._ds, dim or self.dims[1], batch_size, items, layers)
+
+    def map(
+        self,
+        funcs: Sequence[Callable[[np.ndarray], Any]],
+        dim: str | None = None,
+        layer: str = "matrix",
+    ) -> list[xr.DataArray]:
+        """Apply each function to every vector along ``dim`` (default columns), lazily;
+        see :func:`loomx.ops.map_vectors`."""
+        return ops.map_vectors(self._ds, funcs, dim or self.dims[1], layer)
+
+    def permute(self, order: Sequence[int] | np.ndarray, dim: str | None = None) -> xr.Dataset:
+        """Lazily reorder ``dim`` (default columns); see :func:`loomx.ops.permute`."""
+        return ops.permute(self._ds, order, dim or self.dims[1])
+
+    def aggregate(
+        self,
+        by: str,
+        func: str = "mean",
+        dim: str | None = None,
+        layers: Sequence[str] | None = None,
+    ) -> xr.Dataset:
+        """One column per group of ``by``; see :func:`loomx.ops.aggregate`."""
+        return ops.aggregate(self._ds, by, func, dim or self.dims[1], layers)
+
+    def to_scipy(self, layer: str = "matrix", format: str = "csr") -> scipy.sparse.spmatrix:
+        """Load a layer as a scipy sparse matrix; see :func:`loomx.ops.to_scipy`."""
+        return ops.to_scipy(self._ds, layer, format)

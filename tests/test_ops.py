@@ -1,0 +1,184 @@
+"""scan / map / view / permute / aggregate / to_scipy against numpy and loompy."""
+
+from __future__ import annotations
+
+import warnings
+
+import h5py
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import loomx
+
+
+@pytest.fixture(scope="module")
+def arrays(example_loom):
+    with h5py.File(example_loom, "r") as f:
+        return {
+            "matrix": f["matrix"][:],
+            "spliced": f["layers/spliced"][:],
+            "ClusterID": f["col_attrs/ClusterID"][:],
+            "knn": tuple(f[f"col_graphs/KNN/{p}"][:] for p in "abw"),
+        }
+
+
+def dense_graph(a, b, w, n):
+    out = np.zeros((n, n))
+    np.add.at(out, (a, b), w)
+    return out
+
+
+@pytest.mark.parametrize("batch_size", [None, 100, 64])
+def test_scan_covers_every_column_once(example_loom, arrays, batch_size):
+    ds = loomx.open_loom(example_loom, chunks={"row": 128, "col": 192})
+    seen = []
+    for start, idx, view in ds.loom.scan(dim="col", batch_size=batch_size):
+        assert idx[0] == start
+        assert view["matrix"].dims == ("row", "col")
+        assert isinstance(view["matrix"].data, np.ndarray)
+        np.testing.assert_array_equal(view["matrix"].values, arrays["matrix"][:, idx])
+        np.testing.assert_array_equal(view["spliced"].values, arrays["spliced"][:, idx])
+        np.testing.assert_array_equal(view["ClusterID"].values, arrays["ClusterID"][idx])
+        np.testing.assert_allclose(
+            view.loom.col_graphs["KNN"].data.todense(),
+            dense_graph(*arrays["knn"], 700)[np.ix_(idx, idx)],
+        )
+        if batch_size == 100:  # rounded up to whole 64-wide HDF5 chunks
+            assert len(idx) in (128, 700 % 128)
+        seen.extend(idx.tolist())
+    assert seen == list(range(700))
+
+
+def test_scan_items_and_rows(example_loom, arrays):
+    ds = loomx.open_loom(example_loom)
+    items = np.array([650, 3, 3, 64, 0, 200])
+    got = {}
+    for _, idx, view in ds.loom.scan(dim="col", batch_size=64, items=items, layers=["matrix"]):
+        assert list(view.data_vars) == ["matrix"]
+        for k, j in enumerate(idx):
+            got[int(j)] = view["matrix"].values[:, k]
+    assert sorted(got) == sorted(set(items.tolist()))
+    for j, column in got.items():
+        np.testing.assert_array_equal(column, arrays["matrix"][:, j])
+    rows = [idx for _, idx, _ in ds.loom.scan(dim="row", batch_size=128)]
+    assert np.concatenate(rows).tolist() == list(range(300))
+
+
+def test_scan_matches_loompy(example_loom, arrays):
+    import loompy
+
+    ds = loomx.open_loom(example_loom)
+    ours = {
+        int(i): v
+        for _, idx, view in ds.loom.scan(dim="col", items=np.arange(0, 700, 3))
+        for i, v in zip(idx, view["matrix"].values.T, strict=True)
+    }
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with loompy.connect(example_loom, "r", validate=False) as lp:
+            theirs = {}
+            for _, idx, view in lp.scan(
+                items=np.arange(0, 700, 3), axis=1, what=["layers", "col_attrs"]
+            ):
+                for i, v in zip(idx, view[:, :].T, strict=True):
+                    theirs[int(i)] = v
+    assert ours.keys() == theirs.keys()
+    for key, value in ours.items():
+        np.testing.assert_array_equal(value, theirs[key])
+
+
+def test_map_matches_loompy_and_numpy(example_loom, arrays):
+    import loompy
+
+    ds = loomx.open_loom(example_loom)
+    mean, sd = ds.loom.map([np.mean, np.std], dim="col")
+    assert mean.name == "mean" and mean.dims == ("row",)
+    m = arrays["matrix"].astype(np.float64)
+    np.testing.assert_allclose(mean.values, m.mean(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(sd.values, m.std(axis=1), rtol=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        with loompy.connect(example_loom, "r", validate=False) as lp:
+            lp_mean, lp_sd = lp.map([np.mean, np.std], axis=0)
+            (lp_col_max,) = lp.map([np.max], axis=1)
+    np.testing.assert_allclose(mean.values, lp_mean, rtol=1e-6)
+    np.testing.assert_allclose(sd.values, lp_sd, rtol=1e-6)
+    (col_max,) = ds.loom.map([np.max], dim="row")
+    assert col_max.dims == ("col",)
+    np.testing.assert_allclose(col_max.values, lp_col_max)
+
+
+def test_view_slices_everything(example_loom, arrays):
+    ds = loomx.open_loom(example_loom)
+    rows = np.array([5, 1, 299])
+    cols = np.zeros(700, bool)
+    cols[[3, 4, 5, 690]] = True
+    view = ds.loom.isel(row=rows, col=cols)
+    np.testing.assert_array_equal(view["matrix"].values, arrays["matrix"][rows][:, cols])
+    np.testing.assert_allclose(
+        view.loom.col_graphs["KNN"].data.todense(),
+        dense_graph(*arrays["knn"], 700)[np.ix_(cols, cols)],
+    )
+    assert view.loom.row_graphs["coexpr"].shape == (3, 3)
+
+
+def test_permute_is_lazy_and_carries_graphs(example_loom, arrays):
+    ds = loomx.open_loom(example_loom)
+    order = np.random.default_rng(0).permutation(700)
+    out = ds.loom.permute(order, dim="col")
+    assert hasattr(out["matrix"].data, "dask")
+    np.testing.assert_array_equal(out["matrix"].values, arrays["matrix"][:, order])
+    np.testing.assert_array_equal(out["ClusterID"].values, arrays["ClusterID"][order])
+    np.testing.assert_allclose(
+        out.loom.col_graphs["KNN"].data.todense(),
+        dense_graph(*arrays["knn"], 700)[np.ix_(order, order)],
+    )
+    with pytest.raises(ValueError, match="permutation"):
+        ds.loom.permute(np.zeros(700, int))
+
+
+@pytest.mark.parametrize("func", ["sum", "mean", "max", "count_nonzero"])
+def test_aggregate_matches_numpy(example_loom, arrays, func):
+    ds = loomx.open_loom(example_loom, chunks={"row": 64, "col": 128})
+    out = ds.loom.aggregate("ClusterID", func, layers=["matrix"])
+    labels = arrays["ClusterID"]
+    groups = np.unique(labels)
+    assert list(out["ClusterID"].values) == list(groups)
+    m = arrays["matrix"]
+    numpy_func = {"sum": np.sum, "mean": np.mean, "max": np.max, "count_nonzero": np.count_nonzero}[
+        func
+    ]
+    expected = np.stack([numpy_func(m[:, labels == g], axis=1) for g in groups], axis=1)
+    np.testing.assert_allclose(
+        out["matrix"].transpose("row", "ClusterID").values, expected, rtol=1e-5
+    )
+
+
+@pytest.mark.parametrize("fmt", ["csr", "csc", "coo"])
+def test_to_scipy(example_loom, arrays, fmt):
+    ds = loomx.open_loom(example_loom, chunks={"row": 64, "col": 192})
+    matrix = ds.loom.to_scipy("matrix", fmt)
+    assert matrix.format == fmt and matrix.dtype == np.float32
+    np.testing.assert_array_equal(matrix.toarray(), arrays["matrix"])
+    sub = ds.loom.isel(col=slice(10, 20)).loom.to_scipy("spliced")
+    np.testing.assert_array_equal(sub.toarray(), arrays["spliced"][:, 10:20])
+
+
+@given(
+    rows=st.integers(32, 300),
+    cols=st.integers(64, 700),
+    func=st.sampled_from(["sum", "max", "count_nonzero"]),
+)
+def test_ops_do_not_depend_on_chunks(example_loom, rows, cols, func):
+    a = loomx.open_loom(example_loom, chunks={"row": rows, "col": cols})
+    b = loomx.open_loom(example_loom, chunks=None)
+    np.testing.assert_array_equal(
+        a.loom.aggregate("ClusterID", func, layers=["spliced"])["spliced"].values,
+        b.loom.aggregate("ClusterID", func, layers=["spliced"])["spliced"].values,
+    )
+    (x,) = a.loom.map([np.max], dim="col", layer="spliced")
+    (y,) = b.loom.map([np.max], dim="col", layer="spliced")
+    np.testing.assert_array_equal(x.values, y.values)
+    assert (a.loom.to_scipy("spliced") != b.loom.to_scipy("spliced")).nnz == 0
