@@ -44,6 +44,12 @@ def open_h5(path: str, mode: str = "r", locking: bool | str | None = None) -> h5
                 f"{path!r}: not an HDF5 file (found first bytes {head!r}, expected the HDF5 "
                 f"signature {HDF5_SIGNATURE!r}); a Loom file is an HDF5 file"
             ) from err
+        if "locking flag values don't match" in str(err):
+            raise LoomFileError(
+                f"{path!r}: already open in this process with another locking setting "
+                f"(asked for locking={locking!r}); HDF5 needs the same setting for every "
+                "handle of a file: close the other Dataset first"
+            ) from err
         raise LoomFileError(
             f"{path!r}: cannot open as HDF5 in mode {mode!r}: {err}. The file may be "
             "truncated or corrupt, or locked by a writer (pass locking=False only on "
@@ -91,13 +97,36 @@ class DatasetInfo:
         }
 
 
-@dataclass
+@dataclass(frozen=True)
 class AttrInfo:
-    """One row or column attribute, read and decoded."""
+    """One row or column attribute: how it is stored and how it decodes (no data read).
+
+    ``kind`` is ``"number"``, ``"string"`` or ``"compound"``; ``shape`` and ``dtype`` are
+    those of the decoded values (compound attributes gain a trailing field dim).
+    """
 
     info: DatasetInfo
-    values: np.ndarray
-    compound_fields: list[str] | None = None
+    kind: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fixed_length: bool = False
+    legacy: bool = False
+    compound_fields: tuple[str, ...] | None = None
+
+    def decode(self, raw: np.ndarray, path: str) -> np.ndarray:
+        """Decode the raw values h5py returns for this attribute."""
+        if self.kind == "compound":
+            return conv.compound_to_array(raw)[0]
+        if self.kind == "string":
+            try:
+                return conv.decode_strings(
+                    np.asarray(raw), fixed_length=self.fixed_length, legacy=self.legacy
+                )
+            except UnicodeDecodeError as err:
+                raise LoomFormatError(
+                    f"{describe(path, self.info.h5path)}: strings are not valid UTF-8 ({err})"
+                ) from err
+        return np.asarray(raw).astype(self.dtype, copy=False)
 
 
 @dataclass(frozen=True)
@@ -116,7 +145,7 @@ class GraphInfo:
 
 @dataclass
 class LoomLayout:
-    """Everything about a Loom file except its layer and graph data."""
+    """Everything about a Loom file except its data (layers, attributes, graphs)."""
 
     path: str
     version: str
@@ -165,8 +194,14 @@ class LoomStore:
         """Close this process's cached handle (it is reopened on next use)."""
         self._manager.close()
 
+    def read_attr(self, attr: AttrInfo) -> np.ndarray:
+        """Read and decode one whole row or column attribute."""
+        with self.open() as h5file:
+            raw = h5file[attr.info.h5path][()]
+        return attr.decode(raw, self.path)
+
     def read_layout(self) -> LoomLayout:
-        """Read metadata and attributes (never layer or graph data) and check them."""
+        """Read and check the metadata (never layer, attribute or graph data)."""
         with self.open() as h5file:
             return _LayoutReader(h5file, self.path).read()
 
@@ -301,41 +336,43 @@ class _LayoutReader:
 
     def attr(self, dset: h5py.Dataset, legacy: bool) -> AttrInfo:
         info = DatasetInfo.of(dset)
-        raw = dset[()]
         dtype = dset.dtype
+        shape = tuple(dset.shape)
         if dtype.names is not None:
-            try:
-                values, fields = conv.compound_to_array(raw)
-            except TypeError as err:
+            fields = tuple(dtype.names)
+            kinds = [dtype.fields[n][0] for n in fields]
+            if any(d.kind not in "biuf" or d.shape for d in kinds):
                 raise LoomFormatError(
                     f"{describe(self.path, dset.name)}: compound dtype {dtype} has non-numeric "
                     "fields; expected numeric fields or a plain dtype"
-                ) from err
+                )
             self.warn(
                 dset.name,
-                f"compound dtype with fields {fields} (not allowed by the Loom spec); read as "
-                f"a 2-D attribute whose last dim is labelled by the field names",
+                f"compound dtype with fields {list(fields)} (not allowed by the Loom spec); "
+                "read as a 2-D attribute whose last dim is labelled by the field names",
             )
-            return AttrInfo(info, values, compound_fields=fields)
+            return AttrInfo(
+                info,
+                "compound",
+                (*shape, len(fields)),
+                np.result_type(*kinds),
+                compound_fields=fields,
+            )
         string_info = h5py.check_string_dtype(dtype)
         if string_info is not None or dtype.kind in "SO":
             fixed = string_info is not None and string_info.length is not None
-            try:
-                values = conv.decode_strings(np.asarray(raw), fixed_length=fixed, legacy=legacy)
-            except UnicodeDecodeError as err:
-                raise LoomFormatError(
-                    f"{describe(self.path, dset.name)}: strings are not valid UTF-8 ({err})"
-                ) from err
-            return AttrInfo(info, values)
+            return AttrInfo(
+                info, "string", shape, np.dtype(object), fixed_length=fixed, legacy=legacy
+            )
         if h5py.check_enum_dtype(dtype) is not None and dtype != np.bool_:
             self.warn(dset.name, "HDF5 enum dtype (not allowed by the Loom spec); read as int")
-            raw = np.asarray(raw).astype(dtype.base)
+            dtype = dtype.base
         if dtype.kind not in "biuf":
             raise LoomFormatError(
                 f"{describe(self.path, dset.name)}: attribute dtype {dtype} is not supported; "
                 "expected numbers or strings"
             )
-        return AttrInfo(info, np.asarray(raw))
+        return AttrInfo(info, "number", shape, np.dtype(dtype))
 
     def graphs(self, space: str) -> dict[str, GraphInfo]:
         out: dict[str, GraphInfo] = {}

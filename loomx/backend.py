@@ -1,10 +1,10 @@
 """xarray backend for Loom files: ``xr.open_dataset(path, engine="loom")``.
 
-The entrypoint builds a Dataset whose layers and graph edge lists are lazy
-:class:`LoomBackendArray` objects (nothing is read until computed) and whose attributes are
-in-memory coordinates, read once at open.  Each layer's ``encoding["preferred_chunks"]`` is a
-chunking that is a whole multiple of its HDF5 chunks and large enough to keep task counts
-low, so ``chunks={}`` gives good dask chunks.
+The entrypoint builds a Dataset whose layers, attributes and graph edge lists are lazy
+backend arrays: opening reads metadata only.  Attributes are read whole and decoded on
+first use and then held in memory by xarray's cache.  Each layer's
+``encoding["preferred_chunks"]`` is a chunking that is a whole multiple of its HDF5 chunks
+and large enough to keep task counts low, so ``chunks={}`` gives good dask chunks.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from xarray.core import indexing
 
 from . import _chunks, _spec
 from . import _conventions as conv
-from ._store import DatasetInfo, LoomLayout, LoomStore
+from ._store import AttrInfo, DatasetInfo, LoomLayout, LoomStore
 from .errors import LoomFormatError, describe
 
 DEFAULT_CHUNK_BYTES = 64 * 2**20
@@ -150,6 +150,28 @@ def default_chunks(
     return tuple(out)
 
 
+class AttrBackendArray(BackendArray):
+    """Lazy row or column attribute: read whole and decoded on first use.
+
+    xarray's memory cache (``cache=True``, the default) keeps the decoded values, so each
+    attribute is read at most once per opened Dataset.
+    """
+
+    def __init__(self, store: LoomStore, attr: AttrInfo):
+        self.store = store
+        self.attr = attr
+        self.shape = attr.shape
+        self.dtype = attr.dtype
+
+    def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
+        return indexing.explicit_indexing_adapter(
+            key, self.shape, indexing.IndexingSupport.OUTER, self._raw
+        )
+
+    def _raw(self, key: tuple) -> np.ndarray:
+        return self.store.read_attr(self.attr)[key]
+
+
 class _VertexIds(BackendArray):
     """Lazy ``arange(n)``: the original vertex number of each row or column of a graph."""
 
@@ -192,14 +214,15 @@ def build_dataset(
             name = names[(space, attr)]
             if name in drop:
                 continue
-            extra = conv.extra_dim_names(name, item.values.ndim)
+            extra = conv.extra_dim_names(name, len(item.shape))
             encoding = item.info.encoding(layout.path)
             if item.compound_fields is not None:
                 encoding["loom_compound_fields"] = list(item.compound_fields)
                 coords[extra[0]] = xr.Variable(
                     extra[0], np.array(item.compound_fields, dtype=object)
                 )
-            coords[name] = xr.Variable((dim, *extra), item.values, encoding=encoding)
+            lazy = indexing.LazilyIndexedArray(AttrBackendArray(store, item))
+            coords[name] = xr.Variable((dim, *extra), lazy, encoding=encoding)
     for space, dim in ((_spec.ROW_GRAPHS, row_dim), (_spec.COL_GRAPHS, col_dim)):
         n = layout.shape[0 if space == _spec.ROW_GRAPHS else 1]
         for graph, ginfo in getattr(layout, space).items():
@@ -302,8 +325,8 @@ def open_loom(
 ) -> xr.Dataset:
     """Open a Loom file as a lazy :class:`xarray.Dataset`.
 
-    Opening reads metadata and row/column attributes only, never layer or graph data, and
-    never writes to the file.
+    Opening reads metadata only (never layer, attribute or graph data) and never writes
+    to the file.
 
     Parameters
     ----------
@@ -325,8 +348,9 @@ def open_loom(
     -------
     xarray.Dataset
         Layers are data variables (``/matrix`` is ``matrix``), row and column attributes
-        are in-memory coordinates, global attributes are ``ds.attrs``; graphs are available
-        through ``ds.loom.row_graphs`` and ``ds.loom.col_graphs``.
+        are coordinates (each read once, on first use, then held in memory), global
+        attributes are ``ds.attrs``; graphs are available through ``ds.loom.row_graphs``
+        and ``ds.loom.col_graphs``.
 
     Examples
     --------
@@ -337,17 +361,11 @@ def open_loom(
         path,
         engine=LoomBackendEntrypoint,
         chunks=None,
-        cache=False,
+        cache=True,
         dims=tuple(dims),
         mode=mode,
         locking=locking,
     )
-    attr_coords = {
-        name: xr.Variable(var.dims, np.asarray(var.values), var.attrs, var.encoding)
-        for name, var in ds.coords.variables.items()
-        if conv.parse_graph_var(str(name)) is None and name not in ds.indexes
-    }
-    ds = ds.assign_coords(attr_coords)
     if chunks is None:
         return ds
     return chunk_layers(ds, chunks)
@@ -358,13 +376,15 @@ def chunk_layers(ds: xr.Dataset, chunks: int | str | dict[str, Any]) -> xr.Datas
 
     ``"auto"`` and ``{}`` use each layer's ``encoding["preferred_chunks"]``.
     """
-    out = ds.copy()
+    chunked = {}
     for name, var in ds.data_vars.items():
         preferred = var.encoding.get("preferred_chunks")
         if preferred is None or var.ndim != 2:
             continue
         sizes = resolve_chunks(chunks, var.dims, preferred, var.shape)
-        out[name] = var.variable.chunk(sizes)
+        chunked[name] = var.variable.chunk(sizes)
+    out = ds.assign(chunked)
+    out.encoding = dict(ds.encoding)
     return out
 
 

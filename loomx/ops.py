@@ -65,14 +65,14 @@ def batch_bounds(ds: xr.Dataset, dim: str, batch_size: int | None) -> list[tuple
     return [(start, min(start + step, n)) for start in range(0, n, step)]
 
 
-def _edges_in_memory(ds: xr.Dataset) -> xr.Dataset:
-    """Load graph edge lists once, so views of batches do not reread them."""
-    edge_vars = {
-        name: var.load() if hasattr(var, "load") else var
+def _coords_in_memory(ds: xr.Dataset) -> xr.Dataset:
+    """Load attributes and graph edge lists once, so views of batches do not reread them."""
+    loaded = {
+        name: var.variable.load()
         for name, var in ds.coords.items()
-        if (parsed := conv.parse_graph_var(str(name))) and parsed[2] in conv.GRAPH_PARTS
+        if (parsed := conv.parse_graph_var(str(name))) is None or parsed[2] in conv.GRAPH_PARTS
     }
-    out = ds.assign_coords(edge_vars)
+    out = ds.assign_coords(loaded)
     out.encoding = dict(ds.encoding)
     return out
 
@@ -129,7 +129,7 @@ def scan(
         else:
             selected = np.zeros(n, dtype=bool)
             selected[items] = True
-    source = _edges_in_memory(ds.drop_vars([v for v in ds.data_vars if v not in names]))
+    source = _coords_in_memory(ds.drop_vars([v for v in ds.data_vars if v not in names]))
     windows = []
     for start, stop in batch_bounds(ds, dim, batch_size):
         picks = start + np.flatnonzero(selected[start:stop])

@@ -175,11 +175,15 @@ def test_read_only_by_default_allows_other_readers(example_loom):
 
 
 def test_locking_false_and_mode_r_plus(tmp_path, example_loom):
-    ds = loomx.open_loom(example_loom, locking=False)
-    assert float(ds["matrix"].sum()) > 0
-    ds.close()
     import shutil
 
+    unlocked = tmp_path / "unlocked.loom"
+    shutil.copy(example_loom, unlocked)
+    ds = loomx.open_loom(unlocked, locking=False)
+    assert float(ds["matrix"].sum()) > 0
+    with pytest.raises(loomx.LoomFileError, match="another locking setting"):
+        loomx.open_loom(unlocked)["matrix"].sum().compute()
+    ds.close()
     copy = tmp_path / "rw.loom"
     shutil.copy(example_loom, copy)
     ds = loomx.open_loom(copy, mode="r+")

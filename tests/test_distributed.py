@@ -37,7 +37,7 @@ def test_local_cluster_with_worker_processes(example_loom, expected):
     ds = loomx.open_loom(example_loom, chunks={"row": 128, "col": 256})
     with (
         distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0"
         ) as cluster,
         distributed.Client(cluster) as client,
     ):

@@ -142,8 +142,9 @@ def test_invalid_utf8_string(tmp_path):
         f.create_dataset(
             "row_attrs/Bad", data=np.array([b"ok", b"\xff", b"a", b"b"], dtype=object), dtype=dt
         )
+    ds = loomx.open_loom(path)  # attributes are read on first use
     with pytest.raises(LoomFormatError, match="/row_attrs/Bad: strings are not valid UTF-8"):
-        loomx.open_loom(path)
+        _ = ds["Bad"].values
 
 
 def test_name_error_is_keyerror(example_loom):
