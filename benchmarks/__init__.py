@@ -1,0 +1,1 @@
+"""Read benchmarks of loomx (a package so its ``conftest`` does not shadow ``tests/conftest``)."""
