@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from . import accessor as _accessor  # noqa: F401  (registers ds.loom)
 from ._spec import LOOM_SPEC_VERSION
+from ._writer import to_loom
 from .backend import open_loom
 from .errors import (
     LoomFileError,
@@ -33,4 +34,5 @@ __all__ = [
     "LoomxError",
     "__version__",
     "open_loom",
+    "to_loom",
 ]

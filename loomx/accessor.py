@@ -10,7 +10,7 @@ import scipy.sparse
 import xarray as xr
 
 from . import _conventions as conv
-from . import _spec, graphs, ops
+from . import _spec, _writer, graphs, ops
 
 
 @xr.register_dataset_accessor("loom")
@@ -102,3 +102,7 @@ class LoomAccessor:
     def to_scipy(self, layer: str = "matrix", format: str = "csr") -> scipy.sparse.spmatrix:
         """Load a layer as a scipy sparse matrix; see :func:`loomx.ops.to_scipy`."""
         return ops.to_scipy(self._ds, layer, format)
+
+    def to_loom(self, path: str, **kwargs: Any) -> Any:
+        """Write this Dataset as a Loom file; see :func:`loomx.to_loom`."""
+        return _writer.to_loom(self._ds, path, **kwargs)
