@@ -434,14 +434,76 @@ class _LocalReader:
         handle = self._handle
         if handle.pid != os.getpid():
             handle = self._handle = _LocalReader(self.path)._handle
-        parts = [os.pread(handle.fd, nbytes, offset)]
-        done = len(parts[0])
-        while done < nbytes:
-            parts.append(os.pread(handle.fd, nbytes - done, offset + done))
-            if not parts[-1]:
-                raise LoomFileError(f"{self.path!r}: short read at byte {offset + done}")
-            done += len(parts[-1])
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        return _pread_exact(handle.fd, offset, nbytes, self.path)
+
+
+def _pread_exact(fd: int, offset: int, nbytes: int, label: str) -> bytes:
+    """``nbytes`` bytes at ``offset`` of ``fd``; a short file raises :class:`LoomFileError`."""
+    parts = [os.pread(fd, nbytes, offset)]
+    done = len(parts[0])
+    while done < nbytes:
+        parts.append(os.pread(fd, nbytes - done, offset + done))
+        if not parts[-1]:
+            raise LoomFileError(f"{label!r}: short read at byte {offset + done}")
+        done += len(parts[-1])
+    return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def read_through_handle(
+    open_file: Callable[[], contextlib.AbstractContextManager[Any]],
+    h5path: str,
+    key: tuple[slice, ...],
+    label: str = "",
+) -> np.ndarray:
+    """Return ``dset[key]`` from the file an open h5py handle refers to, fast when possible.
+
+    The chunk index comes from the handle, and the bytes from a descriptor of our own that
+    is checked to name the same file (device and inode) as the handle's: a file replaced on
+    disk after it was opened is read through h5py from the handle, never by mixing one
+    file's index with another's bytes.  (A duplicate of h5py's descriptor would share its
+    HDF5 file lock and keep it after h5py closes the file.)  Drivers without a file
+    descriptor and datasets :meth:`ChunkIndex.from_dataset` refuses are read with h5py.
+
+    Parameters
+    ----------
+    open_file : callable
+        Context manager factory giving the open :class:`h5py.File` (``LoomStore.open``).
+    h5path : str
+        The dataset.
+    key : tuple of slice
+        Step-1 slices, as for :meth:`ChunkIndex.read`.
+    label : str
+        File name for error messages.
+    """
+    with open_file() as f:
+        try:
+            fd = f.id.get_vfd_handle()
+        except Exception:
+            fd = None
+        if not isinstance(fd, int):
+            return _read_h5py(f[h5path], key)
+        st = os.fstat(fd)
+        fkey = (os.getpid(), "fd", st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+        index = _cached(_indexes, (*fkey, h5path), lambda: ChunkIndex.from_dataset(f[h5path]))
+        if index is None:
+            return _read_h5py(f[h5path], key)
+        label = label or f.filename
+        handle = _cached(_handles, fkey, lambda: _FileHandle(f.filename))
+        own = os.fstat(handle.fd)
+        if (own.st_dev, own.st_ino) != (st.st_dev, st.st_ino):
+            with _lock:
+                _handles.pop(fkey, None)
+            return _read_h5py(f[h5path], key)  # the path now names another file
+
+    def read_at(offset: int, nbytes: int) -> bytes:  # keeps ``handle`` (and its fd) alive
+        return _pread_exact(handle.fd, offset, nbytes, label)
+
+    return index.read(read_at, key)
+
+
+def _read_h5py(dset: Any, key: tuple[slice, ...] | slice) -> np.ndarray:
+    starts, stops = _bounds(dset.shape, key)
+    return dset[tuple(map(slice, starts, stops))]
 
 
 def local_reader(path: str | os.PathLike[str]) -> ReadAt:
@@ -502,7 +564,5 @@ def read_region(
     index = _cached(_indexes, (*fkey, h5path), build)
     if index is None:
         with opener() as f:
-            dset = f[h5path]
-            starts, stops = _bounds(dset.shape, key)
-            return dset[tuple(map(slice, starts, stops))]
+            return _read_h5py(f[h5path], key)
     return index.read(local_reader(fkey[1]), key)

@@ -10,6 +10,7 @@ and large enough to keep task counts low, so ``chunks={}`` gives good dask chunk
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
@@ -23,7 +24,7 @@ from xarray.core import indexing
 from . import _chunks, _spec
 from . import _conventions as conv
 from ._store import AttrInfo, DatasetInfo, LoomLayout, LoomStore
-from .errors import LoomFormatError, describe
+from .errors import LoomFileError, LoomFormatError, LoomxError, describe
 
 DEFAULT_CHUNK_BYTES = 64 * 2**20
 """Target size of one dask chunk of a layer (raw bytes)."""
@@ -108,9 +109,18 @@ class LoomBackendArray(BackendArray):
         return out
 
     def _read_box(self, slices: list[slice]) -> np.ndarray:
-        return _chunks.read_region(
-            self.store.path, self.info.h5path, tuple(slices), open_file=self.store.open
-        )
+        try:
+            return _chunks.read_through_handle(
+                self.store.open, self.info.h5path, tuple(slices), self.store.path
+            )
+        except LoomxError as err:
+            if self.store.path in str(err) and self.info.h5path in str(err):
+                raise
+            raise type(err)(f"{describe(self.store.path, self.info.h5path)}: {err}") from err
+        except OSError as err:
+            raise LoomFileError(
+                f"{describe(self.store.path, self.info.h5path)}: cannot read {slices}: {err}"
+            ) from err
 
     def _cast(self, values: np.ndarray) -> np.ndarray:
         if self.cast is None:
@@ -151,25 +161,37 @@ def default_chunks(
 
 
 class AttrBackendArray(BackendArray):
-    """Lazy row or column attribute: read whole and decoded on first use.
-
-    xarray's memory cache (``cache=True``, the default) keeps the decoded values, so each
-    attribute is read at most once per opened Dataset.
-    """
+    """Lazy row or column attribute: read whole and decoded on first use, then kept, so
+    each attribute is read at most once per opened Dataset, whatever views are taken."""
 
     def __init__(self, store: LoomStore, attr: AttrInfo):
         self.store = store
         self.attr = attr
         self.shape = attr.shape
         self.dtype = attr.dtype
+        self._values: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"store": self.store, "attr": self.attr}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["store"], state["attr"])  # type: ignore[misc]
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> np.ndarray:
         return indexing.explicit_indexing_adapter(
             key, self.shape, indexing.IndexingSupport.OUTER, self._raw
         )
 
+    def values(self) -> np.ndarray:
+        """The whole decoded attribute, read on the first call only."""
+        with self._lock:
+            if self._values is None:
+                self._values = self.store.read_attr(self.attr)
+            return self._values
+
     def _raw(self, key: tuple) -> np.ndarray:
-        return self.store.read_attr(self.attr)[key]
+        return self.values()[key]
 
 
 class _VertexIds(BackendArray):
@@ -385,6 +407,7 @@ def chunk_layers(ds: xr.Dataset, chunks: int | str | dict[str, Any]) -> xr.Datas
         chunked[name] = var.variable.chunk(sizes)
     out = ds.assign(chunked)
     out.encoding = dict(ds.encoding)
+    out.set_close(ds._close)
     return out
 
 

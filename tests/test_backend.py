@@ -244,3 +244,57 @@ def test_name_collisions_are_qualified_and_reversible(tmp_path):
         space, raw = split_qualified(name)
         assert ds[name].encoding["loom_path"] == f"/{space}/{raw}"
     np.testing.assert_array_equal(ds["layers:row"].values, m * 3)
+
+
+def test_close_releases_the_file(tmp_path, example_loom):
+    import shutil
+
+    path = tmp_path / "c.loom"
+    shutil.copy(example_loom, path)
+    with loomx.open_loom(path) as ds:
+        float(ds["matrix"].sum())
+    with h5py.File(path, "r+"):  # nothing of ours holds it any more
+        pass
+    ds = loomx.open_loom(path)
+    float(ds["matrix"].sum())
+    ds.close()
+    with h5py.File(path, "r+"):
+        pass
+
+
+def test_file_replaced_after_open_is_never_mixed(tmp_path, example_loom):
+    import shutil
+
+    from loomx.testing import make_example_loom
+
+    path = tmp_path / "r.loom"
+    shutil.copy(example_loom, path)
+    with h5py.File(path, "r") as f:
+        before = f["layers/ambiguous"][:]
+    ds = loomx.open_loom(path)
+    float(ds["matrix"][:2, :2].sum())  # the handle is open now
+    other = make_example_loom(tmp_path / "other.loom", 300, 700, seed=5)
+    os.replace(other, path)
+    np.testing.assert_array_equal(ds["ambiguous"].values, before)  # still the opened file
+
+
+def test_attributes_are_read_once(example_loom, monkeypatch):
+    from loomx._store import LoomStore
+
+    reads = []
+    original = LoomStore.read_attr
+
+    def spy(self, attr):
+        reads.append(attr.info.h5path)
+        return original(self, attr)
+
+    monkeypatch.setattr(LoomStore, "read_attr", spy)
+    ds = loomx.open_loom(example_loom)
+    assert reads == []
+    for view in (ds.isel(col=[1, 2]), ds.isel(col=slice(5, 9)), ds.sortby("ClusterID")):
+        assert len(view["CellID"].values) > 0
+    for _, group in ds.groupby("ClusterID"):
+        assert len(group["CellID"].values) > 0
+    ds.loom.aggregate("ClusterID", "sum").compute()
+    assert reads.count("/col_attrs/CellID") == 1
+    assert reads.count("/col_attrs/ClusterID") == 1
