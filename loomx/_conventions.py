@@ -178,9 +178,7 @@ def _as_text(value: Any) -> str:
 def encode_strings(values: np.ndarray, *, legacy: bool) -> np.ndarray:
     """Encode strings for writing: vlen UTF-8 (3.0.0) or escaped fixed-length ASCII (older)."""
     flat = np.asarray(values, dtype=object).ravel()
-    texts = [
-        "" if v is None else (v.decode("utf-8") if isinstance(v, bytes) else str(v)) for v in flat
-    ]
+    texts = [_as_text(v) for v in flat]
     if legacy:
         encoded = [t.encode("ascii", "xmlcharrefreplace") for t in texts]
         width = max((len(e) for e in encoded), default=1) or 1
@@ -189,11 +187,13 @@ def encode_strings(values: np.ndarray, *, legacy: bool) -> np.ndarray:
 
 
 def decode_value(value: Any, *, legacy: bool, ascii_text: bool = False) -> Any:
-    """Decode a global attribute value: unwrap 1-element arrays, decode bytes and strings.
+    """Decode a global attribute value: decode bytes and strings, unwrap 1-element string
+    arrays (LoomExperiment stores ``[b'text']``); numeric arrays keep their shape.
 
     In legacy files, bytes and ASCII-typed text (``ascii_text``) are XML-unescaped.
     """
-    value = _spec.unwrap_scalar(value)
+    if isinstance(value, np.ndarray) and value.dtype.kind in "SOU":
+        value = _spec.unwrap_scalar(value)
     if isinstance(value, str):
         return xml_unescape(value) if legacy and ascii_text else value
     if isinstance(value, bytes):

@@ -70,11 +70,6 @@ def parse_version(version: str) -> tuple[int, ...]:
     return tuple(parts) if parts else (0, 0, 0)
 
 
-def uses_global_attrs_group(version: str) -> bool:
-    """3.0.0 and later keep global attributes as datasets in ``/attrs``."""
-    return parse_version(version) >= (3, 0, 0)
-
-
 def uses_vlen_utf8(version: str) -> bool:
     """3.0.0 and later store strings as variable-length UTF-8; older ones as escaped ASCII."""
     return parse_version(version) >= (3, 0, 0)

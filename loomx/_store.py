@@ -29,10 +29,11 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 def open_h5(path: str, mode: str = "r", locking: bool | str | None = None) -> h5py.File:
     """Open ``path`` with h5py, turning h5py's errors into :mod:`loomx.errors`."""
-    if mode not in ("r", "r+", "a"):
+    if mode not in ("r", "r+"):
         raise ValueError(f"mode must be 'r' or 'r+' for reading, found {mode!r}")
-    if not os.path.exists(path):
-        raise LoomFileError(f"{path!r}: no such file")
+    if not os.path.isfile(path):
+        what = "a directory" if os.path.isdir(path) else "no such file"
+        raise LoomFileError(f"{path!r}: {what}; expected a Loom (HDF5) file")
     kwargs: dict[str, Any] = {} if locking is None else {"locking": locking}
     try:
         return h5py.File(path, mode, **kwargs)

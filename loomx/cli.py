@@ -7,14 +7,20 @@ import sys
 from collections.abc import Sequence
 
 import numpy as np
+import xarray as xr
 
 from .backend import open_loom
+from .errors import LoomxError
 from .graphs import graph_names
 
 
 def info(path: str) -> str:
     """A short text summary of a Loom file: shape, layers, attributes, graphs, globals."""
-    ds = open_loom(path)
+    with open_loom(path) as ds:
+        return "\n".join(_summary(path, ds))
+
+
+def _summary(path: str, ds: xr.Dataset) -> list[str]:
     row_dim, col_dim = ds.loom.dims
     lines = [f"{path}: {ds.sizes[row_dim]} rows x {ds.sizes[col_dim]} columns"]
     lines.append(f"  spec version: {ds.encoding.get('loom_spec_version')}")
@@ -25,16 +31,19 @@ def info(path: str) -> str:
             f"  layer {name}: {var.dtype}, HDF5 chunks {enc.get('chunksizes')}, "
             f"{enc.get('compression')}, dask chunks {tuple(c[0] for c in var.chunks or ())}"
         )
-    for dim, label in ((row_dim, "row"), (col_dim, "col")):
-        attrs = [str(n) for n, v in ds.coords.items() if v.dims[:1] == (dim,) and ":" not in str(n)]
-        lines.append(f"  {label} attributes ({len(attrs)}): {', '.join(attrs)}")
+    for space in ("row_attrs", "col_attrs"):
+        attrs = [
+            str(n)
+            for n, v in ds.coords.items()
+            if str(v.encoding.get("loom_path", "")).startswith(f"/{space}/")
+        ]
+        lines.append(f"  {space} ({len(attrs)}): {', '.join(attrs)}")
     for space in ("row_graphs", "col_graphs"):
         lines.append(f"  {space}: {', '.join(graph_names(ds, space)) or '-'}")
     for key, value in ds.attrs.items():
         text = np.array2string(value) if isinstance(value, np.ndarray) else str(value)
         lines.append(f"  attrs[{key!r}] = {text[:60]}")
-    ds.close()
-    return "\n".join(lines)
+    return lines
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -48,13 +57,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_example.add_argument("--rows", type=int, default=500)
     p_example.add_argument("--cols", type=int, default=1200)
     args = parser.parse_args(argv)
-    if args.command == "info":
-        print(info(args.path))
-    elif args.command == "example":
-        from .testing import make_example_loom
+    try:
+        if args.command == "info":
+            print(info(args.path))
+        elif args.command == "example":
+            from .testing import make_example_loom
 
-        make_example_loom(args.path, args.rows, args.cols)
-        print(f"wrote {args.path}")
+            make_example_loom(args.path, args.rows, args.cols)
+            print(f"wrote {args.path}")
+    except LoomxError as err:
+        print(f"loomx: {err}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -82,16 +82,20 @@ def graph_edges(ds: xr.Dataset, space: str, name: str) -> tuple[np.ndarray, ...]
     Returns ``(a, b, w)`` with vertices as positions along the row or column dim.
     """
     names = conv.graph_var_names(space, name)
-    if names["vertex"] not in ds.variables:
+    if name not in graph_names(ds, space):
         raise LoomNameError(f"no graph {name!r} in {space}; found {list(graph_names(ds, space))}")
     vertex_var = ds.variables[names["vertex"]]
     source = vertex_var.encoding.get("source", "<memory>")
     where = describe(source, vertex_var.encoding.get("loom_path", f"/{space}/{name}"))
     n_original = vertex_var.encoding.get("loom_n_vertices")
     ids = np.asarray(vertex_var.values, dtype=np.int64)
-    a = np.asarray(ds.variables[names["a"]].values)
-    b = np.asarray(ds.variables[names["b"]].values)
-    w = np.asarray(ds.variables[names["w"]].values)
+    a, b, w = (np.asarray(ds.variables[names[p]].values) for p in conv.GRAPH_PARTS)
+    if ids.ndim != 1 or any(v.ndim != 1 for v in (a, b, w)):
+        raise LoomFormatError(
+            f"{where}: graph side-variables are not 1-D edge lists (found shapes "
+            f"{ids.shape}, {a.shape}, {b.shape}, {w.shape}); xarray operations such as "
+            "concat do not combine graphs: use loomx.combine or ds.loom.assign_graph"
+        )
     if n_original is None:
         n_original = int(ids.max(initial=-1)) + 1
     check_edges(a, b, int(n_original), where)
@@ -104,14 +108,15 @@ def graph_names(ds: xr.Dataset, space: str) -> list[str]:
     for var in ds.variables:
         parsed = conv.parse_graph_var(str(var))
         if parsed and parsed[0] == space and parsed[2] == "vertex":
-            out.append(parsed[1])
+            names = conv.graph_var_names(space, parsed[1])
+            if all(names[p] in ds.variables for p in conv.GRAPH_PARTS):
+                out.append(parsed[1])
     return out
 
 
-def axis_dim(ds: xr.Dataset, space: str) -> str:
-    """The Dataset dim of a namespace's axis (rows for ``row_*``, columns for ``col_*``)."""
-    dims = ds.encoding.get("loom_dims", conv.DEFAULT_DIMS)
-    return dims[0] if space.startswith("row") else dims[1]
+def axis_dim(ds: xr.Dataset, space: str, name: str) -> str:
+    """The dim graph ``name`` of ``space`` lives on (that of its vertex coordinate)."""
+    return str(ds.variables[conv.graph_var_names(space, name)["vertex"]].dims[0])
 
 
 def graph_dataarray(ds: xr.Dataset, space: str, name: str) -> xr.DataArray:
@@ -122,7 +127,7 @@ def graph_dataarray(ds: xr.Dataset, space: str, name: str) -> xr.DataArray:
     a COO that held them twice would be wrong under ``todense()`` (last write wins).  The
     edge list itself, with duplicates and order, is :func:`graph_edge_list`.
     """
-    dim = axis_dim(ds, space)
+    dim = axis_dim(ds, space, name)
     a, b, w = graph_edges(ds, space, name)
     n = ds.sizes[dim]
     coo = sparse.COO(np.stack([a, b]), w, shape=(n, n), has_duplicates=True, sorted=False)

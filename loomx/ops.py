@@ -23,7 +23,19 @@ AGGREGATIONS = ("sum", "mean", "max", "min", "std", "var", "median", "count_nonz
 
 
 def _dims(ds: xr.Dataset) -> tuple[str, str]:
-    return tuple(ds.encoding.get("loom_dims", conv.DEFAULT_DIMS))  # type: ignore[return-value]
+    """(row, col) dims: from ``ds.encoding`` or, when an operation dropped it, ``matrix``."""
+    dims = ds.encoding.get("loom_dims")
+    if dims is None and "matrix" in ds.data_vars and ds["matrix"].ndim == 2:
+        dims = ds["matrix"].dims
+    return tuple(dims or conv.DEFAULT_DIMS)  # type: ignore[return-value]
+
+
+def _dask_layer(var: xr.DataArray) -> xr.DataArray:
+    """``var`` as dask chunks aligned to its HDF5 chunks (lazily indexed layers included)."""
+    if isinstance(var.data, da.Array):
+        return var
+    preferred = var.encoding.get("preferred_chunks")
+    return var.chunk(preferred) if preferred else var.chunk()
 
 
 def _other(ds: xr.Dataset, dim: str) -> str:
@@ -35,7 +47,7 @@ def _other(ds: xr.Dataset, dim: str) -> str:
 
 def layer_names(ds: xr.Dataset) -> list[str]:
     """Names of the data variables that are layers (dims ``(row, col)``)."""
-    return [str(n) for n, v in ds.data_vars.items() if v.dims == _dims(ds)]
+    return [str(n) for n, v in ds.data_vars.items() if set(v.dims) == set(_dims(ds))]
 
 
 def _layer(ds: xr.Dataset, name: str) -> xr.DataArray:
@@ -174,9 +186,7 @@ def map_vectors(
     >>> mean, sd = ds.loom.map([np.mean, np.std], dim="col")  # doctest: +SKIP
     """
     other = _other(ds, dim)
-    var = _layer(ds, layer)
-    if not isinstance(var.data, da.Array):
-        var = var.chunk()
+    var = _dask_layer(_layer(ds, layer))
     data = var.transpose(other, dim).data
     data = data.rechunk({1: -1, 0: _rows_per_block(data.shape[1], data.dtype, data.chunks[0])})
     out = []
@@ -240,7 +250,8 @@ def aggregate(
     Returns
     -------
     xarray.Dataset
-        The aggregated layers with dim ``by`` in place of ``dim`` (lazy).
+        The aggregated layers with dim ``by`` in place of ``dim``, e.g. ``(row, ClusterID)``
+        for columns grouped by cluster, as loompy returns them (lazy).
 
     Examples
     --------
@@ -256,7 +267,8 @@ def aggregate(
     if func == "count_nonzero":
         data = (data != 0).astype(np.int64)
         func = "sum"
-    return getattr(data.groupby(by), func)()
+    out = getattr(data.groupby(by), func)()
+    return out.transpose(_other(ds, dim), by, ...)
 
 
 def to_scipy(ds: xr.Dataset, layer: str = "matrix", format: str = "csr") -> scipy.sparse.spmatrix:
@@ -269,10 +281,10 @@ def to_scipy(ds: xr.Dataset, layer: str = "matrix", format: str = "csr") -> scip
     --------
     >>> X = ds.loom.to_scipy("matrix", "csr")  # doctest: +SKIP
     """
-    var = _layer(ds, layer)
-    if not isinstance(var.data, da.Array):
-        var = var.chunk()
+    var = _dask_layer(_layer(ds, layer))
     data: da.Array = var.transpose(*_dims(ds)).data
+    if data.dtype == np.float16:  # scipy.sparse has no float16
+        data = data.astype(np.float32)
     row_starts = np.cumsum((0, *data.chunks[0][:-1]))
     col_starts = np.cumsum((0, *data.chunks[1][:-1]))
     index_dtype = np.int32 if max(data.shape, default=0) < 2**31 else np.int64

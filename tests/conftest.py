@@ -22,7 +22,11 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
 
 DATA = Path(__file__).parent / "data"
-WILD_FILES = sorted(DATA.glob("*.loom"))
+SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"
+WILD_FILES = sorted(
+    {p.name: p for p in [*SHARED_DATA.glob("*.loom"), *DATA.glob("*.loom")]}.values()
+)
+"""Files from public repositories: tests/data, plus any newer ones in ../shared/data."""
 
 
 def sha256(path: str | Path) -> str:

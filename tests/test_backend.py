@@ -46,9 +46,8 @@ def test_reductions_match_numpy_and_loompy(loompy_file):
             (row_sums,) = lp.map([np.sum], axis=0)
             genes = lp.ra.Gene
     np.testing.assert_allclose(ds["matrix"].sum("col").values, row_sums, rtol=1e-6)
-    # loompy drops non-ASCII characters of 3.0.0 strings on read; loomx keeps them
-    assert any(g != h for g, h in zip(genes, ds["Gene"].values, strict=True))
-    assert list(ds["Gene"].values) == list(loompy_file["row_attrs"]["Gene"])
+    assert len(genes) == ds.sizes["row"]
+    assert list(ds["Gene"].values) == list(loompy_file["row_attrs"]["Gene"])  # non-ASCII kept
 
 
 def test_open_dataset_engine_gives_same_dataset(loompy_file):
@@ -182,7 +181,7 @@ def test_locking_false_and_mode_r_plus(tmp_path, example_loom):
     ds = loomx.open_loom(unlocked, locking=False)
     assert float(ds["matrix"].sum()) > 0
     with pytest.raises(loomx.LoomFileError, match="another locking setting"):
-        loomx.open_loom(unlocked)["matrix"].sum().compute()
+        loomx.open_loom(unlocked)
     ds.close()
     copy = tmp_path / "rw.loom"
     shutil.copy(example_loom, copy)

@@ -14,7 +14,7 @@ def test_example_then_info(tmp_path, capsys):
     assert "80 rows x 90 columns" in out
     assert "layer spliced: uint16" in out
     assert "col_graphs: KNN" in out
-    assert "CellID" in out
+    assert "CellID" in out and "col_attrs (5)" in out
 
 
 def test_console_script_runs(tmp_path):
@@ -28,3 +28,13 @@ def test_console_script_runs(tmp_path):
         text=True,
     )
     assert "10 rows x 12 columns" in done.stdout
+
+
+def test_info_lists_qualified_attributes_and_reports_errors(tmp_path, capsys):
+    from conftest import DATA
+
+    assert main(["info", str(DATA / "LoomExperiment_L1_DRG_20_example.loom")]) == 0
+    out = capsys.readouterr().out
+    assert "row_attrs (8)" in out and "row_attrs:X_LogCV" in out and "col_attrs:X_LogCV" in out
+    assert main(["info", str(tmp_path)]) == 1
+    assert "a directory" in capsys.readouterr().err

@@ -182,3 +182,43 @@ def test_ops_do_not_depend_on_chunks(example_loom, rows, cols, func):
     (y,) = b.loom.map([np.max], dim="col", layer="spliced")
     np.testing.assert_array_equal(x.values, y.values)
     assert (a.loom.to_scipy("spliced") != b.loom.to_scipy("spliced")).nnz == 0
+
+
+def test_ops_on_renamed_dims_and_lazy_layers(example_loom, arrays):
+    ds = loomx.open_loom(example_loom, dims=("gene", "cell"), chunks=None)
+    (row_max,) = ds.loom.map([np.max], dim="cell")
+    assert row_max.dims == ("gene",)
+    np.testing.assert_array_equal(row_max.values, arrays["matrix"].max(axis=1))
+    assert ds["matrix"].chunks is None  # map did not load the layer into the Dataset
+    np.testing.assert_array_equal(ds.loom.to_scipy().toarray(), arrays["matrix"])
+    out = ds.loom.aggregate("ClusterID", "sum", dim="cell", layers=["spliced"])
+    assert out["spliced"].dims == ("gene", "ClusterID")
+    idx = [i for _, i, _ in ds.loom.scan(dim="cell", batch_size=256)]
+    assert np.concatenate(idx).tolist() == list(range(700))
+    sub = ds.isel(cell=slice(0, 50)).transpose("cell", "gene", ...)
+    assert "matrix" in sub.loom.layers
+    np.testing.assert_array_equal(sub.loom.to_scipy("spliced").toarray(), arrays["spliced"][:, :50])
+
+
+def test_to_scipy_float16(tmp_path):
+    from loomx.testing import write_loom_h5py
+
+    m = np.array([[0, 1.5], [2.25, 0]], dtype=np.float16)
+    write_loom_h5py(tmp_path / "h.loom", {"": m})
+    out = loomx.open_loom(tmp_path / "h.loom").loom.to_scipy()
+    np.testing.assert_array_equal(out.toarray(), m.astype(np.float32))
+
+
+def test_graphs_survive_or_fail_clearly_under_xarray_ops(example_loom):
+    import xarray as xr
+
+    ds = loomx.open_loom(example_loom, dims=("gene", "cell"))
+    subset = ds[["matrix", "CellID"]]  # drops the edge lists: the graph is gone, not broken
+    assert "KNN" not in subset.loom.col_graphs
+    merged = xr.merge([ds, ds[["spliced"]]])  # encoding dropped: dims come from the graph
+    assert merged.loom.col_graphs["KNN"].dims == ("cell", "cell_to")
+    n_edges = ds.sizes["col_graphs:KNN:edge"]
+    two_d = (("col_graphs:KNN:edge", "x"), np.ones((n_edges, 2)))
+    broken = ds.assign_coords({"col_graphs:KNN:w": two_d})
+    with pytest.raises(loomx.LoomFormatError, match="not 1-D edge lists"):
+        broken.loom.col_graphs["KNN"]
