@@ -362,7 +362,10 @@ def open_loom(
     dims
         Names of the row and column dims, ``("row", "col")`` by default.
     mode
-        ``"r"`` (default) or ``"r+"``.
+        ``"r"`` (default) or ``"r+"``.  ``"r+"`` holds the file writable, so no other
+        process can open it: use it only with threads in one process (dask's processes
+        scheduler and ``distributed`` workers need ``"r"``; :func:`loomx.to_loom` does
+        not need ``"r+"`` to write back).
     locking
         HDF5 file locking; pass ``False`` on filesystems without it.
 
@@ -426,9 +429,14 @@ def resolve_chunks(
         chunks = dict.fromkeys(dims, chunks)
     if not isinstance(chunks, dict):
         raise ValueError(f"chunks must be 'auto', an int or a dict, found {chunks!r}")
+    unknown = set(chunks) - set(dims)
+    if unknown:
+        raise ValueError(f"chunks names dims {sorted(unknown)} that are not in {tuple(dims)}")
     out = {}
     for dim, size in zip(dims, shape, strict=True):
         value = chunks.get(dim, "auto")
+        if not (value in ("auto", None) or isinstance(value, int | np.integer)):
+            raise ValueError(f"chunks[{dim!r}] must be an int, -1 or 'auto', found {value!r}")
         if value in ("auto", None):
             value = preferred[dim]
         elif value == -1:

@@ -297,3 +297,10 @@ def test_attributes_are_read_once(example_loom, monkeypatch):
     ds.loom.aggregate("ClusterID", "sum").compute()
     assert reads.count("/col_attrs/CellID") == 1
     assert reads.count("/col_attrs/ClusterID") == 1
+
+
+def test_bad_chunks_arguments(example_loom):
+    with pytest.raises(ValueError, match=r"not in \('row', 'col'\)"):
+        loomx.open_loom(example_loom, chunks={"cell": 100})
+    with pytest.raises(ValueError, match="must be an int"):
+        loomx.open_loom(example_loom, chunks={"row": (10, 20)})
