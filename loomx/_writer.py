@@ -5,8 +5,10 @@ fsyncs it and renames it into place.  ``mode="a"`` writes what is new or differs
 into an existing file, following its spec version: new data first goes to a spool file next
 to the target (the target is not held for writing while blocks are computed), then one ``r+``
 commit copies each object in under a temporary link, flushes, and swaps it into place.
-Everything is validated before the first byte is written; dask-backed layers are computed
-block by block and written by the one process that holds the output open.
+Everything is validated before the first byte is written; layers are computed block by
+block, and gzip layers are compressed into finished HDF5 chunks in the same tasks (threads,
+processes or workers in parallel, see ``_compress``); the one process that holds the output
+open only writes the chunks' bytes.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ import numpy as np
 import xarray as xr
 from xarray.core import indexing
 
+from . import _compress, _spec
 from . import _conventions as conv
-from . import _spec
 from .errors import LoomFormatError, LoomNameError, LoomWriteError, LoomxError, describe
 from .graphs import check_edges, induced_edges
 
@@ -467,6 +469,22 @@ def _owner_alive(tag: str) -> bool:
     return True
 
 
+def _clean_stale_links(group: h5py.Group) -> None:
+    """Remove temporary links of dead writers; roll one forward where its object is missing.
+
+    A writer swaps an object in by deleting the old link and moving the complete, flushed
+    copy to its name: killed in between, the copy is the only one left.
+    """
+    for stale in [k for k in group if k.startswith(TMP_TAG)]:
+        parts = stale[len(TMP_TAG) :].split("-", 2)
+        if _owner_alive(stale[len(TMP_TAG) :]):
+            continue
+        if len(parts) == 3 and parts[2] and parts[2] not in group:
+            group.move(stale, parts[2])
+        else:
+            del group[stale]
+
+
 def _commit(plan: _Plan, spool_path: str, objects: list[str], client: Any) -> None:
     """Copy ``objects`` from the spool into the target, each swapped in only when complete.
 
@@ -486,13 +504,14 @@ def _commit(plan: _Plan, spool_path: str, objects: list[str], client: Any) -> No
     tag = f"{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}-"
     staged: list[tuple[h5py.Group, str, str]] = []
     try:
+        parents = {h5path.rpartition("/")[0] or "/" for h5path in objects}
+        for group in sorted(parents | {"/", *_spec.REQUIRED_GROUPS_3}):
+            if isinstance(f.get(group), h5py.Group):
+                _clean_stale_links(f[group])
         with h5py.File(spool_path, "r") as spool:
             for h5path in objects:
                 parent_path, _, name = h5path.rpartition("/")
                 parent = f.require_group(parent_path or "/")
-                for stale in [k for k in parent if k.startswith(TMP_TAG)]:
-                    if not _owner_alive(stale[len(TMP_TAG) :]):
-                        del parent[stale]
                 parent.copy(spool[h5path], parent, name=tag + name)
                 staged.append((parent, tag + name, name))
         f.flush()
@@ -525,7 +544,10 @@ def _commit(plan: _Plan, spool_path: str, objects: list[str], client: Any) -> No
 class _Sink:
     """Target for ``dask.array.store``: writes blocks into an open HDF5 dataset under a lock.
 
-    With ``reference`` (the dataset on disk), it also tracks whether every block equals it.
+    A block is either values (written through h5py and its filters) or a 1x1 object array
+    holding a :class:`~loomx._compress.PackedBlock` (finished chunks, written as they are;
+    its origin says where, so ``key`` is not used).  With ``reference`` (the dataset on
+    disk), it also tracks whether every block equals it.
     """
 
     def __init__(self, dset: h5py.Dataset, lock: threading.Lock, reference: Any = None):
@@ -535,6 +557,15 @@ class _Sink:
         self.equal = reference is not None
 
     def __setitem__(self, key: tuple[slice, ...], value: Any) -> None:
+        if isinstance(value, np.ndarray) and value.dtype.kind == "O":
+            for packed in value.flat:
+                with self.lock:
+                    _compress.write_packed(self.dset, packed)
+                    if self.equal:
+                        (r0, c0), raw = packed.origin, packed.raw
+                        region = (slice(r0, r0 + raw.shape[0]), slice(c0, c0 + raw.shape[1]))
+                        self._compare(region, raw)
+            return
         if hasattr(value, "todense"):
             value = value.todense()
         elif hasattr(value, "toarray"):
@@ -543,8 +574,11 @@ class _Sink:
         with self.lock:
             self.dset[key] = value
             if self.equal:
-                disk = self.reference[key]
-                self.equal = bool(np.array_equal(disk, value, equal_nan=value.dtype.kind == "f"))
+                self._compare(key, value)
+
+    def _compare(self, key: tuple[slice, ...], value: np.ndarray) -> None:
+        disk = self.reference[key]
+        self.equal = bool(np.array_equal(disk, value, equal_nan=value.dtype.kind == "f"))
 
 
 def _aligned(arr: da.Array, chunks: tuple[int, int]) -> da.Array:
@@ -653,6 +687,7 @@ def _write_content(f: h5py.File, plan: _Plan, reference: h5py.File | None, clien
     lock = threading.Lock()
     lazy: list[tuple[da.Array, _Sink]] = []
     sinks = []
+    level = _compress.deflate_level(plan.compression, plan.compression_opts)
     n, m = plan.shape
     chunks = (max(1, min(plan.layer_chunks[0], n)), max(1, min(plan.layer_chunks[1], m)))
     for layer in plan.layers:
@@ -668,10 +703,16 @@ def _write_content(f: h5py.File, plan: _Plan, reference: h5py.File | None, clien
         ref = reference[layer.h5path] if layer.compare and reference is not None else None
         sink = _Sink(dset, lock, ref)
         sinks.append((layer, sink))
-        if isinstance(layer.data, da.Array):
-            lazy.append((_aligned(layer.data, chunks=dset.chunks), sink))
-        else:
-            sink[(slice(None), slice(None))] = layer.data
+        data = layer.data
+        if level is not None and not isinstance(data, da.Array) and data.size:
+            data = _compress.in_blocks(data, dset.chunks)
+        if not isinstance(data, da.Array):
+            sink[(slice(None), slice(None))] = data
+        elif data.size and level is not None:
+            aligned = _aligned(data, chunks=dset.chunks)
+            lazy.append((_compress.packed(aligned, dset, level, keep_raw=ref is not None), sink))
+        elif data.size:
+            lazy.append((_aligned(data, chunks=dset.chunks), sink))
     if lazy:
         arrays = [arr for arr, _ in lazy]
         get = dask.base.get_scheduler(collections=arrays) or dask.threaded.get

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import threading
 import warnings
+import zlib
 from pathlib import Path
 
 import dask
@@ -16,7 +18,7 @@ from conftest import WILD_FILES, sha256
 from dask.delayed import Delayed
 
 import loomx
-from loomx import _writer
+from loomx import _compress, _writer
 from loomx._writer import to_loom
 from loomx.errors import LoomFormatError, LoomFormatWarning, LoomNameError, LoomWriteError
 from loomx.testing import write_loom_h5py
@@ -666,3 +668,165 @@ def test_distributed_cluster_gives_identical_files(tmp_path):
     assert layout(tmp_path / "delayed.loom") == layout(reference)
     with h5py.File(src, "r") as f, h5py.File(reference, "r") as r:
         np.testing.assert_array_equal(f["layers/back"][:], r["matrix"][:] - 1)
+
+
+# --------------------------------------------------------------------------- chunk compression
+
+
+def _h5py_reference(path: Path, values: np.ndarray, level: int = 2) -> None:
+    """The layer as h5py's own gzip filter writes it, with loompy's storage settings."""
+    with h5py.File(path, "w") as f:
+        f.create_dataset(
+            "matrix",
+            data=values,
+            chunks=(min(64, values.shape[0]), min(64, values.shape[1])),
+            maxshape=(values.shape[0], None),
+            compression="gzip",
+            compression_opts=level,
+        )
+
+
+def _chunk_table(dset: h5py.Dataset) -> dict[tuple[int, ...], tuple[int, bytes]]:
+    out = {}
+    for i in range(dset.id.get_num_chunks()):
+        info = dset.id.get_chunk_info(i)
+        out[info.chunk_offset] = (info.filter_mask, dset.id.read_direct_chunk(info.chunk_offset)[1])
+    return out
+
+
+def _awkward_values(dtype: str, shape: tuple[int, int] = (150, 260)) -> np.ndarray:
+    """Values with all-zero chunks, a chunk of -0.0, NaN and partial edge chunks."""
+    rng = np.random.default_rng(3)
+    values = (rng.poisson(0.3, shape) * (rng.random(shape) < 0.2)).astype(dtype)
+    values[:64, 64:128] = 0
+    if values.dtype.kind == "f":
+        values[64:128, :64] = -0.0
+        values[1, 1] = np.nan
+        values[2, 2] = np.inf
+        values = np.log1p(values, where=values > 0, out=values.copy())
+    return values
+
+
+@pytest.mark.parametrize("codec", _compress.CODECS)
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int8", "uint16", "int64"])
+@pytest.mark.parametrize("lazy", [True, False])
+def test_compressed_chunks_read_as_h5py_gzip(tmp_path, monkeypatch, codec, dtype, lazy):
+    monkeypatch.setattr(_compress, "DEFAULT_CODEC", codec)
+    values = _awkward_values(dtype)
+    data = da.from_array(values, chunks=(100, 70)) if lazy else values
+    path, reference = tmp_path / "out.loom", tmp_path / "h5py.h5"
+    to_loom(xr.Dataset({"matrix": (("row", "col"), data)}), path)
+    _h5py_reference(reference, values)
+    with h5py.File(path, "r") as f, h5py.File(reference, "r") as r:
+        mine, theirs = f["matrix"], r["matrix"]
+        assert (mine.dtype, mine.shape, mine.chunks, mine.maxshape) == (
+            theirs.dtype,
+            theirs.shape,
+            theirs.chunks,
+            theirs.maxshape,
+        )
+        plist, ref_plist = mine.id.get_create_plist(), theirs.id.get_create_plist()
+        filters = [plist.get_filter(i) for i in range(plist.get_nfilters())]
+        assert filters == [ref_plist.get_filter(i) for i in range(ref_plist.get_nfilters())]
+        assert filters == [(h5py.h5z.FILTER_DEFLATE, 1, (2,), b"deflate")]
+        assert (mine.compression, mine.compression_opts, mine.shuffle) == ("gzip", 2, False)
+        table, ref_table = _chunk_table(mine), _chunk_table(theirs)
+        assert sorted(table) == sorted(ref_table)  # every chunk written, all-zero ones too
+        assert len(table) == 3 * 5
+        assert {mask for mask, _ in table.values()} == {0}  # the deflate filter applies
+        np.testing.assert_array_equal(mine[:], theirs[:])
+        assert mine[:].tobytes() == values.tobytes()  # -0.0 and NaN bits kept
+        assert mine[64:128, :64].tobytes() == values[64:128, :64].tobytes()
+        same_stream = zlib.compress(values[:64, :64].tobytes(), 2) == ref_table[(0, 0)][1]
+        if codec == "zlib" and same_stream:
+            assert table == ref_table  # byte for byte what HDF5's own filter wrote
+    back = loomx.open_loom(path)
+    np.testing.assert_array_equal(back["matrix"].values, values)
+
+
+def test_compressed_layers_open_in_loompy(tmp_path):
+    import loompy
+
+    values = _awkward_values("float32")
+    ds = xr.Dataset(
+        {"matrix": (("row", "col"), values), "norm": (("row", "col"), da.from_array(values * 2))},
+        coords={"Gene": ("row", [f"g{i}" for i in range(values.shape[0])])},
+    )
+    to_loom(ds, tmp_path / "l.loom")
+    to_loom(ds.assign(more=ds["matrix"] + 1), tmp_path / "l.loom", mode="a")
+    validate(tmp_path / "l.loom")
+    with loompy.connect(str(tmp_path / "l.loom"), "r") as lp:
+        np.testing.assert_array_equal(lp[:, :], values)
+        np.testing.assert_array_equal(lp.layers["norm"][:, :], values * 2)
+        np.testing.assert_array_equal(lp.layers["more"][:, :], values + 1)
+
+
+@pytest.mark.parametrize(
+    ("compression", "opts", "level"),
+    [("gzip", 2, 2), ("gzip", None, 4), ("gzip", 9, 9), ("gzip", 0, 0), (None, None, None)],
+)
+def test_compression_settings(tmp_path, compression, opts, level):
+    values = _awkward_values("float32")
+    path = tmp_path / "c.loom"
+    ds = xr.Dataset({"matrix": (("row", "col"), da.from_array(values, chunks=(64, 128)))})
+    to_loom(ds, path, compression=compression, compression_opts=opts)
+    assert _compress.deflate_level(compression, opts) == level
+    with h5py.File(path, "r") as f:
+        assert f["matrix"].compression == compression
+        assert f["matrix"].compression_opts == level
+        np.testing.assert_array_equal(f["matrix"][:], values)
+
+
+def test_lzf_layers_go_through_h5py(tmp_path):
+    values = _awkward_values("float32")
+    path = tmp_path / "lzf.loom"
+    ds = xr.Dataset({"matrix": (("row", "col"), values)})
+    to_loom(ds, path, compression="lzf", compression_opts=None)
+    assert _compress.deflate_level("lzf", None) is None
+    with h5py.File(path, "r") as f:
+        assert f["matrix"].compression == "lzf"
+        np.testing.assert_array_equal(f["matrix"][:], values)
+
+
+def test_blocks_are_compressed_where_computed(tmp_path, monkeypatch):
+    packed_in, written_in = [], []
+    pack, write = _compress.pack_block, _compress.write_packed
+
+    def packing(*args, **kwargs):
+        packed_in.append(threading.get_ident())
+        return pack(*args, **kwargs)
+
+    def writing(dset, block):
+        assert all(isinstance(c, bytes) for c in block.chunks)
+        written_in.append(threading.get_ident())
+        return write(dset, block)
+
+    monkeypatch.setattr(_compress, "pack_block", packing)
+    monkeypatch.setattr(_compress, "write_packed", writing)
+    values = _awkward_values("float32", (640, 640))
+    ds = xr.Dataset({"matrix": (("row", "col"), da.from_array(values, chunks=(128, 128)))})
+    with dask.config.set(scheduler="threads", num_workers=4):
+        to_loom(ds, tmp_path / "t.loom")
+    assert len(packed_in) == len(written_in) == 25  # one task per block
+    assert threading.get_ident() not in packed_in  # in dask's worker threads
+    with h5py.File(tmp_path / "t.loom", "r") as f:
+        np.testing.assert_array_equal(f["matrix"][:], values)
+
+
+def test_in_memory_layers_are_packed_in_bounded_blocks():
+    values = np.zeros((5000, 6000), np.float32)
+    arr = _compress.in_blocks(values, (64, 64))
+    assert max(arr.chunks[0]) * max(arr.chunks[1]) * 4 <= _compress.BLOCK_BYTES
+    assert all(c % 64 == 0 for c in arr.chunks[0][:-1] + arr.chunks[1][:-1])
+    assert arr.numblocks[0] * arr.numblocks[1] > 1
+
+
+def test_pack_block_refuses_bad_levels_and_codecs():
+    with pytest.raises(ValueError, match="0-9"):
+        _compress.compressor(10)
+    with pytest.raises(ValueError, match="not installed"):
+        _compress.compressor(2, "snappy")
+    block = _compress.pack_block(np.ones((3, 5), np.uint8), (64, 128), (4, 4), np.uint8, 1)
+    assert block.grid == (1, 2)
+    assert block.offsets((4, 4)) == [(64, 128), (64, 132)]
+    assert zlib.decompress(block.chunks[1]) == bytes([1, 0, 0, 0] * 3 + [0] * 4)

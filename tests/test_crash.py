@@ -1,0 +1,226 @@
+"""Writers killed with SIGKILL leave the previous data readable, and the next write succeeds.
+
+A child process runs ``to_loom`` with every file-changing step wrapped: before and after
+each block written, object copied, link moved or deleted, flush, fsync and rename, it prints
+the step and waits for a line on stdin.  The parent kills it with SIGKILL when the chosen
+step is reached, so each kill point is deterministic.  ``LOOMX_CRASH_ROUNDS`` sets how many
+kill points each scenario tries (default 4, spread over the whole write; 0 means every step).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import xarray as xr
+
+import loomx
+from loomx import _writer
+from loomx._writer import to_loom
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
+
+ROUNDS = int(os.environ.get("LOOMX_CRASH_ROUNDS", "4"))
+N, M = 150, 260
+
+CHILD = r"""
+import functools, os, sys, threading
+import dask, h5py, numpy as np, xarray as xr
+import loomx
+from loomx import _writer
+
+path, scenario, n, m = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+lock = threading.RLock()
+
+
+def step(name):
+    with lock:
+        sys.stdout.write(name + "\n")
+        sys.stdout.flush()
+        if not sys.stdin.readline():
+            os._exit(3)
+
+
+def wrap(owner, attr, name):
+    original = getattr(owner, attr)
+
+    @functools.wraps(original)
+    def wrapped(*args, **kwargs):
+        step("before " + name)
+        out = original(*args, **kwargs)
+        step("after " + name)
+        return out
+
+    setattr(owner, attr, wrapped)
+
+
+for owner, attr in [
+    (_writer._Sink, "__setitem__"),
+    (h5py.Group, "copy"),
+    (h5py.Group, "move"),
+    (h5py.Group, "__delitem__"),
+    (h5py.File, "flush"),
+    (_writer, "_fsync"),
+    (os, "replace"),
+]:
+    wrap(owner, attr, f"{getattr(owner, '__name__', owner)}.{attr}")
+
+rng = np.random.default_rng(1)
+with dask.config.set(scheduler="sync"):  # the same steps in the same order every run
+    if scenario == "w":
+        matrix = rng.random((n, m)).astype(np.float32)
+        ds = xr.Dataset({"matrix": (("row", "col"), matrix)}, {"Score": ("col", -rng.random(m))})
+        loomx.to_loom(ds.chunk({"row": 64, "col": 128}), path)
+    else:
+        ds = loomx.open_loom(path, chunks={"row": 64, "col": 128})
+        ds = ds.assign(norm=np.log1p(ds["matrix"]))
+        loomx.to_loom(ds.assign_coords(Score=("col", np.arange(m) / 7)), path, mode="a")
+print("done", flush=True)
+"""
+
+
+def original_ds() -> xr.Dataset:
+    rng = np.random.default_rng(0)
+    return xr.Dataset(
+        {"matrix": (("row", "col"), rng.poisson(1.0, (N, M)).astype(np.float32))},
+        coords={
+            "Gene": ("row", [f"g{i}" for i in range(N)]),
+            "Score": ("col", rng.random(M)),
+        },
+        attrs={"Title": "before"},
+    )
+
+
+def new_w_ds() -> xr.Dataset:
+    rng = np.random.default_rng(1)
+    matrix = rng.random((N, M)).astype(np.float32)
+    return xr.Dataset(
+        {"matrix": (("row", "col"), matrix)}, coords={"Score": ("col", -rng.random(M))}
+    )
+
+
+def run_child(path: Path, scenario: str, kill_at: int | None) -> tuple[list[str], bool]:
+    """Run the writer; kill it with SIGKILL on step ``kill_at`` (1-based).
+
+    Returns the steps seen and whether the child was killed.
+    """
+    child = subprocess.Popen(
+        [sys.executable, "-c", CHILD, str(path), scenario, str(N), str(M)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    steps: list[str] = []
+    killed = False
+    try:
+        for line in child.stdout:
+            line = line.strip()
+            if line == "done":
+                break
+            steps.append(line)
+            if len(steps) == kill_at:
+                child.send_signal(signal.SIGKILL)
+                killed = True
+                break
+            child.stdin.write("\n")
+            child.stdin.flush()
+    finally:
+        child.stdin.close()
+        rc = child.wait(timeout=60)
+        child.stdout.close()
+    assert rc == (-signal.SIGKILL if killed else 0), (rc, steps)
+    return steps, killed
+
+
+def read_everything(path: Path) -> dict[str, np.ndarray]:
+    """Every dataset read in full with h5py (a damaged object fails here)."""
+    out: dict[str, np.ndarray] = {}
+    with h5py.File(path, "r") as f:
+        f.visititems(
+            lambda name, obj: (
+                out.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None
+            )
+        )
+    return out
+
+
+def comparable(objects: dict[str, object]) -> dict[str, object]:
+    return {k: np.asarray(v).tolist() for k, v in objects.items()}
+
+
+def temp_links(path: Path) -> list[str]:
+    found: list[str] = []
+    with h5py.File(path, "r") as f:
+        f.visit(lambda name: found.append(name) if _writer.TMP_TAG in name else None)
+    return found
+
+
+def temp_files(folder: Path) -> list[str]:
+    return [p for p in os.listdir(folder) if _writer.TMP_TAG in p]
+
+
+def kill_points(total: int) -> list[int]:
+    if ROUNDS <= 0 or total <= ROUNDS:
+        return list(range(1, total + 1))
+    return sorted({round(1 + i * (total - 1) / (ROUNDS - 1)) for i in range(ROUNDS)})
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("scenario", ["w", "a"])
+def test_sigkill_keeps_previous_data(tmp_path, scenario):
+    path = tmp_path / "x.loom"
+    base = original_ds()
+    to_loom(base, path)
+    pristine = path.read_bytes()
+    before = read_everything(path)
+    matrix, score = base["matrix"].values, base["Score"].values
+    new = new_w_ds()
+
+    steps, killed = run_child(path, scenario, None)  # a complete run: count the steps
+    assert not killed and len(steps) > 6, steps
+    assert temp_files(tmp_path) == []
+    outcomes = set()
+    for kill_at in kill_points(len(steps)):
+        path.write_bytes(pristine)
+        seen, killed = run_child(path, scenario, kill_at)
+        assert killed and seen == steps[:kill_at]
+        after = read_everything(path)  # every object readable with h5py
+        ds = loomx.open_loom(path)
+        if scenario == "w":
+            old = np.array_equal(ds["matrix"].values, matrix)
+            if old:
+                assert comparable(after) == comparable(before)
+            else:  # renamed into place: the complete new file
+                np.testing.assert_array_equal(ds["matrix"].values, new["matrix"].values)
+                np.testing.assert_array_equal(ds["Score"].values, new["Score"].values)
+            outcomes.add("old" if old else "new")
+        else:
+            np.testing.assert_array_equal(ds["matrix"].values, matrix)
+            np.testing.assert_array_equal(ds["Gene"].values, base["Gene"].values)
+            assert ds.attrs["Title"] == "before"
+            for name, value in before.items():
+                if name != "col_attrs/Score":
+                    np.testing.assert_array_equal(after[name], value)
+            replaced = not np.array_equal(ds["Score"].values, score)
+            if replaced:
+                np.testing.assert_array_equal(ds["Score"].values, np.arange(M) / 7)
+            if "norm" in ds:
+                np.testing.assert_array_equal(ds["norm"].values, np.log1p(matrix))
+            outcomes.add(("norm" in ds, replaced))
+        ds.close()
+
+        later = original_ds().assign(matrix=base["matrix"] * 3).assign_coords(Score=("col", -score))
+        to_loom(later, path, mode="a")  # a later write succeeds and cleans up after the dead
+        assert temp_files(tmp_path) == []
+        assert temp_links(path) == []
+        back = loomx.open_loom(path)
+        np.testing.assert_array_equal(back["matrix"].values, matrix * 3)
+        np.testing.assert_array_equal(back["Score"].values, -score)
+        back.close()
+    assert len(outcomes) >= (2 if len(kill_points(len(steps))) >= 4 else 1), outcomes
