@@ -13,6 +13,7 @@ from . import accessor as _accessor  # noqa: F401  (registers ds.loom)
 from ._spec import LOOM_SPEC_VERSION
 from ._writer import to_loom
 from .backend import open_loom
+from .combine import append, combine
 from .errors import (
     LoomFileError,
     LoomFormatError,
@@ -33,6 +34,8 @@ __all__ = [
     "LoomWriteError",
     "LoomxError",
     "__version__",
+    "append",
+    "combine",
     "open_loom",
     "to_loom",
 ]
