@@ -23,7 +23,7 @@ import h5py
 import numpy as np
 import pytest
 
-from loomx.combine import combine
+from loomx import combine
 
 from .make_data import make_attrs, make_loompy_file, make_matrix
 

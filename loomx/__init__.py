@@ -10,10 +10,10 @@ Examples
 from __future__ import annotations
 
 from . import accessor as _accessor  # noqa: F401  (registers ds.loom)
+from ._combine import append, combine
 from ._spec import LOOM_SPEC_VERSION
 from ._writer import to_loom
 from .backend import open_loom
-from .combine import append, combine
 from .errors import (
     LoomFileError,
     LoomFormatError,

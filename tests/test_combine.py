@@ -1,4 +1,4 @@
-"""loomx.combine: append columns to a file, combine files; data safety on errors."""
+"""append and combine: append columns to a file, combine files; data safety on errors."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import xarray as xr
 from conftest import sha256
 
 import loomx
-from loomx import combine as cb
+from loomx import _combine as cb
 from loomx._writer import TMP_TAG
 from loomx.errors import LoomFormatError, LoomNameError, LoomWriteError
 from loomx.testing import write_loom_h5py
