@@ -28,6 +28,9 @@ LEGACY_GRAPH_GROUPS = {ROW_GRAPHS: "row_edges", COL_GRAPHS: "col_edges"}
 REQUIRED_GROUPS_3 = (GLOBAL_ATTRS, LAYERS, ROW_ATTRS, COL_ATTRS, ROW_GRAPHS, COL_GRAPHS)
 """Groups a 3.0.0 file written by loomx always has, even when empty."""
 
+TEMPORARY_TAG = ".loomx-tmp-"
+"""Marks objects and files a loomx writer has not finished; readers skip such names."""
+
 AXIS_OF_ATTRS = {ROW_ATTRS: 0, COL_ATTRS: 1}
 AXIS_OF_GRAPHS = {ROW_GRAPHS: 0, COL_GRAPHS: 1}
 

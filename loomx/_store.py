@@ -207,6 +207,11 @@ class LoomStore:
             return _LayoutReader(h5file, self.path).read()
 
 
+def _finished(group: h5py.Group) -> list[str]:
+    """Child names, without objects a writer left unfinished (it cleans them up later)."""
+    return [name for name in group if _spec.TEMPORARY_TAG not in name]
+
+
 def _hard_child(group: h5py.Group, name: str, path: str) -> h5py.Dataset | h5py.Group:
     """``group[name]`` if it is a hard link inside this file; a clear error otherwise."""
     link = group.get(name, getlink=True)
@@ -304,7 +309,7 @@ class _LayoutReader:
     def layers(self, shape: tuple[int, int]) -> dict[str, DatasetInfo]:
         out = {"": self.layer_info(self.f[_spec.MATRIX], shape)}
         group = self.group(_spec.LAYERS)
-        for name in group.keys() if group is not None else ():
+        for name in _finished(group) if group is not None else ():
             dset = _hard_child(group, name, self.path)
             if not isinstance(dset, h5py.Dataset):
                 raise LoomFormatError(
@@ -319,7 +324,7 @@ class _LayoutReader:
             self.warn("/" + space, "group missing; expected it in every Loom file")
             return {}
         out = {}
-        for name in group:
+        for name in _finished(group):
             dset = _hard_child(group, name, self.path)
             if not isinstance(dset, h5py.Dataset):
                 raise LoomFormatError(
@@ -384,7 +389,7 @@ class _LayoutReader:
                 continue
             if group_name == legacy_name and len(group):
                 self.warn(group.name, f"legacy graph group; read as /{space}")
-            for name in group:
+            for name in _finished(group):
                 out[name] = self.graph(_hard_child(group, name, self.path))
         return out
 
@@ -437,7 +442,7 @@ class _LayoutReader:
         group = self.group(_spec.GLOBAL_ATTRS)
         out: dict[str, Any] = {}
         if group is not None:
-            for name in group:
+            for name in _finished(group):
                 dset = _hard_child(group, name, self.path)
                 if isinstance(dset, h5py.Dataset):
                     out[name] = self.global_value(dset[()], f"{group.name}/{name}", legacy)

@@ -39,7 +39,7 @@ from .graphs import check_edges, induced_edges
 
 __all__ = ["to_loom"]
 
-TMP_TAG = ".loomx-tmp-"
+TMP_TAG = _spec.TEMPORARY_TAG
 """Marks temporary files and links; the owner's pid follows, so stale ones can be removed."""
 
 _ATTR_SPACES = {_spec.ROW_ATTRS: 0, _spec.COL_ATTRS: 1}

@@ -152,3 +152,13 @@ def test_name_error_is_keyerror(example_loom):
     with pytest.raises(KeyError, match="no graph 'nope'") as info:
         ds.loom.col_graphs["nope"]
     assert isinstance(info.value, loomx.LoomNameError)
+
+
+def test_unfinished_writer_objects_are_hidden(tmp_path):
+    path = minimal(tmp_path / "tmp.loom")
+    with h5py.File(path, "a") as f:
+        f["layers/.loomx-tmp-123-abc-norm"] = np.ones((4, 5))
+        f["col_attrs/.loomx-tmp-123-abc-n"] = np.ones(5)
+    ds = loomx.open_loom(path)
+    assert list(ds.data_vars) == ["matrix"]
+    assert not any("loomx-tmp" in str(name) for name in ds.variables)
