@@ -871,7 +871,7 @@ def to_loom(
         plan = _plan(ds, path, mode, dims, None)
     plan.layer_chunks = (int(chunks[0]), int(chunks[1]))
     plan.compression = compression
-    plan.compression_opts = compression_opts if compression else None
+    plan.compression_opts = compression_opts if compression == "gzip" else None
     if compute:
         _execute(plan)
         return None

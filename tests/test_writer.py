@@ -830,3 +830,13 @@ def test_pack_block_refuses_bad_levels_and_codecs():
     assert block.grid == (1, 2)
     assert block.offsets((4, 4)) == [(64, 128), (64, 132)]
     assert zlib.decompress(block.chunks[1]) == bytes([1, 0, 0, 0] * 3 + [0] * 4)
+
+
+def test_lzf_compression_needs_no_level(tmp_path):
+    ds = xr.Dataset({"matrix": (("row", "col"), np.arange(12.0).reshape(3, 4))})
+    loomx.to_loom(ds, tmp_path / "lzf.loom", compression="lzf")
+    with h5py.File(tmp_path / "lzf.loom", "r") as f:
+        assert f["matrix"].compression == "lzf"
+    np.testing.assert_array_equal(
+        loomx.open_loom(tmp_path / "lzf.loom")["matrix"].values, ds["matrix"].values
+    )
