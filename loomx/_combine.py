@@ -485,6 +485,16 @@ def _write_append(plan: _AppendPlan, tag: str, f: h5py.File, staged: list) -> No
             group.create_dataset(part, data=edges[part])
 
 
+def _aside(tag: str, name: str) -> str:
+    """Temporary name of an old object moved aside: ``{TMP_TAG}{pid}-{hex}old-{name}``.
+
+    It parses like the writer's temporary links (owner pid, token, final name), so a later
+    write's stale-link clean-up restores it when its final name is missing and deletes it
+    otherwise.
+    """
+    return f"{tag[:-1]}old-{name}"
+
+
 def _swap(staged: list, tag: str) -> None:
     """Move each old object aside and its replacement into place; undo all on error."""
     done: list[tuple[h5py.Group, str, str, bool]] = []
@@ -492,7 +502,7 @@ def _swap(staged: list, tag: str) -> None:
         for parent, tmp, name in staged:
             had = name in parent
             if had:
-                parent.move(name, f"{tag}old-{name}")
+                parent.move(name, _aside(tag, name))
             done.append((parent, tmp, name, had))
             parent.move(tmp, name)
     except Exception:
@@ -501,11 +511,11 @@ def _swap(staged: list, tag: str) -> None:
                 if tmp not in parent and name in parent:
                     parent.move(name, tmp)
                 if had:
-                    parent.move(f"{tag}old-{name}", name)
+                    parent.move(_aside(tag, name), name)
         raise
     for parent, _, name, had in done:
         if had:
-            del parent[f"{tag}old-{name}"]
+            del parent[_aside(tag, name)]
 
 
 def _execute_append(plan: _AppendPlan) -> None:
