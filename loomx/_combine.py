@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import os
 import threading
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -520,22 +519,9 @@ def _swap(staged: list, tag: str) -> None:
 
 def _execute_append(plan: _AppendPlan) -> None:
     path = plan.path
-    wr._release_cached_handles(path)
-    try:
-        f = h5py.File(path, "r+")
-    except OSError as exc:
-        raise LoomWriteError(
-            f"{path!r}: cannot open for writing ({exc}); close other handles on this file "
-            "(h5py.File, loompy, other processes) and retry"
-        ) from exc
-    tag = f"{wr.TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}-"
+    f, tag = wr.open_for_commit(path)
     staged: list[tuple[h5py.Group, str, str]] = []
     try:
-        spaces = (_spec.LAYERS, _spec.COL_ATTRS, _spec.COL_GRAPHS)
-        for group in [f, *(f[p] for p in spaces if isinstance(f.get(p), h5py.Group))]:
-            for stale in [k for k in group if k.startswith(wr.TMP_TAG)]:
-                if not wr._owner_alive(stale[len(wr.TMP_TAG) :]):
-                    del group[stale]
         _write_append(plan, tag, f, staged)
         f.flush()
         wr._fsync(path)

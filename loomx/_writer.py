@@ -485,12 +485,14 @@ def _clean_stale_links(group: h5py.Group) -> None:
             del group[stale]
 
 
-def _commit(plan: _Plan, spool_path: str, objects: list[str], client: Any) -> None:
-    """Copy ``objects`` from the spool into the target, each swapped in only when complete.
+def open_for_commit(
+    path: str, client: Any = None, groups: set[str] | None = None
+) -> tuple[h5py.File, str]:
+    """Open ``path`` ``r+`` for a commit: release this process's (and ``client``'s
+    workers') cached read handles first, then clean up what dead writers left behind.
 
-    A failure before the swap removes the copies; the old objects stay as they were.
+    Returns the open file and the temporary-name prefix this commit must use.
     """
-    path = plan.path
     _release_cached_handles(path)
     if client is not None:
         client.run(_release_cached_handles, path)
@@ -501,13 +503,26 @@ def _commit(plan: _Plan, spool_path: str, objects: list[str], client: Any) -> No
             f"{path!r}: cannot open for writing ({exc}); close other handles on this file "
             "(h5py.File, loompy, other processes) and retry"
         ) from exc
-    tag = f"{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}-"
-    staged: list[tuple[h5py.Group, str, str]] = []
     try:
-        parents = {h5path.rpartition("/")[0] or "/" for h5path in objects}
-        for group in sorted(parents | {"/", *_spec.REQUIRED_GROUPS_3}):
+        for group in sorted((groups or set()) | {"/", *_spec.REQUIRED_GROUPS_3}):
             if isinstance(f.get(group), h5py.Group):
                 _clean_stale_links(f[group])
+    except BaseException:
+        f.close()
+        raise
+    return f, f"{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}-"
+
+
+def _commit(plan: _Plan, spool_path: str, objects: list[str], client: Any) -> None:
+    """Copy ``objects`` from the spool into the target, each swapped in only when complete.
+
+    A failure before the swap removes the copies; the old objects stay as they were.
+    """
+    path = plan.path
+    parents = {h5path.rpartition("/")[0] or "/" for h5path in objects}
+    f, tag = open_for_commit(path, client, parents)
+    staged: list[tuple[h5py.Group, str, str]] = []
+    try:
         with h5py.File(spool_path, "r") as spool:
             for h5path in objects:
                 parent_path, _, name = h5path.rpartition("/")
