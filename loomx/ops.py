@@ -149,7 +149,8 @@ def scan(
             windows.append((start, picks))
 
     def load(picks: np.ndarray) -> xr.Dataset:
-        view = source.isel({dim: picks})
+        whole_run = int(picks[-1]) - int(picks[0]) + 1 == len(picks)
+        view = source.isel({dim: slice(int(picks[0]), int(picks[-1]) + 1) if whole_run else picks})
         arrays = [view[name].data for name in names]
         values = dask.compute(*arrays) if arrays else ()
         return view.assign(
