@@ -1,14 +1,19 @@
-"""Write a loompy-written benchmark file.
+"""Write the benchmark files.
 
-The file is made by ``loompy.create`` itself, so its layout is exactly loompy's: ``/matrix``
-in (64, 64) chunks, gzip level 2, plus ``Gene``/``Accession`` row attributes and
+The default file is made by ``loompy.create`` itself, so its layout is exactly loompy's:
+``/matrix`` in (64, 64) chunks, gzip level 2, plus ``Gene``/``Accession`` row attributes and
 ``CellID``/``ClusterID`` column attributes.  The matrix is float32 with about ``density``
 non-zero values, each a Poisson count (``1 + Poisson(2)``), the way UMI counts look.
+
+With ``--wide`` it writes a file with many layers and attributes instead
+(:func:`make_wide_file`), to time opening a file with many objects.
 
 Usage::
 
     python benchmarks/make_data.py /work/bench-data/pbmc_20000x30000.loom \\
         --rows 20000 --cols 30000 --density 0.07 --seed 0
+    python benchmarks/make_data.py /work/bench-data/wide_20000x30000.loom --wide \\
+        --rows 20000 --cols 30000 --layers 100 --attrs 1000 --seed 0
 """
 
 from __future__ import annotations
@@ -109,6 +114,111 @@ def make_loompy_file(
     return str(path)
 
 
+LOOMPY_CHUNKS = (64, 64)
+"""loompy's chunk shape for layers."""
+
+LOOMPY_GZIP_LEVEL = 2
+"""loompy's gzip level for layers and attributes."""
+
+
+def _attr_values(i: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Values of the ``i``-th attribute of length ``n``; its kind cycles with ``i``.
+
+    ``i % 10 == 0``: strings (non-ASCII included); ``i % 100 == 5``: 2-D float32 ``(n, 2)``
+    (an embedding); otherwise float64, int64 or float32 in turn.
+    """
+    if i % 10 == 0:
+        return np.array([f"a{i}_{j}_\u00e9" for j in range(n)], dtype=object)
+    if i % 100 == 5:
+        return rng.normal(size=(n, 2)).astype(np.float32)
+    kind = i % 3
+    if kind == 0:
+        return rng.normal(size=n)
+    if kind == 1:
+        return rng.integers(0, 1000, size=n).astype(np.int64)
+    return rng.random(n, dtype=np.float32)
+
+
+def make_wide_file(
+    path: str | os.PathLike,
+    n_rows: int,
+    n_cols: int,
+    n_layers: int = 100,
+    n_attrs: int = 1000,
+    seed: int = 0,
+) -> str:
+    """Write a Loom file with many layers and attributes (to time opening it).
+
+    The layout is loompy's (spec 3.0.0), written with h5py: ``/matrix`` and ``n_layers``
+    layers ``/layers/layer000`` ... are float32 ``(n_rows, n_cols)`` datasets in (64, 64)
+    chunks, gzip level 2, declared but left unallocated (they read as zeros); ``n_attrs``
+    attributes hold real values, alternately on rows and columns (``row_attr0000``,
+    ``col_attr0001``, ...), gzip level 2 like loompy's: one in ten are variable-length UTF-8
+    strings, one in a hundred a 2-D float32 embedding, the rest float64, int64 or float32.
+
+    Parameters
+    ----------
+    path
+        Output ``.loom`` file (its folder is created; an existing file is replaced).
+    n_rows, n_cols
+        Shape of ``/matrix`` and every layer.
+    n_layers
+        Layers besides ``/matrix``.
+    n_attrs
+        Row and column attributes in all.
+    seed
+        Random seed of the attribute values.
+
+    Returns
+    -------
+    str
+        ``path`` as a string.
+
+    Examples
+    --------
+    >>> make_wide_file("/tmp/wide.loom", 2000, 3000)  # doctest: +SKIP
+    '/tmp/wide.loom'
+    """
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        path.unlink()
+    rng = np.random.default_rng(seed)
+    strings = h5py.string_dtype("utf-8")
+    chunks = (min(LOOMPY_CHUNKS[0], n_rows), min(LOOMPY_CHUNKS[1], n_cols))
+    layer = {
+        "shape": (n_rows, n_cols),
+        "dtype": np.float32,
+        "chunks": chunks,
+        "compression": "gzip",
+        "compression_opts": LOOMPY_GZIP_LEVEL,
+        "maxshape": (n_rows, None),
+        "fillvalue": 0,
+    }
+    with h5py.File(path, "w") as f:
+        for group in ("attrs", "layers", "row_attrs", "col_attrs", "row_graphs", "col_graphs"):
+            f.create_group(group)
+        f.create_dataset("attrs/LOOM_SPEC_VERSION", data="3.0.0", dtype=strings)
+        f.create_dataset("attrs/CreationDate", data="20261123T000000.000000Z", dtype=strings)
+        f.create_dataset("matrix", **layer)
+        for k in range(n_layers):
+            f.create_dataset(f"layers/layer{k:03d}", **layer)
+        for i in range(n_attrs):
+            group, n = ("row_attrs", n_rows) if i % 2 == 0 else ("col_attrs", n_cols)
+            values = _attr_values(i, n, rng)
+            f.create_dataset(
+                f"{group}/{group[:3]}_attr{i:04d}",
+                data=values,
+                dtype=strings if values.dtype == object else values.dtype,
+                maxshape=(n,) if values.ndim == 1 else (n, None),
+                compression="gzip",
+                compression_opts=LOOMPY_GZIP_LEVEL,
+            )
+    return str(path)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -117,12 +227,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cols", type=int, default=30000, help="columns (cells)")
     parser.add_argument("--density", type=float, default=0.07, help="fraction of non-zeros")
     parser.add_argument("--seed", type=int, default=0, help="random seed")
+    parser.add_argument(
+        "--wide", action="store_true", help="many unallocated layers and many attributes"
+    )
+    parser.add_argument("--layers", type=int, default=100, help="layers (with --wide)")
+    parser.add_argument("--attrs", type=int, default=1000, help="attributes (with --wide)")
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    make_loompy_file(args.path, args.rows, args.cols, args.density, args.seed)
+    if args.wide:
+        make_wide_file(args.path, args.rows, args.cols, args.layers, args.attrs, args.seed)
+        what = f"{args.layers} layers, {args.attrs} attributes"
+    else:
+        make_loompy_file(args.path, args.rows, args.cols, args.density, args.seed)
+        what = f"density {args.density}"
     elapsed = time.perf_counter() - start
     size_mb = Path(args.path).stat().st_size / 1e6
-    print(f"wrote {args.path}: {args.rows} x {args.cols}, {size_mb:.1f} MB, {elapsed:.1f} s")
+    print(
+        f"wrote {args.path}: {args.rows} x {args.cols}, {what}, {size_mb:.1f} MB, {elapsed:.1f} s"
+    )
 
 
 if __name__ == "__main__":
