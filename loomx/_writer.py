@@ -807,6 +807,23 @@ def _execute_with(plan: _Plan, client: Any) -> None:
             os.remove(tmp)
 
 
+def _check_storage(chunks: Any, compression: str | None, compression_opts: Any) -> None:
+    """Refuse storage options h5py would reject, before anything is written."""
+    if compression not in (None, "gzip", "lzf"):
+        raise ValueError(f"compression must be None, 'gzip' or 'lzf'; got {compression!r}")
+    level = compression_opts
+    if (
+        compression == "gzip"
+        and level is not None
+        and not (isinstance(level, int | np.integer) and 0 <= level <= 9)
+    ):
+        raise ValueError(f"gzip compression_opts must be an int from 0 to 9; got {level!r}")
+    if len(tuple(chunks)) != 2 or not all(
+        isinstance(c, int | np.integer) and c > 0 for c in chunks
+    ):
+        raise ValueError(f"chunks must be two positive ints; got {chunks!r}")
+
+
 def to_loom(
     ds: xr.Dataset,
     path: str | os.PathLike[str],
@@ -873,6 +890,7 @@ def to_loom(
     path = os.fspath(path)
     if mode not in ("w", "a"):
         raise ValueError(f"mode must be 'w' or 'a'; got {mode!r}")
+    _check_storage(chunks, compression, compression_opts)
     if mode == "a" and not os.path.exists(path):
         mode = "w"
     if mode == "a":

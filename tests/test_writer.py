@@ -840,3 +840,14 @@ def test_lzf_compression_needs_no_level(tmp_path):
     np.testing.assert_array_equal(
         loomx.open_loom(tmp_path / "lzf.loom")["matrix"].values, ds["matrix"].values
     )
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"compression": "foo"}, {"compression_opts": 12}, {"chunks": (0, 64)}, {"chunks": (64,)}],
+)
+def test_bad_storage_options_refused_before_writing(tmp_path, kwargs):
+    ds = xr.Dataset({"matrix": (("row", "col"), np.ones((3, 4)))})
+    with pytest.raises(ValueError, match=r"compression|chunks"):
+        loomx.to_loom(ds, tmp_path / "x.loom", **kwargs)
+    assert list(tmp_path.iterdir()) == []
