@@ -524,11 +524,7 @@ def local_reader(path: str | os.PathLike[str]) -> ReadAt:
 
 
 def read_region(
-    path: str | os.PathLike[str],
-    h5path: str,
-    key: tuple[slice, ...] | slice = (),
-    *,
-    open_file: Callable[[], contextlib.AbstractContextManager[Any]] | None = None,
+    path: str | os.PathLike[str], h5path: str, key: tuple[slice, ...] | slice = ()
 ) -> np.ndarray:
     """Return ``h5py.File(path)[h5path][key]`` through the fast path when possible.
 
@@ -540,10 +536,6 @@ def read_region(
         The dataset inside it.
     key : tuple of slice
         Step-1 slices, as for :meth:`ChunkIndex.read`.
-    open_file : callable, optional
-        Context manager factory giving the open :class:`h5py.File` (for example a
-        ``LoomStore.open``, which honours its mode and locking); default
-        ``h5py.File(path, "r")``.
 
     Returns
     -------
@@ -555,7 +547,9 @@ def read_region(
     import h5py
 
     fkey = _file_key(path)
-    opener = open_file or (lambda: h5py.File(fkey[1], "r"))
+
+    def opener() -> h5py.File:
+        return h5py.File(fkey[1], "r")
 
     def build() -> ChunkIndex | None:
         with opener() as f:

@@ -46,6 +46,15 @@ STRING_DTYPE = h5py.string_dtype("utf-8")
 # --------------------------------------------------------------------------- names
 
 
+def dataset_dims(ds: Any) -> tuple[str, str]:
+    """The (row, col) dims of a Loom Dataset: ``ds.encoding["loom_dims"]``, or, when an
+    xarray operation dropped the encoding, the dims of ``matrix``; else the defaults."""
+    dims = ds.encoding.get("loom_dims")
+    if dims is None and "matrix" in ds.data_vars and ds["matrix"].ndim == 2:
+        dims = ds["matrix"].dims
+    return tuple(dims or DEFAULT_DIMS)  # type: ignore[return-value]
+
+
 def qualify(namespace: str, name: str) -> str:
     """``("row_attrs", "X")`` -> ``"row_attrs:X"``."""
     return f"{namespace}{SEPARATOR}{name}"

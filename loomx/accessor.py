@@ -29,7 +29,7 @@ class LoomAccessor:
     @property
     def dims(self) -> tuple[str, str]:
         """The (row, column) dim names."""
-        return tuple(self._ds.encoding.get("loom_dims", conv.DEFAULT_DIMS))  # type: ignore[return-value]
+        return conv.dataset_dims(self._ds)
 
     @property
     def row_graphs(self) -> graphs.GraphMapping:

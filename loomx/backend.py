@@ -2,7 +2,7 @@
 
 The entrypoint builds a Dataset whose layers, attributes and graph edge lists are lazy
 backend arrays: opening reads metadata only.  Attributes are read whole and decoded on
-first use and then held in memory by xarray's cache.  Each layer's
+first use and then kept by their backend array.  Each layer's
 ``encoding["preferred_chunks"]`` is a chunking that is a whole multiple of its HDF5 chunks
 and large enough to keep task counts low, so ``chunks={}`` gives good dask chunks.
 """

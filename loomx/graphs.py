@@ -186,7 +186,7 @@ def assign_graph(ds: xr.Dataset, name: str, matrix: Any, dim: str) -> xr.Dataset
     """
     if "/" in name or not name:
         raise LoomNameError(f"graph name {name!r} is empty or contains '/'")
-    row_dim, col_dim = ds.encoding.get("loom_dims", conv.DEFAULT_DIMS)
+    row_dim, col_dim = conv.dataset_dims(ds)
     if dim not in (row_dim, col_dim):
         raise LoomNameError(f"dim {dim!r} is neither the row dim {row_dim!r} nor {col_dim!r}")
     space = _spec.ROW_GRAPHS if dim == row_dim else _spec.COL_GRAPHS

@@ -22,14 +22,6 @@ from .errors import LoomNameError
 AGGREGATIONS = ("sum", "mean", "max", "min", "std", "var", "median", "count_nonzero", "first")
 
 
-def _dims(ds: xr.Dataset) -> tuple[str, str]:
-    """(row, col) dims: from ``ds.encoding`` or, when an operation dropped it, ``matrix``."""
-    dims = ds.encoding.get("loom_dims")
-    if dims is None and "matrix" in ds.data_vars and ds["matrix"].ndim == 2:
-        dims = ds["matrix"].dims
-    return tuple(dims or conv.DEFAULT_DIMS)  # type: ignore[return-value]
-
-
 def _dask_layer(var: xr.DataArray) -> xr.DataArray:
     """``var`` as dask chunks aligned to its HDF5 chunks (lazily indexed layers included)."""
     if isinstance(var.data, da.Array):
@@ -39,7 +31,7 @@ def _dask_layer(var: xr.DataArray) -> xr.DataArray:
 
 
 def _other(ds: xr.Dataset, dim: str) -> str:
-    row, col = _dims(ds)
+    row, col = conv.dataset_dims(ds)
     if dim not in (row, col):
         raise LoomNameError(f"dim {dim!r} is neither the row dim {row!r} nor the col dim {col!r}")
     return row if dim == col else col
@@ -47,7 +39,7 @@ def _other(ds: xr.Dataset, dim: str) -> str:
 
 def layer_names(ds: xr.Dataset) -> list[str]:
     """Names of the data variables that are layers (dims ``(row, col)``)."""
-    return [str(n) for n, v in ds.data_vars.items() if set(v.dims) == set(_dims(ds))]
+    return [str(n) for n, v in ds.data_vars.items() if set(v.dims) == set(conv.dataset_dims(ds))]
 
 
 def _layer(ds: xr.Dataset, name: str) -> xr.DataArray:
@@ -283,7 +275,7 @@ def to_scipy(ds: xr.Dataset, layer: str = "matrix", format: str = "csr") -> scip
     >>> X = ds.loom.to_scipy("matrix", "csr")  # doctest: +SKIP
     """
     var = _dask_layer(_layer(ds, layer))
-    data: da.Array = var.transpose(*_dims(ds)).data
+    data: da.Array = var.transpose(*conv.dataset_dims(ds)).data
     if data.dtype == np.float16:  # scipy.sparse has no float16
         data = data.astype(np.float32)
     row_starts = np.cumsum((0, *data.chunks[0][:-1]))
