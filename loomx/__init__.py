@@ -12,6 +12,7 @@ from __future__ import annotations
 from . import accessor as _accessor  # noqa: F401  (registers ds.loom)
 from ._combine import append, combine
 from ._spec import LOOM_SPEC_VERSION
+from ._transaction import recover
 from ._writer import to_loom
 from .backend import open_loom
 from .errors import (
@@ -37,5 +38,6 @@ __all__ = [
     "append",
     "combine",
     "open_loom",
+    "recover",
     "to_loom",
 ]

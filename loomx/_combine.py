@@ -4,11 +4,11 @@
 width under a temporary name in the same file: the old HDF5 chunks are copied raw
 (``read_direct_chunk``/``write_direct_chunk``: no decompression, no recompression), then the
 new columns are streamed in block by block.  Column attributes and column graphs are written
-complete under temporary names too.  Only after a flush and an fsync are the links swapped
-(old objects moved aside, new ones moved into place, old ones deleted), so an error at any
-point leaves the file with its original content, and an interruption (SIGKILL, power loss)
-can only strike in the short metadata-only swap.  The price: the old layers' space stays in
-the file as free space (``h5repack`` reclaims it), so the file grows by the old layer sizes.
+complete under temporary names too, and all of them are committed at once (``_transaction``:
+an fsynced journal, then the link swaps), so the file reads as all old or all new whatever
+the moment of an error or an interruption (SIGKILL, power loss).  The price: the old
+layers' space stays in the file as free space (``h5repack`` reclaims it), so the file grows
+by the old layer sizes.
 
 :func:`combine` opens every input lazily, aligns rows by a key attribute with a lazy
 permutation and concatenates along columns; attributes, graphs and globals are written by
@@ -34,7 +34,7 @@ import h5py
 import numpy as np
 import xarray as xr
 
-from . import _compress, _spec
+from . import _compress, _spec, _transaction
 from . import _conventions as conv
 from . import _writer as wr
 from .backend import open_loom
@@ -443,21 +443,20 @@ def _write_attr(group: h5py.Group, name: str, values: np.ndarray) -> None:
     group.create_dataset(name, data=values, dtype=dtype, **kwargs)
 
 
-def _write_append(plan: _AppendPlan, tag: str, f: h5py.File, staged: list) -> None:
-    """Write every object under ``tag + name``; record each in ``staged`` as it appears."""
+def _write_append(plan: _AppendPlan, txn: _transaction.Transaction) -> None:
+    """Write every object complete under its staged (temporary) name."""
+    f = txn.file
     n, m = plan.shape
     width = m + plan.m_new
     lock = threading.Lock()
     jobs: list = []
     for h5path, data, old_fill, dtype in plan.layers:
-        parent_path, _, name = h5path.rpartition("/")
-        parent = f.require_group(parent_path or "/")
+        parent, tmp = txn.stage(h5path)
         if old_fill is None:
-            dset = _like(parent, tag + name, f[h5path], width)
+            dset = _like(parent, tmp, f[h5path], width)
             _copy_columns(f[h5path], dset, 0)
         else:
-            dset = _new_layer(parent, tag + name, dtype, (n, width))
-        staged.append((parent, tag + name, name))
+            dset = _new_layer(parent, tmp, dtype, (n, width))
         step = dset.chunks or (64, 64)
         parts = [(data, m, plan.m_new)]
         if old_fill is not None:
@@ -471,74 +470,17 @@ def _write_append(plan: _AppendPlan, tag: str, f: h5py.File, staged: list) -> No
             _queue(jobs, dset, da.asarray(part).astype(dtype), col0, lock)
     _run(jobs)
     for h5path, values in plan.attrs.items():
-        parent_path, _, name = h5path.rpartition("/")
-        parent = f.require_group(parent_path)
-        _write_attr(parent, tag + name, values)
-        staged.append((parent, tag + name, name))
+        _write_attr(*txn.stage(h5path), values)
     for h5path, edges in plan.graphs.items():
-        parent_path, _, name = h5path.rpartition("/")
-        parent = f.require_group(parent_path)
-        group = parent.create_group(tag + name)
-        staged.append((parent, tag + name, name))
+        parent, tmp = txn.stage(h5path)
+        group = parent.create_group(tmp)
         for part in conv.GRAPH_PARTS:
             group.create_dataset(part, data=edges[part])
 
 
-def _aside(tag: str, name: str) -> str:
-    """Temporary name of an old object moved aside: ``{TMP_TAG}{pid}-{hex}old-{name}``.
-
-    It parses like the writer's temporary links (owner pid, token, final name), so a later
-    write's stale-link clean-up restores it when its final name is missing and deletes it
-    otherwise.
-    """
-    return f"{tag[:-1]}old-{name}"
-
-
-def _swap(staged: list, tag: str) -> None:
-    """Move each old object aside and its replacement into place; undo all on error."""
-    done: list[tuple[h5py.Group, str, str, bool]] = []
-    try:
-        for parent, tmp, name in staged:
-            had = name in parent
-            if had:
-                parent.move(name, _aside(tag, name))
-            done.append((parent, tmp, name, had))
-            parent.move(tmp, name)
-    except Exception:
-        for parent, tmp, name, had in reversed(done):
-            with contextlib.suppress(Exception):
-                if tmp not in parent and name in parent:
-                    parent.move(name, tmp)
-                if had:
-                    parent.move(_aside(tag, name), name)
-        raise
-    for parent, _, name, had in done:
-        if had:
-            del parent[_aside(tag, name)]
-
-
 def _execute_append(plan: _AppendPlan) -> None:
-    path = plan.path
-    f, tag = wr.open_for_commit(path)
-    staged: list[tuple[h5py.Group, str, str]] = []
-    try:
-        _write_append(plan, tag, f, staged)
-        f.flush()
-        wr._fsync(path)
-        _swap(staged, tag)
-        staged.clear()
-        f.flush()
-    except BaseException as exc:
-        for parent, tmp, _ in staged:
-            with contextlib.suppress(Exception):
-                del parent[tmp]
-        with contextlib.suppress(Exception):
-            f.close()
-        if isinstance(exc, LoomxError) or not isinstance(exc, Exception):
-            raise
-        raise LoomWriteError(f"{path!r}: append failed, the file is unchanged: {exc}") from exc
-    f.close()
-    wr._fsync(path)
+    with _transaction.transaction(plan.path, what="append") as txn:
+        _write_append(plan, txn)
 
 
 def append(
@@ -595,6 +537,7 @@ def append(
     if not os.path.exists(path):
         wr.to_loom(ds, path, mode="w", dims=dims)
         return
+    _transaction.recover_pending(path)
     old = open_loom(path, chunks=None)
     try:
         plan = _plan_append(old, ds, path, key, fill_values, dims)
@@ -643,7 +586,7 @@ def combine(
     paths = [os.fspath(p) for p in files]
     if not paths:
         raise ValueError("combine needs at least one input file")
-    if os.path.exists(out) and any(wr._same_file(p, out) for p in paths):
+    if os.path.exists(out) and any(_transaction.same_file(p, out) for p in paths):
         raise LoomFormatError(f"{out!r}: is also an input; write to a new file")
     opened = [open_loom(p, chunks=None) for p in paths]
     tmp = wr._temp_path(out, "combine")
@@ -653,7 +596,7 @@ def combine(
         layers, plan.layers = plan.layers, []
         wr._execute(plan)
         _write_layers(tmp, layers, inputs, combined.sizes)
-        wr._fsync(tmp)
+        _transaction.fsync(tmp)
         os.replace(tmp, out)
     except LoomxError:
         raise

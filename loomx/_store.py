@@ -22,6 +22,7 @@ from xarray.backends.locks import HDF5_LOCK
 
 from . import _conventions as conv
 from . import _spec
+from ._transaction import committed_path, read_journals
 from .errors import LoomFileError, LoomFormatError, LoomFormatWarning, describe
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -195,21 +196,30 @@ class LoomStore:
         """Close this process's cached handle (it is reopened on next use)."""
         self._manager.close()
 
+    def resolve(self, h5path: str) -> str:
+        """The link through which to read ``h5path`` now.
+
+        A path the layout found through a pending commit (temporary names, see
+        ``_transaction``) becomes the final name once a writer has carried the commit out.
+        """
+        if _spec.TEMPORARY_TAG not in h5path:
+            return h5path
+        with self.open() as h5file:
+            if h5path in h5file:
+                return h5path
+        return committed_path(h5path)
+
     def read_attr(self, attr: AttrInfo) -> np.ndarray:
         """Read and decode one whole row or column attribute."""
+        h5path = self.resolve(attr.info.h5path)
         with self.open() as h5file:
-            raw = h5file[attr.info.h5path][()]
+            raw = h5file[h5path][()]
         return attr.decode(raw, self.path)
 
     def read_layout(self) -> LoomLayout:
         """Read and check the metadata (never layer, attribute or graph data)."""
         with self.open() as h5file:
             return _LayoutReader(h5file, self.path).read()
-
-
-def _finished(group: h5py.Group) -> list[str]:
-    """Child names, without objects a writer left unfinished (it cleans them up later)."""
-    return [name for name in group if _spec.TEMPORARY_TAG not in name]
 
 
 def _hard_child(group: h5py.Group, name: str, path: str) -> h5py.Dataset | h5py.Group:
@@ -231,11 +241,31 @@ def _hard_child(group: h5py.Group, name: str, path: str) -> h5py.Dataset | h5py.
 
 
 class _LayoutReader:
-    """Reads and checks the layout of one open file (used only by LoomStore)."""
+    """Reads and checks the layout of one open file (used only by LoomStore).
+
+    Objects a writer has not finished (temporary names) are skipped; a commit a writer
+    recorded but did not finish (see ``_transaction``) is applied as the file is read,
+    without changing it.
+    """
 
     def __init__(self, h5file: h5py.File, path: str):
         self.f = h5file
         self.path = path
+        self.pending: dict[str, dict[str, str]] = {}
+        self.pending_attrs: list[h5py.AttributeManager] = []
+        for journal in read_journals(h5file):
+            for parent, links in journal.pending(h5file).items():
+                self.pending.setdefault(parent, {}).update(links)
+            self.pending_attrs.append(h5file[journal.name].attrs)
+
+    def children(self, group: h5py.Group) -> dict[str, str]:
+        """Each child's name and the link it is read through (committed names applied)."""
+        out = {name: name for name in group if _spec.TEMPORARY_TAG not in name}
+        out.update(self.pending.get(group.name, {}))
+        return out
+
+    def child(self, group: h5py.Group, name: str) -> h5py.Dataset | h5py.Group:
+        return _hard_child(group, self.children(group).get(name, name), self.path)
 
     def warn(self, h5path: str, message: str) -> None:
         warnings.warn(f"{describe(self.path, h5path)}: {message}", LoomFormatWarning, stacklevel=4)
@@ -278,13 +308,13 @@ class _LayoutReader:
         return _spec.version_from_raw(raw), source
 
     def matrix_shape(self) -> tuple[int, int]:
-        if _spec.MATRIX not in self.f:
-            found = sorted(self.f.keys())
+        if _spec.MATRIX not in self.children(self.f):
+            found = sorted(self.children(self.f))
             raise LoomFormatError(
                 f"{describe(self.path, '/matrix')}: not a Loom file: no /matrix dataset "
                 f"(found top-level objects {found}, expected /matrix, /row_attrs, /col_attrs)"
             )
-        matrix = _hard_child(self.f, _spec.MATRIX, self.path)
+        matrix = self.child(self.f, _spec.MATRIX)
         if not isinstance(matrix, h5py.Dataset) or matrix.ndim != 2:
             what = "a group" if isinstance(matrix, h5py.Group) else f"shape {matrix.shape}"
             raise LoomFormatError(
@@ -307,10 +337,10 @@ class _LayoutReader:
         return info
 
     def layers(self, shape: tuple[int, int]) -> dict[str, DatasetInfo]:
-        out = {"": self.layer_info(self.f[_spec.MATRIX], shape)}
+        out = {"": self.layer_info(self.child(self.f, _spec.MATRIX), shape)}
         group = self.group(_spec.LAYERS)
-        for name in _finished(group) if group is not None else ():
-            dset = _hard_child(group, name, self.path)
+        for name, link in self.children(group).items() if group is not None else ():
+            dset = _hard_child(group, link, self.path)
             if not isinstance(dset, h5py.Dataset):
                 raise LoomFormatError(
                     f"{describe(self.path, dset.name)}: found a group, expected a layer dataset"
@@ -324,8 +354,8 @@ class _LayoutReader:
             self.warn("/" + space, "group missing; expected it in every Loom file")
             return {}
         out = {}
-        for name in _finished(group):
-            dset = _hard_child(group, name, self.path)
+        for name, link in self.children(group).items():
+            dset = _hard_child(group, link, self.path)
             if not isinstance(dset, h5py.Dataset):
                 raise LoomFormatError(
                     f"{describe(self.path, dset.name)}: found a group, expected an attribute "
@@ -389,8 +419,8 @@ class _LayoutReader:
                 continue
             if group_name == legacy_name and len(group):
                 self.warn(group.name, f"legacy graph group; read as /{space}")
-            for name in _finished(group):
-                out[name] = self.graph(_hard_child(group, name, self.path))
+            for name, link in self.children(group).items():
+                out[name] = self.graph(_hard_child(group, link, self.path))
         return out
 
     def graph(self, group: h5py.Group | h5py.Dataset) -> GraphInfo:
@@ -442,15 +472,16 @@ class _LayoutReader:
         group = self.group(_spec.GLOBAL_ATTRS)
         out: dict[str, Any] = {}
         if group is not None:
-            for name in _finished(group):
-                dset = _hard_child(group, name, self.path)
+            for name, link in self.children(group).items():
+                dset = _hard_child(group, link, self.path)
                 if isinstance(dset, h5py.Dataset):
                     out[name] = self.global_value(dset[()], f"{group.name}/{name}", legacy)
             return out, "/attrs"
-        for name, value in self.f.attrs.items():
-            string_info = h5py.check_string_dtype(self.f.attrs.get_id(name).dtype)
-            ascii_text = string_info is not None and string_info.encoding == "ascii"
-            out[name] = self.global_value(value, "/", legacy, ascii_text)
+        for attrs in (self.f.attrs, *self.pending_attrs):
+            for name, value in attrs.items():
+                string_info = h5py.check_string_dtype(attrs.get_id(name).dtype)
+                ascii_text = string_info is not None and string_info.encoding == "ascii"
+                out[name] = self.global_value(value, "/", legacy, ascii_text)
         return out, "/"
 
     def global_value(self, value: Any, h5path: str, legacy: bool, ascii_text: bool = False) -> Any:

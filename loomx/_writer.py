@@ -4,7 +4,8 @@
 fsyncs it and renames it into place.  ``mode="a"`` writes what is new or differs from the disk
 into an existing file, following its spec version: new data first goes to a spool file next
 to the target (the target is not held for writing while blocks are computed), then one ``r+``
-commit copies each object in under a temporary link, flushes, and swaps it into place.
+transaction copies each object in under a temporary link and commits them all at once
+(see ``_transaction``).
 Everything is validated before the first byte is written; layers are computed block by
 block, and gzip layers are compressed into finished HDF5 chunks in the same tasks (threads,
 processes or workers in parallel, see ``_compress``); the one process that holds the output
@@ -32,7 +33,7 @@ import numpy as np
 import xarray as xr
 from xarray.core import indexing
 
-from . import _compress, _spec
+from . import _compress, _spec, _transaction
 from . import _conventions as conv
 from .errors import LoomFormatError, LoomNameError, LoomWriteError, LoomxError, describe
 from .graphs import check_edges, induced_edges
@@ -108,18 +109,10 @@ def _resolve_dims(ds: xr.Dataset, dims: Sequence[str] | None, path: str) -> tupl
     return dims  # type: ignore[return-value]
 
 
-def _same_file(a: str | os.PathLike[str] | None, b: str) -> bool:
-    if not a:
-        return False
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.realpath(a) == os.path.realpath(b)
-
-
 def _from_target(var: xr.Variable, path: str, h5path: str) -> bool:
     """Whether the variable's encoding says it was read from ``path`` at ``h5path``."""
-    return var.encoding.get("loom_path") == h5path and _same_file(var.encoding.get("source"), path)
+    source = var.encoding.get("source")
+    return var.encoding.get("loom_path") == h5path and _transaction.same_file(source, path)
 
 
 def _encode_attr(path: str, h5path: str, values: Any, legacy: bool) -> np.ndarray:
@@ -376,7 +369,7 @@ def _pristine(var: xr.Variable, path: str, h5path: str) -> bool:
     backend = _backend_array(var._data)
     store = getattr(backend, "store", None)
     info = getattr(backend, "info", None) or getattr(getattr(backend, "attr", None), "info", None)
-    return getattr(info, "h5path", None) == h5path and _same_file(
+    return getattr(info, "h5path", None) == h5path and _transaction.same_file(
         getattr(store, "path", None), path
     )
 
@@ -427,130 +420,19 @@ def _same_value(disk: Any, new: Any, legacy: bool) -> bool:
     return np.shape(disk) == np.shape(new) and bool(np.array_equal(disk, new))
 
 
-def _handle_on(handle: Any, path: str) -> bool:
-    try:
-        name = getattr(handle, "filename", None)
-    except (ValueError, RuntimeError):
-        return False  # an already closed file
-    return isinstance(name, str | os.PathLike) and _same_file(name, path)
-
-
-def _release_cached_handles(path: str) -> int:
-    """Close every handle xarray's file cache holds on ``path`` in this process.
-
-    The managers that owned them reopen the file lazily on their next read.  A handle that
-    is pinned by a read in progress cannot be taken away and raises LoomWriteError.
-    """
-    from xarray.backends import file_manager as fm
-
-    pins = getattr(fm, "_PIN_COUNTS", {})
-    with getattr(fm, "_PIN_LOCK", contextlib.nullcontext()):
-        mine = [key for key in list(fm.FILE_CACHE) if _handle_on(fm.FILE_CACHE.get(key), path)]
-        evicted = getattr(fm, "_EVICTED_PINNED", {}).values()
-        if any(pins.get(key) for key in mine) or any(_handle_on(h, path) for h in evicted):
-            raise LoomWriteError(
-                f"{path!r}: a read of this file is in progress in this process; write after "
-                "the computation has finished"
-            )
-        for key in mine:
-            fm.FILE_CACHE.pop(key).close()
-    return len(mine)
-
-
-def _owner_alive(tag: str) -> bool:
-    """Whether the process whose pid starts ``tag`` (``"{pid}-..."``) still runs here."""
-    pid = tag.split("-", 1)[0]
-    try:
-        os.kill(int(pid), 0)
-    except ProcessLookupError:
-        return False
-    except (OSError, ValueError):
-        return True
-    return True
-
-
-def _clean_stale_links(group: h5py.Group) -> None:
-    """Remove temporary links of dead writers; roll one forward where its object is missing.
-
-    A writer swaps an object in by deleting the old link and moving the complete, flushed
-    copy to its name: killed in between, the copy is the only one left.
-    """
-    for stale in [k for k in group if k.startswith(TMP_TAG)]:
-        parts = stale[len(TMP_TAG) :].split("-", 2)
-        if _owner_alive(stale[len(TMP_TAG) :]):
-            continue
-        if len(parts) == 3 and parts[2] and parts[2] not in group:
-            group.move(stale, parts[2])
-        else:
-            del group[stale]
-
-
-def open_for_commit(
-    path: str, client: Any = None, groups: set[str] | None = None
-) -> tuple[h5py.File, str]:
-    """Open ``path`` ``r+`` for a commit: release this process's (and ``client``'s
-    workers') cached read handles first, then clean up what dead writers left behind.
-
-    Returns the open file and the temporary-name prefix this commit must use.
-    """
-    _release_cached_handles(path)
-    if client is not None:
-        client.run(_release_cached_handles, path)
-    try:
-        f = h5py.File(path, "r+")
-    except OSError as exc:
-        raise LoomWriteError(
-            f"{path!r}: cannot open for writing ({exc}); close other handles on this file "
-            "(h5py.File, loompy, other processes) and retry"
-        ) from exc
-    try:
-        for group in sorted((groups or set()) | {"/", *_spec.REQUIRED_GROUPS_3}):
-            if isinstance(f.get(group), h5py.Group):
-                _clean_stale_links(f[group])
-    except BaseException:
-        f.close()
-        raise
-    return f, f"{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}-"
-
-
 def _commit(plan: _Plan, spool_path: str, objects: list[str], client: Any) -> None:
-    """Copy ``objects`` from the spool into the target, each swapped in only when complete.
-
-    A failure before the swap removes the copies; the old objects stay as they were.
-    """
-    path = plan.path
+    """Copy ``objects`` from the spool into the target and commit them all at once."""
     parents = {h5path.rpartition("/")[0] or "/" for h5path in objects}
-    f, tag = open_for_commit(path, client, parents)
-    staged: list[tuple[h5py.Group, str, str]] = []
-    try:
-        with h5py.File(spool_path, "r") as spool:
-            for h5path in objects:
-                parent_path, _, name = h5path.rpartition("/")
-                parent = f.require_group(parent_path or "/")
-                parent.copy(spool[h5path], parent, name=tag + name)
-                staged.append((parent, tag + name, name))
-        f.flush()
-        _fsync(path)
-        while staged:
-            parent, tmp, name = staged[0]
-            if name in parent:
-                del parent[name]
-            parent.move(tmp, name)
-            staged.pop(0)
+    commit = _transaction.transaction(plan.path, what="write-back", client=client, groups=parents)
+    with (
+        commit as txn,
+        h5py.File(spool_path, "r") as spool,
+    ):
+        for h5path in objects:
+            parent, tmp = txn.stage(h5path)
+            parent.copy(spool[h5path], parent, name=tmp)
         for name, value in plan.root_attrs.items():
-            f.attrs[name] = value
-        f.flush()
-    except Exception as exc:
-        for parent, tmp, name in staged:
-            if name in parent:  # else the new data is only reachable as tmp: keep it
-                with contextlib.suppress(Exception):
-                    del parent[tmp]
-        f.close()
-        if isinstance(exc, LoomxError):
-            raise
-        raise LoomWriteError(f"{path!r}: write-back failed: {exc}") from exc
-    f.close()
-    _fsync(path)
+            txn.set_root_attr(name, value)
 
 
 # --------------------------------------------------------------------------- streaming
@@ -740,19 +622,11 @@ def _write_content(f: h5py.File, plan: _Plan, reference: h5py.File | None, clien
 # --------------------------------------------------------------------------- execution
 
 
-def _fsync(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _temp_path(path: str, kind: str) -> str:
     folder, base = os.path.split(os.path.abspath(path))
     for stale in os.listdir(folder):
         prefix = f".{base}{TMP_TAG}"
-        if stale.startswith(prefix) and not _owner_alive(stale[len(prefix) :]):
+        if stale.startswith(prefix) and not _transaction.owner_alive(stale[len(prefix) :]):
             with contextlib.suppress(OSError):
                 os.remove(os.path.join(folder, stale))
     return os.path.join(folder, f".{base}{TMP_TAG}{os.getpid()}-{kind}-{uuid.uuid4().hex[:8]}")
@@ -792,10 +666,10 @@ def _execute_with(plan: _Plan, client: Any) -> None:
         if plan.mode == "w":
             if os.path.exists(path):
                 shutil.copymode(path, tmp)
-            _fsync(tmp)
+            _transaction.fsync(tmp)
             os.replace(tmp, path)
             with contextlib.suppress(OSError):
-                _fsync(os.path.dirname(os.path.abspath(path)))
+                _transaction.fsync(os.path.dirname(os.path.abspath(path)))
         elif objects or plan.root_attrs:
             _commit(plan, tmp, objects, client)
     except LoomxError:
@@ -895,7 +769,10 @@ def to_loom(
         mode = "w"
     if mode == "a":
         try:
+            _transaction.recover_pending(path)  # compare with the file as readers see it
             target = h5py.File(path, "r")
+        except LoomxError:
+            raise
         except OSError as exc:
             raise LoomWriteError(f"{path!r}: cannot open as HDF5 for write-back: {exc}") from exc
         with target:

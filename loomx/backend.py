@@ -110,9 +110,8 @@ class LoomBackendArray(BackendArray):
 
     def _read_box(self, slices: list[slice]) -> np.ndarray:
         try:
-            return _chunks.read_through_handle(
-                self.store.open, self.info.h5path, tuple(slices), self.store.path
-            )
+            h5path, label = self.store.resolve(self.info.h5path), self.store.path
+            return _chunks.read_through_handle(self.store.open, h5path, tuple(slices), label)
         except LoomxError as err:
             if self.store.path in str(err) and self.info.h5path in str(err):
                 raise

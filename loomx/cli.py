@@ -56,6 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p_example.add_argument("path")
     p_example.add_argument("--rows", type=int, default=500)
     p_example.add_argument("--cols", type=int, default=1200)
+    p_recover = sub.add_parser(
+        "recover", help="finish or roll back a loomx write that was interrupted"
+    )
+    p_recover.add_argument("path")
     args = parser.parse_args(argv)
     try:
         if args.command == "info":
@@ -65,6 +69,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
             make_example_loom(args.path, args.rows, args.cols)
             print(f"wrote {args.path}")
+        elif args.command == "recover":
+            from ._transaction import recover
+
+            finished = recover(args.path)
+            print(f"{args.path}: {finished} interrupted write(s) finished; nothing left over")
     except LoomxError as err:
         print(f"loomx: {err}", file=sys.stderr)
         return 1

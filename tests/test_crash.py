@@ -21,7 +21,7 @@ import pytest
 import xarray as xr
 
 import loomx
-from loomx import _writer
+from loomx._spec import TEMPORARY_TAG
 from loomx._writer import to_loom
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="needs SIGKILL")
@@ -33,7 +33,7 @@ CHILD = r"""
 import functools, os, sys, threading
 import dask, h5py, numpy as np, xarray as xr
 import loomx
-from loomx import _writer
+from loomx import _transaction, _writer
 
 path, scenario, n, m = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 lock = threading.RLock()
@@ -66,7 +66,7 @@ for owner, attr in [
     (h5py.Group, "move"),
     (h5py.Group, "__delitem__"),
     (h5py.File, "flush"),
-    (_writer, "_fsync"),
+    (_transaction, "fsync"),
     (os, "replace"),
 ]:
     wrap(owner, attr, f"{getattr(owner, '__name__', owner)}.{attr}")
@@ -77,10 +77,17 @@ with dask.config.set(scheduler="sync"):  # the same steps in the same order ever
         matrix = rng.random((n, m)).astype(np.float32)
         ds = xr.Dataset({"matrix": (("row", "col"), matrix)}, {"Score": ("col", -rng.random(m))})
         loomx.to_loom(ds.chunk({"row": 64, "col": 128}), path)
-    else:
+    elif scenario == "a":
         ds = loomx.open_loom(path, chunks={"row": 64, "col": 128})
         ds = ds.assign(norm=np.log1p(ds["matrix"]))
         loomx.to_loom(ds.assign_coords(Score=("col", np.arange(m) / 7)), path, mode="a")
+    else:
+        k = m // 2
+        more = xr.Dataset(
+            {"matrix": (("row", "col"), np.full((n, k), 5, np.float32))},
+            {"Score": ("col", np.arange(k) + 0.5)},
+        )
+        loomx.append(path, more.chunk({"col": 64}))
 print("done", flush=True)
 """
 
@@ -157,12 +164,20 @@ def comparable(objects: dict[str, object]) -> dict[str, object]:
 def temp_links(path: Path) -> list[str]:
     found: list[str] = []
     with h5py.File(path, "r") as f:
-        f.visit(lambda name: found.append(name) if _writer.TMP_TAG in name else None)
+        f.visit(lambda name: found.append(name) if TEMPORARY_TAG in name else None)
     return found
 
 
 def temp_files(folder: Path) -> list[str]:
-    return [p for p in os.listdir(folder) if _writer.TMP_TAG in p]
+    return [p for p in os.listdir(folder) if TEMPORARY_TAG in p]
+
+
+def as_read(path: Path) -> dict[str, np.ndarray]:
+    """Layers, attributes and globals as loomx reads them."""
+    with loomx.open_loom(path) as ds:
+        out = {str(k): v.values for k, v in ds.variables.items()}
+        out.update({f"attrs:{k}": np.asarray(v) for k, v in ds.attrs.items()})
+    return out
 
 
 def kill_points(total: int) -> list[int]:
@@ -172,7 +187,7 @@ def kill_points(total: int) -> list[int]:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("scenario", ["w", "a"])
+@pytest.mark.parametrize("scenario", ["w", "a", "append"])
 def test_sigkill_keeps_previous_data(tmp_path, scenario):
     path = tmp_path / "x.loom"
     base = original_ds()
@@ -190,37 +205,54 @@ def test_sigkill_keeps_previous_data(tmp_path, scenario):
         path.write_bytes(pristine)
         seen, killed = run_child(path, scenario, kill_at)
         assert killed and seen == steps[:kill_at]
-        after = read_everything(path)  # every object readable with h5py
+        read_everything(path)  # every object on disk readable with h5py
         ds = loomx.open_loom(path)
         if scenario == "w":
             old = np.array_equal(ds["matrix"].values, matrix)
             if old:
-                assert comparable(after) == comparable(before)
+                assert comparable(read_everything(path)) == comparable(before)
             else:  # renamed into place: the complete new file
                 np.testing.assert_array_equal(ds["matrix"].values, new["matrix"].values)
                 np.testing.assert_array_equal(ds["Score"].values, new["Score"].values)
             outcomes.add("old" if old else "new")
-        else:
+        elif scenario == "a":
             np.testing.assert_array_equal(ds["matrix"].values, matrix)
             np.testing.assert_array_equal(ds["Gene"].values, base["Gene"].values)
             assert ds.attrs["Title"] == "before"
-            for name, value in before.items():
-                if name != "col_attrs/Score":
-                    np.testing.assert_array_equal(after[name], value)
             replaced = not np.array_equal(ds["Score"].values, score)
+            assert ("norm" in ds) == replaced  # all or nothing
             if replaced:
                 np.testing.assert_array_equal(ds["Score"].values, np.arange(M) / 7)
-            if "norm" in ds:
                 np.testing.assert_array_equal(ds["norm"].values, np.log1p(matrix))
-            outcomes.add(("norm" in ds, replaced))
+            outcomes.add(replaced)
+        else:
+            width = ds.sizes["col"]
+            assert width in (M, M + M // 2)
+            np.testing.assert_array_equal(ds["matrix"].values[:, :M], matrix)
+            np.testing.assert_array_equal(ds["Score"].values[:M], score)
+            if width > M:
+                np.testing.assert_array_equal(ds["matrix"].values[:, M:], 5)
+                np.testing.assert_array_equal(ds["Score"].values[M:], np.arange(M // 2) + 0.5)
+            outcomes.add(width)
         ds.close()
 
+        seen_by_readers = as_read(path)
+        loomx.recover(path)  # on disk now as readers saw it, nothing temporary left
+        assert temp_links(path) == []
+        recovered = as_read(path)
+        assert sorted(recovered) == sorted(seen_by_readers)
+        for name, values in seen_by_readers.items():
+            np.testing.assert_array_equal(recovered[name], values, err_msg=name)
+
+        path.write_bytes(pristine)
+        run_child(path, scenario, kill_at)
         later = original_ds().assign(matrix=base["matrix"] * 3).assign_coords(Score=("col", -score))
+        if scenario == "append" and loomx.open_loom(path).sizes["col"] > M:
+            later = later.isel(col=np.arange(M + M // 2) % M)
         to_loom(later, path, mode="a")  # a later write succeeds and cleans up after the dead
         assert temp_files(tmp_path) == []
         assert temp_links(path) == []
-        back = loomx.open_loom(path)
-        np.testing.assert_array_equal(back["matrix"].values, matrix * 3)
-        np.testing.assert_array_equal(back["Score"].values, -score)
-        back.close()
+        with loomx.open_loom(path) as back:
+            np.testing.assert_array_equal(back["matrix"].values, later["matrix"].values)
+            np.testing.assert_array_equal(back["Score"].values, later["Score"].values)
     assert len(outcomes) >= (2 if len(kill_points(len(steps))) >= 4 else 1), outcomes

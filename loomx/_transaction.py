@@ -1,0 +1,375 @@
+"""All-or-nothing commits of new objects into an existing Loom file.
+
+A writer first stages every new object complete under a temporary link next to its final
+name (``{TEMPORARY_TAG}{pid}-{token}-{name}``), flushes and fsyncs.  Then it writes a
+*journal* at the root (``{TEMPORARY_TAG}{pid}-{token}.journal``: one ``(parent, staged link,
+final name)`` row per object, pending root attributes as its attributes), flushes and
+fsyncs again: that is the commit point.  Only then are the links swapped (old object
+unlinked, staged link moved to the final name), the root attributes set and the journal
+deleted.
+
+Killed before the journal exists, the file holds its old content plus staged links that
+readers skip and the next commit deletes.  Killed after, the journal says how to finish:
+readers apply it as they open the file (without changing it), and the next commit, or
+:func:`loomx.recover`, carries it out.  Either way the file reads as all old or all new.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import h5py
+import numpy as np
+
+from . import _spec
+from .errors import LoomWriteError, LoomxError
+
+__all__ = [
+    "Journal",
+    "Transaction",
+    "committed_path",
+    "fsync",
+    "owner_alive",
+    "read_journals",
+    "recover",
+    "recover_pending",
+    "same_file",
+    "transaction",
+]
+
+TMP_TAG = _spec.TEMPORARY_TAG
+JOURNAL_SUFFIX = ".journal"
+
+_ACTIVE: set[str] = set()
+"""Tags of the transactions running in this process (their links are not stale)."""
+
+
+def fsync(path: str) -> None:
+    """Flush the operating system's buffers of ``path`` to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def owner_alive(token: str) -> bool:
+    """Whether the process whose pid starts ``token`` (``"{pid}-..."``) still runs here."""
+    pid = token.split("-", 1)[0]
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return False
+    except (OSError, ValueError):
+        return True
+    return True
+
+
+def _stale(token: str) -> bool:
+    """Whether the writer of a link named ``{TMP_TAG}{pid}-{hex}...`` is gone.
+
+    In this process, a link is stale unless its transaction is running (what an
+    interrupted one of ours left behind is stale).
+    """
+    pid, _, rest = token.partition("-")
+    if pid == str(os.getpid()):
+        return f"{TMP_TAG}{pid}-{rest.split('-', 1)[0]}-" not in _ACTIVE
+    return not owner_alive(token)
+
+
+@dataclass
+class Journal:
+    """A commit recorded in a file and not yet carried out completely."""
+
+    name: str  # link name at the root
+    entries: list[tuple[str, str, str]]  # (parent group, staged link, final name)
+    root_attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def token(self) -> str:
+        return self.name[len(TMP_TAG) : -len(JOURNAL_SUFFIX)]
+
+    def pending(self, f: h5py.File) -> dict[str, dict[str, str]]:
+        """``{parent: {final name: staged link}}`` for the swaps not yet done."""
+        out: dict[str, dict[str, str]] = {}
+        for parent, staged, name in self.entries:
+            group = f.get(parent)
+            if isinstance(group, h5py.Group) and staged in group:
+                out.setdefault(parent, {})[name] = staged
+        return out
+
+
+def read_journals(f: h5py.File) -> list[Journal]:
+    """Every journal at the root of ``f`` (normally none)."""
+    found = []
+    for name in f:
+        if not (name.startswith(TMP_TAG) and name.endswith(JOURNAL_SUFFIX)):
+            continue
+        obj = f.get(name)
+        if not isinstance(obj, h5py.Dataset):
+            continue
+        rows = np.asarray(obj[()]).reshape(-1, 3)
+        entries = [tuple(v.decode() if isinstance(v, bytes) else str(v) for v in r) for r in rows]
+        found.append(Journal(name, entries, dict(obj.attrs)))  # type: ignore[arg-type]
+    return found
+
+
+def committed_path(h5path: str) -> str:
+    """``h5path`` with every staged link name replaced by its final name."""
+    parts = h5path.split("/")
+    final = [p[len(TMP_TAG) :].split("-", 2)[-1] if p.startswith(TMP_TAG) else p for p in parts]
+    return "/".join(final)
+
+
+def _finish(f: h5py.File, journal: Journal) -> None:
+    """Carry out a journal: swap every staged link in, set root attributes, drop it."""
+    for parent, links in journal.pending(f).items():
+        group = f[parent]
+        for name, staged in links.items():
+            if name in group:
+                del group[name]
+            group.move(staged, name)
+    for name, value in journal.root_attrs.items():
+        f.attrs[name] = value
+    del f[journal.name]
+
+
+def recover_open(f: h5py.File, groups: set[str] | frozenset[str] = frozenset()) -> int:
+    """Finish the journals of dead writers, then delete their staged links.
+
+    ``groups`` (beyond the root and the spec's groups) are searched for staged links.
+    Returns the number of journals finished.
+    """
+    finished = 0
+    for journal in read_journals(f):
+        if _stale(journal.token):
+            _finish(f, journal)
+            finished += 1
+    known = {"/", *_spec.REQUIRED_GROUPS_3, *_spec.LEGACY_GRAPH_GROUPS.values()}
+    for path in sorted(known | groups):
+        group = f.get(path)
+        if isinstance(group, h5py.Group):
+            for link in [k for k in group if k.startswith(TMP_TAG) and _stale(k[len(TMP_TAG) :])]:
+                del group[link]
+    return finished
+
+
+def release_cached_handles(path: str) -> int:
+    """Close every handle xarray's file cache holds on ``path`` in this process.
+
+    The managers that owned them reopen the file lazily on their next read.  A handle that
+    is pinned by a read in progress cannot be taken away and raises LoomWriteError.
+    """
+    from xarray.backends import file_manager as fm
+
+    pins = getattr(fm, "_PIN_COUNTS", {})
+    with getattr(fm, "_PIN_LOCK", contextlib.nullcontext()):
+        mine = [key for key in list(fm.FILE_CACHE) if _handle_on(fm.FILE_CACHE.get(key), path)]
+        evicted = getattr(fm, "_EVICTED_PINNED", {}).values()
+        if any(pins.get(key) for key in mine) or any(_handle_on(h, path) for h in evicted):
+            raise LoomWriteError(
+                f"{path!r}: a read of this file is in progress in this process; write after "
+                "the computation has finished"
+            )
+        for key in mine:
+            fm.FILE_CACHE.pop(key).close()
+    return len(mine)
+
+
+def _handle_on(handle: Any, path: str) -> bool:
+    try:
+        name = getattr(handle, "filename", None)
+    except (ValueError, RuntimeError):
+        return False  # an already closed file
+    return isinstance(name, str | os.PathLike) and same_file(name, path)
+
+
+def same_file(a: str | os.PathLike[str] | None, b: str) -> bool:
+    """Whether ``a`` names the file ``b`` (False for no name)."""
+    if not a:
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def open_for_writing(path: str, client: Any = None) -> h5py.File:
+    """Open ``path`` ``r+`` after releasing this process's (and ``client``'s workers')
+    cached read handles on it."""
+    release_cached_handles(path)
+    if client is not None:
+        client.run(release_cached_handles, path)
+    try:
+        return h5py.File(path, "r+")
+    except OSError as exc:
+        raise LoomWriteError(
+            f"{path!r}: cannot open for writing ({exc}); close other handles on this file "
+            "(h5py.File, loompy, other processes) and retry"
+        ) from exc
+
+
+class Transaction:
+    """Stages objects in an open file and commits them all at once (see the module doc).
+
+    Use through :func:`transaction`.
+    """
+
+    def __init__(self, f: h5py.File, path: str) -> None:
+        self.file = f
+        self.path = path
+        self.tag = f"{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}-"
+        self.staged: list[tuple[str, str, str]] = []
+        self.root_attrs: dict[str, Any] = {}
+        self.journal: Journal | None = None
+
+    def stage(self, h5path: str) -> tuple[h5py.Group, str]:
+        """The parent group and temporary link name under which to create ``h5path``.
+
+        Staged first, created after: whatever exists under the name when the transaction
+        fails is removed.
+        """
+        parent_path, _, name = h5path.rpartition("/")
+        parent = self.file.require_group(parent_path or "/")
+        self.staged.append((parent.name, self.tag + name, name))
+        return parent, self.tag + name
+
+    def set_root_attr(self, name: str, value: Any) -> None:
+        """Set a root attribute as part of the commit."""
+        self.root_attrs[name] = value
+
+    def commit(self) -> None:
+        """Flush and fsync the staged objects, record the journal, then carry it out."""
+        f = self.file
+        f.flush()
+        fsync(self.path)
+        rows = np.array([list(row) for row in self.staged], dtype=object).reshape(-1, 3)
+        name = self.tag[:-1] + JOURNAL_SUFFIX
+        dset = f.create_dataset(name, data=rows, dtype=h5py.string_dtype())
+        for key, value in self.root_attrs.items():
+            dset.attrs[key] = value
+        f.flush()
+        fsync(self.path)
+        self.journal = Journal(name, list(self.staged), dict(self.root_attrs))
+        _finish(f, self.journal)
+        f.flush()
+
+    def abort(self) -> None:
+        """Remove what was staged (before the journal exists; afterwards, finish it)."""
+        f = self.file
+        if self.journal is not None and self.journal.name in f:
+            _finish(f, self.journal)
+            return
+        for parent, staged, _ in self.staged:
+            group = f.get(parent)
+            if isinstance(group, h5py.Group) and staged in group:
+                del group[staged]
+
+
+@contextlib.contextmanager
+def transaction(
+    path: str, *, what: str, client: Any = None, groups: set[str] | frozenset[str] = frozenset()
+) -> Iterator[Transaction]:
+    """Open ``path`` for writing and yield a :class:`Transaction` committed on exit.
+
+    Interrupted writes of dead writers are recovered first.  An exception in the body or
+    in the commit before its commit point removes what was staged (the file keeps its old
+    content) and is raised as :class:`~loomx.errors.LoomWriteError` naming ``what`` failed.
+    After the commit point the commit is finished: an error there is retried once (and
+    then the write has succeeded), a KeyboardInterrupt is raised once it is finished.
+    """
+    f = open_for_writing(path, client)
+    txn = Transaction(f, path)
+    _ACTIVE.add(txn.tag)
+    try:
+        try:
+            recover_open(f, groups)
+            yield txn
+            txn.commit()
+        except BaseException as exc:
+            committed = txn.journal is not None
+            try:
+                txn.abort()  # rolls back before the commit point, finishes the commit after it
+            except Exception as cleanup:
+                state = (
+                    "the commit is recorded: readers see the new content"
+                    if committed
+                    else "temporary objects remain: readers skip them"
+                )
+                raise LoomWriteError(
+                    f"{path!r}: {what} failed ({exc}) and so did cleaning up ({cleanup}); "
+                    f"{state}, and loomx.recover(path) makes the file consistent on disk"
+                ) from exc
+            if isinstance(exc, LoomxError) or not isinstance(exc, Exception):
+                raise
+            if not committed:
+                message = f"{path!r}: {what} failed, the file is unchanged: {exc}"
+                raise LoomWriteError(message) from exc
+            # past the commit point and finished on the second try: the write is complete
+        finally:
+            f.close()
+        fsync(path)
+    finally:
+        _ACTIVE.discard(txn.tag)
+
+
+def recover(path: str | os.PathLike[str]) -> int:
+    """Bring a Loom file left by an interrupted loomx write to a consistent state.
+
+    A write interrupted after its commit point is finished; one interrupted before is
+    rolled back (its temporary objects are deleted).  Readers already see the file this
+    way; this makes it so on disk, for tools that are not loomx (loompy, h5py).  Writes of
+    processes still running are left alone.
+
+    Parameters
+    ----------
+    path
+        The Loom file.
+
+    Returns
+    -------
+    int
+        The number of interrupted writes finished (0 when there was nothing to finish;
+        left-over temporary objects are removed either way).
+
+    Examples
+    --------
+    >>> loomx.recover("pbmc.loom")  # doctest: +SKIP
+    0
+    """
+    path = os.fspath(path)
+    f = open_for_writing(path)
+    try:
+        finished = recover_open(f, set(_all_groups(f)))
+        f.flush()
+    finally:
+        f.close()
+    fsync(path)
+    return finished
+
+
+def recover_pending(path: str) -> bool:
+    """Run :func:`recover` when ``path`` holds a commit of a dead writer not yet carried out.
+
+    Writers call this before they compare a Dataset with the disk.
+    """
+    with h5py.File(path, "r") as f:
+        pending = any(_stale(journal.token) for journal in read_journals(f))
+    if pending:
+        recover(path)
+    return pending
+
+
+def _all_groups(f: h5py.File) -> list[str]:
+    """The root's groups and their child groups (where staged links can live)."""
+    out = []
+    for name in f:
+        obj = f.get(name)
+        if isinstance(obj, h5py.Group) and not name.startswith(TMP_TAG):
+            out.append(obj.name)
+    return out

@@ -1,0 +1,237 @@
+"""Commits into existing files are all-or-nothing: journal, roll forward, roll back, recover."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import xarray as xr
+
+import loomx
+from loomx import _transaction
+from loomx._spec import TEMPORARY_TAG
+from loomx.cli import main as cli_main
+from loomx.errors import LoomWriteError
+from loomx.testing import write_loom_h5py
+
+N, M, K = 30, 40, 25
+DEAD_PID = 999_999_999
+
+
+def base_file(path: Path, version: str = "3.0.0") -> Path:
+    rng = np.random.default_rng(0)
+    write_loom_h5py(
+        path,
+        {"": rng.random((N, M)).astype(np.float32), "spliced": rng.random((N, M))},
+        {"Gene": np.array([f"g{i}" for i in range(N)], dtype=object)},
+        {"CellID": np.array([f"c{j}" for j in range(M)], dtype=object)},
+        global_attrs={"Title": "before"},
+        version=version,
+    )
+    return path
+
+
+def more_cells(offset: int = M) -> xr.Dataset:
+    rng = np.random.default_rng(1)
+    return xr.Dataset(
+        {
+            "matrix": (("row", "col"), rng.random((N, K)).astype(np.float32)),
+            "spliced": (("row", "col"), rng.random((N, K))),
+        },
+        coords={"CellID": ("col", np.array([f"c{offset + j}" for j in range(K)], dtype=object))},
+    )
+
+
+def temp_links(path: Path) -> list[str]:
+    found: list[str] = []
+    with h5py.File(path, "r") as f:
+        f.visit(lambda name: found.append(name) if TEMPORARY_TAG in name else None)
+    return found
+
+
+def fail_moves_after(monkeypatch, calls: int, times: int | None = None) -> list:
+    """Make ``h5py.Group.move`` raise from call ``calls + 1`` on (``times`` times)."""
+    original = h5py.Group.move
+    seen: list = []
+
+    def move(self, source, dest):
+        seen.append((source, dest))
+        failures = len(seen) - calls
+        if failures > 0 and (times is None or failures <= times):
+            raise OSError("disk on fire")
+        return original(self, source, dest)
+
+    monkeypatch.setattr(h5py.Group, "move", move)
+    return seen
+
+
+def assert_appended(path: Path) -> None:
+    ds = loomx.open_loom(path)
+    new = more_cells()
+    assert ds.sizes == {"row": N, "col": M + K}
+    np.testing.assert_array_equal(ds["matrix"].values[:, M:], new["matrix"].values)
+    np.testing.assert_array_equal(ds["spliced"].values[:, M:], new["spliced"].values)
+    np.testing.assert_array_equal(ds["CellID"].values[M:], new["CellID"].values)
+    ds.close()
+
+
+def test_error_during_swap_is_retried_and_the_append_completes(tmp_path, monkeypatch):
+    path = base_file(tmp_path / "a.loom")
+    seen = fail_moves_after(monkeypatch, calls=1, times=1)
+    loomx.append(path, more_cells())
+    monkeypatch.undo()
+    assert len(seen) > 2
+    assert_appended(path)
+    assert temp_links(path) == []
+
+
+def test_commit_recorded_but_not_finished_reads_as_new_and_recovers(tmp_path, monkeypatch):
+    path = base_file(tmp_path / "a.loom")
+    fail_moves_after(monkeypatch, calls=1)  # one object swapped, then every move fails
+    with pytest.raises(LoomWriteError, match=r"commit is recorded.*loomx\.recover"):
+        loomx.append(path, more_cells())
+    monkeypatch.undo()
+    with h5py.File(path, "r") as f:  # on disk: half swapped, the journal says how to finish
+        assert f["layers/spliced"].shape == (N, M + K)  # swapped
+        assert "matrix" not in f  # old one unlinked, the move of the new one failed
+        assert len(_transaction.read_journals(f)) == 1
+    assert_appended(path)  # readers apply the journal without changing the file
+    assert len(temp_links(path)) > 1
+    assert loomx.recover(path) == 1
+    assert temp_links(path) == []
+    assert_appended(path)
+    with h5py.File(path, "r") as f:
+        assert f["matrix"].shape == f["layers/spliced"].shape == (N, M + K)
+
+
+def test_next_write_finishes_a_dead_writers_commit_before_comparing(tmp_path, monkeypatch):
+    path = base_file(tmp_path / "a.loom")
+    fail_moves_after(monkeypatch, calls=0)
+    with pytest.raises(LoomWriteError, match="commit is recorded"):
+        loomx.append(path, more_cells())
+    monkeypatch.undo()
+    _rename_owner(path, os.getpid(), DEAD_PID)
+    ds = loomx.open_loom(path)
+    assert ds.sizes["col"] == M + K
+    # write back a column attribute of the new width: the commit must be finished first
+    loomx.to_loom(ds.assign_coords(Score=("col", np.arange(M + K) / 3)), path, mode="a")
+    ds.close()
+    assert temp_links(path) == []
+    back = loomx.open_loom(path)
+    np.testing.assert_array_equal(back["Score"].values, np.arange(M + K) / 3)
+    assert_appended(path)
+
+
+def _rename_owner(path: Path, pid: int, new_pid: int) -> None:
+    """Make every temporary link of ``pid`` look as if ``new_pid`` had left it."""
+    old, new = f"{TEMPORARY_TAG}{pid}-", f"{TEMPORARY_TAG}{new_pid}-"
+    with h5py.File(path, "r+") as f:
+        for journal in _transaction.read_journals(f):
+            rows = np.array(
+                [[p, s.replace(old, new), n] for p, s, n in journal.entries], dtype=object
+            )
+            dset = f[journal.name]
+            dset[...] = rows
+        groups = ["/"] + [g for g in f if isinstance(f[g], h5py.Group)]
+        for g in groups:
+            for name in [k for k in f[g] if k.startswith(old)]:
+                f[g].move(name, name.replace(old, new))
+
+
+def test_staged_objects_without_journal_are_rolled_back(tmp_path):
+    path = base_file(tmp_path / "a.loom")
+    tag = f"{TEMPORARY_TAG}{DEAD_PID}-0badcafe-"
+    with h5py.File(path, "r+") as f:  # a dead writer staged a replacement and a new object
+        f["col_attrs"].create_dataset(tag + "CellID", data=np.arange(M))
+        f["col_attrs"].create_dataset(tag + "Fresh", data=np.arange(M))
+    ds = loomx.open_loom(path)
+    assert "Fresh" not in ds and ds["CellID"].dtype == object
+    ds.close()
+    assert loomx.recover(path) == 0
+    assert temp_links(path) == []
+    ds = loomx.open_loom(path)
+    assert "Fresh" not in ds and ds["CellID"].values[0] == "c0"
+
+
+def test_legacy_root_attributes_are_part_of_the_commit(tmp_path, monkeypatch):
+    path = base_file(tmp_path / "old.loom", version="2.0.1")
+    ds = loomx.open_loom(path)
+    assert ds.encoding["loom_spec_version"] == "2.0.1"
+    changed = ds.assign_coords(Score=("col", np.arange(M) * 1.0))
+    changed.attrs = {**ds.attrs, "Title": "after"}
+    ds.close()
+    fail_moves_after(monkeypatch, calls=0)
+    with pytest.raises(LoomWriteError, match="commit is recorded"):
+        loomx.to_loom(changed, path, mode="a")
+    monkeypatch.undo()
+    with h5py.File(path, "r") as f:
+        assert "Score" not in f["col_attrs"]
+    seen = loomx.open_loom(path)
+    assert seen.attrs["Title"] == "after"
+    np.testing.assert_array_equal(seen["Score"].values, np.arange(M) * 1.0)
+    seen.close()
+    assert cli_main(["recover", str(path)]) == 0
+    with h5py.File(path, "r") as f:
+        title = f.attrs["Title"]
+        assert (title.decode() if isinstance(title, bytes) else title) == "after"
+        assert "Score" in f["col_attrs"]
+    assert temp_links(path) == []
+
+
+def test_keyboard_interrupt_while_staging_rolls_back(tmp_path, monkeypatch):
+    path = base_file(tmp_path / "a.loom")
+    from loomx import _combine
+
+    original = _combine._write_attr
+
+    def interrupted(*args, **kwargs):
+        original(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(_combine, "_write_attr", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        loomx.append(path, more_cells())
+    monkeypatch.undo()
+    assert temp_links(path) == []
+    assert loomx.open_loom(path).sizes["col"] == M
+
+
+def test_keyboard_interrupt_after_the_commit_point_finishes_it(tmp_path, monkeypatch):
+    path = base_file(tmp_path / "a.loom")
+    original = h5py.Group.move
+    calls: list = []
+
+    def move(self, source, dest):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, source, dest)
+
+    monkeypatch.setattr(h5py.Group, "move", move)
+    with pytest.raises(KeyboardInterrupt):
+        loomx.append(path, more_cells())
+    monkeypatch.undo()
+    assert temp_links(path) == []
+    assert_appended(path)
+
+
+def test_leftovers_of_this_process_are_stale_once_their_write_has_ended(tmp_path):
+    path = base_file(tmp_path / "a.loom")
+    tag = f"{TEMPORARY_TAG}{os.getpid()}-feedf00d-"
+    with h5py.File(path, "r+") as f:
+        f["col_attrs"].create_dataset(tag + "Fresh", data=np.arange(M))
+    loomx.recover(path)
+    assert temp_links(path) == []
+
+
+def test_a_live_writers_links_are_left_alone(tmp_path):
+    path = base_file(tmp_path / "a.loom")
+    parent = os.getppid()  # alive, and not this process
+    tag = f"{TEMPORARY_TAG}{parent}-feedf00d-"
+    with h5py.File(path, "r+") as f:
+        f["col_attrs"].create_dataset(tag + "Fresh", data=np.arange(M))
+    loomx.recover(path)
+    assert temp_links(path) == [f"col_attrs/{tag}Fresh"]
