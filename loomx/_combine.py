@@ -34,7 +34,7 @@ import h5py
 import numpy as np
 import xarray as xr
 
-from . import _compress, _spec, _transaction
+from . import _compress, _spec, _stream, _transaction
 from . import _conventions as conv
 from . import _writer as wr
 from .backend import open_loom
@@ -151,33 +151,6 @@ def _full_height(
     return ds.assign(out) if out else ds
 
 
-def _aligned_at(arr: da.Array, chunks: tuple[int, int], col0: int) -> da.Array:
-    """Rechunk so block edges fall on HDF5 chunk edges once shifted right by ``col0``."""
-    new = []
-    for sizes, step, total, offset in zip(arr.chunks, chunks, arr.shape, (0, col0), strict=True):
-        edges = np.cumsum(sizes)
-        if np.all(((edges + offset) % step == 0) | (edges == total)):
-            new.append(sizes)
-            continue
-        cut = np.unique(np.append((edges + offset) // step * step - offset, total))
-        cut = cut[cut > 0]
-        new.append(tuple(np.diff(np.concatenate([[0], cut])).tolist()))
-    return arr if tuple(new) == arr.chunks else arr.rechunk(tuple(new))
-
-
-class _ColumnSink(wr._Sink):
-    """Writes blocks of the new columns at column offset ``col0``."""
-
-    def __init__(self, dset: h5py.Dataset, lock: threading.Lock, col0: int) -> None:
-        super().__init__(dset, lock)
-        self.col0 = col0
-
-    def __setitem__(self, key: tuple[slice, ...], value: Any) -> None:
-        rows, cols = key
-        start, stop, _ = cols.indices(self.dset.shape[1] - self.col0)
-        super().__setitem__((rows, slice(start + self.col0, stop + self.col0)), value)
-
-
 def _queue(jobs: list, dset: h5py.Dataset, arr: da.Array, col0: int, lock: threading.Lock) -> None:
     """Queue ``arr`` for columns ``col0:`` of ``dset``: the whole chunks in between are
     compressed in the dask tasks (in parallel); partial chunks at either end, which another
@@ -190,17 +163,17 @@ def _queue(jobs: list, dset: h5py.Dataset, arr: da.Array, col0: int, lock: threa
     tail = k if col0 + k == dset.shape[1] else max(head, (col0 + k) // width * width - col0)
     for a, b, pack in ((0, head, False), (head, tail, level is not None), (tail, k, False)):
         if b > a:
-            piece = _aligned_at(arr[:, a:b], chunks, col0 + a)
+            piece = _stream.aligned(arr[:, a:b], chunks, col0 + a)
             if pack:
                 piece = _compress.packed(piece, dset, level, origin=(0, col0 + a))
-            jobs.append((piece, _ColumnSink(dset, lock, col0 + a)))
+            jobs.append((piece, _stream.Sink(dset, lock, col0=col0 + a)))
 
 
 def _run(jobs: list) -> None:
     if jobs:
         arrays = [arr for arr, _ in jobs]
         get = dask.base.get_scheduler(collections=arrays) or dask.threaded.get
-        wr._stream(arrays, [sink for _, sink in jobs], get, None)
+        _stream.stream(arrays, [sink for _, sink in jobs], get)
 
 
 # --------------------------------------------------------------------------- append plan

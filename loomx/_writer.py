@@ -14,15 +14,13 @@ open only writes the chunks' bytes.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
-import itertools
 import os
 import shutil
 import threading
 import uuid
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Hashable, Sequence
 from typing import Any, Literal
 
 import dask
@@ -33,7 +31,7 @@ import numpy as np
 import xarray as xr
 from xarray.core import indexing
 
-from . import _compress, _spec, _transaction
+from . import _compress, _spec, _stream, _transaction
 from . import _conventions as conv
 from .errors import LoomFormatError, LoomNameError, LoomWriteError, LoomxError, describe
 from .graphs import check_edges, induced_edges
@@ -438,127 +436,6 @@ def _commit(plan: _Plan, spool_path: str, objects: list[str], client: Any) -> No
 # --------------------------------------------------------------------------- streaming
 
 
-class _Sink:
-    """Target for ``dask.array.store``: writes blocks into an open HDF5 dataset under a lock.
-
-    A block is either values (written through h5py and its filters) or a 1x1 object array
-    holding a :class:`~loomx._compress.PackedBlock` (finished chunks, written as they are;
-    its origin says where, so ``key`` is not used).  With ``reference`` (the dataset on
-    disk), it also tracks whether every block equals it.
-    """
-
-    def __init__(self, dset: h5py.Dataset, lock: threading.Lock, reference: Any = None):
-        self.dset = dset
-        self.lock = lock
-        self.reference = reference
-        self.equal = reference is not None
-
-    def __setitem__(self, key: tuple[slice, ...], value: Any) -> None:
-        if isinstance(value, np.ndarray) and value.dtype.kind == "O":
-            for packed in value.flat:
-                with self.lock:
-                    _compress.write_packed(self.dset, packed)
-                    if self.equal:
-                        (r0, c0), raw = packed.origin, packed.raw
-                        region = (slice(r0, r0 + raw.shape[0]), slice(c0, c0 + raw.shape[1]))
-                        self._compare(region, raw)
-            return
-        if hasattr(value, "todense"):
-            value = value.todense()
-        elif hasattr(value, "toarray"):
-            value = value.toarray()
-        value = np.asarray(value)
-        with self.lock:
-            self.dset[key] = value
-            if self.equal:
-                self._compare(key, value)
-
-    def _compare(self, key: tuple[slice, ...], value: np.ndarray) -> None:
-        disk = self.reference[key]
-        self.equal = bool(np.array_equal(disk, value, equal_nan=value.dtype.kind == "f"))
-
-
-def _aligned(arr: da.Array, chunks: tuple[int, int]) -> da.Array:
-    """Rechunk so that dask block edges fall on HDF5 chunk edges (no partial-chunk rewrites)."""
-    new = []
-    for sizes, step, total in zip(arr.chunks, chunks, arr.shape, strict=True):
-        edges = np.cumsum(sizes)
-        if np.all((edges % step == 0) | (edges == total)):
-            new.append(sizes)
-            continue
-        cut = np.unique(np.append((edges // step) * step, total))
-        cut = cut[cut > 0]
-        new.append(tuple(np.diff(np.concatenate([[0], cut])).tolist()))
-    new_chunks = tuple(new)
-    return arr if new_chunks == arr.chunks else arr.rechunk(new_chunks)
-
-
-def _block_regions(arr: da.Array) -> Iterator[tuple[tuple[int, ...], tuple[slice, ...]]]:
-    offsets = [np.concatenate([[0], np.cumsum(c)]) for c in arr.chunks]
-    for idx in itertools.product(*(range(n) for n in arr.numblocks)):
-        yield idx, tuple(slice(int(o[i]), int(o[i + 1])) for o, i in zip(offsets, idx, strict=True))
-
-
-def _scheduler_kind(get: Callable[..., Any]) -> str:
-    owner = getattr(get, "__self__", None)
-    if owner is not None and type(owner).__name__ == "Client":
-        return "distributed"
-    if get in (dask.threaded.get, dask.local.get_sync):
-        return "local"
-    return "other"
-
-
-def _stream(
-    arrays: list[da.Array], sinks: list[_Sink], get: Callable[..., Any], client: Any
-) -> None:
-    """Compute every block and hand it to its sink in this process, memory bounded."""
-    kind = _scheduler_kind(get)
-    if kind == "local":
-        da.store(arrays, sinks, lock=False, scheduler=get)
-        return
-    jobs = ((i, idx, reg) for i, arr in enumerate(arrays) for idx, reg in _block_regions(arr))
-    if kind == "distributed":
-        from distributed import as_completed
-
-        client = client or get.__self__
-        window = 2 * max(1, sum(client.nthreads().values()))
-        running: dict[str, tuple[int, tuple[slice, ...]]] = {}
-        queue = as_completed()
-
-        def submit() -> None:
-            for i, idx, region in itertools.islice(jobs, 1):
-                future = client.compute(arrays[i].blocks[idx])
-                running[future.key] = (i, region)
-                queue.add(future)
-
-        for _ in range(window):
-            submit()
-        for future in queue:
-            i, region = running.pop(future.key)
-            sinks[i][region] = future.result()
-            future.release()
-            submit()
-        return
-    workers = int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
-    extra: dict[str, Any] = {}
-    pool = None
-    if get is dask.multiprocessing.get and dask.config.get("pool", None) is None:
-        pool = concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=dask.multiprocessing.get_context()
-        )
-        extra["pool"] = pool
-    try:
-        while batch := list(itertools.islice(jobs, 2 * workers)):
-            blocks = dask.compute(
-                *(arrays[i].blocks[idx] for i, idx, _ in batch), scheduler=get, **extra
-            )
-            for (i, _, region), block in zip(batch, blocks, strict=True):
-                sinks[i][region] = block
-    finally:
-        if pool is not None:
-            pool.shutdown()
-
-
 def _create_array(group: h5py.Group, name: str, values: np.ndarray, plan: _Plan) -> None:
     dtype = conv.STRING_DTYPE if values.dtype.kind == "O" else values.dtype
     kwargs: dict[str, Any] = {}
@@ -582,7 +459,7 @@ def _write_content(f: h5py.File, plan: _Plan, reference: h5py.File | None, clien
         for p in conv.GRAPH_PARTS:
             grp.create_dataset(p, data=edges[p])
     lock = threading.Lock()
-    lazy: list[tuple[da.Array, _Sink]] = []
+    lazy: list[tuple[da.Array, _stream.Sink]] = []
     sinks = []
     level = _compress.deflate_level(plan.compression, plan.compression_opts)
     n, m = plan.shape
@@ -598,7 +475,7 @@ def _write_content(f: h5py.File, plan: _Plan, reference: h5py.File | None, clien
             compression_opts=plan.compression_opts,
         )
         ref = reference[layer.h5path] if layer.compare and reference is not None else None
-        sink = _Sink(dset, lock, ref)
+        sink = _stream.Sink(dset, lock, ref)
         sinks.append((layer, sink))
         data = layer.data
         if level is not None and not isinstance(data, da.Array) and data.size:
@@ -606,14 +483,14 @@ def _write_content(f: h5py.File, plan: _Plan, reference: h5py.File | None, clien
         if not isinstance(data, da.Array):
             sink[(slice(None), slice(None))] = data
         elif data.size and level is not None:
-            aligned = _aligned(data, chunks=dset.chunks)
+            aligned = _stream.aligned(data, dset.chunks)
             lazy.append((_compress.packed(aligned, dset, level, keep_raw=ref is not None), sink))
         elif data.size:
-            lazy.append((_aligned(data, chunks=dset.chunks), sink))
+            lazy.append((_stream.aligned(data, dset.chunks), sink))
     if lazy:
         arrays = [arr for arr, _ in lazy]
         get = dask.base.get_scheduler(collections=arrays) or dask.threaded.get
-        _stream(arrays, [s for _, s in lazy], get, client)
+        _stream.stream(arrays, [s for _, s in lazy], get, client)
     skip = {layer.h5path for layer, sink in sinks if sink.equal}
     written = [layer.h5path for layer in plan.layers if layer.h5path not in skip]
     return written + list(plan.arrays) + list(plan.graphs)
@@ -634,7 +511,7 @@ def _temp_path(path: str, kind: str) -> str:
 
 def _execute(plan: _Plan) -> None:
     get = dask.base.get_scheduler()
-    if get is None or _scheduler_kind(get) != "distributed":
+    if get is None or _stream.scheduler_kind(get) != "distributed":
         return _execute_with(plan, None)
     try:
         from distributed import get_worker, worker_client

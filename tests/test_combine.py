@@ -12,6 +12,7 @@ from conftest import sha256
 
 import loomx
 from loomx import _combine as cb
+from loomx import _stream
 from loomx._writer import TMP_TAG
 from loomx.errors import LoomFormatError, LoomNameError, LoomWriteError
 from loomx.testing import write_loom_h5py
@@ -292,7 +293,7 @@ def _raise_after(monkeypatch, target, attr: str, calls: int) -> list:
 @pytest.mark.parametrize(
     ("target", "attr", "calls"),
     [
-        (cb._ColumnSink, "__setitem__", 1),  # some new columns were already written
+        (_stream.Sink, "__setitem__", 1),  # some new columns were already written
         (cb, "_write_attr", 2),  # every layer complete, some attributes written
         (h5py.File, "flush", 0),  # everything staged, not yet committed
     ],

@@ -33,7 +33,7 @@ CHILD = r"""
 import functools, os, sys, threading
 import dask, h5py, numpy as np, xarray as xr
 import loomx
-from loomx import _transaction, _writer
+from loomx import _stream, _transaction
 
 path, scenario, n, m = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 lock = threading.RLock()
@@ -61,7 +61,7 @@ def wrap(owner, attr, name):
 
 
 for owner, attr in [
-    (_writer._Sink, "__setitem__"),
+    (_stream.Sink, "__setitem__"),
     (h5py.Group, "copy"),
     (h5py.Group, "move"),
     (h5py.Group, "__delitem__"),

@@ -1,0 +1,157 @@
+"""Stream dask-computed layer blocks into open HDF5 datasets, memory bounded.
+
+Blocks are computed on whatever scheduler the arrays use (threads, processes, a
+``dask.distributed`` client) and handed, in the one process that holds the output open,
+to a :class:`Sink` that writes them: plain values through h5py's filters, or chunks that
+were already compressed in the tasks (:mod:`loomx._compress`) as they are.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import itertools
+import os
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import dask
+import dask.array as da
+import dask.local
+import dask.multiprocessing
+import dask.threaded
+import h5py
+import numpy as np
+
+from . import _compress
+
+__all__ = ["Sink", "aligned", "scheduler_kind", "stream"]
+
+
+class Sink:
+    """Target for ``dask.array.store``: writes blocks into an open HDF5 dataset under a lock.
+
+    A block is either values (written through h5py and its filters) or a 1x1 object array
+    holding a :class:`~loomx._compress.PackedBlock` (finished chunks, written as they are;
+    its origin says where, so ``key`` is not used).  ``col0`` shifts value blocks right
+    (a block of new columns appended at ``col0``).  With ``reference`` (the dataset on
+    disk), it also tracks whether every block equals it.
+    """
+
+    def __init__(
+        self, dset: h5py.Dataset, lock: threading.Lock, reference: Any = None, col0: int = 0
+    ) -> None:
+        self.dset = dset
+        self.lock = lock
+        self.reference = reference
+        self.equal = reference is not None
+        self.col0 = col0
+
+    def __setitem__(self, key: tuple[slice, ...], value: Any) -> None:
+        if isinstance(value, np.ndarray) and value.dtype.kind == "O":
+            for packed in value.flat:
+                with self.lock:
+                    _compress.write_packed(self.dset, packed)
+                    if self.equal:
+                        (r0, c0), raw = packed.origin, packed.raw
+                        region = (slice(r0, r0 + raw.shape[0]), slice(c0, c0 + raw.shape[1]))
+                        self._compare(region, raw)
+            return
+        if hasattr(value, "todense"):
+            value = value.todense()
+        elif hasattr(value, "toarray"):
+            value = value.toarray()
+        value = np.asarray(value)
+        if self.col0:
+            rows, cols = key
+            start, stop, _ = cols.indices(self.dset.shape[1] - self.col0)
+            key = (rows, slice(start + self.col0, stop + self.col0))
+        with self.lock:
+            self.dset[key] = value
+            if self.equal:
+                self._compare(key, value)
+
+    def _compare(self, key: tuple[slice, ...], value: np.ndarray) -> None:
+        disk = self.reference[key]
+        self.equal = bool(np.array_equal(disk, value, equal_nan=value.dtype.kind == "f"))
+
+
+def aligned(arr: da.Array, chunks: tuple[int, int], col0: int = 0) -> da.Array:
+    """Rechunk so that block edges fall on HDF5 chunk edges (no partial-chunk rewrites),
+    for ``arr`` written at column ``col0``."""
+    new = []
+    for sizes, step, total, offset in zip(arr.chunks, chunks, arr.shape, (0, col0), strict=True):
+        edges = np.cumsum(sizes)
+        if np.all(((edges + offset) % step == 0) | (edges == total)):
+            new.append(sizes)
+            continue
+        cut = np.unique(np.append((edges + offset) // step * step - offset, total))
+        cut = cut[cut > 0]
+        new.append(tuple(np.diff(np.concatenate([[0], cut])).tolist()))
+    return arr if tuple(new) == arr.chunks else arr.rechunk(tuple(new))
+
+
+def _block_regions(arr: da.Array) -> Iterator[tuple[tuple[int, ...], tuple[slice, ...]]]:
+    offsets = [np.concatenate([[0], np.cumsum(c)]) for c in arr.chunks]
+    for idx in itertools.product(*(range(n) for n in arr.numblocks)):
+        yield idx, tuple(slice(int(o[i]), int(o[i + 1])) for o, i in zip(offsets, idx, strict=True))
+
+
+def scheduler_kind(get: Callable[..., Any]) -> str:
+    owner = getattr(get, "__self__", None)
+    if owner is not None and type(owner).__name__ == "Client":
+        return "distributed"
+    if get in (dask.threaded.get, dask.local.get_sync):
+        return "local"
+    return "other"
+
+
+def stream(
+    arrays: list[da.Array], sinks: list[Sink], get: Callable[..., Any], client: Any = None
+) -> None:
+    """Compute every block and hand it to its sink in this process, memory bounded."""
+    kind = scheduler_kind(get)
+    if kind == "local":
+        da.store(arrays, sinks, lock=False, scheduler=get)
+        return
+    jobs = ((i, idx, reg) for i, arr in enumerate(arrays) for idx, reg in _block_regions(arr))
+    if kind == "distributed":
+        from distributed import as_completed
+
+        client = client or get.__self__
+        window = 2 * max(1, sum(client.nthreads().values()))
+        running: dict[str, tuple[int, tuple[slice, ...]]] = {}
+        queue = as_completed()
+
+        def submit() -> None:
+            for i, idx, region in itertools.islice(jobs, 1):
+                future = client.compute(arrays[i].blocks[idx])
+                running[future.key] = (i, region)
+                queue.add(future)
+
+        for _ in range(window):
+            submit()
+        for future in queue:
+            i, region = running.pop(future.key)
+            sinks[i][region] = future.result()
+            future.release()
+            submit()
+        return
+    workers = int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
+    extra: dict[str, Any] = {}
+    pool = None
+    if get is dask.multiprocessing.get and dask.config.get("pool", None) is None:
+        pool = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=dask.multiprocessing.get_context()
+        )
+        extra["pool"] = pool
+    try:
+        while batch := list(itertools.islice(jobs, 2 * workers)):
+            blocks = dask.compute(
+                *(arrays[i].blocks[idx] for i, idx, _ in batch), scheduler=get, **extra
+            )
+            for (i, _, region), block in zip(batch, blocks, strict=True):
+                sinks[i][region] = block
+    finally:
+        if pool is not None:
+            pool.shutdown()
