@@ -1,9 +1,13 @@
 """Writers killed with SIGKILL leave the previous data readable, and the next write succeeds.
 
-A child process runs ``to_loom`` with every file-changing step wrapped: before and after
-each block written, object copied, link moved or deleted, flush, fsync and rename, it prints
-the step and waits for a line on stdin.  The parent kills it with SIGKILL when the chosen
-step is reached, so each kill point is deterministic.  ``LOOMX_CRASH_ROUNDS`` sets how many
+A child process runs ``to_loom`` (``mode="w"``, ``mode="a"``) or ``append`` with every
+file-changing step wrapped: before and after each block written, object copied, link moved
+or deleted, flush, fsync and rename, it prints the step and waits for a line on stdin.  The
+parent kills the child's whole process group (its dask worker processes too) with SIGKILL
+when the chosen step is reached, so each kill point is deterministic.  Blocks are computed
+by the sync scheduler, by worker processes (``-processes``) or by a ``LocalCluster``
+(``-distributed``).  After each kill the file must read as all old or all new, say the
+same after ``loomx.recover``, and take the next write.  ``LOOMX_CRASH_ROUNDS`` sets how many
 kill points each scenario tries (default 4, spread over the whole write; 0 means every step).
 """
 
@@ -72,7 +76,17 @@ for owner, attr in [
     wrap(owner, attr, f"{getattr(owner, '__name__', owner)}.{attr}")
 
 rng = np.random.default_rng(1)
-with dask.config.set(scheduler="sync"):  # the same steps in the same order every run
+scenario, _, scheduler = scenario.partition("-")
+scheduler = scheduler or "sync"  # sync: the same steps in the same order every run
+if scheduler == "distributed":  # steps in this process come in the same number every run
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    client = Client(cluster)
+    scheduler = client.get
+with dask.config.set(scheduler=scheduler):
     if scenario == "w":
         matrix = rng.random((n, m)).astype(np.float32)
         ds = xr.Dataset({"matrix": (("row", "col"), matrix)}, {"Score": ("col", -rng.random(m))})
@@ -122,6 +136,7 @@ def run_child(path: Path, scenario: str, kill_at: int | None) -> tuple[list[str]
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        start_new_session=True,  # SIGKILL the whole group: its worker processes die too
     )
     steps: list[str] = []
     killed = False
@@ -132,7 +147,7 @@ def run_child(path: Path, scenario: str, kill_at: int | None) -> tuple[list[str]
                 break
             steps.append(line)
             if len(steps) == kill_at:
-                child.send_signal(signal.SIGKILL)
+                os.killpg(child.pid, signal.SIGKILL)
                 killed = True
                 break
             child.stdin.write("\n")
@@ -187,8 +202,9 @@ def kill_points(total: int) -> list[int]:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("scenario", ["w", "a", "append"])
+@pytest.mark.parametrize("scenario", ["w", "a", "append", "a-processes", "append-distributed"])
 def test_sigkill_keeps_previous_data(tmp_path, scenario):
+    kind = scenario.partition("-")[0]  # what is written; after "-", the dask scheduler
     path = tmp_path / "x.loom"
     base = original_ds()
     to_loom(base, path)
@@ -215,7 +231,7 @@ def test_sigkill_keeps_previous_data(tmp_path, scenario):
                 np.testing.assert_array_equal(ds["matrix"].values, new["matrix"].values)
                 np.testing.assert_array_equal(ds["Score"].values, new["Score"].values)
             outcomes.add("old" if old else "new")
-        elif scenario == "a":
+        elif kind == "a":
             np.testing.assert_array_equal(ds["matrix"].values, matrix)
             np.testing.assert_array_equal(ds["Gene"].values, base["Gene"].values)
             assert ds.attrs["Title"] == "before"
@@ -247,7 +263,7 @@ def test_sigkill_keeps_previous_data(tmp_path, scenario):
         path.write_bytes(pristine)
         run_child(path, scenario, kill_at)
         later = original_ds().assign(matrix=base["matrix"] * 3).assign_coords(Score=("col", -score))
-        if scenario == "append" and loomx.open_loom(path).sizes["col"] > M:
+        if kind == "append" and loomx.open_loom(path).sizes["col"] > M:
             later = later.isel(col=np.arange(M + M // 2) % M)
         to_loom(later, path, mode="a")  # a later write succeeds and cleans up after the dead
         assert temp_files(tmp_path) == []
