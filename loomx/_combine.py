@@ -144,17 +144,29 @@ def _full_height(
     for name, var in ds.data_vars.items():
         if var.dims != dims:
             continue
-        data = wr._layer_data(path, f"/{name}", var.variable)
         step = (var.encoding.get("chunksizes") or (64, 64))[1]
         cols = width or _band_width(var.shape[0], var.dtype.itemsize, step)
+        lazy = var.variable
+        if lazy.chunks is None and not lazy._in_memory:  # read in bands: no rechunk
+            lazy = lazy.chunk({dims[0]: -1, dims[1]: cols})
+        data = wr._layer_data(path, f"/{name}", lazy)
         out[name] = (dims, da.asarray(data).rechunk((-1, cols)))
     return ds.assign(out) if out else ds
 
 
-def _queue(jobs: list, dset: h5py.Dataset, arr: da.Array, col0: int, lock: threading.Lock) -> None:
-    """Queue ``arr`` for columns ``col0:`` of ``dset``: the whole chunks in between are
-    compressed in the dask tasks (in parallel); partial chunks at either end, which another
-    input shares, go through h5py's filters."""
+def _queue(
+    jobs: list,
+    dset: h5py.Dataset,
+    arr: da.Array,
+    col0: int,
+    lock: threading.Lock,
+    rows: np.ndarray | None = None,
+) -> None:
+    """Queue ``arr[rows]`` for columns ``col0:`` of ``dset``: the whole chunks in between
+    are compressed in the dask tasks (in parallel, rows reordered while packing); partial
+    chunks at either end, which another input shares, go through h5py's filters.
+
+    With ``rows``, ``arr`` must be in full-height blocks."""
     chunks = dset.chunks or dset.shape
     plain = dset.compression != "gzip" or dset.shuffle or dset.fletcher32 or dset.scaleoffset
     level = None if plain else _compress.deflate_level("gzip", dset.compression_opts)
@@ -165,7 +177,9 @@ def _queue(jobs: list, dset: h5py.Dataset, arr: da.Array, col0: int, lock: threa
         if b > a:
             piece = _stream.aligned(arr[:, a:b], chunks, col0 + a)
             if pack:
-                piece = _compress.packed(piece, dset, level, origin=(0, col0 + a))
+                piece = _compress.packed(piece, dset, level, origin=(0, col0 + a), rows=rows)
+            elif rows is not None:
+                piece = piece[rows]
             jobs.append((piece, _stream.Sink(dset, lock, col0=col0 + a)))
 
 
@@ -598,10 +612,11 @@ def _write_layers(path: str, layers: list, inputs: list, sizes: Mapping[str, int
                 dset = _like(parent, name, template, total)
             else:
                 dset = _new_layer(parent, name, dtype, (n, total))
-            for src, (_, col0, identity, part) in zip(sources, inputs, strict=True):
-                if identity and _raw_copy(src[layer.h5path], dset, col0):
+            for src, (_, col0, order, part) in zip(sources, inputs, strict=True):
+                if order is None and _raw_copy(src[layer.h5path], dset, col0):
                     continue
-                _queue(jobs, dset, da.asarray(part[layer.var_name].data).astype(dtype), col0, lock)
+                data = da.asarray(part[layer.var_name].data).astype(dtype)
+                _queue(jobs, dset, data, col0, lock, rows=order)
         _run(jobs)
 
 
@@ -634,14 +649,14 @@ def _combined(
         gvars = [v for v in ds.variables if conv.parse_graph_var(str(v)) is not None]
         rows = [v for h, v in found.items() if _kind(h) == _spec.ROW_ATTRS]
         body = _full_height(ds.drop_vars(gvars), dims, p, batch_size)
-        identity = True
+        order = None
         if key is not None and ds is not first:
             order = _key_order(first[vars0[kpath]].values, ds[found[kpath]].values, repr(p))
-            identity = bool(np.array_equal(order, np.arange(n)))
-            body = body if identity else body.isel({dims[0]: order})
+            order = None if np.array_equal(order, np.arange(n)) else order
         renames = {found[h]: want[h] for h in cols if found[h] != want[h]}
-        parts.append(body.drop_vars(rows).rename(renames))
-        inputs.append((p, offset, identity, parts[-1]))
+        body = body.drop_vars(rows).rename(renames)
+        parts.append(body if order is None else body.isel({dims[0]: order}))
+        inputs.append((p, offset, order, body))  # layers are written from body and order
         offset += ds.sizes[dims[1]]
     combined = xr.concat(parts, dim=dims[1], data_vars="minimal", coords="minimal", join="exact")
     keep = [v for h, v in vars0.items() if _kind(h) == _spec.ROW_ATTRS]

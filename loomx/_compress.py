@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import uuid
 import zlib
 from collections.abc import Callable
 from functools import partial
@@ -130,6 +131,7 @@ def pack_block(
     level: int,
     codec: str | None = None,
     keep_raw: bool = False,
+    rows: np.ndarray | None = None,
 ) -> PackedBlock:
     """Cut a 2-D block into HDF5 chunks and compress each.
 
@@ -148,25 +150,47 @@ def pack_block(
         Deflate level and codec, see :func:`compressor`.
     keep_raw
         Keep the block's values in the result (for comparison with the disk).
+    rows
+        Row order: pack ``block[rows]`` (without making that copy).
 
     Returns
     -------
     PackedBlock
     """
     values = _dense(block, np.dtype(dtype))
-    (rows, cols), (cr, cc) = values.shape, chunk_shape
-    pad = ((0, -rows % cr), (0, -cols % cc))
-    full = np.pad(values, pad) if pad[0][1] or pad[1][1] else values
-    nr, nc = full.shape[0] // cr, full.shape[1] // cc
-    tiles = np.ascontiguousarray(full.reshape(nr, cr, nc, cc).swapaxes(1, 2))
-    bits = tiles.view(f"u{tiles.dtype.itemsize}") if tiles.dtype.kind == "f" else tiles
-    zero = ~bits.any(axis=(2, 3))
+    if rows is not None:
+        rows = np.asarray(rows)
+        if rows.ndim != 1 or (rows.size and (rows.min() < 0 or rows.max() >= len(values))):
+            raise ValueError(f"rows must index the block's {len(values)} rows")
+    height = len(values) if rows is None else len(rows)
+    width, (cr, cc) = values.shape[1], chunk_shape
+    nr, nc = -(-height // cr), -(-width // cc)
+    # one column strip at a time, in a reused buffer where every chunk is contiguous
+    strip = np.zeros((nr * cr, cc), values.dtype)
     compress = compressor(level, codec)
-    empty = compress(np.zeros(chunk_shape, values.dtype)) if zero.any() else b""
-    out = [empty if zero[a, b] else compress(tiles[a, b]) for a in range(nr) for b in range(nc)]
-    return PackedBlock(
-        (int(origin[0]), int(origin[1])), (nr, nc), out, values if keep_raw else None
-    )
+    empty = b""
+    out: list[bytes] = [b""] * (nr * nc)
+    for b in range(nc):
+        cols = slice(b * cc, min((b + 1) * cc, width))
+        w = cols.stop - cols.start
+        if w < cc:
+            strip[:] = 0
+        if rows is None:
+            strip[:height, :w] = values[:, cols]
+        else:
+            np.take(values[:, cols], rows, axis=0, out=strip[:height, :w])
+        tiles = strip.reshape(nr, cr * cc)
+        nonzero = tiles.view(f"u{tiles.dtype.itemsize}").any(axis=1)
+        for a in range(nr):
+            if nonzero[a]:
+                out[a * nc + b] = compress(tiles[a])
+            else:
+                empty = empty or compress(np.zeros(chunk_shape, values.dtype))
+                out[a * nc + b] = empty
+    raw = None
+    if keep_raw:
+        raw = values if rows is None else values[rows]
+    return PackedBlock((int(origin[0]), int(origin[1])), (nr, nc), out, raw)
 
 
 def write_packed(dset: Any, packed: PackedBlock) -> None:
@@ -188,11 +212,21 @@ def deflate_level(compression: Any, compression_opts: Any) -> int | None:
 
 
 def in_blocks(values: np.ndarray, chunk_shape: tuple[int, int]) -> da.Array:
-    """An in-memory layer as a dask array of blocks of whole chunks, about 32 MiB each."""
+    """An in-memory layer as a dask array of blocks of whole chunks, about 32 MiB each.
+
+    The blocks are views of ``values`` (``dask.array.from_array`` would copy it whole).
+    """
     blocks = normalize_chunks(
         "auto", values.shape, limit=BLOCK_BYTES, dtype=values.dtype, previous_chunks=chunk_shape
     )
-    return da.from_array(values, chunks=blocks, name=False)
+    name = f"loomx-in-memory-{uuid.uuid4().hex}"
+    offsets = [np.concatenate([[0], np.cumsum(c)]).astype(int) for c in blocks]
+    graph = {
+        (name, i, j): values[offsets[0][i] : offsets[0][i + 1], offsets[1][j] : offsets[1][j + 1]]
+        for i in range(len(blocks[0]))
+        for j in range(len(blocks[1]))
+    }
+    return da.Array(graph, name, blocks, meta=values[:0, :0])
 
 
 def _pack_task(block: Any, block_info: Any = None, **kwargs: Any) -> np.ndarray:
@@ -211,6 +245,7 @@ def packed(
     keep_raw: bool = False,
     origin: tuple[int, int] = (0, 0),
     codec: str | None = None,
+    rows: np.ndarray | None = None,
 ) -> da.Array:
     """Pack every block of ``arr`` into ``dset``'s chunks, in the tasks that compute it.
 
@@ -226,6 +261,8 @@ def packed(
         Keep each block's values too (see :func:`pack_block`).
     origin
         Position of ``arr`` within ``dset``.
+    rows
+        Row order applied to every block while packing (blocks must be full height).
 
     Returns
     -------
@@ -241,7 +278,10 @@ def packed(
         level=int(level),
         codec=codec or DEFAULT_CODEC,
         keep_raw=keep_raw,
+        rows=rows,
     )
+    if rows is not None and arr.numblocks[0] != 1:
+        raise ValueError("packing with a row order needs full-height blocks")
     return arr.map_blocks(
         pack,
         chunks=tuple((1,) * n for n in arr.numblocks),

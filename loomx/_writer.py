@@ -662,4 +662,7 @@ def to_loom(
     if compute:
         _execute(plan)
         return None
+    for layer in plan.layers:  # written as they are now, whatever happens to them meanwhile
+        if isinstance(layer.data, np.ndarray):
+            layer.data = layer.data.copy()
     return dask.delayed(_execute, pure=False)(plan, dask_key_name=f"to_loom-{uuid.uuid4().hex}")

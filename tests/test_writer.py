@@ -16,6 +16,8 @@ import pytest
 import xarray as xr
 from conftest import WILD_FILES, sha256
 from dask.delayed import Delayed
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import loomx
 from loomx import _compress, _stream, _writer
@@ -820,6 +822,62 @@ def test_in_memory_layers_are_packed_in_bounded_blocks():
     assert max(arr.chunks[0]) * max(arr.chunks[1]) * 4 <= _compress.BLOCK_BYTES
     assert all(c % 64 == 0 for c in arr.chunks[0][:-1] + arr.chunks[1][:-1])
     assert arr.numblocks[0] * arr.numblocks[1] > 1
+
+
+@settings(deadline=None)
+@given(
+    shape=st.tuples(st.integers(1, 150), st.integers(1, 150)),
+    chunk_shape=st.tuples(st.integers(1, 70), st.integers(1, 70)),
+    dtype=st.sampled_from(["float32", "int16", "uint8", "float64"]),
+    permute=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_packed_chunks_are_the_blocks_values_in_hdf5_chunk_layout(
+    shape, chunk_shape, dtype, permute, seed
+):
+    rng = np.random.default_rng(seed)
+    values = (rng.random(shape) * 4 * (rng.random(shape) < 0.4)).astype(dtype)
+    rows = rng.permutation(shape[0]) if permute else None
+    expected = values if rows is None else values[rows]
+    block = _compress.pack_block(values, (0, 0), chunk_shape, np.dtype(dtype), 2, rows=rows)
+    cr, cc = chunk_shape
+    assert block.grid == (-(-shape[0] // cr), -(-shape[1] // cc))
+    padded = np.zeros((block.grid[0] * cr, block.grid[1] * cc), dtype)
+    padded[: shape[0], : shape[1]] = expected
+    for (r, c), data in zip(block.offsets(chunk_shape), block.chunks, strict=True):
+        tile = np.frombuffer(zlib.decompress(data), dtype).reshape(chunk_shape)
+        np.testing.assert_array_equal(tile, padded[r : r + cr, c : c + cc])
+
+
+def test_pack_block_row_order_must_index_the_block():
+    values = np.ones((4, 4), np.float32)
+    with pytest.raises(ValueError, match="index the block"):
+        _compress.pack_block(values, (0, 0), (2, 2), values.dtype, 1, rows=np.array([0, 4]))
+    rows = np.array([3, 1])  # a subset is allowed: the block's rows in this order
+    block = _compress.pack_block(
+        values * np.arange(4)[:, None], (0, 0), (2, 2), values.dtype, 1, rows=rows, keep_raw=True
+    )
+    np.testing.assert_array_equal(block.raw[:, 0], [3, 1])
+
+
+def test_in_memory_blocks_are_views_not_a_copy():
+    values = np.arange(200 * 300, dtype=np.float32).reshape(200, 300)
+    arr = _compress.in_blocks(values, (64, 64))
+    graph = dict(arr.__dask_graph__())
+    blocks = [v for v in graph.values() if isinstance(v, np.ndarray)]
+    assert blocks and all(np.shares_memory(b, values) for b in blocks)
+    np.testing.assert_array_equal(arr.compute(), values)
+
+
+def test_delayed_write_keeps_in_memory_layers_as_they_were(tmp_path):
+    values = np.ones((70, 130), np.float32)
+    write = to_loom(
+        xr.Dataset({"matrix": (("row", "col"), values)}), tmp_path / "d.loom", compute=False
+    )
+    values[:] = 7
+    write.compute()
+    with h5py.File(tmp_path / "d.loom", "r") as f:
+        np.testing.assert_array_equal(f["matrix"][:], 1)
 
 
 def test_pack_block_refuses_bad_levels_and_codecs():
