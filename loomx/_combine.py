@@ -200,6 +200,7 @@ class _AppendPlan:
         self.m_new = m_new
         self.legacy = legacy
         self.layers: list[tuple[str, Any, Any, np.dtype]] = []  # h5path, new, old fill, dtype
+        self.rows: np.ndarray | None = None  # order of the new layers' rows (None: as they are)
         self.attrs: dict[str, np.ndarray] = {}
         self.graphs: dict[str, dict[str, np.ndarray]] = {}
 
@@ -223,6 +224,7 @@ def _plan_append(
         raise LoomFormatError(f"{describe(path, '/matrix')}: {found}; the file has {n}")
     m_new = int(ds.sizes.get(dims[1], 0))
     fvars, dvars = _loom_vars(old, fdims, path), _loom_vars(ds, dims, path)
+    rows = None
     if key is not None:
         kpath = f"/{_spec.ROW_ATTRS}/{key}"
         if kpath not in fvars or kpath not in dvars:
@@ -230,8 +232,11 @@ def _plan_append(
             raise LoomNameError(f"{describe(path, kpath)}: key {key!r} not found in {side}")
         order = _key_order(old[fvars[kpath]].values, ds[dvars[kpath]].values, describe(path, kpath))
         if not np.array_equal(order, np.arange(n)):
-            ds = _full_height(ds, dims, path).isel({dims[0]: order})
+            rows = order
+    body = ds if rows is None else _full_height(ds, dims, path)  # layers: reordered when packed
+    ds = ds if rows is None else body.isel({dims[0]: rows})
     plan = _AppendPlan(path, (n, m), m_new, legacy)
+    plan.rows = rows
     for h5path in sorted(set(fvars) | set(dvars)):
         kind = _kind(h5path)
         fname, dname = fvars.get(h5path), dvars.get(h5path)
@@ -245,7 +250,7 @@ def _plan_append(
             if dname is not None and not _same(old[fname].values, ds[dname].values):
                 raise LoomFormatError(f"{where}: row attribute {dname!r} differs from the file")
         elif kind == "layer":
-            _plan_layer(plan, old, ds, h5path, fname, dname, fill_values)
+            _plan_layer(plan, old, body, h5path, fname, dname, fill_values)
         else:
             _plan_col_attr(plan, old, ds, h5path, fname, dname, fill_values)
     _plan_graphs(plan, old, ds)
@@ -451,10 +456,11 @@ def _write_append(plan: _AppendPlan, txn: _transaction.Transaction) -> None:
         for part, col0, cols in parts:
             if not cols:
                 continue
+            rows = plan.rows if part is data else None
             if not isinstance(part, da.Array | np.ndarray):
                 band = _band_width(n, np.dtype(dtype).itemsize, step[1])
-                part = da.full((n, cols), part, dtype=dtype, chunks=(-1, band))
-            _queue(jobs, dset, da.asarray(part).astype(dtype), col0, lock)
+                part, rows = da.full((n, cols), part, dtype=dtype, chunks=(-1, band)), None
+            _queue(jobs, dset, da.asarray(part).astype(dtype), col0, lock, rows=rows)
     _run(jobs)
     for h5path, values in plan.attrs.items():
         _write_attr(*txn.stage(h5path), values)
