@@ -28,7 +28,6 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import dask.array as da
-import dask.base
 import dask.threaded
 import h5py
 import numpy as np
@@ -150,7 +149,7 @@ def _full_height(
         if lazy.chunks is None and not lazy._in_memory:  # read in bands: no rechunk
             lazy = lazy.chunk({dims[0]: -1, dims[1]: cols})
         data = wr._layer_data(path, f"/{name}", lazy)
-        out[name] = (dims, da.asarray(data).rechunk((-1, cols)))
+        out[name] = (dims, da.asarray(data).rechunk((-1, cols), method="tasks"))
     return ds.assign(out) if out else ds
 
 
@@ -186,7 +185,7 @@ def _queue(
 def _run(jobs: list) -> None:
     if jobs:
         arrays = [arr for arr, _ in jobs]
-        get = dask.base.get_scheduler(collections=arrays) or dask.threaded.get
+        get = _stream.scheduler(arrays) or dask.threaded.get
         _stream.stream(arrays, [sink for _, sink in jobs], get)
 
 

@@ -11,12 +11,14 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import dask
 import dask.array as da
+import dask.base
 import dask.local
 import dask.multiprocessing
 import dask.threaded
@@ -25,7 +27,7 @@ import numpy as np
 
 from . import _compress
 
-__all__ = ["Sink", "aligned", "scheduler_kind", "stream"]
+__all__ = ["Sink", "aligned", "scheduler", "scheduler_kind", "stream"]
 
 
 class Sink:
@@ -88,13 +90,22 @@ def aligned(arr: da.Array, chunks: tuple[int, int], col0: int = 0) -> da.Array:
         cut = np.unique(np.append((edges + offset) // step * step - offset, total))
         cut = cut[cut > 0]
         new.append(tuple(np.diff(np.concatenate([[0], cut])).tolist()))
-    return arr if tuple(new) == arr.chunks else arr.rechunk(tuple(new))
+    return arr if tuple(new) == arr.chunks else arr.rechunk(tuple(new), method="tasks")
 
 
 def _block_regions(arr: da.Array) -> Iterator[tuple[tuple[int, ...], tuple[slice, ...]]]:
     offsets = [np.concatenate([[0], np.cumsum(c)]) for c in arr.chunks]
     for idx in itertools.product(*(range(n) for n in arr.numblocks)):
         yield idx, tuple(slice(int(o[i]), int(o[i + 1])) for o, i in zip(offsets, idx, strict=True))
+
+
+def scheduler(arrays: list[da.Array] | None = None) -> Callable[..., Any] | None:
+    """The scheduler ``compute`` would use for ``arrays`` (None: no collections given and
+    nothing configured).  Without ``distributed`` imported and no scheduler configured it
+    is dask's threads, found without importing ``distributed`` (which dask would do)."""
+    if "distributed" not in sys.modules and dask.config.get("scheduler", None) is None:
+        return dask.threaded.get if arrays else None
+    return dask.base.get_scheduler(collections=arrays)
 
 
 def scheduler_kind(get: Callable[..., Any]) -> str:

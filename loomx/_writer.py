@@ -25,7 +25,7 @@ from typing import Any, Literal
 
 import dask
 import dask.array as da
-import dask.base
+import dask.threaded
 import h5py
 import numpy as np
 import xarray as xr
@@ -489,7 +489,7 @@ def _write_content(f: h5py.File, plan: _Plan, reference: h5py.File | None, clien
             lazy.append((_stream.aligned(data, dset.chunks), sink))
     if lazy:
         arrays = [arr for arr, _ in lazy]
-        get = dask.base.get_scheduler(collections=arrays) or dask.threaded.get
+        get = _stream.scheduler(arrays) or dask.threaded.get
         _stream.stream(arrays, [s for _, s in lazy], get, client)
     skip = {layer.h5path for layer, sink in sinks if sink.equal}
     written = [layer.h5path for layer in plan.layers if layer.h5path not in skip]
@@ -510,7 +510,7 @@ def _temp_path(path: str, kind: str) -> str:
 
 
 def _execute(plan: _Plan) -> None:
-    get = dask.base.get_scheduler()
+    get = _stream.scheduler()
     if get is None or _stream.scheduler_kind(get) != "distributed":
         return _execute_with(plan, None)
     try:

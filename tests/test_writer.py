@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import threading
 import warnings
 import zlib
@@ -910,3 +912,15 @@ def test_bad_storage_options_refused_before_writing(tmp_path, kwargs):
     with pytest.raises(ValueError, match=r"compression|chunks"):
         loomx.to_loom(ds, tmp_path / "x.loom", **kwargs)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_writing_without_a_cluster_does_not_import_distributed(tmp_path):
+    code = (
+        "import sys, numpy as np, xarray as xr, loomx\n"
+        "ds = xr.Dataset({'matrix': (('row', 'col'), np.ones((100, 300), 'float32'))})\n"
+        f"loomx.to_loom(ds.chunk({{'col': 70}}), {str(tmp_path / 'x.loom')!r})\n"
+        f"loomx.combine([{str(tmp_path / 'x.loom')!r}] * 2, {str(tmp_path / 'y.loom')!r})\n"
+        "print('distributed' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # importing it costs about 0.15 s per process
