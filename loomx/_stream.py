@@ -101,10 +101,19 @@ def _block_regions(arr: da.Array) -> Iterator[tuple[tuple[int, ...], tuple[slice
 
 def scheduler(arrays: list[da.Array] | None = None) -> Callable[..., Any] | None:
     """The scheduler ``compute`` would use for ``arrays`` (None: no collections given and
-    nothing configured).  Without ``distributed`` imported and no scheduler configured it
-    is dask's threads, found without importing ``distributed`` (which dask would do)."""
-    if "distributed" not in sys.modules and dask.config.get("scheduler", None) is None:
-        return dask.threaded.get if arrays else None
+    nothing configured).
+
+    While ``distributed`` is not imported no client can exist, and a configured name or
+    function (or dask's threads) is found without importing it, which dask would do.
+    """
+    setting = dask.config.get("scheduler", None)
+    if "distributed" not in sys.modules:
+        if setting is None:
+            return dask.threaded.get if arrays else None
+        if callable(setting):
+            return setting
+        if setting in dask.base.named_schedulers:
+            return dask.base.named_schedulers[setting]
     return dask.base.get_scheduler(collections=arrays)
 
 

@@ -916,9 +916,11 @@ def test_bad_storage_options_refused_before_writing(tmp_path, kwargs):
 
 def test_writing_without_a_cluster_does_not_import_distributed(tmp_path):
     code = (
-        "import sys, numpy as np, xarray as xr, loomx\n"
+        "import sys, dask, numpy as np, xarray as xr, loomx\n"
         "ds = xr.Dataset({'matrix': (('row', 'col'), np.ones((100, 300), 'float32'))})\n"
         f"loomx.to_loom(ds.chunk({{'col': 70}}), {str(tmp_path / 'x.loom')!r})\n"
+        "with dask.config.set(scheduler='sync'):\n"
+        f"    loomx.to_loom(ds.chunk({{'col': 70}}), {str(tmp_path / 'z.loom')!r})\n"
         f"loomx.combine([{str(tmp_path / 'x.loom')!r}] * 2, {str(tmp_path / 'y.loom')!r})\n"
         "print('distributed' in sys.modules)\n"
     )
