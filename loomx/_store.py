@@ -75,7 +75,7 @@ class DatasetInfo:
     @classmethod
     def of(cls, dset: h5py.Dataset) -> DatasetInfo:
         return cls(
-            h5path=dset.name,
+            h5path=committed_path(dset.name),  # its final name when a commit is pending
             shape=tuple(dset.shape),
             dtype=dset.dtype,
             chunks=dset.chunks,
@@ -159,6 +159,7 @@ class LoomLayout:
     col_graphs: dict[str, GraphInfo] = field(default_factory=dict)
     global_attrs: dict[str, Any] = field(default_factory=dict)
     global_attrs_location: str = "/attrs"
+    pending: dict[str, str] = field(default_factory=dict)  # final path -> temporary link
 
 
 class LoomStore:
@@ -182,6 +183,7 @@ class LoomStore:
         self._manager = CachingFileManager(
             open_h5, self.path, mode=mode, kwargs={"locking": locking}
         )
+        self.pending: dict[str, str] = {}  # objects of a commit not yet carried out
 
     def __repr__(self) -> str:
         return f"LoomStore({self.path!r}, mode={self.mode!r})"
@@ -199,15 +201,15 @@ class LoomStore:
     def resolve(self, h5path: str) -> str:
         """The link through which to read ``h5path`` now.
 
-        A path the layout found through a pending commit (temporary names, see
-        ``_transaction``) becomes the final name once a writer has carried the commit out.
+        While a commit found by :meth:`read_layout` is not carried out, its objects are
+        read through their temporary links; once a writer has finished it, by their names.
         """
-        if _spec.TEMPORARY_TAG not in h5path:
-            return h5path
-        with self.open() as h5file:
-            if h5path in h5file:
-                return h5path
-        return committed_path(h5path)
+        for final, link in self.pending.items():
+            if h5path == final or h5path.startswith(final + "/"):
+                candidate = link + h5path[len(final) :]
+                with self.open() as h5file:
+                    return candidate if candidate in h5file else h5path
+        return h5path
 
     def read_attr(self, attr: AttrInfo) -> np.ndarray:
         """Read and decode one whole row or column attribute."""
@@ -219,7 +221,9 @@ class LoomStore:
     def read_layout(self) -> LoomLayout:
         """Read and check the metadata (never layer, attribute or graph data)."""
         with self.open() as h5file:
-            return _LayoutReader(h5file, self.path).read()
+            layout = _LayoutReader(h5file, self.path).read()
+        self.pending = layout.pending
+        return layout
 
 
 def _hard_child(group: h5py.Group, name: str, path: str) -> h5py.Dataset | h5py.Group:
@@ -271,9 +275,10 @@ class _LayoutReader:
         warnings.warn(f"{describe(self.path, h5path)}: {message}", LoomFormatWarning, stacklevel=4)
 
     def group(self, name: str) -> h5py.Group | None:
-        if name not in self.f:
+        link = self.children(self.f).get(name)
+        if link is None:
             return None
-        obj = _hard_child(self.f, name, self.path)
+        obj = _hard_child(self.f, link, self.path)
         if not isinstance(obj, h5py.Group):
             raise LoomFormatError(
                 f"{describe(self.path, '/' + name)}: found a dataset, expected a group"
@@ -292,6 +297,11 @@ class _LayoutReader:
         for space in _spec.AXIS_OF_GRAPHS:
             setattr(layout, space, self.graphs(space))
         layout.global_attrs, layout.global_attrs_location = self.global_attrs(version, legacy)
+        layout.pending = {
+            f"{parent.rstrip('/')}/{name}": f"{parent.rstrip('/')}/{link}"
+            for parent, links in self.pending.items()
+            for name, link in links.items()
+        }
         if source is None:
             self.warn("/", f"no {_spec.VERSION_KEY}; reading it as a pre-3.0.0 Loom file")
         return layout
@@ -466,7 +476,7 @@ class _LayoutReader:
                 f"{describe(self.path, parts['w'].h5path)}: weight dtype {parts['w'].dtype}; "
                 "expected numbers"
             )
-        return GraphInfo(group.name, parts["a"], parts["b"], parts["w"])
+        return GraphInfo(committed_path(group.name), parts["a"], parts["b"], parts["w"])
 
     def global_attrs(self, version: str, legacy: bool) -> tuple[dict[str, Any], str]:
         group = self.group(_spec.GLOBAL_ATTRS)

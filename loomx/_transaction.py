@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 from . import _spec
-from .errors import LoomWriteError, LoomxError
+from .errors import LoomFileError, LoomFormatError, LoomWriteError, LoomxError, describe
 
 __all__ = [
     "Journal",
@@ -63,23 +63,31 @@ def owner_alive(token: str) -> bool:
     pid = token.split("-", 1)[0]
     try:
         os.kill(int(pid), 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, ValueError):
         return False
-    except (OSError, ValueError):
+    except OSError:
         return True
     return True
 
 
-def _stale(token: str) -> bool:
+def locking_enforced() -> bool:
+    """Whether HDF5 file locking is on (the default): then a file open ``r+`` here is open
+    nowhere else, and every temporary object that is not this process's own is stale."""
+    setting = os.environ.get("HDF5_USE_FILE_LOCKING", "").strip().upper()
+    return setting not in ("FALSE", "0", "BEST_EFFORT", "BEST-EFFORT")
+
+
+def _stale(token: str, exclusive: bool) -> bool:
     """Whether the writer of a link named ``{TMP_TAG}{pid}-{hex}...`` is gone.
 
-    In this process, a link is stale unless its transaction is running (what an
-    interrupted one of ours left behind is stale).
+    A transaction running in this process is not; holding the file exclusively (HDF5 file
+    locking), every other one is.  Without locking, a writer is gone when its process is
+    (what an interrupted transaction of this process left behind is stale too).
     """
     pid, _, rest = token.partition("-")
-    if pid == str(os.getpid()):
-        return f"{TMP_TAG}{pid}-{rest.split('-', 1)[0]}-" not in _ACTIVE
-    return not owner_alive(token)
+    if f"{TMP_TAG}{pid}-{rest.split('-', 1)[0]}-" in _ACTIVE:
+        return False
+    return exclusive or pid == str(os.getpid()) or not owner_alive(token)
 
 
 @dataclass
@@ -111,11 +119,17 @@ def read_journals(f: h5py.File) -> list[Journal]:
         if not (name.startswith(TMP_TAG) and name.endswith(JOURNAL_SUFFIX)):
             continue
         obj = f.get(name)
-        if not isinstance(obj, h5py.Dataset):
-            continue
-        rows = np.asarray(obj[()]).reshape(-1, 3)
-        entries = [tuple(v.decode() if isinstance(v, bytes) else str(v) for v in r) for r in rows]
-        found.append(Journal(name, entries, dict(obj.attrs)))  # type: ignore[arg-type]
+        try:
+            rows = np.asarray(obj[()]).reshape(-1, 3)  # type: ignore[index]
+            entries = [
+                tuple(v.decode() if isinstance(v, bytes) else str(v) for v in r) for r in rows
+            ]
+        except (TypeError, ValueError, UnicodeDecodeError) as exc:
+            raise LoomFormatError(
+                f"{describe(f.filename, '/' + name)}: a loomx commit journal that cannot be "
+                f"read ({exc}); expected rows of (group, temporary link, final name)"
+            ) from exc
+        found.append(Journal(name, entries, dict(obj.attrs)))  # type: ignore[arg-type, union-attr]
     return found
 
 
@@ -140,22 +154,24 @@ def _finish(f: h5py.File, journal: Journal) -> None:
 
 
 def recover_open(f: h5py.File, groups: set[str] | frozenset[str] = frozenset()) -> int:
-    """Finish the journals of dead writers, then delete their staged links.
+    """Finish the journals of writers that are gone, then delete their temporary links.
 
-    ``groups`` (beyond the root and the spec's groups) are searched for staged links.
+    ``groups`` (beyond the root and the spec's groups) are searched for temporary links.
     Returns the number of journals finished.
     """
+    exclusive = locking_enforced()
     finished = 0
     for journal in read_journals(f):
-        if _stale(journal.token):
+        if _stale(journal.token, exclusive):
             _finish(f, journal)
             finished += 1
-    known = {"/", *_spec.REQUIRED_GROUPS_3, *_spec.LEGACY_GRAPH_GROUPS.values()}
-    for path in sorted(known | groups):
+    known = {"/", *_spec.REQUIRED_GROUPS_3, *_spec.LEGACY_GRAPH_GROUPS.values(), *groups}
+    for path in sorted({"/" + g.strip("/") for g in known}):
         group = f.get(path)
         if isinstance(group, h5py.Group):
-            for link in [k for k in group if k.startswith(TMP_TAG) and _stale(k[len(TMP_TAG) :])]:
-                del group[link]
+            for link in list(group):
+                if link.startswith(TMP_TAG) and _stale(link[len(TMP_TAG) :], exclusive):
+                    del group[link]
     return finished
 
 
@@ -202,6 +218,8 @@ def same_file(a: str | os.PathLike[str] | None, b: str) -> bool:
 def open_for_writing(path: str, client: Any = None) -> h5py.File:
     """Open ``path`` ``r+`` after releasing this process's (and ``client``'s workers')
     cached read handles on it."""
+    if not os.path.isfile(path):
+        raise LoomFileError(f"{path!r}: no such file; expected an existing Loom file")
     release_cached_handles(path)
     if client is not None:
         client.run(release_cached_handles, path)
@@ -227,48 +245,66 @@ class Transaction:
         self.staged: list[tuple[str, str, str]] = []
         self.root_attrs: dict[str, Any] = {}
         self.journal: Journal | None = None
+        self._new_groups: dict[str, h5py.Group] = {}  # final path -> staged group
 
     def stage(self, h5path: str) -> tuple[h5py.Group, str]:
-        """The parent group and temporary link name under which to create ``h5path``.
+        """The parent group and link name under which to create ``h5path``.
 
         Staged first, created after: whatever exists under the name when the transaction
-        fails is removed.
+        fails is removed.  A parent group the file does not have is staged as well (and
+        ``h5path`` is then created inside it under its final name).
         """
         parent_path, _, name = h5path.rpartition("/")
-        parent = self.file.require_group(parent_path or "/")
-        self.staged.append((parent.name, self.tag + name, name))
-        return parent, self.tag + name
+        group, final, inside_new = self.file["/"], "", False
+        for part in [p for p in parent_path.split("/") if p]:
+            final = f"{final}/{part}"
+            if final in self._new_groups:
+                group, inside_new = self._new_groups[final], True
+            elif not inside_new and part in group:
+                group = group[part]
+            else:
+                if not inside_new:
+                    self.staged.append((group.name, self.tag + part, part))
+                group = group.create_group(part if inside_new else self.tag + part)
+                self._new_groups[final], inside_new = group, True
+        if inside_new:
+            return group, name
+        self.staged.append((group.name, self.tag + name, name))
+        return group, self.tag + name
 
     def set_root_attr(self, name: str, value: Any) -> None:
         """Set a root attribute as part of the commit."""
         self.root_attrs[name] = value
 
     def commit(self) -> None:
-        """Flush and fsync the staged objects, record the journal, then carry it out."""
+        """Record the journal (complete, flushed and fsynced, then renamed to its final
+        name: the commit point), then carry it out."""
         f = self.file
-        f.flush()
-        fsync(self.path)
         rows = np.array([list(row) for row in self.staged], dtype=object).reshape(-1, 3)
-        name = self.tag[:-1] + JOURNAL_SUFFIX
-        dset = f.create_dataset(name, data=rows, dtype=h5py.string_dtype())
+        draft = f.create_dataset(self.tag + "journal", data=rows, dtype=h5py.string_dtype())
         for key, value in self.root_attrs.items():
-            dset.attrs[key] = value
+            draft.attrs[key] = value
         f.flush()
         fsync(self.path)
+        name = self.tag[:-1] + JOURNAL_SUFFIX
+        f.move(self.tag + "journal", name)
         self.journal = Journal(name, list(self.staged), dict(self.root_attrs))
+        f.flush()
+        fsync(self.path)
         _finish(f, self.journal)
         f.flush()
 
     def abort(self) -> None:
-        """Remove what was staged (before the journal exists; afterwards, finish it)."""
+        """Remove what was staged before the commit point; after it, finish the commit."""
         f = self.file
         if self.journal is not None and self.journal.name in f:
             _finish(f, self.journal)
             return
-        for parent, staged, _ in self.staged:
-            group = f.get(parent)
-            if isinstance(group, h5py.Group) and staged in group:
-                del group[staged]
+        if self.journal is None:
+            for parent, staged, _ in [("/", self.tag + "journal", ""), *self.staged]:
+                group = f.get(parent)
+                if isinstance(group, h5py.Group) and staged in group:
+                    del group[staged]
 
 
 @contextlib.contextmanager
@@ -313,7 +349,8 @@ def transaction(
             # past the commit point and finished on the second try: the write is complete
         finally:
             f.close()
-        fsync(path)
+            with contextlib.suppress(OSError):
+                fsync(path)
     finally:
         _ACTIVE.discard(txn.tag)
 
@@ -354,19 +391,24 @@ def recover(path: str | os.PathLike[str]) -> int:
 
 
 def recover_pending(path: str) -> bool:
-    """Run :func:`recover` when ``path`` holds a commit of a dead writer not yet carried out.
+    """Run :func:`recover` when ``path`` holds a commit not yet carried out.
 
-    Writers call this before they compare a Dataset with the disk.
+    Writers call this before they compare a Dataset with the disk.  A file that does not
+    open is left to the caller's own open to report.
     """
-    with h5py.File(path, "r") as f:
-        pending = any(_stale(journal.token) for journal in read_journals(f))
+    try:
+        f = h5py.File(path, "r")
+    except OSError:
+        return False
+    with f:
+        pending = bool(read_journals(f))
     if pending:
         recover(path)
     return pending
 
 
 def _all_groups(f: h5py.File) -> list[str]:
-    """The root's groups and their child groups (where staged links can live)."""
+    """The groups at the root (where, with the root, temporary links can live)."""
     out = []
     for name in f:
         obj = f.get(name)

@@ -210,7 +210,8 @@ def _plan(
     shape: list[int | None] = [ds.sizes.get(d) for d in dims]
     if target is not None:
         legacy = not _spec.uses_vlen_utf8(_file_version(target))
-        root_globals = legacy and not isinstance(target.get(_spec.GLOBAL_ATTRS), h5py.Group)
+        # globals stay where the file keeps them: root attributes when it has no /attrs
+        root_globals = not isinstance(target.get(_spec.GLOBAL_ATTRS), h5py.Group)
         disk = target.get(_spec.MATRIX)
         if isinstance(disk, h5py.Dataset) and disk.ndim == 2:
             if any(s not in (None, d) for s, d in zip(shape, disk.shape, strict=True)):

@@ -80,7 +80,7 @@ def assert_appended(path: Path) -> None:
 
 def test_error_during_swap_is_retried_and_the_append_completes(tmp_path, monkeypatch):
     path = base_file(tmp_path / "a.loom")
-    seen = fail_moves_after(monkeypatch, calls=1, times=1)
+    seen = fail_moves_after(monkeypatch, calls=2, times=1)  # the journal's rename, one swap
     loomx.append(path, more_cells())
     monkeypatch.undo()
     assert len(seen) > 2
@@ -90,7 +90,7 @@ def test_error_during_swap_is_retried_and_the_append_completes(tmp_path, monkeyp
 
 def test_commit_recorded_but_not_finished_reads_as_new_and_recovers(tmp_path, monkeypatch):
     path = base_file(tmp_path / "a.loom")
-    fail_moves_after(monkeypatch, calls=1)  # one object swapped, then every move fails
+    fail_moves_after(monkeypatch, calls=2)  # journal renamed, one object swapped, then none
     with pytest.raises(LoomWriteError, match=r"commit is recorded.*loomx\.recover"):
         loomx.append(path, more_cells())
     monkeypatch.undo()
@@ -109,7 +109,7 @@ def test_commit_recorded_but_not_finished_reads_as_new_and_recovers(tmp_path, mo
 
 def test_next_write_finishes_a_dead_writers_commit_before_comparing(tmp_path, monkeypatch):
     path = base_file(tmp_path / "a.loom")
-    fail_moves_after(monkeypatch, calls=0)
+    fail_moves_after(monkeypatch, calls=1)
     with pytest.raises(LoomWriteError, match="commit is recorded"):
         loomx.append(path, more_cells())
     monkeypatch.undo()
@@ -163,7 +163,7 @@ def test_legacy_root_attributes_are_part_of_the_commit(tmp_path, monkeypatch):
     changed = ds.assign_coords(Score=("col", np.arange(M) * 1.0))
     changed.attrs = {**ds.attrs, "Title": "after"}
     ds.close()
-    fail_moves_after(monkeypatch, calls=0)
+    fail_moves_after(monkeypatch, calls=1)
     with pytest.raises(LoomWriteError, match="commit is recorded"):
         loomx.to_loom(changed, path, mode="a")
     monkeypatch.undo()
@@ -227,7 +227,8 @@ def test_leftovers_of_this_process_are_stale_once_their_write_has_ended(tmp_path
     assert temp_links(path) == []
 
 
-def test_a_live_writers_links_are_left_alone(tmp_path):
+def test_without_file_locking_a_live_writers_links_are_left_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("HDF5_USE_FILE_LOCKING", "FALSE")  # then only pids tell who is alive
     path = base_file(tmp_path / "a.loom")
     parent = os.getppid()  # alive, and not this process
     tag = f"{TEMPORARY_TAG}{parent}-feedf00d-"
@@ -235,3 +236,98 @@ def test_a_live_writers_links_are_left_alone(tmp_path):
         f["col_attrs"].create_dataset(tag + "Fresh", data=np.arange(M))
     loomx.recover(path)
     assert temp_links(path) == [f"col_attrs/{tag}Fresh"]
+
+
+def _pending_score(path: Path, pid: int, value: float) -> None:
+    """A commit of process ``pid`` recorded in ``path`` but not carried out: Score."""
+    tag = f"{TEMPORARY_TAG}{pid}-0ddba11a-"
+    with h5py.File(path, "r+") as f:
+        f["col_attrs"].create_dataset(tag + "Score", data=np.full(M, value))
+        rows = np.array([["/col_attrs", tag + "Score", "Score"]], dtype=object)
+        f.create_dataset(tag[:-1] + ".journal", data=rows, dtype=h5py.string_dtype())
+
+
+def test_with_file_locking_any_other_writers_commit_is_finished_first(tmp_path):
+    path = base_file(tmp_path / "a.loom")
+    _pending_score(path, 1, 111.0)  # pid 1 is alive, but it cannot hold the file: locking
+    ds = loomx.open_loom(path)
+    np.testing.assert_array_equal(ds["Score"].values, 111.0)
+    assert ds["Score"].encoding["loom_path"] == "/col_attrs/Score"  # its final name
+    loomx.to_loom(ds.assign_coords(Score=("col", np.full(M, 222.0))), path, mode="a")
+    ds.close()
+    assert temp_links(path) == []
+    with loomx.open_loom(path) as back:  # the later write wins, readers and disk agree
+        np.testing.assert_array_equal(back["Score"].values, 222.0)
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["col_attrs/Score"][()], 222.0)
+
+
+def test_a_failure_before_the_journal_is_renamed_leaves_nothing_applied(tmp_path, monkeypatch):
+    path = base_file(tmp_path / "old.loom", version="2.0.1")
+    ds = loomx.open_loom(path)
+    changed = ds.assign_coords(Score=("col", np.arange(M) * 1.0))
+    changed.attrs = {**ds.attrs, "Title": "after"}
+    ds.close()
+    calls: list = []
+
+    def fsync(name):
+        calls.append(name)
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(_transaction, "fsync", fsync)
+    with pytest.raises(LoomWriteError, match=r"unchanged.*disk on fire"):
+        loomx.to_loom(changed, path, mode="a")
+    monkeypatch.undo()
+    assert calls  # failed with the journal drafted, before its rename
+    assert temp_links(path) == []
+    with loomx.open_loom(path) as back:
+        assert back.attrs["Title"] == "before" and "Score" not in back
+
+
+def test_missing_groups_are_staged_too(tmp_path, monkeypatch):
+    path = base_file(tmp_path / "a.loom")
+    with h5py.File(path, "r+") as f:
+        del f["layers"]  # a file without the group
+    ds = loomx.open_loom(path).assign(norm=lambda d: d["matrix"] * 2)
+    fail_moves_after(monkeypatch, calls=0)  # the commit fails before its point
+    with pytest.raises(LoomWriteError, match="unchanged"):
+        loomx.to_loom(ds, path, mode="a")
+    monkeypatch.undo()
+    with h5py.File(path, "r") as f:
+        assert "layers" not in f and temp_links(path) == []
+    loomx.to_loom(ds, path, mode="a")
+    with loomx.open_loom(path) as back:
+        np.testing.assert_array_equal(back["norm"].values, back["matrix"].values * 2)
+    ds.close()
+
+
+def test_globals_stay_where_the_file_keeps_them(tmp_path):
+    path = base_file(tmp_path / "a.loom")
+    with h5py.File(path, "r+") as f:  # a 3.0.0 file with globals as root attributes
+        del f["attrs"]
+        f.attrs["LOOM_SPEC_VERSION"] = "3.0.0"
+        f.attrs["Title"] = "root title"
+    ds = loomx.open_loom(path)
+    assert ds.attrs["Title"] == "root title"
+    changed = ds.copy()
+    changed.attrs = {**ds.attrs, "Year": 2026}
+    loomx.to_loom(changed, path, mode="a")
+    ds.close()
+    with loomx.open_loom(path) as back:
+        assert back.attrs["Title"] == "root title" and back.attrs["Year"] == 2026
+    with h5py.File(path, "r") as f:
+        assert "attrs" not in f
+
+
+def test_unreadable_journal_and_unreadable_files_give_loomx_errors(tmp_path):
+    path = base_file(tmp_path / "a.loom")
+    with h5py.File(path, "r+") as f:
+        f.create_dataset(f"{TEMPORARY_TAG}{DEAD_PID}-0badf00d.journal", data=np.arange(4))
+    with pytest.raises(loomx.LoomFormatError, match="journal"):
+        loomx.open_loom(path)
+    junk = tmp_path / "junk.loom"
+    junk.write_bytes(b"not hdf5 at all")
+    with pytest.raises(loomx.LoomFileError, match="not an HDF5 file"):
+        loomx.append(junk, more_cells())
+    with pytest.raises(loomx.LoomFileError, match="no such file"):
+        loomx.recover(tmp_path / "missing.loom")
