@@ -50,6 +50,14 @@ elif kind == "loomx":
     ds = loomx.open_loom(path)
     start = time.perf_counter()
     loomx.to_loom(ds.assign(norm=np.log1p(ds["matrix"])), path, mode="a")
+elif kind == "loomx-cluster":  # the lazy write with blocks computed by worker processes
+    import loomx
+    from distributed import Client, LocalCluster
+
+    client = Client(LocalCluster(threads_per_worker=1, processes=True, dashboard_address=None))
+    ds = loomx.open_loom(path)
+    start = time.perf_counter()  # a running cluster, as a user would have it
+    loomx.to_loom(ds.assign(norm=np.log1p(ds["matrix"])), path, mode="a")
 elif kind == "loomx-memory":
     import h5py, loomx
 
@@ -82,7 +90,8 @@ def run_case(kind: str, source: str | os.PathLike[str], folder: Path) -> dict[st
     Parameters
     ----------
     kind
-        ``"loompy"``, ``"loomx"`` (lazy ``log1p`` of the file's matrix), ``"loomx-memory"``
+        ``"loompy"``, ``"loomx"`` (lazy ``log1p`` of the file's matrix), ``"loomx-cluster"``
+        (the same on a ``LocalCluster`` of one worker process per core), ``"loomx-memory"``
         (the same array computed in memory first, as loompy gets it) or ``"attr"`` (write-back
         of one float64 column attribute).
     source
@@ -146,7 +155,7 @@ def big_file(layer_files: list[str]) -> str:
     return os.environ.get(BIG_ENV) or layer_files[0]
 
 
-@pytest.mark.parametrize("kind", ["loomx", "loomx-memory", "loompy"])
+@pytest.mark.parametrize("kind", ["loomx", "loomx-cluster", "loomx-memory", "loompy"])
 @pytest.mark.parametrize("index", [0, 1])
 def test_write_layer(benchmark, tmp_path, layer_files, kind, index):
     result = benchmark.pedantic(

@@ -38,25 +38,27 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     print(f"uptime before: {subprocess.run(['uptime'], capture_output=True, text=True).stdout}")
     print(
-        "| file | loompy s | loomx lazy s | loomx in-memory s | loompy / lazy | "
-        "loompy / in-memory | peak RSS loompy / lazy / in-memory (MB) |"
+        "| file | loompy s | loomx lazy s | loomx lazy on a LocalCluster s | loomx in-memory s "
+        "| loompy / lazy | loompy / cluster | loompy / in-memory "
+        "| peak RSS loompy / lazy / in-memory (MB) |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for path in args.files:
         scratch = args.scratch or str(Path(path).parent)
         with tempfile.TemporaryDirectory(dir=scratch) as tmp:
             r = {
                 k: _median(k, path, Path(tmp), args.repeat)
-                for k in ("loompy", "loomx", "loomx-memory")
+                for k in ("loompy", "loomx", "loomx-cluster", "loomx-memory")
             }
         with h5py.File(path, "r") as f:
             shape = "x".join(map(str, f["matrix"].shape))
         rss = " / ".join(f"{r[k]['rss'] / 1e6:.0f}" for k in ("loompy", "loomx", "loomx-memory"))
+        lp = r["loompy"]["wall"]
         print(
-            f"| {shape} | {r['loompy']['wall']:.2f} | {r['loomx']['wall']:.2f} | "
-            f"{r['loomx-memory']['wall']:.2f} | "
-            f"{r['loompy']['wall'] / r['loomx']['wall']:.1f}x | "
-            f"{r['loompy']['wall'] / r['loomx-memory']['wall']:.1f}x | {rss} |"
+            f"| {shape} | {lp:.2f} | {r['loomx']['wall']:.2f} | "
+            f"{r['loomx-cluster']['wall']:.2f} | {r['loomx-memory']['wall']:.2f} | "
+            f"{lp / r['loomx']['wall']:.1f}x | {lp / r['loomx-cluster']['wall']:.1f}x | "
+            f"{lp / r['loomx-memory']['wall']:.1f}x | {rss} |"
         )
     if args.big:
         scratch = args.scratch or str(Path(args.big).parent)
