@@ -148,7 +148,7 @@ def _full_height(
         lazy = var.variable
         if lazy.chunks is None and not lazy._in_memory:  # read in bands: no rechunk
             lazy = lazy.chunk({dims[0]: -1, dims[1]: cols})
-        data = wr._layer_data(path, f"/{name}", lazy)
+        data = wr.layer_data(path, f"/{name}", lazy)
         out[name] = (dims, da.asarray(data).rechunk((-1, cols), method="tasks"))
     return ds.assign(out) if out else ds
 
@@ -213,7 +213,7 @@ def _plan_append(
     dims: Sequence[str] | None,
 ) -> _AppendPlan:
     fdims = tuple(old.encoding["loom_dims"])
-    dims = wr._resolve_dims(ds, dims, path)
+    dims = wr.resolve_dims(ds, dims, path)
     if f"/{_spec.MATRIX}" not in _loom_vars(old, fdims, path):
         raise LoomFormatError(f"{describe(path, '/matrix')}: missing; use to_loom to create")
     n, m = old[_spec.MATRIX].shape
@@ -272,7 +272,7 @@ def _plan_layer(
         value = _fill(fill_values, str(fname), dtype, where, why)
         plan.layers.append((h5path, value, None, dtype))
         return
-    data = wr._layer_data(plan.path, h5path, ds[dname].variable)
+    data = wr.layer_data(plan.path, h5path, ds[dname].variable)
     if fname is None:
         dtype = data.dtype
         why = f"layer {dname!r} of the new data is not in the file"
@@ -317,7 +317,7 @@ def _plan_col_attr(
     if _is_text(present.dtype):
         present, new = present.astype(object), new.astype(object)
     values = np.concatenate([present, new])
-    plan.attrs[h5path] = wr._encode_attr(plan.path, h5path, values, plan.legacy)
+    plan.attrs[h5path] = wr.encode_attr(plan.path, h5path, values, plan.legacy)
 
 
 def _plan_graphs(plan: _AppendPlan, old: xr.Dataset, ds: xr.Dataset) -> None:
@@ -331,7 +331,7 @@ def _plan_graphs(plan: _AppendPlan, old: xr.Dataset, ds: xr.Dataset) -> None:
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
     for name in sorted(set(graph_names(old, space)) | set(graph_names(ds, space))):
         h5path = f"/{space}/{name}"
-        wr._check_name(plan.path, h5path, name)
+        wr.check_name(plan.path, h5path, name)
         if name in graph_names(old, space):
             h5path = old[conv.graph_var_names(space, name)["vertex"]].encoding.get(
                 "loom_path", h5path
@@ -581,12 +581,12 @@ def combine(
     if os.path.exists(out) and any(_transaction.same_file(p, out) for p in paths):
         raise LoomFormatError(f"{out!r}: is also an input; write to a new file")
     opened = [open_loom(p, chunks=None) for p in paths]
-    tmp = wr._temp_path(out, "combine")
+    tmp = wr.temp_path(out, "combine")
     try:
         combined, inputs = _combined(paths, opened, key, batch_size)
-        plan = wr._plan(combined, tmp, "w", conv.DEFAULT_DIMS, None)
+        plan = wr.plan_dataset(combined, tmp, "w", conv.DEFAULT_DIMS, None)
         layers, plan.layers = plan.layers, []
-        wr._execute(plan)
+        wr.execute(plan)
         _write_layers(tmp, layers, inputs, combined.sizes)
         _transaction.fsync(tmp)
         os.replace(tmp, out)

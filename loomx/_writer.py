@@ -36,7 +36,16 @@ from . import _conventions as conv
 from .errors import LoomFormatError, LoomNameError, LoomWriteError, LoomxError, describe
 from .graphs import check_edges, induced_edges
 
-__all__ = ["to_loom"]
+__all__ = [
+    "check_name",
+    "encode_attr",
+    "execute",
+    "layer_data",
+    "plan_dataset",
+    "resolve_dims",
+    "temp_path",
+    "to_loom",
+]
 
 TMP_TAG = _spec.TEMPORARY_TAG
 """Marks temporary files and links; the owner's pid follows, so stale ones can be removed."""
@@ -79,7 +88,8 @@ def _fail(
     return cls(f"{describe(path, h5path)}: {message}")
 
 
-def _check_name(path: str, h5path: str, name: str) -> None:
+def check_name(path: str, h5path: str, name: str) -> None:
+    """Refuse a name that cannot be an HDF5 link (LoomNameError naming ``h5path``)."""
     if not name or "/" in name or name in (".", "..") or "\0" in name:
         raise _fail(
             path,
@@ -90,7 +100,7 @@ def _check_name(path: str, h5path: str, name: str) -> None:
         )
 
 
-def _resolve_dims(ds: xr.Dataset, dims: Sequence[str] | None, path: str) -> tuple[str, str]:
+def resolve_dims(ds: xr.Dataset, dims: Sequence[str] | None, path: str) -> tuple[str, str]:
     """Explicit dims, else the dims the Dataset was opened with, else those of ``matrix``."""
     if dims is None:
         matrix = ds.data_vars.get(_spec.MATRIX)
@@ -113,7 +123,8 @@ def _from_target(var: xr.Variable, path: str, h5path: str) -> bool:
     return var.encoding.get("loom_path") == h5path and _transaction.same_file(source, path)
 
 
-def _encode_attr(path: str, h5path: str, values: Any, legacy: bool) -> np.ndarray:
+def encode_attr(path: str, h5path: str, values: Any, legacy: bool) -> np.ndarray:
+    """Attribute values as stored: numbers as they are, strings per the spec version."""
     arr = np.asarray(values)
     if arr.dtype.kind == "O" and (bad := [v for v in arr.flat if not isinstance(v, str | bytes)]):
         found = f"found an object array holding {type(bad[0]).__name__} ({bad[0]!r}); "
@@ -130,12 +141,12 @@ def _encode_global(path: str, h5path: str, value: Any, legacy: bool) -> np.ndarr
     if isinstance(value, str):
         return np.array(value, dtype=conv.STRING_DTYPE)
     if isinstance(value, bool | int | float | np.number | np.bool_ | list | tuple | np.ndarray):
-        return _encode_attr(path, h5path, value, legacy)
+        return encode_attr(path, h5path, value, legacy)
     message = f"found a global attribute of type {type(value).__name__}; expected a str, "
     raise _fail(path, h5path, message + "number, bool or an array of those")
 
 
-def _layer_data(path: str, h5path: str, var: xr.Variable) -> Any:
+def layer_data(path: str, h5path: str, var: xr.Variable) -> Any:
     """The layer's data as a numpy or dask array (lazily indexed arrays become dask)."""
     if var.dtype.kind == "b":
         raise _fail(path, h5path, "found dtype bool; cast the layer with .astype('uint8')")
@@ -159,7 +170,7 @@ def _graph(
     legacy_path = f"/{_spec.LEGACY_GRAPH_GROUPS[space]}/{graph}"
     if in_place and "a" in parts and _from_target(parts["a"], path, f"{legacy_path}/a"):
         h5path = legacy_path
-    _check_name(path, h5path, graph)
+    check_name(path, h5path, graph)
     untouched = [
         in_place and p in parts and _pristine(parts[p], path, f"{h5path}/{p}") for p in "abw"
     ]
@@ -202,10 +213,14 @@ def _graph(
     return h5path, {"a": np.asarray(a2), "b": np.asarray(b2), "w": np.asarray(w2, np.float64)}
 
 
-def _plan(
+def plan_dataset(
     ds: xr.Dataset, path: str, mode: str, dims: Sequence[str] | None, target: h5py.File | None
 ) -> _Plan:
-    dims = _resolve_dims(ds, dims, path)
+    """Validate ``ds`` completely and turn it into what to write (nothing touches disk).
+
+    With ``target`` (the existing file, mode "a"), only what differs from it is kept.
+    """
+    dims = resolve_dims(ds, dims, path)
     legacy = root_globals = False
     shape: list[int | None] = [ds.sizes.get(d) for d in dims]
     if target is not None:
@@ -251,7 +266,7 @@ def _plan(
         else:
             continue  # coordinates of extra dims (e.g. field names of an embedding)
         h5path = f"/{_spec.MATRIX}" if kind == "matrix" else f"/{space}/{raw}"
-        _check_name(path, h5path, raw)
+        check_name(path, h5path, raw)
         if h5path in seen:
             raise _fail(
                 path,
@@ -263,14 +278,14 @@ def _plan(
         if kind in ("matrix", "layer"):
             if var.dims != dims:
                 raise _fail(path, h5path, f"found dims {var.dims}; expected {dims}")
-            plan.layers.append(_Layer(h5path, name, _layer_data(path, h5path, var)))
+            plan.layers.append(_Layer(h5path, name, layer_data(path, h5path, var)))
         else:
             axis = _ATTR_SPACES[space]
             if not var.ndim or var.dims[0] != dims[axis]:
                 expected = f"expected the first dim to be {dims[axis]!r}"
                 raise _fail(path, h5path, f"found dims {var.dims}; {expected}")
             if target is None or not _pristine(var, path, h5path):
-                plan.arrays[h5path] = _encode_attr(path, h5path, var.values, legacy)
+                plan.arrays[h5path] = encode_attr(path, h5path, var.values, legacy)
 
     for (space, graph), parts in sorted(graph_parts.items()):
         n = plan.shape[_GRAPH_SPACES[space]]
@@ -283,7 +298,7 @@ def _plan(
         if name == _spec.VERSION_KEY:
             continue  # new files say 3.0.0; existing files keep their own version
         h5path = f"/ (attribute {name})" if root_globals else f"/{_spec.GLOBAL_ATTRS}/{name}"
-        _check_name(path, h5path, name)
+        check_name(path, h5path, name)
         encoded = _encode_global(path, h5path, value, legacy)
         if root_globals:
             plan.root_attrs[name] = encoded
@@ -500,7 +515,8 @@ def _write_content(f: h5py.File, plan: _Plan, reference: h5py.File | None, clien
 # --------------------------------------------------------------------------- execution
 
 
-def _temp_path(path: str, kind: str) -> str:
+def temp_path(path: str, kind: str) -> str:
+    """A new temporary file name next to ``path``; removes those of writers that are gone."""
     folder, base = os.path.split(os.path.abspath(path))
     for stale in os.listdir(folder):
         prefix = f".{base}{TMP_TAG}"
@@ -510,7 +526,8 @@ def _temp_path(path: str, kind: str) -> str:
     return os.path.join(folder, f".{base}{TMP_TAG}{os.getpid()}-{kind}-{uuid.uuid4().hex[:8]}")
 
 
-def _execute(plan: _Plan) -> None:
+def execute(plan: _Plan) -> None:
+    """Write a plan, on the current dask scheduler (a distributed client's workers too)."""
     get = _stream.scheduler()
     if get is None or _stream.scheduler_kind(get) != "distributed":
         return _execute_with(plan, None)
@@ -526,7 +543,7 @@ def _execute(plan: _Plan) -> None:
 
 def _execute_with(plan: _Plan, client: Any) -> None:
     path = plan.path
-    tmp = _temp_path(path, "new" if plan.mode == "w" else "spool")
+    tmp = temp_path(path, "new" if plan.mode == "w" else "spool")
     try:
         with h5py.File(tmp, "w") as f:
             if plan.mode == "w":
@@ -654,16 +671,16 @@ def to_loom(
         except OSError as exc:
             raise LoomWriteError(f"{path!r}: cannot open as HDF5 for write-back: {exc}") from exc
         with target:
-            plan = _plan(ds, path, mode, dims, target)
+            plan = plan_dataset(ds, path, mode, dims, target)
     else:
-        plan = _plan(ds, path, mode, dims, None)
+        plan = plan_dataset(ds, path, mode, dims, None)
     plan.layer_chunks = (int(chunks[0]), int(chunks[1]))
     plan.compression = compression
     plan.compression_opts = compression_opts if compression == "gzip" else None
     if compute:
-        _execute(plan)
+        execute(plan)
         return None
     for layer in plan.layers:  # written as they are now, whatever happens to them meanwhile
         if isinstance(layer.data, np.ndarray):
             layer.data = layer.data.copy()
-    return dask.delayed(_execute, pure=False)(plan, dask_key_name=f"to_loom-{uuid.uuid4().hex}")
+    return dask.delayed(execute, pure=False)(plan, dask_key_name=f"to_loom-{uuid.uuid4().hex}")
