@@ -1,17 +1,21 @@
 """All-or-nothing commits of new objects into an existing Loom file.
 
 A writer first stages every new object complete under a temporary link next to its final
-name (``{TEMPORARY_TAG}{pid}-{token}-{name}``), flushes and fsyncs.  Then it writes a
-*journal* at the root (``{TEMPORARY_TAG}{pid}-{token}.journal``: one ``(parent, staged link,
-final name)`` row per object, pending root attributes as its attributes), flushes and
-fsyncs again: that is the commit point.  Only then are the links swapped (old object
-unlinked, staged link moved to the final name), the root attributes set and the journal
-deleted.
+name (``{TEMPORARY_TAG}{pid}-{token}-{name}``; a parent group the file lacks is staged the
+same way, with its content inside).  Then it drafts a *journal* at the root (one ``(parent,
+staged link, final name)`` row per staged link, pending root attributes as its attributes),
+flushes, fsyncs and renames the draft to ``{TEMPORARY_TAG}{pid}-{token}.journal``: that
+rename, flushed and fsynced, is the commit point.  Only then are the links swapped (old
+object unlinked, staged link moved to the final name), the root attributes set and the
+journal deleted.
 
-Killed before the journal exists, the file holds its old content plus staged links that
+Killed before the commit point, the file holds its old content plus temporary links that
 readers skip and the next commit deletes.  Killed after, the journal says how to finish:
 readers apply it as they open the file (without changing it), and the next commit, or
 :func:`loomx.recover`, carries it out.  Either way the file reads as all old or all new.
+Under HDF5 file locking (the default) a writer holding the file ``r+`` is its only user,
+so every temporary object but its own is left over from a writer that is gone; with
+locking off, the pid in the name decides.
 """
 
 from __future__ import annotations
@@ -360,8 +364,9 @@ def recover(path: str | os.PathLike[str]) -> int:
 
     A write interrupted after its commit point is finished; one interrupted before is
     rolled back (its temporary objects are deleted).  Readers already see the file this
-    way; this makes it so on disk, for tools that are not loomx (loompy, h5py).  Writes of
-    processes still running are left alone.
+    way; this makes it so on disk, for tools that are not loomx (loompy, h5py).  A file
+    another process is writing cannot be opened for this (with HDF5 file locking off, the
+    objects of live processes are left alone).
 
     Parameters
     ----------
