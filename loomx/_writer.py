@@ -619,8 +619,9 @@ def to_loom(
         ``"w"``: write a complete spec 3.0.0 file (atomically replacing any existing one).
         ``"a"``: write into an existing Loom file, following its spec version, only what is
         new or differs from the disk; may be the file ``ds`` was opened from, while ``ds`` is
-        alive.  Nothing on disk is deleted; a replaced object's old space is not reclaimed
-        (``h5repack`` does that).  A missing file is created as with ``"w"``.
+        alive.  Everything is committed at once: killed at any moment, the file reads as
+        all old or all new (see :func:`loomx.recover`).  A replaced object's old space is
+        not reclaimed (``h5repack`` does that).  A missing file is created as with ``"w"``.
     compute
         False: validate now and return a ``dask.delayed`` object whose ``compute()`` writes.
     dims
