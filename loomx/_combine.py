@@ -588,8 +588,7 @@ def combine(
         layers, plan.layers = plan.layers, []
         wr.execute(plan)
         _write_layers(tmp, layers, inputs, combined.sizes)
-        _transaction.fsync(tmp)
-        os.replace(tmp, out)
+        wr.move_into_place(tmp, out)
     except LoomxError:
         raise
     except OSError as exc:

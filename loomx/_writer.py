@@ -41,6 +41,7 @@ __all__ = [
     "encode_attr",
     "execute",
     "layer_data",
+    "move_into_place",
     "plan_dataset",
     "resolve_dims",
     "temp_path",
@@ -526,6 +527,17 @@ def temp_path(path: str, kind: str) -> str:
     return os.path.join(folder, f".{base}{TMP_TAG}{os.getpid()}-{kind}-{uuid.uuid4().hex[:8]}")
 
 
+def move_into_place(tmp: str, path: str) -> None:
+    """Rename the finished file ``tmp`` to ``path`` durably (fsynced before and after),
+    keeping the permissions of a file it replaces."""
+    if os.path.exists(path):
+        shutil.copymode(path, tmp)
+    _transaction.fsync(tmp)
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):
+        _transaction.fsync(os.path.dirname(os.path.abspath(path)))
+
+
 def execute(plan: _Plan) -> None:
     """Write a plan, on the current dask scheduler (a distributed client's workers too)."""
     get = _stream.scheduler()
@@ -559,12 +571,7 @@ def _execute_with(plan: _Plan, client: Any) -> None:
                 with h5py.File(path, "r") if compare else contextlib.nullcontext() as ref:
                     objects = _write_content(f, plan, ref, client)
         if plan.mode == "w":
-            if os.path.exists(path):
-                shutil.copymode(path, tmp)
-            _transaction.fsync(tmp)
-            os.replace(tmp, path)
-            with contextlib.suppress(OSError):
-                _transaction.fsync(os.path.dirname(os.path.abspath(path)))
+            move_into_place(tmp, path)
         elif objects or plan.root_attrs:
             _commit(plan, tmp, objects, client)
     except LoomxError:
