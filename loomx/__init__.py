@@ -10,15 +10,18 @@ Examples
 from __future__ import annotations
 
 from . import accessor as _accessor  # noqa: F401  (registers ds.loom)
-from ._combine import append, combine
+from ._append import append
+from ._combine import combine
+from ._journal import recover
 from ._spec import LOOM_SPEC_VERSION
-from ._transaction import recover
 from ._writer import to_loom
 from .backend import open_loom
 from .errors import (
     LoomFileError,
+    LoomFileNotFoundError,
     LoomFormatError,
     LoomFormatWarning,
+    LoomInvalidNameError,
     LoomNameError,
     LoomWriteError,
     LoomxError,
@@ -29,8 +32,10 @@ __version__ = "0.1.0"
 __all__ = [
     "LOOM_SPEC_VERSION",
     "LoomFileError",
+    "LoomFileNotFoundError",
     "LoomFormatError",
     "LoomFormatWarning",
+    "LoomInvalidNameError",
     "LoomNameError",
     "LoomWriteError",
     "LoomxError",

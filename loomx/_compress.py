@@ -26,6 +26,8 @@ import dask.array as da
 import numpy as np
 from dask.array.core import normalize_chunks
 
+from ._conventions import block_bytes
+
 __all__ = [
     "CODECS",
     "DEFAULT_CODEC",
@@ -37,9 +39,6 @@ __all__ = [
     "packed",
     "write_packed",
 ]
-
-BLOCK_BYTES = 32 << 20
-"""Block size in which in-memory layers are compressed (in parallel)."""
 
 Compress = Callable[[Any], bytes]
 
@@ -212,12 +211,13 @@ def deflate_level(compression: Any, compression_opts: Any) -> int | None:
 
 
 def in_blocks(values: np.ndarray, chunk_shape: tuple[int, int]) -> da.Array:
-    """An in-memory layer as a dask array of blocks of whole chunks, about 32 MiB each.
+    """An in-memory layer as a dask array of blocks of whole chunks, about
+    :func:`~loomx._conventions.block_bytes` each.
 
     The blocks are views of ``values`` (``dask.array.from_array`` would copy it whole).
     """
     blocks = normalize_chunks(
-        "auto", values.shape, limit=BLOCK_BYTES, dtype=values.dtype, previous_chunks=chunk_shape
+        "auto", values.shape, limit=block_bytes(), dtype=values.dtype, previous_chunks=chunk_shape
     )
     name = f"loomx-in-memory-{uuid.uuid4().hex}"
     offsets = [np.concatenate([[0], np.cumsum(c)]).astype(int) for c in blocks]

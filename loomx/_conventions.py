@@ -29,10 +29,12 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from typing import Any
 
+import dask
 import h5py
 import numpy as np
 
 from . import _spec
+from .errors import LoomFormatError, LoomInvalidNameError
 
 DEFAULT_DIMS: tuple[str, str] = ("row", "col")
 SEPARATOR = ":"
@@ -41,6 +43,16 @@ GRAPH_PARTS = ("a", "b", "w")
 
 STRING_DTYPE = h5py.string_dtype("utf-8")
 """The HDF5 dtype of 3.0.0 strings: variable-length UTF-8."""
+
+BLOCK_BYTES = 64 * 2**20
+"""Target raw size of one dask block of a layer, read or written (see :func:`block_bytes`)."""
+
+
+def block_bytes() -> int:
+    """Raw bytes per dask block of a layer: :data:`BLOCK_BYTES`, or dask's
+    ``array.chunk-size`` setting when that is smaller (``dask.config.set`` changes it)."""
+    configured = dask.utils.parse_bytes(dask.config.get("array.chunk-size"))
+    return int(min(BLOCK_BYTES, configured))
 
 
 # --------------------------------------------------------------------------- names
@@ -69,6 +81,79 @@ def split_qualified(var_name: str) -> tuple[str | None, str]:
     if sep and prefix in NAMESPACES and rest:
         return prefix, rest
     return None, str(var_name)
+
+
+def check_link_name(name: str, *, path: str | None = None, h5path: str = "/") -> None:
+    """Refuse a name that cannot be an HDF5 link (:class:`LoomInvalidNameError`)."""
+    if not name or "/" in name or name in (".", "..") or "\0" in name:
+        raise LoomInvalidNameError(
+            f"name {name!r} cannot be stored as an HDF5 link; expected a non-empty name "
+            "without '/' (rename the variable)",
+            path=path,
+            h5path=h5path,
+        )
+
+
+def path_kind(h5path: str) -> str:
+    """``"/matrix"`` and ``"/layers/X"`` -> ``"layer"``; ``"/row_attrs/X"`` -> ``"row_attrs"``."""
+    if h5path == f"/{_spec.MATRIX}" or h5path.startswith(f"/{_spec.LAYERS}/"):
+        return "layer"
+    return h5path.split("/")[1]
+
+
+def variable_paths(ds: Any, dims: Sequence[str], *, path: str | None = None) -> dict[str, str]:
+    """The HDF5 path of every layer and attribute of ``ds``, by variable name.
+
+    The inverse of the naming rule: ``matrix`` -> ``/matrix``; qualified names go to their
+    namespace; other ``(row, col)`` data variables are layers; other variables whose first
+    dim is the row or column dim are attributes.  Graph side-variables and coordinates of
+    extra dims are left out (graphs: :func:`parse_graph_var`).
+
+    Raises
+    ------
+    LoomFormatError
+        A data variable whose dims fit nowhere.
+    LoomInvalidNameError
+        A name that cannot be a link, or two variables mapping to one path.
+    """
+    dims = tuple(dims)
+    out: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for key, var in ds.variables.items():
+        name = str(key)
+        if parse_graph_var(name) is not None:
+            continue
+        space, raw = split_qualified(name)
+        is_data = key in ds.data_vars
+        if name == _spec.MATRIX and space is None:
+            h5path = f"/{_spec.MATRIX}"
+        elif space in (_spec.LAYERS, _spec.ROW_ATTRS, _spec.COL_ATTRS):
+            h5path = f"/{space}/{raw}"
+        elif var.ndim and var.dims[0] in dims:
+            if is_data and tuple(var.dims) == dims:
+                space = _spec.LAYERS
+            else:
+                space = _spec.ROW_ATTRS if var.dims[0] == dims[0] else _spec.COL_ATTRS
+            h5path = f"/{space}/{raw}"
+        elif is_data:
+            raise LoomFormatError(
+                f"data variable {name!r} has dims {var.dims}; expected {dims} or a first dim "
+                f"in {dims} (drop it or use ds.attrs)",
+                path=path,
+                h5path="/",
+            )
+        else:
+            continue  # coordinates of extra dims (e.g. field names of an embedding)
+        check_link_name(raw, path=path, h5path=h5path)
+        if h5path in seen:
+            raise LoomInvalidNameError(
+                f"variables {seen[h5path]!r} and {name!r} both map here; rename one",
+                path=path,
+                h5path=h5path,
+            )
+        out[name] = h5path
+        seen[h5path] = name
+    return out
 
 
 def extra_dim_names(var_name: str, ndim: int) -> tuple[str, ...]:
@@ -184,12 +269,17 @@ def _as_text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
+def escape_legacy(text: str) -> bytes:
+    """Text as pre-3.0.0 files store it: ASCII with XML character references."""
+    return text.encode("ascii", "xmlcharrefreplace")
+
+
 def encode_strings(values: np.ndarray, *, legacy: bool) -> np.ndarray:
     """Encode strings for writing: vlen UTF-8 (3.0.0) or escaped fixed-length ASCII (older)."""
     flat = np.asarray(values, dtype=object).ravel()
     texts = [_as_text(v) for v in flat]
     if legacy:
-        encoded = [t.encode("ascii", "xmlcharrefreplace") for t in texts]
+        encoded = [escape_legacy(t) for t in texts]
         width = max((len(e) for e in encoded), default=1) or 1
         return np.array(encoded, dtype=f"S{width}").reshape(np.shape(values))
     return np.array(texts, dtype=object).reshape(np.shape(values))
@@ -246,3 +336,37 @@ def encode_attr_values(values: np.ndarray, *, legacy: bool) -> np.ndarray:
     if values.dtype.kind in "USO" or values.dtype.kind == "T":
         return encode_strings(values, legacy=legacy)
     return values
+
+
+def encode_global(value: Any, *, legacy: bool) -> np.ndarray:
+    """A global attribute as stored: a scalar vlen UTF-8 string (3.0.0) or escaped ASCII
+    bytes (older); numbers and arrays as attribute values (:func:`encode_attr_values`).
+
+    Raises
+    ------
+    TypeError
+        A value of another type (callers add the HDF5 path).
+    """
+    value = value.decode("utf-8") if isinstance(value, bytes) else value
+    if isinstance(value, str):
+        return np.array(escape_legacy(value)) if legacy else np.array(value, dtype=STRING_DTYPE)
+    if isinstance(value, bool | int | float | np.number | np.bool_ | list | tuple | np.ndarray):
+        return encode_attr_values(np.asarray(value), legacy=legacy)
+    raise TypeError(
+        f"found a global attribute of type {type(value).__name__}; expected a str, number, "
+        "bool or an array of those"
+    )
+
+
+# --------------------------------------------------------------------------- graphs
+
+
+def whole_numbers(values: np.ndarray) -> bool:
+    """Whether float graph vertices (files from the wild) are all whole numbers: the rule
+    under which loomx accepts them as integer vertex indices."""
+    values = np.asarray(values)
+    if values.dtype.kind in "iu":
+        return True
+    return values.dtype.kind == "f" and bool(
+        np.all(np.isfinite(values) & (values == np.round(values)))
+    )

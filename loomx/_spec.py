@@ -91,3 +91,21 @@ def version_from_raw(value: Any) -> str:
     if isinstance(value, bytes):
         value = value.decode("utf-8", errors="replace")
     return str(value).strip()
+
+
+def read_version(f: Any) -> tuple[str, str | None]:
+    """The spec version of an open file and where it is stored.
+
+    ``/attrs/LOOM_SPEC_VERSION`` (3.0.0), overridden by a root attribute of that name
+    (older files); 1-element arrays are unwrapped.  Returns ``(version, location)`` with
+    location ``"/attrs"``, ``"/"`` or ``None`` (no version: read as ``"0.0.0"``).
+    """
+    raw, location = None, None
+    group = f.get(GLOBAL_ATTRS)
+    if group is not None and hasattr(group, "keys") and VERSION_KEY in group:
+        raw, location = group[VERSION_KEY][()], "/" + GLOBAL_ATTRS
+    if VERSION_KEY in f.attrs:
+        raw, location = f.attrs[VERSION_KEY], "/"
+    if raw is None:
+        return "0.0.0", None
+    return version_from_raw(raw), location

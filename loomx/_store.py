@@ -1,8 +1,8 @@
 """LoomStore: a picklable recipe for one Loom file, and the metadata it holds.
 
-The store never keeps an open handle across pickling: handles live in xarray's per-process
-:class:`~xarray.backends.CachingFileManager` cache and are reopened lazily in every process
-(threads, processes, ``dask.distributed`` workers).  Reading the layout touches metadata and
+The store never keeps an open handle across pickling: handles live in loomx's per-process
+registry of open handles (:class:`loomx._files.CachedFile`) and are reopened lazily in every
+process (threads, processes, ``dask.distributed`` workers).  Reading the layout touches metadata and
 attributes only, never layer data.
 """
 
@@ -17,46 +17,13 @@ from typing import Any
 
 import h5py
 import numpy as np
-from xarray.backends import CachingFileManager
 from xarray.backends.locks import HDF5_LOCK
 
 from . import _conventions as conv
 from . import _spec
-from ._transaction import committed_path, read_journals
-from .errors import LoomFileError, LoomFormatError, LoomFormatWarning, describe
-
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-
-
-def open_h5(path: str, mode: str = "r", locking: bool | str | None = None) -> h5py.File:
-    """Open ``path`` with h5py, turning h5py's errors into :mod:`loomx.errors`."""
-    if mode not in ("r", "r+"):
-        raise ValueError(f"mode must be 'r' or 'r+' for reading, found {mode!r}")
-    if not os.path.isfile(path):
-        what = "a directory" if os.path.isdir(path) else "no such file"
-        raise LoomFileError(f"{path!r}: {what}; expected a Loom (HDF5) file")
-    kwargs: dict[str, Any] = {} if locking is None else {"locking": locking}
-    try:
-        return h5py.File(path, mode, **kwargs)
-    except OSError as err:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-        if head != HDF5_SIGNATURE:
-            raise LoomFileError(
-                f"{path!r}: not an HDF5 file (found first bytes {head!r}, expected the HDF5 "
-                f"signature {HDF5_SIGNATURE!r}); a Loom file is an HDF5 file"
-            ) from err
-        if "locking flag values don't match" in str(err):
-            raise LoomFileError(
-                f"{path!r}: already open in this process with another locking setting "
-                f"(asked for locking={locking!r}); HDF5 needs the same setting for every "
-                "handle of a file: close the other Dataset first"
-            ) from err
-        raise LoomFileError(
-            f"{path!r}: cannot open as HDF5 in mode {mode!r}: {err}. The file may be "
-            "truncated or corrupt, or locked by a writer (pass locking=False only on "
-            "filesystems without file locking)"
-        ) from err
+from ._files import CachedFile
+from ._journal import committed_path, read_journals
+from .errors import LoomFormatError, LoomFormatWarning, describe
 
 
 @dataclass(frozen=True)
@@ -126,7 +93,7 @@ class AttrInfo:
                 )
             except UnicodeDecodeError as err:
                 raise LoomFormatError(
-                    f"{describe(path, self.info.h5path)}: strings are not valid UTF-8 ({err})"
+                    f"strings are not valid UTF-8 ({err})", path=path, h5path=self.info.h5path
                 ) from err
         return np.asarray(raw).astype(self.dtype, copy=False)
 
@@ -180,9 +147,7 @@ class LoomStore:
         self.mode = mode
         self.locking = locking
         self.lock = HDF5_LOCK
-        self._manager = CachingFileManager(
-            open_h5, self.path, mode=mode, kwargs={"locking": locking}
-        )
+        self.handle = CachedFile(self.path, mode, locking)
         self.pending: dict[str, str] = {}  # objects of a commit not yet carried out
 
     def __repr__(self) -> str:
@@ -191,12 +156,12 @@ class LoomStore:
     @contextlib.contextmanager
     def open(self) -> Iterator[h5py.File]:
         """Context manager giving the (cached) open :class:`h5py.File`, under the HDF5 lock."""
-        with self.lock, self._manager.acquire_context(needs_lock=False) as h5file:
+        with self.lock, self.handle.acquire() as h5file:
             yield h5file
 
     def close(self) -> None:
         """Close this process's cached handle (it is reopened on next use)."""
-        self._manager.close()
+        self.handle.close()
 
     def resolve(self, h5path: str) -> str:
         """The link through which to read ``h5path`` now.
@@ -232,14 +197,17 @@ def _hard_child(group: h5py.Group, name: str, path: str) -> h5py.Dataset | h5py.
     where = f"{group.name.rstrip('/')}/{name}"
     if not isinstance(link, h5py.HardLink):
         raise LoomFormatError(
-            f"{describe(path, where)}: found a {type(link).__name__}, expected a dataset or "
-            "group stored in this file (loomx does not follow soft or external links)"
+            f"found a {type(link).__name__}, expected a dataset or "
+            "group stored in this file (loomx does not follow soft or external links)",
+            path=path,
+            h5path=where,
         )
     obj = group[name]
     if isinstance(obj, h5py.Dataset) and (obj.external or obj.is_virtual):
         raise LoomFormatError(
-            f"{describe(path, where)}: found a dataset with external or virtual storage, "
-            "expected data stored in this file"
+            "found a dataset with external or virtual storage, expected data stored in this file",
+            path=path,
+            h5path=where,
         )
     return obj
 
@@ -281,12 +249,12 @@ class _LayoutReader:
         obj = _hard_child(self.f, link, self.path)
         if not isinstance(obj, h5py.Group):
             raise LoomFormatError(
-                f"{describe(self.path, '/' + name)}: found a dataset, expected a group"
+                "found a dataset, expected a group", path=self.path, h5path="/" + name
             )
         return obj
 
     def read(self) -> LoomLayout:
-        version, source = self.version()
+        version, source = _spec.read_version(self.f)
         legacy = not _spec.uses_vlen_utf8(version)
         shape = self.matrix_shape()
         layout = LoomLayout(path=self.path, version=version, shape=shape)
@@ -306,29 +274,20 @@ class _LayoutReader:
             self.warn("/", f"no {_spec.VERSION_KEY}; reading it as a pre-3.0.0 Loom file")
         return layout
 
-    def version(self) -> tuple[str, str | None]:
-        raw, source = None, None
-        attrs_group = self.f.get(_spec.GLOBAL_ATTRS)
-        if isinstance(attrs_group, h5py.Group) and _spec.VERSION_KEY in attrs_group:
-            raw, source = attrs_group[_spec.VERSION_KEY][()], "/attrs"
-        if _spec.VERSION_KEY in self.f.attrs:
-            raw, source = self.f.attrs[_spec.VERSION_KEY], "/"
-        if raw is None:
-            return "0.0.0", None
-        return _spec.version_from_raw(raw), source
-
     def matrix_shape(self) -> tuple[int, int]:
         if _spec.MATRIX not in self.children(self.f):
             found = sorted(self.children(self.f))
             raise LoomFormatError(
-                f"{describe(self.path, '/matrix')}: not a Loom file: no /matrix dataset "
-                f"(found top-level objects {found}, expected /matrix, /row_attrs, /col_attrs)"
+                f"not a Loom file: no /matrix dataset "
+                f"(found top-level objects {found}, expected /matrix, /row_attrs, /col_attrs)",
+                path=self.path,
+                h5path="/matrix",
             )
         matrix = self.child(self.f, _spec.MATRIX)
         if not isinstance(matrix, h5py.Dataset) or matrix.ndim != 2:
             what = "a group" if isinstance(matrix, h5py.Group) else f"shape {matrix.shape}"
             raise LoomFormatError(
-                f"{describe(self.path, '/matrix')}: found {what}, expected a 2-D dataset"
+                f"found {what}, expected a 2-D dataset", path=self.path, h5path="/matrix"
             )
         return (int(matrix.shape[0]), int(matrix.shape[1]))
 
@@ -336,13 +295,16 @@ class _LayoutReader:
         info = DatasetInfo.of(dset)
         if info.shape != shape:
             raise LoomFormatError(
-                f"{describe(self.path, info.h5path)}: layer shape {info.shape} does not match "
-                f"/matrix shape {shape}"
+                f"layer shape {info.shape} does not match /matrix shape {shape}",
+                path=self.path,
+                h5path=info.h5path,
             )
         if not _spec.is_layer_dtype(info.dtype):
             raise LoomFormatError(
-                f"{describe(self.path, info.h5path)}: layer dtype {info.dtype} is not numeric; "
-                f"expected one of {[str(d) for d in _spec.LAYER_DTYPES]}"
+                f"layer dtype {info.dtype} is not numeric; "
+                f"expected one of {[str(d) for d in _spec.LAYER_DTYPES]}",
+                path=self.path,
+                h5path=info.h5path,
             )
         return info
 
@@ -353,7 +315,7 @@ class _LayoutReader:
             dset = _hard_child(group, link, self.path)
             if not isinstance(dset, h5py.Dataset):
                 raise LoomFormatError(
-                    f"{describe(self.path, dset.name)}: found a group, expected a layer dataset"
+                    "found a group, expected a layer dataset", path=self.path, h5path=dset.name
                 )
             out[name] = self.layer_info(dset, shape)
         return out
@@ -368,14 +330,17 @@ class _LayoutReader:
             dset = _hard_child(group, link, self.path)
             if not isinstance(dset, h5py.Dataset):
                 raise LoomFormatError(
-                    f"{describe(self.path, dset.name)}: found a group, expected an attribute "
-                    "dataset"
+                    "found a group, expected an attribute dataset",
+                    path=self.path,
+                    h5path=dset.name,
                 )
             if dset.ndim == 0 or dset.shape[0] != length:
                 axis = "rows" if space == _spec.ROW_ATTRS else "columns"
                 raise LoomFormatError(
-                    f"{describe(self.path, dset.name)}: attribute has shape {dset.shape}, "
-                    f"expected first dimension {length} (the number of {axis} of /matrix)"
+                    f"attribute has shape {dset.shape}, "
+                    f"expected first dimension {length} (the number of {axis} of /matrix)",
+                    path=self.path,
+                    h5path=dset.name,
                 )
             out[name] = self.attr(dset, legacy)
         return out
@@ -389,8 +354,10 @@ class _LayoutReader:
             kinds = [dtype.fields[n][0] for n in fields]
             if any(d.kind not in "biuf" or d.shape for d in kinds):
                 raise LoomFormatError(
-                    f"{describe(self.path, dset.name)}: compound dtype {dtype} has non-numeric "
-                    "fields; expected numeric fields or a plain dtype"
+                    f"compound dtype {dtype} has non-numeric "
+                    "fields; expected numeric fields or a plain dtype",
+                    path=self.path,
+                    h5path=dset.name,
                 )
             self.warn(
                 dset.name,
@@ -415,8 +382,9 @@ class _LayoutReader:
             dtype = dtype.base
         if dtype.kind not in "biuf":
             raise LoomFormatError(
-                f"{describe(self.path, dset.name)}: attribute dtype {dtype} is not supported; "
-                "expected numbers or strings"
+                f"attribute dtype {dtype} is not supported; expected numbers or strings",
+                path=self.path,
+                h5path=dset.name,
             )
         return AttrInfo(info, "number", shape, np.dtype(dtype))
 
@@ -436,27 +404,31 @@ class _LayoutReader:
     def graph(self, group: h5py.Group | h5py.Dataset) -> GraphInfo:
         if not isinstance(group, h5py.Group):
             raise LoomFormatError(
-                f"{describe(self.path, group.name)}: found a dataset, expected a graph group "
-                "with datasets a, b, w"
+                "found a dataset, expected a graph group with datasets a, b, w",
+                path=self.path,
+                h5path=group.name,
             )
         parts = {}
         for part in conv.GRAPH_PARTS:
             if part not in group:
                 raise LoomFormatError(
-                    f"{describe(self.path, group.name)}: graph has no '{part}' dataset; "
-                    "expected a, b (vertices) and w (weights)"
+                    f"graph has no '{part}' dataset; expected a, b (vertices) and w (weights)",
+                    path=self.path,
+                    h5path=group.name,
                 )
             dset = _hard_child(group, part, self.path)
             if not isinstance(dset, h5py.Dataset) or dset.ndim != 1:
                 raise LoomFormatError(
-                    f"{describe(self.path, f'{group.name}/{part}')}: expected a 1-D dataset"
+                    "expected a 1-D dataset", path=self.path, h5path=f"{group.name}/{part}"
                 )
             parts[part] = DatasetInfo.of(dset)
         lengths = {p: info.shape[0] for p, info in parts.items()}
         if len(set(lengths.values())) != 1:
             raise LoomFormatError(
-                f"{describe(self.path, group.name)}: graph edge lists have unequal lengths "
-                f"{lengths}; expected a, b and w of equal length"
+                f"graph edge lists have unequal lengths "
+                f"{lengths}; expected a, b and w of equal length",
+                path=self.path,
+                h5path=group.name,
             )
         for part in ("a", "b"):
             kind = parts[part].dtype.kind
@@ -468,13 +440,15 @@ class _LayoutReader:
                 )
             elif kind not in "iu":
                 raise LoomFormatError(
-                    f"{describe(self.path, parts[part].h5path)}: vertex dtype "
-                    f"{parts[part].dtype}; expected integers"
+                    f"vertex dtype {parts[part].dtype}; expected integers",
+                    path=self.path,
+                    h5path=parts[part].h5path,
                 )
         if parts["w"].dtype.kind not in "biuf":
             raise LoomFormatError(
-                f"{describe(self.path, parts['w'].h5path)}: weight dtype {parts['w'].dtype}; "
-                "expected numbers"
+                f"weight dtype {parts['w'].dtype}; expected numbers",
+                path=self.path,
+                h5path=parts["w"].h5path,
             )
         return GraphInfo(committed_path(group.name), parts["a"], parts["b"], parts["w"])
 
@@ -499,5 +473,5 @@ class _LayoutReader:
             return conv.decode_value(value, legacy=legacy, ascii_text=ascii_text)
         except UnicodeDecodeError as err:
             raise LoomFormatError(
-                f"{describe(self.path, h5path)}: global attribute is not valid UTF-8 ({err})"
+                f"global attribute is not valid UTF-8 ({err})", path=self.path, h5path=h5path
             ) from err

@@ -26,8 +26,17 @@ import h5py
 import numpy as np
 
 from . import _compress
+from ._storage import storage_of_dataset
 
-__all__ = ["Sink", "aligned", "scheduler", "scheduler_kind", "stream"]
+__all__ = [
+    "Sink",
+    "aligned",
+    "queue_columns",
+    "run_queue",
+    "scheduler",
+    "scheduler_kind",
+    "stream",
+]
 
 
 class Sink:
@@ -74,8 +83,9 @@ class Sink:
                 self._compare(key, value)
 
     def _compare(self, key: tuple[slice, ...], value: np.ndarray) -> None:
-        disk = self.reference[key]
-        self.equal = bool(np.array_equal(disk, value, equal_nan=value.dtype.kind == "f"))
+        disk = np.asarray(self.reference[key])
+        value = np.ascontiguousarray(value, dtype=disk.dtype)
+        self.equal = disk.shape == value.shape and disk.tobytes() == value.tobytes()  # bitwise
 
 
 def aligned(arr: da.Array, chunks: tuple[int, int], col0: int = 0) -> da.Array:
@@ -175,3 +185,39 @@ def stream(
     finally:
         if pool is not None:
             pool.shutdown()
+
+
+def queue_columns(
+    jobs: list,
+    dset: h5py.Dataset,
+    arr: da.Array,
+    col0: int,
+    lock: threading.Lock,
+    rows: np.ndarray | None = None,
+) -> None:
+    """Queue ``arr[rows]`` for columns ``col0:`` of ``dset``: the whole chunks in between
+    are compressed in the dask tasks (in parallel, rows reordered while packing); partial
+    chunks at either end, which another input shares, go through h5py's filters.
+
+    With ``rows``, ``arr`` must be in full-height blocks."""
+    chunks = dset.chunks or dset.shape
+    level = None if dset.scaleoffset else storage_of_dataset(dset).deflate_level
+    k, width = arr.shape[1], chunks[1]
+    head = min(k, -col0 % width)
+    tail = k if col0 + k == dset.shape[1] else max(head, (col0 + k) // width * width - col0)
+    for a, b, pack in ((0, head, False), (head, tail, level is not None), (tail, k, False)):
+        if b > a:
+            piece = aligned(arr[:, a:b], chunks, col0 + a)
+            if pack:
+                piece = _compress.packed(piece, dset, level, origin=(0, col0 + a), rows=rows)
+            elif rows is not None:
+                piece = piece[rows]
+            jobs.append((piece, Sink(dset, lock, col0=col0 + a)))
+
+
+def run_queue(jobs: list) -> None:
+    """Compute and write every job :func:`queue_columns` queued, on the current scheduler."""
+    if jobs:
+        arrays = [arr for arr, _ in jobs]
+        get = scheduler(arrays) or dask.threaded.get
+        stream(arrays, [sink for _, sink in jobs], get)

@@ -14,7 +14,6 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
-import dask
 import numpy as np
 import xarray as xr
 from dask.array.core import normalize_chunks
@@ -24,10 +23,7 @@ from xarray.core import indexing
 from . import _chunks, _spec
 from . import _conventions as conv
 from ._store import AttrInfo, DatasetInfo, LoomLayout, LoomStore
-from .errors import LoomFileError, LoomFormatError, LoomxError, describe
-
-DEFAULT_CHUNK_BYTES = 64 * 2**20
-"""Target size of one dask chunk of a layer (raw bytes)."""
+from .errors import LoomFileError, LoomFormatError, LoomxError
 
 
 class LoomBackendArray(BackendArray):
@@ -115,20 +111,22 @@ class LoomBackendArray(BackendArray):
         except LoomxError as err:
             if self.store.path in str(err) and self.info.h5path in str(err):
                 raise
-            raise type(err)(f"{describe(self.store.path, self.info.h5path)}: {err}") from err
+            raise type(err)(str(err), path=self.store.path, h5path=self.info.h5path) from err
         except OSError as err:
             raise LoomFileError(
-                f"{describe(self.store.path, self.info.h5path)}: cannot read {slices}: {err}"
+                f"cannot read {slices}: {err}", path=self.store.path, h5path=self.info.h5path
             ) from err
 
     def _cast(self, values: np.ndarray) -> np.ndarray:
         if self.cast is None:
             return values
-        if values.size and not np.all(np.isfinite(values) & (values == np.round(values))):
+        if values.size and not conv.whole_numbers(values):
             raise LoomFormatError(
-                f"{describe(self.store.path, self.info.h5path)}: graph vertices stored as "
+                f"graph vertices stored as "
                 f"{self.info.dtype} include values that are not whole numbers; expected "
-                "integer vertex indices"
+                "integer vertex indices",
+                path=self.store.path,
+                h5path=self.info.h5path,
             )
         return values.astype(self.cast)
 
@@ -137,9 +135,10 @@ def default_chunks(
     shape: Sequence[int],
     dtype: np.dtype,
     hdf5_chunks: Sequence[int] | None,
-    target_bytes: int = DEFAULT_CHUNK_BYTES,
+    target_bytes: int | None = None,
 ) -> tuple[int, ...]:
-    """Dask chunk shape: whole multiples of the HDF5 chunks, about ``target_bytes`` raw.
+    """Dask chunk shape: whole multiples of the HDF5 chunks, about ``target_bytes`` raw
+    (default :func:`loomx._conventions.block_bytes`).
 
     Contiguous datasets are treated as stored in full rows (bands of whole rows).
     """
@@ -147,7 +146,7 @@ def default_chunks(
     if not shape or any(s == 0 for s in shape):
         return tuple(max(s, 1) for s in shape)
     base = tuple(hdf5_chunks) if hdf5_chunks else (1,) * (len(shape) - 1) + (shape[-1],)
-    limit = min(target_bytes, dask.utils.parse_bytes(dask.config.get("array.chunk-size")))
+    limit = conv.block_bytes() if target_bytes is None else target_bytes
     chunks = normalize_chunks(
         "auto", shape=shape, dtype=np.dtype(dtype), previous_chunks=base, limit=limit
     )
@@ -275,6 +274,7 @@ def build_dataset(
             "loom_spec_version": layout.version,
             "loom_dims": (row_dim, col_dim),
             "loom_global_attrs_location": layout.global_attrs_location,
+            "loom_locking": store.locking,
         }
     )
     return ds
@@ -407,6 +407,9 @@ def chunk_layers(ds: xr.Dataset, chunks: int | str | dict[str, Any]) -> xr.Datas
             continue
         sizes = resolve_chunks(chunks, var.dims, preferred, var.shape)
         chunked[name] = var.variable.chunk(sizes)
+        # the writer's proof that a layer is unchanged since open: dask names change with
+        # every operation on the array (see loomx._plan.is_unchanged)
+        chunked[name].encoding["loom_dask_name"] = chunked[name].data.name
     out = ds.assign(chunked)
     out.encoding = dict(ds.encoding)
     out.set_close(ds._close)

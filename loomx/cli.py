@@ -70,7 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             make_example_loom(args.path, args.rows, args.cols)
             print(f"wrote {args.path}")
         elif args.command == "recover":
-            from ._transaction import recover
+            from ._journal import recover
 
             finished = recover(args.path)
             print(f"{args.path}: {finished} interrupted write(s) finished; nothing left over")

@@ -1,25 +1,82 @@
 """Errors and warnings raised by loomx.
 
 Every error subclasses :class:`LoomxError` *and* the builtin exception a caller would
-naturally catch (``ValueError``, ``KeyError``, ``OSError``), so code written against plain
-Python exceptions keeps working.  Messages name the file, the HDF5 path, what was found and
-what was expected.
+naturally catch (``ValueError``, ``KeyError``, ``OSError``, ``FileNotFoundError``), so code
+written against plain Python exceptions keeps working.  Messages name the file, the HDF5
+path, what was found and what was expected; the file and the HDF5 path are also attributes
+(:attr:`LoomxError.path`, :attr:`LoomxError.h5path`), ``None`` where they do not apply.
+
+Examples
+--------
+>>> try:
+...     loomx.open_loom("missing.loom")
+... except loomx.LoomFileNotFoundError as err:
+...     print(err.path)  # doctest: +SKIP
+missing.loom
 """
 
 from __future__ import annotations
 
+import os
+from typing import Any
+
 __all__ = [
     "LoomFileError",
+    "LoomFileNotFoundError",
     "LoomFormatError",
     "LoomFormatWarning",
+    "LoomInvalidNameError",
     "LoomNameError",
     "LoomWriteError",
     "LoomxError",
 ]
 
 
+def describe(path: object, h5path: str) -> str:
+    """Return ``"'file.loom', /h5/path"`` for use at the start of error messages."""
+    return f"{str(path)!r}, {h5path}"
+
+
 class LoomxError(Exception):
-    """Base class of every error loomx raises on purpose."""
+    """Base class of every error loomx raises on purpose.
+
+    Parameters
+    ----------
+    message
+        What was found and what was expected.
+    path
+        The file the error is about; when given, the message starts with it.
+    h5path
+        The HDF5 object inside the file; when given (with ``path``), the message starts
+        with ``'file.loom', /h5/path:``.
+    """
+
+    path: str | None
+    h5path: str | None
+
+    def __init__(
+        self,
+        message: str = "",
+        *,
+        path: str | os.PathLike[str] | None = None,
+        h5path: str | None = None,
+    ) -> None:
+        self.path = None if path is None else os.fspath(path)
+        self.h5path = h5path
+        if self.path is not None:
+            where = describe(self.path, h5path) if h5path else repr(self.path)
+            message = f"{where}: {message}" if message else where
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # keep the attributes when errors travel from dask workers (pickled)
+        return (_rebuild, (type(self), str(self.args[0]) if self.args else "", self.__dict__))
+
+
+def _rebuild(cls: type[LoomxError], message: str, state: dict[str, Any]) -> LoomxError:
+    err = cls(message)
+    err.__dict__.update(state)
+    return err
 
 
 class LoomFormatError(LoomxError, ValueError):
@@ -30,12 +87,21 @@ class LoomFormatError(LoomxError, ValueError):
     """
 
 
+class LoomInvalidNameError(LoomFormatError):
+    """A name that cannot be stored (not an HDF5 link name, or two variables mapping to
+    one HDF5 path): a ``ValueError``, unlike :class:`LoomNameError` for names not found."""
+
+
 class LoomFileError(LoomxError, OSError):
-    """The file cannot be opened or read as HDF5: missing, not HDF5, truncated, locked."""
+    """The file cannot be opened or read as HDF5: not HDF5, truncated, locked."""
+
+
+class LoomFileNotFoundError(LoomFileError, FileNotFoundError):
+    """The file does not exist (also a :class:`FileNotFoundError`)."""
 
 
 class LoomNameError(LoomxError, KeyError):
-    """A layer, attribute or graph name that does not exist or is not allowed."""
+    """A layer, attribute or graph name that does not exist."""
 
     def __str__(self) -> str:  # KeyError would repr() the message and add quotes
         return str(self.args[0]) if self.args else ""
@@ -47,8 +113,3 @@ class LoomWriteError(LoomxError, OSError):
 
 class LoomFormatWarning(UserWarning):
     """The file breaks the Loom spec in a way loomx can read around (files from the wild)."""
-
-
-def describe(path: object, h5path: str) -> str:
-    """Return ``"'file.loom', /h5/path"`` for use at the start of error messages."""
-    return f"{str(path)!r}, {h5path}"

@@ -184,8 +184,7 @@ def assign_graph(ds: xr.Dataset, name: str, matrix: Any, dim: str) -> xr.Dataset
     dim
         The row or column dim of ``ds``.
     """
-    if "/" in name or not name:
-        raise LoomNameError(f"graph name {name!r} is empty or contains '/'")
+    conv.check_link_name(name)
     row_dim, col_dim = conv.dataset_dims(ds)
     if dim not in (row_dim, col_dim):
         raise LoomNameError(f"dim {dim!r} is neither the row dim {row_dim!r} nor {col_dim!r}")

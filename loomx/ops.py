@@ -195,8 +195,9 @@ def map_vectors(
 
 
 def _rows_per_block(length: int, dtype: np.dtype, current: tuple[int, ...]) -> int:
-    """Rows per block so that whole rows of ``length`` items take about 64 MiB."""
-    target = max(1, (64 * 2**20) // max(1, length * np.dtype(dtype).itemsize))
+    """Rows per block so that whole rows of ``length`` items take about
+    :func:`~loomx._conventions.block_bytes`."""
+    target = max(1, conv.block_bytes() // max(1, length * np.dtype(dtype).itemsize))
     base = current[0] if current else 1
     return max(base, (target // base) * base) if target >= base else max(1, target)
 

@@ -11,9 +11,9 @@ import xarray as xr
 from conftest import sha256
 
 import loomx
+from loomx import _append, _conventions, _stream
 from loomx import _combine as cb
-from loomx import _stream
-from loomx._writer import TMP_TAG
+from loomx._spec import TEMPORARY_TAG as TMP_TAG
 from loomx.errors import LoomFormatError, LoomNameError, LoomWriteError
 from loomx.testing import write_loom_h5py
 
@@ -100,7 +100,7 @@ def assert_same_snapshot(before: dict, after: dict) -> None:
 def test_append_equals_concatenation(tmp_path: Path, version: str, chunks) -> None:
     c1, c2 = content(1, M), content(2, K, offset=M)
     path = write(tmp_path / "a.loom", c1, version=version, chunks=chunks)
-    cb.append(path, as_dataset(c2))
+    loomx.append(path, as_dataset(c2))
     ds = loomx.open_loom(path)
     for name, values in c1["layers"].items():
         got = ds["matrix" if name == "" else name]
@@ -136,8 +136,8 @@ def test_append_twice_and_from_open_file(tmp_path: Path) -> None:
     alive = loomx.open_loom(path)
     assert float(alive["matrix"].sum()) == c1["layers"][""].sum()
     source = loomx.open_loom(other)
-    cb.append(path, source)
-    cb.append(path, source)
+    loomx.append(path, source)
+    loomx.append(path, source)
     ds = loomx.open_loom(path)
     expected = np.hstack([c1["layers"][""], c2["layers"][""], c2["layers"][""]])
     np.testing.assert_array_equal(ds["matrix"].values, expected)
@@ -151,9 +151,9 @@ def test_append_aligned_by_key(tmp_path: Path) -> None:
     shuffled = as_dataset(c2).isel(row=order).drop_vars("Gene")
     before = sha256(path)
     with pytest.raises(LoomFormatError, match="Accession"):
-        cb.append(path, shuffled)
+        loomx.append(path, shuffled)
     assert sha256(path) == before
-    cb.append(path, shuffled, key="Accession")
+    loomx.append(path, shuffled, key="Accession")
     ds = loomx.open_loom(path)
     for name in ("matrix", "spliced"):
         raw = "" if name == "matrix" else name
@@ -175,7 +175,7 @@ def test_append_from_loompy_file_by_key(tmp_path: Path) -> None:
         {"Accession": ACC[order]},
         {k: v for k, v in c2["col_attrs"].items()},
     )
-    cb.append(path, loomx.open_loom(other), key="Accession")
+    loomx.append(path, loomx.open_loom(other), key="Accession")
     ds = loomx.open_loom(path)
     np.testing.assert_array_equal(
         ds["matrix"].values, np.hstack([c1["layers"][""], c2["layers"][""]])
@@ -188,7 +188,7 @@ def test_graphs_offset(tmp_path: Path) -> None:
     path = write(tmp_path / "a.loom", c1)
     new = as_dataset(c2)
     new = new.loom.assign_graph("OnlyNew", adjacency([0, K - 1], [K - 1, 2], [4.0, 5.0], K), "col")
-    cb.append(path, new)
+    loomx.append(path, new)
     total = M + K
     a0, b0, w0 = c1["col_graphs"]["KNN"]
     a1, b1, w1 = c2["col_graphs"]["KNN"]
@@ -208,7 +208,7 @@ def test_append_fill_values(tmp_path: Path) -> None:
     )
     new["extra"] = new["matrix"] + 1
     fills = {"spliced": 7, "ClusterID": -1, "Batch": "b1", "extra": 0.5}
-    cb.append(path, new, fill_values=fills)
+    loomx.append(path, new, fill_values=fills)
     ds = loomx.open_loom(path)
     np.testing.assert_array_equal(ds["spliced"].values[:, M:], 7)
     np.testing.assert_array_equal(ds["spliced"].values[:, :M], c1["layers"]["spliced"])
@@ -217,7 +217,7 @@ def test_append_fill_values(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ds["extra"].values[:, :M], 0.5)
     np.testing.assert_array_equal(ds["extra"].values[:, M:], c2["layers"][""] + 1)
     path2 = write(tmp_path / "b.loom", c1)
-    cb.append(path2, as_dataset(c2).drop_vars("ClusterID"), fill_values="auto")
+    loomx.append(path2, as_dataset(c2).drop_vars("ClusterID"), fill_values="auto")
     np.testing.assert_array_equal(loomx.open_loom(path2)["ClusterID"].values[M:], 0)
 
 
@@ -248,7 +248,7 @@ def test_errors_leave_file_identical(tmp_path: Path, case: str) -> None:
     bad, error, match = _bad_inputs()[case]
     before = sha256(path)
     with pytest.raises(error, match=match):
-        cb.append(path, bad)
+        loomx.append(path, bad)
     assert sha256(path) == before
 
 
@@ -272,7 +272,7 @@ def test_bad_key_leaves_file_identical(tmp_path: Path, key: str, change, error) 
         new = new.assign_coords(Gene=("row", np.array(["same"] * N)))
     before = sha256(path)
     with pytest.raises(error):
-        cb.append(path, new, key=key)
+        loomx.append(path, new, key=key)
     assert sha256(path) == before
 
 
@@ -294,32 +294,32 @@ def _raise_after(monkeypatch, target, attr: str, calls: int) -> list:
     ("target", "attr", "calls"),
     [
         (_stream.Sink, "__setitem__", 1),  # some new columns were already written
-        (cb, "_write_attr", 2),  # every layer complete, some attributes written
+        (_append, "create_attr", 2),  # every layer complete, some attributes written
         (h5py.File, "flush", 0),  # everything staged, not yet committed
     ],
 )
 def test_failure_midway_keeps_original(tmp_path: Path, monkeypatch, target, attr, calls) -> None:
-    monkeypatch.setattr(cb, "BLOCK_BYTES", 4096)  # many small blocks
+    monkeypatch.setattr(_conventions, "BLOCK_BYTES", 4096)  # many small blocks
     c1, c2 = content(1, M), content(2, K)
     path = write(tmp_path / "a.loom", c1, chunks=(16, 16))
     before = snapshot(path)
     seen = _raise_after(monkeypatch, target, attr, calls)
     with pytest.raises(LoomWriteError, match="disk on fire"):
-        cb.append(path, as_dataset(c2))
+        loomx.append(path, as_dataset(c2))
     assert len(seen) > calls
     monkeypatch.undo()
     assert_same_snapshot(before, snapshot(path))
     ds = loomx.open_loom(path)
     np.testing.assert_array_equal(ds["matrix"].values, c1["layers"][""])
     np.testing.assert_array_equal(ds["CellID"].values, c1["col_attrs"]["CellID"])
-    cb.append(path, as_dataset(c2))  # and the file still takes the append
+    loomx.append(path, as_dataset(c2))  # and the file still takes the append
     assert loomx.open_loom(path).sizes["col"] == M + K
 
 
 def test_append_creates_missing_file(tmp_path: Path) -> None:
     c2 = content(2, K)
     path = tmp_path / "new.loom"
-    cb.append(path, as_dataset(c2))
+    loomx.append(path, as_dataset(c2))
     np.testing.assert_array_equal(loomx.open_loom(path)["matrix"].values, c2["layers"][""])
 
 
@@ -419,13 +419,13 @@ def test_combine_copies_aligned_chunks_raw(tmp_path: Path, monkeypatch, key) -> 
         for i, (c, ch) in enumerate(zip(contents, chunks, strict=True))
     ]
     copied: list = []
-    original = cb._raw_copy
+    original = cb.raw_copy
 
     def spy(src, dst, col0):
         copied.append(original(src, dst, col0))
         return copied[-1]
 
-    monkeypatch.setattr(cb, "_raw_copy", spy)
+    monkeypatch.setattr(cb, "raw_copy", spy)
     out = tmp_path / "out.loom"
     cb.combine(paths, out, key=key, batch_size=48)
     # per layer: files 0, 1, 2 (offsets 0, 128, 192) raw; file 3 (offset 262, other chunks)
@@ -451,7 +451,7 @@ def test_only_whole_chunks_are_packed(tmp_path: Path, col0: int, k: int) -> None
     with h5py.File(tmp_path / "t.h5", "w") as f:
         dset = f.create_dataset("x", (N, 254), "f4", chunks=(64, 64), compression="gzip")
         jobs: list = []
-        cb._queue(jobs, dset, da.ones((N, k), "f4", chunks=(N, 48)), col0, None)
+        _stream.queue_columns(jobs, dset, da.ones((N, k), "f4", chunks=(N, 48)), col0, None)
     starts = [sink.col0 for _, sink in jobs]
     assert starts == sorted(starts) and starts[0] == col0
     packed = [piece.dtype == object for piece, _ in jobs]

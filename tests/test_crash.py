@@ -37,7 +37,7 @@ CHILD = r"""
 import functools, os, sys, threading
 import dask, h5py, numpy as np, xarray as xr
 import loomx
-from loomx import _stream, _transaction
+from loomx import _files, _journal, _stream
 
 path, scenario, n, m = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 lock = threading.RLock()
@@ -70,7 +70,8 @@ for owner, attr in [
     (h5py.Group, "move"),
     (h5py.Group, "__delitem__"),
     (h5py.File, "flush"),
-    (_transaction, "fsync"),
+    (_journal, "fsync"),
+    (_files, "fsync"),
     (os, "replace"),
 ]:
     wrap(owner, attr, f"{getattr(owner, '__name__', owner)}.{attr}")

@@ -8,7 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 import loomx
-from loomx.errors import LoomFormatError, LoomNameError
+from loomx.errors import LoomFormatError, LoomInvalidNameError
 from loomx.graphs import induced_edges, to_scipy_graph
 
 
@@ -94,5 +94,5 @@ def test_assign_graph(example_loom, kind):
     np.testing.assert_allclose(out.loom.col_graphs["SNN"].data.todense(), adj.toarray())
     with pytest.raises(LoomFormatError, match="shape"):
         ds.loom.assign_graph("bad", np.ones((3, 3)))
-    with pytest.raises(LoomNameError, match="contains '/'"):
+    with pytest.raises(LoomInvalidNameError, match="without '/'"):
         ds.loom.assign_graph("a/b", adj)

@@ -31,65 +31,37 @@ import h5py
 import numpy as np
 
 from . import _spec
-from .errors import LoomFileError, LoomFormatError, LoomWriteError, LoomxError, describe
+from ._files import fsync, locking_enforced, open_for_writing, open_h5, owner_alive
+from ._spec import TEMPORARY_TAG
+from .errors import LoomFormatError, LoomWriteError, LoomxError
 
 __all__ = [
+    "JOURNAL_SUFFIX",
     "Journal",
     "Transaction",
     "committed_path",
-    "fsync",
-    "owner_alive",
     "read_journals",
     "recover",
+    "recover_open",
     "recover_pending",
-    "same_file",
     "transaction",
 ]
 
-TMP_TAG = _spec.TEMPORARY_TAG
 JOURNAL_SUFFIX = ".journal"
 
 _ACTIVE: set[str] = set()
 """Tags of the transactions running in this process (their links are not stale)."""
 
 
-def fsync(path: str) -> None:
-    """Flush the operating system's buffers of ``path`` to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def owner_alive(token: str) -> bool:
-    """Whether the process whose pid starts ``token`` (``"{pid}-..."``) still runs here."""
-    pid = token.split("-", 1)[0]
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError):
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def locking_enforced() -> bool:
-    """Whether HDF5 file locking is on (the default): then a file open ``r+`` here is open
-    nowhere else, and every temporary object that is not this process's own is stale."""
-    setting = os.environ.get("HDF5_USE_FILE_LOCKING", "").strip().upper()
-    return setting not in ("FALSE", "0", "BEST_EFFORT", "BEST-EFFORT")
-
-
 def _stale(token: str, exclusive: bool) -> bool:
-    """Whether the writer of a link named ``{TMP_TAG}{pid}-{hex}...`` is gone.
+    """Whether the writer of a link named ``{TEMPORARY_TAG}{pid}-{hex}...`` is gone.
 
     A transaction running in this process is not; holding the file exclusively (HDF5 file
     locking), every other one is.  Without locking, a writer is gone when its process is
     (what an interrupted transaction of this process left behind is stale too).
     """
     pid, _, rest = token.partition("-")
-    if f"{TMP_TAG}{pid}-{rest.split('-', 1)[0]}-" in _ACTIVE:
+    if f"{TEMPORARY_TAG}{pid}-{rest.split('-', 1)[0]}-" in _ACTIVE:
         return False
     return exclusive or pid == str(os.getpid()) or not owner_alive(token)
 
@@ -104,7 +76,7 @@ class Journal:
 
     @property
     def token(self) -> str:
-        return self.name[len(TMP_TAG) : -len(JOURNAL_SUFFIX)]
+        return self.name[len(TEMPORARY_TAG) : -len(JOURNAL_SUFFIX)]
 
     def pending(self, f: h5py.File) -> dict[str, dict[str, str]]:
         """``{parent: {final name: staged link}}`` for the swaps not yet done."""
@@ -120,7 +92,7 @@ def read_journals(f: h5py.File) -> list[Journal]:
     """Every journal at the root of ``f`` (normally none)."""
     found = []
     for name in f:
-        if not (name.startswith(TMP_TAG) and name.endswith(JOURNAL_SUFFIX)):
+        if not (name.startswith(TEMPORARY_TAG) and name.endswith(JOURNAL_SUFFIX)):
             continue
         obj = f.get(name)
         try:
@@ -130,8 +102,10 @@ def read_journals(f: h5py.File) -> list[Journal]:
             ]
         except (TypeError, ValueError, UnicodeDecodeError) as exc:
             raise LoomFormatError(
-                f"{describe(f.filename, '/' + name)}: a loomx commit journal that cannot be "
-                f"read ({exc}); expected rows of (group, temporary link, final name)"
+                f"a loomx commit journal that cannot be read ({exc}); expected rows of "
+                "(group, temporary link, final name)",
+                path=f.filename,
+                h5path="/" + name,
             ) from exc
         found.append(Journal(name, entries, dict(obj.attrs)))  # type: ignore[arg-type, union-attr]
     return found
@@ -140,7 +114,8 @@ def read_journals(f: h5py.File) -> list[Journal]:
 def committed_path(h5path: str) -> str:
     """``h5path`` with every staged link name replaced by its final name."""
     parts = h5path.split("/")
-    final = [p[len(TMP_TAG) :].split("-", 2)[-1] if p.startswith(TMP_TAG) else p for p in parts]
+    tag = TEMPORARY_TAG
+    final = [p[len(tag) :].split("-", 2)[-1] if p.startswith(tag) else p for p in parts]
     return "/".join(final)
 
 
@@ -157,13 +132,16 @@ def _finish(f: h5py.File, journal: Journal) -> None:
     del f[journal.name]
 
 
-def recover_open(f: h5py.File, groups: set[str] | frozenset[str] = frozenset()) -> int:
+def recover_open(
+    f: h5py.File, groups: set[str] | frozenset[str] = frozenset(), locking: bool | None = None
+) -> int:
     """Finish the journals of writers that are gone, then delete their temporary links.
 
     ``groups`` (beyond the root and the spec's groups) are searched for temporary links.
-    Returns the number of journals finished.
+    Returns the number of journals finished.  ``locking`` is the setting ``f`` was opened
+    with: under HDF5 file locking, ``f`` is open nowhere else.
     """
-    exclusive = locking_enforced()
+    exclusive = locking_enforced(locking)
     finished = 0
     for journal in read_journals(f):
         if _stale(journal.token, exclusive):
@@ -174,66 +152,9 @@ def recover_open(f: h5py.File, groups: set[str] | frozenset[str] = frozenset()) 
         group = f.get(path)
         if isinstance(group, h5py.Group):
             for link in list(group):
-                if link.startswith(TMP_TAG) and _stale(link[len(TMP_TAG) :], exclusive):
+                if link.startswith(TEMPORARY_TAG) and _stale(link[len(TEMPORARY_TAG) :], exclusive):
                     del group[link]
     return finished
-
-
-def release_cached_handles(path: str) -> int:
-    """Close every handle xarray's file cache holds on ``path`` in this process.
-
-    The managers that owned them reopen the file lazily on their next read.  A handle that
-    is pinned by a read in progress cannot be taken away and raises LoomWriteError.
-    """
-    from xarray.backends import file_manager as fm
-
-    pins = getattr(fm, "_PIN_COUNTS", {})
-    with getattr(fm, "_PIN_LOCK", contextlib.nullcontext()):
-        mine = [key for key in list(fm.FILE_CACHE) if _handle_on(fm.FILE_CACHE.get(key), path)]
-        evicted = getattr(fm, "_EVICTED_PINNED", {}).values()
-        if any(pins.get(key) for key in mine) or any(_handle_on(h, path) for h in evicted):
-            raise LoomWriteError(
-                f"{path!r}: a read of this file is in progress in this process; write after "
-                "the computation has finished"
-            )
-        for key in mine:
-            fm.FILE_CACHE.pop(key).close()
-    return len(mine)
-
-
-def _handle_on(handle: Any, path: str) -> bool:
-    try:
-        name = getattr(handle, "filename", None)
-    except (ValueError, RuntimeError):
-        return False  # an already closed file
-    return isinstance(name, str | os.PathLike) and same_file(name, path)
-
-
-def same_file(a: str | os.PathLike[str] | None, b: str) -> bool:
-    """Whether ``a`` names the file ``b`` (False for no name)."""
-    if not a:
-        return False
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return os.path.realpath(a) == os.path.realpath(b)
-
-
-def open_for_writing(path: str, client: Any = None) -> h5py.File:
-    """Open ``path`` ``r+`` after releasing this process's (and ``client``'s workers')
-    cached read handles on it."""
-    if not os.path.isfile(path):
-        raise LoomFileError(f"{path!r}: no such file; expected an existing Loom file")
-    release_cached_handles(path)
-    if client is not None:
-        client.run(release_cached_handles, path)
-    try:
-        return h5py.File(path, "r+")
-    except OSError as exc:
-        raise LoomWriteError(
-            f"{path!r}: cannot open for writing ({exc}); close other handles on this file "
-            "(h5py.File, loompy, other processes) and retry"
-        ) from exc
 
 
 class Transaction:
@@ -245,7 +166,7 @@ class Transaction:
     def __init__(self, f: h5py.File, path: str) -> None:
         self.file = f
         self.path = path
-        self.tag = f"{TMP_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}-"
+        self.tag = f"{TEMPORARY_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}-"
         self.staged: list[tuple[str, str, str]] = []
         self.root_attrs: dict[str, Any] = {}
         self.journal: Journal | None = None
@@ -313,7 +234,12 @@ class Transaction:
 
 @contextlib.contextmanager
 def transaction(
-    path: str, *, what: str, client: Any = None, groups: set[str] | frozenset[str] = frozenset()
+    path: str,
+    *,
+    what: str,
+    locking: bool | None = None,
+    client: Any = None,
+    groups: set[str] | frozenset[str] = frozenset(),
 ) -> Iterator[Transaction]:
     """Open ``path`` for writing and yield a :class:`Transaction` committed on exit.
 
@@ -323,12 +249,12 @@ def transaction(
     After the commit point the commit is finished: an error there is retried once (and
     then the write has succeeded), a KeyboardInterrupt is raised once it is finished.
     """
-    f = open_for_writing(path, client)
+    f = open_for_writing(path, locking, client)
     txn = Transaction(f, path)
     _ACTIVE.add(txn.tag)
     try:
         try:
-            recover_open(f, groups)
+            recover_open(f, groups, locking)
             yield txn
             txn.commit()
         except BaseException as exc:
@@ -342,14 +268,15 @@ def transaction(
                     else "temporary objects remain: readers skip them"
                 )
                 raise LoomWriteError(
-                    f"{path!r}: {what} failed ({exc}) and so did cleaning up ({cleanup}); "
-                    f"{state}, and loomx.recover(path) makes the file consistent on disk"
+                    f"{what} failed ({exc}) and so did cleaning up ({cleanup}); {state}, and "
+                    "loomx.recover(path) makes the file consistent on disk",
+                    path=path,
                 ) from exc
             if isinstance(exc, LoomxError) or not isinstance(exc, Exception):
                 raise
             if not committed:
-                message = f"{path!r}: {what} failed, the file is unchanged: {exc}"
-                raise LoomWriteError(message) from exc
+                message = f"{what} failed, the file is unchanged: {exc}"
+                raise LoomWriteError(message, path=path) from exc
             # past the commit point and finished on the second try: the write is complete
         finally:
             f.close()
@@ -359,7 +286,7 @@ def transaction(
         _ACTIVE.discard(txn.tag)
 
 
-def recover(path: str | os.PathLike[str]) -> int:
+def recover(path: str | os.PathLike[str], *, locking: bool | None = None) -> int:
     """Bring a Loom file left by an interrupted loomx write to a consistent state.
 
     A write interrupted after its commit point is finished; one interrupted before is
@@ -372,6 +299,8 @@ def recover(path: str | os.PathLike[str]) -> int:
     ----------
     path
         The Loom file.
+    locking
+        HDF5 file locking; pass ``False`` on filesystems without it.
 
     Returns
     -------
@@ -385,9 +314,9 @@ def recover(path: str | os.PathLike[str]) -> int:
     0
     """
     path = os.fspath(path)
-    f = open_for_writing(path)
+    f = open_for_writing(path, locking)
     try:
-        finished = recover_open(f, set(_all_groups(f)))
+        finished = recover_open(f, set(_all_groups(f)), locking)
         f.flush()
     finally:
         f.close()
@@ -395,20 +324,20 @@ def recover(path: str | os.PathLike[str]) -> int:
     return finished
 
 
-def recover_pending(path: str) -> bool:
+def recover_pending(path: str, locking: bool | None = None) -> bool:
     """Run :func:`recover` when ``path`` holds a commit not yet carried out.
 
     Writers call this before they compare a Dataset with the disk.  A file that does not
     open is left to the caller's own open to report.
     """
     try:
-        f = h5py.File(path, "r")
+        f = open_h5(path, "r", locking)
     except OSError:
         return False
     with f:
         pending = bool(read_journals(f))
     if pending:
-        recover(path)
+        recover(path, locking=locking)
     return pending
 
 
@@ -417,6 +346,6 @@ def _all_groups(f: h5py.File) -> list[str]:
     out = []
     for name in f:
         obj = f.get(name)
-        if isinstance(obj, h5py.Group) and not name.startswith(TMP_TAG):
+        if isinstance(obj, h5py.Group) and not name.startswith(TEMPORARY_TAG):
             out.append(obj.name)
     return out

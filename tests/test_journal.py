@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 
 import loomx
-from loomx import _transaction
+from loomx import _append, _journal
 from loomx._spec import TEMPORARY_TAG
 from loomx.cli import main as cli_main
 from loomx.errors import LoomWriteError
@@ -97,7 +97,7 @@ def test_commit_recorded_but_not_finished_reads_as_new_and_recovers(tmp_path, mo
     with h5py.File(path, "r") as f:  # on disk: half swapped, the journal says how to finish
         assert f["layers/spliced"].shape == (N, M + K)  # swapped
         assert "matrix" not in f  # old one unlinked, the move of the new one failed
-        assert len(_transaction.read_journals(f)) == 1
+        assert len(_journal.read_journals(f)) == 1
     assert_appended(path)  # readers apply the journal without changing the file
     assert len(temp_links(path)) > 1
     assert loomx.recover(path) == 1
@@ -129,7 +129,7 @@ def _rename_owner(path: Path, pid: int, new_pid: int) -> None:
     """Make every temporary link of ``pid`` look as if ``new_pid`` had left it."""
     old, new = f"{TEMPORARY_TAG}{pid}-", f"{TEMPORARY_TAG}{new_pid}-"
     with h5py.File(path, "r+") as f:
-        for journal in _transaction.read_journals(f):
+        for journal in _journal.read_journals(f):
             rows = np.array(
                 [[p, s.replace(old, new), n] for p, s, n in journal.entries], dtype=object
             )
@@ -183,15 +183,14 @@ def test_legacy_root_attributes_are_part_of_the_commit(tmp_path, monkeypatch):
 
 def test_keyboard_interrupt_while_staging_rolls_back(tmp_path, monkeypatch):
     path = base_file(tmp_path / "a.loom")
-    from loomx import _combine
 
-    original = _combine._write_attr
+    original = _append.create_attr
 
     def interrupted(*args, **kwargs):
         original(*args, **kwargs)
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_combine, "_write_attr", interrupted)
+    monkeypatch.setattr(_append, "create_attr", interrupted)
     with pytest.raises(KeyboardInterrupt):
         loomx.append(path, more_cells())
     monkeypatch.undo()
@@ -274,7 +273,7 @@ def test_a_failure_before_the_journal_is_renamed_leaves_nothing_applied(tmp_path
         calls.append(name)
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(_transaction, "fsync", fsync)
+    monkeypatch.setattr(_journal, "fsync", fsync)
     with pytest.raises(LoomWriteError, match=r"unchanged.*disk on fire"):
         loomx.to_loom(changed, path, mode="a")
     monkeypatch.undo()

@@ -1,0 +1,283 @@
+"""Files as files: the one opener of HDF5 files, loomx's registry of open handles, fsync,
+temporary names and moving finished files into place.
+
+Every HDF5 file loomx touches (reads, write-back, append, combine, recovery, the
+temporary files of writers) is opened by :func:`open_h5`, which carries the ``locking``
+setting: HDF5 refuses two handles on one file with different settings, and a filesystem
+without file locking (NFS, Lustre) needs ``locking=False`` on every open.
+
+Read handles are cached per process in a registry owned by loomx (:class:`CachedFile`):
+a writer releases this process's handles on its target with :func:`release_handles`
+before it opens it ``r+``, and a handle a read is using at that moment is never closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import h5py
+
+from ._spec import TEMPORARY_TAG
+from .errors import LoomFileError, LoomFileNotFoundError, LoomWriteError
+
+__all__ = [
+    "HDF5_SIGNATURE",
+    "CachedFile",
+    "fsync",
+    "locking_enforced",
+    "move_into_place",
+    "open_for_writing",
+    "open_h5",
+    "owner_alive",
+    "release_handles",
+    "same_file",
+    "temp_path",
+]
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------- opening
+
+
+def open_h5(path: str, mode: str = "r", locking: bool | None = None) -> h5py.File:
+    """Open ``path`` with h5py, turning h5py's errors into :mod:`loomx.errors`.
+
+    Parameters
+    ----------
+    path
+        The file.
+    mode
+        ``"r"``, ``"r+"`` (existing files) or ``"w"`` (a new file: loomx writes only
+        temporary files this way and renames them into place when complete).
+    locking
+        HDF5 file locking (``None``: HDF5's default, ``False`` for filesystems without it).
+    """
+    if mode not in ("r", "r+", "w"):
+        raise ValueError(f"mode must be 'r', 'r+' or 'w'; found {mode!r}")
+    kwargs: dict[str, Any] = {} if locking is None else {"locking": locking}
+    if mode == "w":
+        try:
+            return h5py.File(path, "w", **kwargs)
+        except OSError as err:
+            raise LoomWriteError(f"cannot create: {err}", path=path) from err
+    if not os.path.isfile(path):
+        if os.path.isdir(path):
+            raise LoomFileError("a directory; expected a Loom (HDF5) file", path=path)
+        raise LoomFileNotFoundError("no such file; expected a Loom (HDF5) file", path=path)
+    try:
+        return h5py.File(path, mode, **kwargs)
+    except OSError as err:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+        if head != HDF5_SIGNATURE:
+            raise LoomFileError(
+                f"not an HDF5 file (found first bytes {head!r}, expected the HDF5 "
+                f"signature {HDF5_SIGNATURE!r}); a Loom file is an HDF5 file",
+                path=path,
+            ) from err
+        if "locking flag values don't match" in str(err):
+            raise LoomFileError(
+                f"already open in this process with another locking setting (asked for "
+                f"locking={locking!r}); HDF5 needs the same setting for every handle of a "
+                "file: pass the locking the file was opened with, or close the other Dataset",
+                path=path,
+            ) from err
+        if mode == "r+":
+            raise LoomWriteError(
+                f"cannot open for writing ({err}); close other handles on this file "
+                "(h5py.File, loompy, other processes) and retry",
+                path=path,
+            ) from err
+        raise LoomFileError(
+            f"cannot open as HDF5 in mode {mode!r}: {err}. The file may be truncated or "
+            "corrupt, or locked by a writer (pass locking=False only on filesystems without "
+            "file locking)",
+            path=path,
+        ) from err
+
+
+# --------------------------------------------------------------------------- handle registry
+
+
+@dataclass
+class _Entry:
+    file: h5py.File
+    path: str
+    pins: int = 0
+    closing: bool = False
+
+
+_REGISTRY: dict[str, _Entry] = {}
+_REGISTRY_LOCK = threading.RLock()
+_REGISTRY_PID = [os.getpid()]
+
+
+def _registry() -> dict[str, _Entry]:
+    """This process's registry (a forked child starts with an empty one)."""
+    if _REGISTRY_PID[0] != os.getpid():
+        _REGISTRY.clear()
+        _REGISTRY_PID[0] = os.getpid()
+    return _REGISTRY
+
+
+class CachedFile:
+    """A picklable recipe for one read handle, opened lazily once per process.
+
+    The handle lives in loomx's registry of open handles, so that a writer can release it
+    (:func:`release_handles`); the next use reopens it.  Pickles as the recipe.
+
+    Parameters
+    ----------
+    path, mode, locking
+        As for :func:`open_h5` (``"r"`` or ``"r+"``).
+    """
+
+    def __init__(self, path: str, mode: str = "r", locking: bool | None = None) -> None:
+        self.path = path
+        self.mode = mode
+        self.locking = locking
+        self.key = uuid.uuid4().hex
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"path": self.path, "mode": self.mode, "locking": self.locking}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["path"], state["mode"], state["locking"])  # type: ignore[misc]
+
+    @contextlib.contextmanager
+    def acquire(self) -> Iterator[h5py.File]:
+        """The open file, reopened if it was released; it is not closed while in use."""
+        with _REGISTRY_LOCK:
+            registry = _registry()
+            entry = registry.get(self.key)
+            if entry is None or entry.closing or not entry.file.id.valid:
+                entry = _Entry(open_h5(self.path, self.mode, self.locking), self.path)
+                registry[self.key] = entry
+            entry.pins += 1
+        try:
+            yield entry.file
+        finally:
+            with _REGISTRY_LOCK:
+                entry.pins -= 1
+                if entry.closing and not entry.pins:
+                    entry.file.close()
+
+    def close(self) -> None:
+        """Close this process's handle (after the reads using it have finished)."""
+        with _REGISTRY_LOCK:
+            entry = _registry().pop(self.key, None)
+            if entry is None:
+                return
+            if entry.pins:
+                entry.closing = True
+            else:
+                entry.file.close()
+
+
+def release_handles(path: str) -> int:
+    """Close every handle loomx's registry holds on ``path`` in this process.
+
+    Their recipes reopen the file on their next read.  A handle a read is using right
+    now cannot be taken away: that raises :class:`~loomx.errors.LoomWriteError`.
+
+    Returns
+    -------
+    int
+        The number of handles closed.
+    """
+    with _REGISTRY_LOCK:
+        registry = _registry()
+        mine = [key for key, entry in registry.items() if same_file(entry.path, path)]
+        if any(registry[key].pins for key in mine):
+            raise LoomWriteError(
+                "a read of this file is in progress in this process; write after the "
+                "computation has finished",
+                path=path,
+            )
+        for key in mine:
+            registry.pop(key).file.close()
+    return len(mine)
+
+
+def open_for_writing(path: str, locking: bool | None = None, client: Any = None) -> h5py.File:
+    """Open the existing file ``path`` ``r+`` after releasing this process's (and
+    ``client``'s workers') cached read handles on it."""
+    if not os.path.isfile(path):
+        raise LoomFileNotFoundError("no such file; expected an existing Loom file", path=path)
+    release_handles(path)
+    if client is not None:
+        client.run(release_handles, path)
+    return open_h5(path, "r+", locking)
+
+
+# --------------------------------------------------------------------------- files
+
+
+def fsync(path: str) -> None:
+    """Flush the operating system's buffers of ``path`` (a file or a folder) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def same_file(a: str | os.PathLike[str] | None, b: str) -> bool:
+    """Whether ``a`` names the file ``b`` (False for no name)."""
+    if not a:
+        return False
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def owner_alive(token: str) -> bool:
+    """Whether the process whose pid starts ``token`` (``"{pid}-..."``) still runs here."""
+    pid = token.split("-", 1)[0]
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, ValueError):
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def locking_enforced(locking: bool | None = None) -> bool:
+    """Whether HDF5 file locking is on for an open with ``locking`` (the default): then a
+    file open ``r+`` here is open nowhere else."""
+    if locking is not None:
+        return bool(locking)
+    setting = os.environ.get("HDF5_USE_FILE_LOCKING", "").strip().upper()
+    return setting not in ("FALSE", "0", "BEST_EFFORT", "BEST-EFFORT")
+
+
+def temp_path(path: str, kind: str) -> str:
+    """A new temporary file name next to ``path``; removes those of writers that are gone."""
+    folder, base = os.path.split(os.path.abspath(path))
+    prefix = f".{base}{TEMPORARY_TAG}"
+    for stale in os.listdir(folder):
+        if stale.startswith(prefix) and not owner_alive(stale[len(prefix) :]):
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(folder, stale))
+    return os.path.join(folder, f"{prefix}{os.getpid()}-{kind}-{uuid.uuid4().hex[:8]}")
+
+
+def move_into_place(tmp: str, path: str) -> None:
+    """Rename the finished file ``tmp`` to ``path`` durably (fsynced before and after),
+    keeping the permissions of a file it replaces."""
+    if os.path.exists(path):
+        shutil.copymode(path, tmp)
+    fsync(tmp)
+    os.replace(tmp, path)
+    with contextlib.suppress(OSError):
+        fsync(os.path.dirname(os.path.abspath(path)))
