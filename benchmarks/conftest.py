@@ -1,22 +1,25 @@
-"""Fixtures of the benchmarks: the files to read and the reference results.
+"""Fixtures of the benchmarks: the files to read and write, the references, a method runner.
 
-By default the benchmarks read small files generated into the session's temporary folder (a
-loompy-written 2000 x 3000 matrix, and a 2000 x 3000 file with 100 layers and 1000
-attributes), so ``pytest`` runs them as plain tests in CI.  Set
-``LOOMX_BENCH_FILE=/path/to/file.loom`` (e.g. written by ``python benchmarks/make_data.py``)
-and ``LOOMX_BENCH_WIDE_FILE=/path/to/wide.loom`` (``make_data.py --wide``) to read big files
-instead.
+By default the benchmarks use small files generated into the session's temporary folder (a
+loompy-written 2000 x 3000 matrix, a 2000 x 3000 file with 100 layers and 1000 attributes,
+and folders of 4 loompy-written 500 x 800 files to combine), so ``pytest`` runs them as plain
+tests in CI.  Set ``LOOMX_BENCH_FILE=/path/to/file.loom`` (e.g. written by
+``python benchmarks/make_data.py``), ``LOOMX_BENCH_WIDE_FILE=/path/to/wide.loom``
+(``make_data.py --wide``) and ``LOOMX_BENCH_COMBINE=ROWSxCOLS`` (the shape of each file to
+combine) to use big files instead.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
-import numpy as np
 import pytest
 
-from ._harness import FileFacts, Reference, file_facts, reference, warm_page_cache
-from .make_data import make_loompy_file, make_wide_file
+from .make_data import make_combine_inputs, make_loompy_file, make_wide_file
+from .operations import OP_TITLES, READ_OPS, methods
+from .reference import FileFacts, Reference, check, digest, file_facts, reference, warm_page_cache
 
 BENCH_FILE_ENV = "LOOMX_BENCH_FILE"
 """Environment variable naming a Loom file to benchmark instead of the small default."""
@@ -24,11 +27,23 @@ BENCH_FILE_ENV = "LOOMX_BENCH_FILE"
 WIDE_FILE_ENV = "LOOMX_BENCH_WIDE_FILE"
 """Environment variable naming a file with many layers and attributes to time opening."""
 
+COMBINE_ENV = "LOOMX_BENCH_COMBINE"
+"""Environment variable: shape of each file to combine, ``ROWSxCOLS`` or ``N``."""
+
 SMALL_SHAPE = (2000, 3000)
 """Shape of the default benchmark files."""
 
+COMBINE_SHAPE = (500, 800)
+"""Default shape of each file to combine."""
+
+COMBINE_FILES = 4
+"""Files combined."""
+
 WIDE_LAYERS, WIDE_ATTRS = 100, 1000
 """Layers and attributes of the default wide file."""
+
+ROUNDS = 3
+"""Timed rounds per benchmark (after one untimed warm-up round)."""
 
 
 def _from_env(name: str) -> str | None:
@@ -36,6 +51,15 @@ def _from_env(name: str) -> str | None:
     if path and not os.path.isfile(path):
         pytest.fail(f"{name}={path!r}: no such file")
     return path or None
+
+
+def combine_shape() -> tuple[int, int]:
+    """Shape of each file to combine: ``$LOOMX_BENCH_COMBINE`` or :data:`COMBINE_SHAPE`."""
+    value = os.environ.get(COMBINE_ENV, "").lower().strip()
+    if not value:
+        return COMBINE_SHAPE
+    rows, _, cols = value.partition("x")
+    return int(rows), int(cols or rows)
 
 
 @pytest.fixture(scope="session")
@@ -58,6 +82,16 @@ def wide_file(tmp_path_factory: pytest.TempPathFactory) -> str:
     return make_wide_file(target, *SMALL_SHAPE, n_layers=WIDE_LAYERS, n_attrs=WIDE_ATTRS)
 
 
+@pytest.fixture(scope="session", params=["same row order", "shuffled rows"])
+def combine_folder(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """A folder of 4 loompy-written files of :func:`combine_shape` (seeds 0-3); with
+    ``"shuffled rows"`` the rows of the 2nd to 4th files are in random orders."""
+    folder = tmp_path_factory.mktemp("combine")
+    shuffle = request.param == "shuffled rows"
+    make_combine_inputs(folder, *combine_shape(), n_files=COMBINE_FILES, shuffle=shuffle)
+    return str(folder)
+
+
 @pytest.fixture(scope="session")
 def bench_facts(bench_file: str) -> FileFacts:
     """Shape and storage facts of the benchmark file's ``/matrix``."""
@@ -66,12 +100,48 @@ def bench_facts(bench_file: str) -> FileFacts:
 
 @pytest.fixture(scope="session")
 def bench_reference(bench_file: str) -> Reference:
-    """Reference digests of every operation (plain h5py + numpy); also warms the page cache."""
+    """Reference digests of every read and write operation on the benchmark file (plain h5py
+    + numpy); also warms the page cache."""
     warm_page_cache(bench_file)
-    return reference(bench_file)
+    return reference(bench_file, [*READ_OPS, "write_layer", "write_attr"])
 
 
 @pytest.fixture(scope="session")
-def expected_row_sums(bench_reference: Reference) -> np.ndarray:
-    """Reference per-row sums (float64)."""
-    return bench_reference["row_sums"]["row_sum"]
+def combine_reference(combine_folder: str) -> Reference:
+    """Reference digest of combining the files of ``combine_folder``."""
+    return reference(combine_folder, ["combine"])
+
+
+BenchMethod = Callable[[str, str, Reference], dict[str, Any]]
+"""``bench_method(name, path, reference)``: benchmark one method, check it, return its digest."""
+
+
+@pytest.fixture
+def bench_method(benchmark: Any) -> BenchMethod:
+    """Benchmark a method in this process: setup, :data:`ROUNDS` timed rounds after one
+    warm-up (``prepare`` untimed before each), then check its result against the reference.
+
+    ``Method.cores`` pinning is applied only in fresh processes (``run_report.py``).
+    """
+
+    def bench(name: str, path: str, ref: Reference) -> dict[str, Any]:
+        method = methods()[name]
+        benchmark.group = OP_TITLES[method.op]
+        benchmark.extra_info["method"] = method.label
+        ctx = method.setup(path)
+        try:
+            result = benchmark.pedantic(
+                method.run,
+                args=(ctx,),
+                setup=lambda: method.prepare(ctx),
+                rounds=ROUNDS,
+                iterations=1,
+                warmup_rounds=1,
+            )
+            got = digest(method.op, method.normalize(result, ctx))
+        finally:
+            method.teardown(ctx)
+        check(got, ref[method.op], name)
+        return got
+
+    return bench

@@ -6,7 +6,11 @@ The default file is made by ``loompy.create`` itself, so its layout is exactly l
 non-zero values, each a Poisson count (``1 + Poisson(2)``), the way UMI counts look.
 
 With ``--wide`` it writes a file with many layers and attributes instead
-(:func:`make_wide_file`), to time opening a file with many objects.
+(:func:`make_wide_file`), to time opening a file with many objects; with ``--noise-layer``
+the default file gets one more layer of random ``uint16`` values (:func:`add_noise_layer`, a
+bigger file for the attribute write-back); with ``--combine`` the path is a folder that gets
+``--files`` default files to combine (:func:`make_combine_inputs`), with ``--shuffle`` the
+rows of all but the first in random orders.
 
 Usage::
 
@@ -14,6 +18,12 @@ Usage::
         --rows 20000 --cols 30000 --density 0.07 --seed 0
     python benchmarks/make_data.py /work/bench-data/wide_20000x30000.loom --wide \\
         --rows 20000 --cols 30000 --layers 100 --attrs 1000 --seed 0
+    python benchmarks/make_data.py /work/bench-data/big_20000x30000.loom --noise-layer \\
+        --rows 20000 --cols 30000 --density 0.07 --seed 0
+    python benchmarks/make_data.py /work/bench-data/combine_5000x8000 --combine \\
+        --rows 5000 --cols 8000 --files 4
+    python benchmarks/make_data.py /work/bench-data/combine_5000x8000_shuffled --combine \\
+        --shuffle --rows 5000 --cols 8000 --files 4
 """
 
 from __future__ import annotations
@@ -111,6 +121,67 @@ def make_loompy_file(
     matrix = make_matrix(n_rows, n_cols, density, seed)
     row_attrs, col_attrs = make_attrs(n_rows, n_cols, seed)
     loompy.create(str(path), matrix, row_attrs=row_attrs, col_attrs=col_attrs)
+    return str(path)
+
+
+def make_combine_inputs(
+    folder: str | os.PathLike,
+    n_rows: int,
+    n_cols: int,
+    n_files: int = 4,
+    shuffle: bool = False,
+    density: float = 0.07,
+) -> list[str]:
+    """Write ``n_files`` default files ``in0.loom`` ... into ``folder`` (seeds 0, 1, ...).
+
+    Every file has the same ``Accession`` values; with ``shuffle`` the rows of all files but
+    the first are in a random order (seeded), so combining them by ``Accession`` realigns
+    them.  Other ``.loom`` files in ``folder`` are removed.  Returns the paths.
+    """
+    import loompy
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for old in folder.glob("*.loom"):
+        old.unlink()
+    paths = []
+    for seed in range(n_files):
+        path = folder / f"in{seed}.loom"
+        matrix = make_matrix(n_rows, n_cols, density, seed)
+        row_attrs, col_attrs = make_attrs(n_rows, n_cols, seed)
+        if shuffle and seed:
+            order = np.random.default_rng(seed).permutation(n_rows)
+            matrix = matrix[order]
+            row_attrs = {k: v[order] for k, v in row_attrs.items()}
+        loompy.create(str(path), matrix, row_attrs=row_attrs, col_attrs=col_attrs)
+        paths.append(str(path))
+    return paths
+
+
+def add_noise_layer(path: str | os.PathLike, name: str = "noise", seed: int = 0) -> str:
+    """Add a layer of random ``uint16`` values (incompressible) to a Loom file, in row bands.
+
+    Stored like loompy's layers ((64, 64) chunks, gzip level 2); it makes a bigger file of
+    the same kind (a 20000 x 30000 default file grows from 149 MB to about 1.36 GB).
+    """
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    with h5py.File(path, "r+") as f:
+        n_rows, n_cols = f["matrix"].shape
+        layer = f.create_dataset(
+            f"layers/{name}",
+            shape=(n_rows, n_cols),
+            dtype=np.uint16,
+            chunks=(min(LOOMPY_CHUNKS[0], n_rows), min(LOOMPY_CHUNKS[1], n_cols)),
+            compression="gzip",
+            compression_opts=LOOMPY_GZIP_LEVEL,
+            maxshape=(n_rows, None),
+            fillvalue=0,
+        )
+        for start in range(0, n_rows, BAND_ROWS):
+            stop = min(start + BAND_ROWS, n_rows)
+            layer[start:stop] = rng.integers(0, 2**16, size=(stop - start, n_cols), dtype=np.uint16)
     return str(path)
 
 
@@ -232,16 +303,35 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--layers", type=int, default=100, help="layers (with --wide)")
     parser.add_argument("--attrs", type=int, default=1000, help="attributes (with --wide)")
+    parser.add_argument(
+        "--noise-layer", action="store_true", help="add a layer of random uint16 values"
+    )
+    parser.add_argument(
+        "--combine", action="store_true", help="path is a folder: write --files files into it"
+    )
+    parser.add_argument("--files", type=int, default=4, help="files (with --combine)")
+    parser.add_argument(
+        "--shuffle", action="store_true", help="rows of all files but the first in random orders"
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
     if args.wide:
         make_wide_file(args.path, args.rows, args.cols, args.layers, args.attrs, args.seed)
         what = f"{args.layers} layers, {args.attrs} attributes"
+        files = [args.path]
+    elif args.combine:
+        files = make_combine_inputs(
+            args.path, args.rows, args.cols, args.files, args.shuffle, args.density
+        )
+        what = f"{args.files} files, density {args.density}" + ", shuffled" * args.shuffle
     else:
         make_loompy_file(args.path, args.rows, args.cols, args.density, args.seed)
-        what = f"density {args.density}"
+        if args.noise_layer:
+            add_noise_layer(args.path, seed=args.seed)
+        what = f"density {args.density}" + ", noise layer" * args.noise_layer
+        files = [args.path]
     elapsed = time.perf_counter() - start
-    size_mb = Path(args.path).stat().st_size / 1e6
+    size_mb = sum(Path(p).stat().st_size for p in files) / 1e6
     print(
         f"wrote {args.path}: {args.rows} x {args.cols}, {what}, {size_mb:.1f} MB, {elapsed:.1f} s"
     )
