@@ -220,3 +220,16 @@ def test_3_0_0_strings_are_not_unescaped(tmp_path):
     decoded = base(tmp_path / "b.loom", row_attrs={"Gene": np.array(["é", "b", "c", "d"])})
     with pytest.raises(AssertionError, match="/row_attrs/Gene"):
         assert_loom_identical(literal, decoded)
+
+
+def test_global_widths_can_be_compared_by_value(tmp_path):
+    expected = base(tmp_path / "expected.loom")
+    actual = tmp_path / "actual.loom"
+    shutil.copy(expected, actual)
+    _edit(actual, _global_width)  # int64 2024 -> int32 2024
+    with pytest.raises(AssertionError, match=r"/attrs/Year: dtypes"):
+        assert_loom_identical(actual, expected)
+    assert_loom_identical(actual, expected, check_global_dtypes=False)
+    _edit(actual, lambda f: f["attrs/Year"].write_direct(np.array(2025, np.int32)))
+    with pytest.raises(AssertionError, match=r"/attrs/Year: values"):
+        assert_loom_identical(actual, expected, check_global_dtypes=False)
