@@ -105,9 +105,10 @@ def variable_paths(ds: Any, dims: Sequence[str], *, path: str | None = None) -> 
     """The HDF5 path of every layer and attribute of ``ds``, by variable name.
 
     The inverse of the naming rule: ``matrix`` -> ``/matrix``; qualified names go to their
-    namespace; other ``(row, col)`` data variables are layers; other variables whose first
-    dim is the row or column dim are attributes.  Graph side-variables and coordinates of
-    extra dims are left out (graphs: :func:`parse_graph_var`).
+    namespace; other ``(row, col)`` (or ``(col, row)``) data variables are layers; other
+    variables whose first dim is the row or column dim are attributes.  Graph
+    side-variables and coordinates of extra dims are left out (graphs:
+    :func:`parse_graph_var`).
 
     Raises
     ------
@@ -130,7 +131,7 @@ def variable_paths(ds: Any, dims: Sequence[str], *, path: str | None = None) -> 
         elif space in (_spec.LAYERS, _spec.ROW_ATTRS, _spec.COL_ATTRS):
             h5path = f"/{space}/{raw}"
         elif var.ndim and var.dims[0] in dims:
-            if is_data and tuple(var.dims) == dims:
+            if is_data and sorted(var.dims) == sorted(dims):  # (col, row) is a layer too
                 space = _spec.LAYERS
             else:
                 space = _spec.ROW_ATTRS if var.dims[0] == dims[0] else _spec.COL_ATTRS

@@ -239,11 +239,11 @@ def plan_dataset(
         var = ds.variables[name]
         kind = conv.path_kind(h5path)
         if kind == "layer":
-            if var.dims != dims:
+            if sorted(var.dims) != sorted(dims):
                 raise LoomFormatError(
                     f"found dims {var.dims}; expected {dims}", path=path, h5path=h5path
                 )
-            data = layer_data(path, h5path, var)
+            data = layer_data(path, h5path, var.transpose(*dims))  # as xr.where may order them
             storage, dtype = storage_of(
                 var.encoding, explicit.get(name), default_storage, data.dtype,
                 path=path, h5path=h5path, ndim=2,

@@ -11,6 +11,7 @@ import xarray as xr
 
 from . import _conventions as conv
 from . import _spec, _writer, graphs, ops
+from .errors import LoomNameError
 
 
 @xr.register_dataset_accessor("loom")
@@ -51,6 +52,33 @@ class LoomAccessor:
         """Return a new Dataset with graph ``name`` added or replaced on ``dim`` (default
         the column dim), from a sparse.COO, scipy sparse matrix or dense adjacency."""
         return graphs.assign_graph(self._ds, name, matrix, dim or self.dims[1])
+
+    def path_of(self, name: str) -> str:
+        """The HDF5 path variable ``name`` is stored at (or would be written to).
+
+        The inverse of the naming rule in :mod:`loomx._conventions`: layers, attributes and
+        graph side-variables (whose path is the graph group).
+
+        Examples
+        --------
+        >>> ds.loom.path_of("Gene")  # doctest: +SKIP
+        '/row_attrs/Gene'
+        >>> ds.loom.path_of("col_graphs:KNN:a")  # doctest: +SKIP
+        '/col_graphs/KNN/a'
+        """
+        if name not in self._ds.variables:
+            raise LoomNameError(f"no variable {name!r} in the Dataset")
+        graph = conv.parse_graph_var(name)
+        if graph is not None:
+            space, graph_name, part = graph
+            if part == "edge":
+                raise LoomNameError(f"{name!r} is a dim, not a stored variable")
+            default = f"/{space}/{graph_name}" + ("" if part == "vertex" else f"/{part}")
+            return str(self._ds.variables[name].encoding.get("loom_path", default))
+        paths = conv.variable_paths(self._ds, self.dims)
+        if name not in paths:
+            raise LoomNameError(f"{name!r} is not stored in a Loom file (a coordinate of a dim)")
+        return paths[name]
 
     @property
     def layers(self) -> list[str]:

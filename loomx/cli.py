@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import numpy as np
 import xarray as xr
 
+from . import _conventions as conv
 from .backend import open_loom
 from .errors import LoomxError
 from .graphs import graph_names
@@ -31,12 +32,9 @@ def _summary(path: str, ds: xr.Dataset) -> list[str]:
             f"  layer {name}: {var.dtype}, HDF5 chunks {enc.get('chunksizes')}, "
             f"{enc.get('compression')}, dask chunks {tuple(c[0] for c in var.chunks or ())}"
         )
+    paths = conv.variable_paths(ds, (row_dim, col_dim))
     for space in ("row_attrs", "col_attrs"):
-        attrs = [
-            str(n)
-            for n, v in ds.coords.items()
-            if str(v.encoding.get("loom_path", "")).startswith(f"/{space}/")
-        ]
+        attrs = [name for name, h5path in paths.items() if conv.path_kind(h5path) == space]
         lines.append(f"  {space} ({len(attrs)}): {', '.join(attrs)}")
     for space in ("row_graphs", "col_graphs"):
         lines.append(f"  {space}: {', '.join(graph_names(ds, space)) or '-'}")

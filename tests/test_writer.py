@@ -31,7 +31,7 @@ from loomx.errors import (
     LoomInvalidNameError,
     LoomWriteError,
 )
-from loomx.testing import write_loom_h5py
+from loomx.testing import assert_loom_identical, write_loom_h5py
 
 N, M = 70, 130
 GENES = np.array([f"g{i}-{'éβ日本'[i % 4]}" for i in range(N)], dtype=object)
@@ -64,35 +64,6 @@ def make_ds(seed: int = 0, chunks: tuple[int, int] = (30, 50)) -> xr.Dataset:
         },
         attrs={"Title": "β-test é", "Year": 2024, "Weights": np.arange(3.0), "Flag": True},
     )
-
-
-def layout(path: str | Path) -> dict[str, tuple[str, tuple, object]]:
-    """Every object of a file: dtype, shape and values (content, not bytes)."""
-    out: dict[str, tuple[str, tuple, object]] = {}
-    with h5py.File(path, "r") as f:
-
-        def visit(name: str, obj: object) -> None:
-            if isinstance(obj, h5py.Dataset):
-                value = obj[()]
-                value = value.tolist() if isinstance(value, np.ndarray) else value
-                out[name] = (str(obj.dtype), obj.shape, value)
-            else:
-                out[name] = ("group", (), None)
-
-        f.visititems(visit)
-        out["<root attrs>"] = ("attrs", (), sorted(f.attrs))
-    return out
-
-
-def same_content(path: str | Path, other: str | Path) -> None:
-    """Equal layouts; scalar globals compare by value (the reader hands them out as Python
-    scalars, so their width is not kept through a Dataset)."""
-    mine, theirs = layout(path), layout(other)
-    for found in (mine, theirs):
-        for name, (dtype, shape, value) in list(found.items()):
-            if name.startswith("attrs/") and shape == () and dtype != "object":
-                found[name] = ("scalar", shape, value)
-    assert mine == theirs
 
 
 def offsets(path: str | Path) -> dict[str, int]:
@@ -216,7 +187,7 @@ def test_roundtrip_through_reader(tmp_path):
     assert back.attrs["Flag"] == 1
     again = tmp_path / "rt2.loom"
     to_loom(back, again)
-    same_content(again, path)
+    assert_loom_identical(again, path, check_global_dtypes=False)
 
 
 def test_custom_dims_are_honoured(tmp_path):
@@ -225,14 +196,14 @@ def test_custom_dims_are_honoured(tmp_path):
     ds = loomx.open_loom(path, dims=("gene", "cell"))
     out = tmp_path / "dims2.loom"
     to_loom(ds, out)
-    same_content(out, path)
+    assert_loom_identical(out, path, check_global_dtypes=False)
     renamed = make_ds().rename({"row": "g", "col": "c"})
     third = tmp_path / "dims3.loom"
     to_loom(renamed, third)  # inferred from the dims of matrix
-    assert layout(third) == layout(path)
+    assert_loom_identical(third, path)
     fourth = tmp_path / "dims4.loom"
     to_loom(loomx.open_loom(path).rename({"row": "gene"}), fourth)  # renamed after opening
-    same_content(fourth, path)
+    assert_loom_identical(fourth, path, check_global_dtypes=False)
 
 
 def test_nan_and_inf_are_stored(tmp_path):
@@ -505,7 +476,7 @@ def test_write_back_of_reordered_dataset_matches_a_new_file(tmp_path):
     fresh = tmp_path / "fresh.loom"
     to_loom(ds, fresh)
     to_loom(ds, path, mode="a")  # same encodings, different data: everything is rewritten
-    same_content(path, fresh)
+    assert_loom_identical(path, fresh, check_global_dtypes=False)
     with h5py.File(path, "r") as f:
         np.testing.assert_array_equal(f["col_graphs/KNN/a"][:], M - 1 - KNN_A)
 
@@ -642,7 +613,7 @@ def test_local_schedulers_give_identical_files(tmp_path, scheduler):
     with dask.config.set(scheduler=scheduler, num_workers=2):
         to_loom(ds, out)
         to_loom(ds.assign(back=ds["matrix"] - 1), src, mode="a")  # reads src, writes src
-    assert layout(out) == layout(reference)
+    assert_loom_identical(out, reference)
     with h5py.File(src, "r") as f, h5py.File(reference, "r") as r:
         np.testing.assert_array_equal(f["layers/back"][:], r["matrix"][:] - 1)
 
@@ -675,8 +646,8 @@ def test_distributed_cluster_gives_identical_files(tmp_path):
         to_loom(ds.assign(back=ds["matrix"] - 1), src, mode="a")
         delayed = to_loom(ds, tmp_path / "delayed.loom", compute=False)
         delayed.compute()
-    assert layout(out) == layout(reference)
-    assert layout(tmp_path / "delayed.loom") == layout(reference)
+    assert_loom_identical(out, reference)
+    assert_loom_identical(tmp_path / "delayed.loom", reference)
     with h5py.File(src, "r") as f, h5py.File(reference, "r") as r:
         np.testing.assert_array_equal(f["layers/back"][:], r["matrix"][:] - 1)
 

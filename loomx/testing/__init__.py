@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from ._assert import assert_loom_identical
 from ._example import make_example_loom, write_loom_h5py
 
-__all__ = ["make_example_loom", "write_loom_h5py"]
+__all__ = ["assert_loom_identical", "make_example_loom", "write_loom_h5py"]
