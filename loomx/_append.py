@@ -44,7 +44,7 @@ from ._storage import (
 from ._stream import queue_columns, run_queue
 from ._writer import to_loom
 from .backend import open_loom
-from .errors import LoomFormatError, LoomNameError, describe
+from .errors import LoomFormatError, LoomNameError
 from .graphs import graph_edges, graph_names
 
 __all__ = ["FillValues", "append", "full_height", "is_text", "key_order", "loom_objects"]
@@ -74,16 +74,21 @@ def same_values(a: np.ndarray, b: np.ndarray) -> bool:
     return bool(np.array_equal(a, b, equal_nan=a.dtype.kind == b.dtype.kind == "f"))
 
 
-def fill_value(fill_values: FillValues, name: str, dtype: np.dtype, where: str, why: str) -> Any:
-    """The fill value for ``name`` or a LoomFormatError saying why one is needed."""
+def fill_value(
+    fill_values: FillValues, name: str, dtype: np.dtype, where: tuple[str, str], why: str
+) -> Any:
+    """The fill value for ``name`` or a LoomFormatError saying why one is needed;
+    ``where`` is the ``(file, HDF5 path)`` for the message."""
     if fill_values == "auto":
         return "" if is_text(dtype) else np.zeros((), dtype=dtype)[()]
     if fill_values is not None and name in fill_values:
         return fill_values[name]
-    raise LoomFormatError(f"{where}: {why}; pass fill_values={{{name!r}: ...}} or 'auto'")
+    raise LoomFormatError(
+        f"{why}; pass fill_values={{{name!r}: ...}} or 'auto'", path=where[0], h5path=where[1]
+    )
 
 
-def key_order(file_key: np.ndarray, other_key: np.ndarray, where: str) -> np.ndarray:
+def key_order(file_key: np.ndarray, other_key: np.ndarray, where: tuple[str, str]) -> np.ndarray:
     """Positions in ``other_key`` of each value of ``file_key`` (both must be unique)."""
     file_key, other_key = (np.asarray(k) for k in (file_key, other_key))
     if is_text(file_key.dtype) or is_text(other_key.dtype):
@@ -93,13 +98,17 @@ def key_order(file_key: np.ndarray, other_key: np.ndarray, where: str) -> np.nda
     for values, side in ((f_sorted, "the target"), (o_sorted, "the new data")):
         dup = values[1:][values[1:] == values[:-1]]
         if len(dup):
-            raise LoomFormatError(f"{where}: key values are not unique in {side}: {dup[:3]}")
+            raise LoomFormatError(
+                f"key values are not unique in {side}: {dup[:3]}", path=where[0], h5path=where[1]
+            )
     if len(f_sorted) != len(o_sorted) or not np.array_equal(f_sorted, o_sorted):
         missing = np.setdiff1d(f_sorted, o_sorted)[:3].tolist()
         extra = np.setdiff1d(o_sorted, f_sorted)[:3].tolist()
         raise LoomFormatError(
-            f"{where}: key values differ; missing in the new data: {missing}, not in the "
-            f"target: {extra}; expected the same set of values"
+            f"key values differ; missing in the new data: {missing}, not in the "
+            f"target: {extra}; expected the same set of values",
+            path=where[0],
+            h5path=where[1],
         )
     order = np.empty(len(fs), dtype=np.int64)
     order[fs] = os_
@@ -165,7 +174,7 @@ def _plan_append(
         if kpath not in fvars or kpath not in dvars:
             side = "the file" if kpath not in fvars else "the new data"
             raise LoomNameError(f"key {key!r} not found in {side}", path=path, h5path=kpath)
-        order = key_order(old[fvars[kpath]].values, ds[dvars[kpath]].values, describe(path, kpath))
+        order = key_order(old[fvars[kpath]].values, ds[dvars[kpath]].values, (path, kpath))
         if not np.array_equal(order, np.arange(n)):
             rows = order
     body = ds if rows is None else full_height(ds, dims, path)  # layers: reordered when packed
@@ -175,15 +184,19 @@ def _plan_append(
     for h5path in sorted(set(fvars) | set(dvars)):
         kind = conv.path_kind(h5path)
         fname, dname = fvars.get(h5path), dvars.get(h5path)
-        where = describe(path, h5path)
+        where = (path, h5path)
         if kind == _spec.ROW_ATTRS:
             if fname is None:
                 raise LoomFormatError(
-                    f"{where}: row attribute {dname!r} of the new data is not in the file; "
-                    "append adds columns only (drop it, or add it first with to_loom(mode='a'))"
+                    f"row attribute {dname!r} of the new data is not in the file; "
+                    "append adds columns only (drop it, or add it first with to_loom(mode='a'))",
+                    path=where[0],
+                    h5path=where[1],
                 )
             if dname is not None and not same_values(old[fname].values, ds[dname].values):
-                raise LoomFormatError(f"{where}: row attribute {dname!r} differs from the file")
+                raise LoomFormatError(
+                    f"row attribute {dname!r} differs from the file", path=where[0], h5path=where[1]
+                )
         elif kind == "layer":
             _plan_layer(plan, old, body, h5path, fname, dname, fill_values)
         else:
@@ -201,7 +214,7 @@ def _plan_layer(
     dname: str | None,
     fill_values: FillValues,
 ) -> None:
-    where = describe(plan.path, h5path)
+    where = (plan.path, h5path)
     if dname is None:
         dtype = old[fname].dtype
         why = f"layer {fname!r} of the file is missing in the new data"
@@ -217,8 +230,10 @@ def _plan_layer(
     dtype = old[fname].dtype
     if not np.can_cast(data.dtype, dtype, "safe"):
         raise LoomFormatError(
-            f"{where}: the new data has dtype {data.dtype}, the file {dtype}; cast it with "
-            f".astype({str(dtype)!r}) first"
+            f"the new data has dtype {data.dtype}, the file {dtype}; cast it with "
+            f".astype({str(dtype)!r}) first",
+            path=where[0],
+            h5path=where[1],
         )
     plan.layers.append((h5path, data, None, dtype))
 
@@ -232,15 +247,17 @@ def _plan_col_attr(
     dname: str | None,
     fill_values: FillValues,
 ) -> None:
-    where = describe(plan.path, h5path)
+    where = (plan.path, h5path)
     m, k = plan.shape[1], plan.m_new
     present = old[fname].values if fname is not None else None
     new = np.asarray(ds[dname].values) if dname is not None else None
     if present is not None and new is not None:
         if present.shape[1:] != new.shape[1:] or is_text(present.dtype) != is_text(new.dtype):
             raise LoomFormatError(
-                f"{where}: the file has dtype {present.dtype} and shape {present.shape}, the "
-                f"new data {new.dtype} and {new.shape}; expected the same kind and extra dims"
+                f"the file has dtype {present.dtype} and shape {present.shape}, the "
+                f"new data {new.dtype} and {new.shape}; expected the same kind and extra dims",
+                path=where[0],
+                h5path=where[1],
             )
     elif present is None:
         why = f"column attribute {dname!r} of the new data is not in the file"
@@ -258,11 +275,13 @@ def _plan_col_attr(
 
 def _plan_graphs(plan: _AppendPlan, old: xr.Dataset, ds: xr.Dataset) -> None:
     for name in graph_names(ds, _spec.ROW_GRAPHS):
-        where = describe(plan.path, f"/{_spec.ROW_GRAPHS}/{name}")
+        where = (plan.path, f"/{_spec.ROW_GRAPHS}/{name}")
         if name not in graph_names(old, _spec.ROW_GRAPHS) or not _same_edges(
             graph_edges(old, _spec.ROW_GRAPHS, name), graph_edges(ds, _spec.ROW_GRAPHS, name)
         ):
-            raise LoomFormatError(f"{where}: row graph {name!r} differs from the file's")
+            raise LoomFormatError(
+                f"row graph {name!r} differs from the file's", path=where[0], h5path=where[1]
+            )
     space, m = _spec.COL_GRAPHS, plan.shape[1]
     empty = (np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float64))
     for name in sorted(set(graph_names(old, space)) | set(graph_names(ds, space))):

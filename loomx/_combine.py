@@ -24,13 +24,13 @@ import xarray as xr
 from . import _conventions as conv
 from . import _spec
 from ._append import full_height, key_order, loom_objects
-from ._files import move_into_place, open_h5, same_file, temp_path
+from ._files import move_into_place, open_h5, same_file, temporary_file
 from ._plan import LayerPlan, plan_dataset
 from ._storage import create_layer, create_layer_like, raw_copy, storage_of_dataset
 from ._stream import queue_columns, run_queue
 from ._writer import write_new_file
 from .backend import open_loom
-from .errors import LoomFormatError, LoomNameError, LoomWriteError, LoomxError
+from .errors import LoomFormatError, LoomNameError
 from .graphs import graph_edges, graph_names
 
 __all__ = ["combine"]
@@ -77,22 +77,16 @@ def combine(
     if os.path.exists(out) and any(same_file(p, out) for p in paths):
         raise LoomFormatError("is also an input; write to a new file", path=out)
     opened: list[xr.Dataset] = []
-    tmp = temp_path(out, "combine")
     try:
-        opened.extend(open_loom(p, chunks=None, locking=locking) for p in paths)
-        combined, inputs = _combined(paths, opened, key, batch_size)
-        plan = plan_dataset(combined, out, "w", conv.DEFAULT_DIMS, None, locking=locking)
-        with open_h5(tmp, "w", locking) as f:
-            write_new_file(f, plan.without_layers())
-            _write_layers(f, plan.layers, inputs, combined.sizes, locking)
-        move_into_place(tmp, out)
-    except LoomxError:
-        raise
-    except OSError as exc:
-        raise LoomWriteError(f"combine failed: {exc}", path=out) from exc
+        with temporary_file(out, "combine", "combine") as tmp:
+            opened.extend(open_loom(p, chunks=None, locking=locking) for p in paths)
+            combined, inputs = _combined(paths, opened, key, batch_size)
+            plan = plan_dataset(combined, out, "w", conv.DEFAULT_DIMS, None, locking=locking)
+            with open_h5(tmp, "w", locking) as f:
+                write_new_file(f, plan.without_layers())
+                _write_layers(f, plan.layers, inputs, combined.sizes, locking)
+            move_into_place(tmp, out)
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
         for ds in opened:
             ds.close()
 
@@ -148,7 +142,7 @@ def _combined(
                 f"file {paths[0]!r}: {diff}"
             )
         if ds.sizes[dims[0]] != n:
-            raise LoomFormatError(f"{p!r}: has {ds.sizes[dims[0]]} rows, {paths[0]!r} has {n}")
+            raise LoomFormatError(f"has {ds.sizes[dims[0]]} rows, {paths[0]!r} has {n}", path=p)
         if key is not None and kpath not in found:
             raise LoomNameError(f"key {key!r} not found", path=p, h5path=kpath)
         for name in graph_names(ds, _spec.COL_GRAPHS):
@@ -159,7 +153,7 @@ def _combined(
         body = full_height(ds.drop_vars(gvars), dims, p, batch_size)
         order = None
         if key is not None and ds is not first:
-            order = key_order(first[vars0[kpath]].values, ds[found[kpath]].values, repr(p))
+            order = key_order(first[vars0[kpath]].values, ds[found[kpath]].values, (p, kpath))
             order = None if np.array_equal(order, np.arange(n)) else order
         renames = {found[h]: want[h] for h in cols if found[h] != want[h]}
         body = body.drop_vars(rows).rename(renames)

@@ -25,7 +25,7 @@ from typing import Any
 import h5py
 
 from ._spec import TEMPORARY_TAG
-from .errors import LoomFileError, LoomFileNotFoundError, LoomWriteError
+from .errors import LoomFileError, LoomFileNotFoundError, LoomWriteError, LoomxError
 
 __all__ = [
     "HDF5_SIGNATURE",
@@ -39,6 +39,7 @@ __all__ = [
     "release_handles",
     "same_file",
     "temp_path",
+    "temporary_file",
 ]
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -270,6 +271,25 @@ def temp_path(path: str, kind: str) -> str:
             with contextlib.suppress(OSError):
                 os.remove(os.path.join(folder, stale))
     return os.path.join(folder, f"{prefix}{os.getpid()}-{kind}-{uuid.uuid4().hex[:8]}")
+
+
+@contextlib.contextmanager
+def temporary_file(path: str, kind: str, what: str) -> Iterator[str]:
+    """A new temporary file name next to ``path``, removed at the end whatever happens.
+
+    An ``OSError`` in the body becomes a :class:`~loomx.errors.LoomWriteError` saying that
+    ``what`` failed; loomx's own errors pass as they are.
+    """
+    tmp = temp_path(path, kind)
+    try:
+        yield tmp
+    except LoomxError:
+        raise
+    except OSError as exc:
+        raise LoomWriteError(f"{what} failed: {exc}", path=path) from exc
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
 
 
 def move_into_place(tmp: str, path: str) -> None:

@@ -30,11 +30,10 @@ import xarray as xr
 
 from . import _compress, _spec, _stream
 from . import _conventions as conv
-from ._files import move_into_place, open_h5, temp_path
+from ._files import move_into_place, open_h5, temporary_file
 from ._journal import recover_pending, transaction
 from ._plan import WritePlan, plan_dataset
 from ._storage import Storage, create_attr, create_graph, create_layer
-from .errors import LoomWriteError, LoomxError
 
 __all__ = ["execute", "to_loom", "write_content"]
 
@@ -128,8 +127,8 @@ def execute(plan: WritePlan) -> None:
 
 def _execute_with(plan: WritePlan, client: Any) -> None:
     path = plan.path
-    tmp = temp_path(path, "new" if plan.mode == "w" else "spool")
-    try:
+    kind = "new" if plan.mode == "w" else "spool"
+    with temporary_file(path, kind, "writing") as tmp:
         with open_h5(tmp, "w", plan.locking) as f:
             if plan.mode == "w":
                 write_new_file(f, plan, client)
@@ -143,13 +142,6 @@ def _execute_with(plan: WritePlan, client: Any) -> None:
             move_into_place(tmp, path)
         elif objects or plan.root_attrs:
             _commit(plan, tmp, objects, client)
-    except LoomxError:
-        raise
-    except OSError as exc:
-        raise LoomWriteError(f"writing failed: {exc}", path=path) from exc
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(tmp)
 
 
 def to_loom(
