@@ -151,7 +151,7 @@ def stream(
         client = client or get.__self__
         window = 2 * max(1, sum(client.nthreads().values()))
         running: dict[str, tuple[int, tuple[slice, ...]]] = {}
-        queue = as_completed()
+        queue = as_completed(loop=client.loop)  # the client given, not the default one
 
         def submit() -> None:
             for i, idx, region in itertools.islice(jobs, 1):

@@ -48,3 +48,22 @@ def test_local_cluster_with_worker_processes(example_loom, expected):
     np.testing.assert_allclose(sums, expected[0], rtol=1e-6)
     np.testing.assert_allclose(means, expected[1], rtol=1e-6)
     assert graph.shape == (700, 700)
+
+
+def test_write_through_a_client_that_is_not_the_default(example_loom, tmp_path):
+    """dask.config.set(scheduler=client) with a Client(set_as_default=False): the writer
+    streams blocks through that client (it asked distributed for the default one before)."""
+    distributed = pytest.importorskip("distributed")
+    ds = loomx.open_loom(example_loom, chunks={"row": 128, "col": 256})
+    ds = ds.assign(doubled=ds["matrix"] * 2)
+    out = tmp_path / "out.loom"
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster, set_as_default=False) as client,
+        dask.config.set(scheduler=client),
+    ):
+        loomx.to_loom(ds, out)
+    with h5py.File(example_loom, "r") as f, h5py.File(out, "r") as g:
+        np.testing.assert_array_equal(g["layers/doubled"][()], f["matrix"][()] * 2)
