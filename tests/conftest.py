@@ -94,3 +94,11 @@ def loompy_file(tmp_path_factory) -> dict:
         "knn": knn,
         "rgraph": rgraph,
     }
+
+
+def anndata_read_loom(*args, **kwargs):
+    """``anndata.io.read_loom`` (anndata >= 0.11), ``anndata.read_loom`` before."""
+    import anndata
+
+    reader = getattr(getattr(anndata, "io", None), "read_loom", None) or anndata.read_loom
+    return reader(*args, **kwargs)

@@ -37,6 +37,7 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import anndata_read_loom
 
 import loomx
 from loomx.testing import assert_loom_identical, write_loom_h5py
@@ -396,7 +397,7 @@ def read_loompy(written: Written) -> None:
 def read_anndata(written: Written) -> None:
     """anndata represents layers, 1-D attributes (obs/var) and 2-D ones (obsm/varm); it
     reads neither graphs nor global attributes, and its strings come through loompy."""
-    anndata = pytest.importorskip("anndata")
+    pytest.importorskip("anndata")
     c = written.expected
     legacy = written.version != "3.0.0"
 
@@ -405,7 +406,7 @@ def read_anndata(written: Written) -> None:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        adata = anndata.io.read_loom(
+        adata = anndata_read_loom(
             written.path, X_name="", sparse=False, obs_names="CellID", var_names="Gene"
         )
     assert adata.shape == (M, N)
