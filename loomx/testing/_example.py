@@ -86,9 +86,7 @@ def write_loom_h5py(
         globals_ = {_spec.VERSION_KEY: version, **dict(global_attrs or {})}
         for name, value in globals_.items():
             if legacy:
-                f.attrs[name] = (
-                    value.encode("ascii", "xmlcharrefreplace") if isinstance(value, str) else value
-                )
+                f.attrs[name] = conv.escape_legacy(value) if isinstance(value, str) else value
             elif isinstance(value, str):
                 f.create_dataset(
                     f"{_spec.GLOBAL_ATTRS}/{name}", data=value, dtype=conv.STRING_DTYPE
