@@ -29,6 +29,7 @@ import xarray as xr
 
 from . import _conventions as conv
 from . import _spec
+from ._files import locking_in_use
 from ._journal import Transaction, recover_pending, transaction
 from ._plan import encode_attr, layer_data, resolve_dims
 from ._storage import (
@@ -41,7 +42,7 @@ from ._storage import (
     create_layer_like,
     storage_of_dataset,
 )
-from ._stream import queue_columns, run_queue
+from ._stream import current_client, queue_columns, run_queue
 from ._writer import to_loom
 from .backend import open_loom
 from .errors import LoomFormatError, LoomNameError
@@ -120,15 +121,17 @@ def full_height(
 ) -> xr.Dataset:
     """Layers as dask arrays in full-height column bands (row permutations stay in-block)."""
     out = {}
+    paths = conv.variable_paths(ds, dims, path=path)
     for name, var in ds.data_vars.items():
-        if var.dims != dims:
+        if sorted(var.dims) != sorted(dims):
             continue
+        var = var.transpose(*dims)
         step = (var.encoding.get("chunksizes") or (64, 64))[1]
         cols = width or band_width(var.shape[0], var.dtype.itemsize, step)
         lazy = var.variable
         if lazy.chunks is None and not lazy._in_memory:  # read in bands: no rechunk
             lazy = lazy.chunk({dims[0]: -1, dims[1]: cols})
-        data = layer_data(path, f"/{name}", lazy)
+        data = layer_data(path, paths.get(str(name), f"/{_spec.LAYERS}/{name}"), lazy)
         out[name] = (dims, da.asarray(data).rechunk((-1, cols), method="tasks"))
     return ds.assign(out) if out else ds
 
@@ -159,6 +162,7 @@ def _plan_append(
 ) -> _AppendPlan:
     fdims = tuple(old.encoding["loom_dims"])
     dims = resolve_dims(ds, dims, path)
+    ds = ds.transpose(*dims, ...)  # (col, row) layers, as xr.where may give them
     if f"/{_spec.MATRIX}" not in loom_objects(old, fdims, path):
         raise LoomFormatError("missing; use to_loom to create", path=path, h5path="/matrix")
     n, m = old[_spec.MATRIX].shape
@@ -349,7 +353,8 @@ def _write_append(plan: _AppendPlan, txn: Transaction) -> None:
 
 
 def _execute_append(plan: _AppendPlan) -> None:
-    with transaction(plan.path, what="append", locking=plan.locking) as txn:
+    client = current_client()
+    with transaction(plan.path, what="append", locking=plan.locking, client=client) as txn:
         _write_append(plan, txn)
 
 
@@ -382,8 +387,9 @@ def append(
     dims
         The (row, col) dims of ``ds``; default as in :func:`loomx.to_loom`.
     locking
-        HDF5 file locking for every file this opens; default the setting ``ds`` was opened
-        with (``ds.encoding["loom_locking"]``).  ``False`` on filesystems without locking.
+        HDF5 file locking for every file this opens; default the setting of the Datasets
+        open on ``path`` in this process, else the one ``ds`` was opened with
+        (``ds.encoding["loom_locking"]``).  ``False`` on filesystems without locking.
 
     Raises
     ------
@@ -408,6 +414,8 @@ def append(
     >>> loomx.append("atlas.loom", more, key="Accession")           # doctest: +SKIP
     """
     path = os.fspath(path)
+    if locking is None:
+        locking = locking_in_use(path) if os.path.exists(path) else None
     if locking is None:
         locking = ds.encoding.get("loom_locking")
     if not os.path.exists(path):

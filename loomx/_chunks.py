@@ -47,6 +47,7 @@ from typing import Any
 
 import numpy as np
 
+from ._files import open_h5
 from .errors import LoomFileError
 
 __all__ = ["DEFAULT_INFLATER", "INFLATERS", "ChunkIndex", "local_reader", "read_region"]
@@ -444,7 +445,7 @@ def _pread_exact(fd: int, offset: int, nbytes: int, label: str) -> bytes:
     while done < nbytes:
         parts.append(os.pread(fd, nbytes - done, offset + done))
         if not parts[-1]:
-            raise LoomFileError(f"{label!r}: short read at byte {offset + done}")
+            raise LoomFileError(f"short read at byte {offset + done}", path=label)
         done += len(parts[-1])
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -524,7 +525,10 @@ def local_reader(path: str | os.PathLike[str]) -> ReadAt:
 
 
 def read_region(
-    path: str | os.PathLike[str], h5path: str, key: tuple[slice, ...] | slice = ()
+    path: str | os.PathLike[str],
+    h5path: str,
+    key: tuple[slice, ...] | slice = (),
+    locking: bool | None = None,
 ) -> np.ndarray:
     """Return ``h5py.File(path)[h5path][key]`` through the fast path when possible.
 
@@ -536,6 +540,8 @@ def read_region(
         The dataset inside it.
     key : tuple of slice
         Step-1 slices, as for :meth:`ChunkIndex.read`.
+    locking : bool, optional
+        HDF5 file locking for opening the file (``False`` on filesystems without it).
 
     Returns
     -------
@@ -544,12 +550,10 @@ def read_region(
         modification time, size and ``h5path``; datasets :meth:`ChunkIndex.from_dataset`
         refuses are read with h5py.
     """
-    import h5py
-
     fkey = _file_key(path)
 
-    def opener() -> h5py.File:
-        return h5py.File(fkey[1], "r")
+    def opener() -> Any:
+        return open_h5(fkey[1], "r", locking)
 
     def build() -> ChunkIndex | None:
         with opener() as f:

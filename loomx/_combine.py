@@ -138,8 +138,8 @@ def _combined(
         if set(cols) != set(want):
             diff = sorted(set(cols) ^ set(want))
             raise LoomFormatError(
-                f"{p!r}: layers or column attributes differ from the first "
-                f"file {paths[0]!r}: {diff}"
+                f"layers or column attributes differ from the first file {paths[0]!r}: {diff}",
+                path=p,
             )
         if ds.sizes[dims[0]] != n:
             raise LoomFormatError(f"has {ds.sizes[dims[0]]} rows, {paths[0]!r} has {n}", path=p)

@@ -32,6 +32,7 @@ __all__ = [
     "CachedFile",
     "fsync",
     "locking_enforced",
+    "locking_in_use",
     "move_into_place",
     "open_for_writing",
     "open_h5",
@@ -112,28 +113,38 @@ def open_h5(path: str, mode: str = "r", locking: bool | None = None) -> h5py.Fil
 class _Entry:
     file: h5py.File
     path: str
+    locking: bool | None = None
     pins: int = 0
     closing: bool = False
 
 
 _REGISTRY: dict[str, _Entry] = {}
 _REGISTRY_LOCK = threading.RLock()
-_REGISTRY_PID = [os.getpid()]
 
 
 def _registry() -> dict[str, _Entry]:
-    """This process's registry (a forked child starts with an empty one)."""
-    if _REGISTRY_PID[0] != os.getpid():
-        _REGISTRY.clear()
-        _REGISTRY_PID[0] = os.getpid()
+    """This process's registry of open read handles."""
     return _REGISTRY
+
+
+def _after_fork_in_child() -> None:
+    """A forked child starts with a registry of its own (the parent's handles and a lock
+    another thread may have held belong to the parent)."""
+    global _REGISTRY_LOCK
+    _REGISTRY_LOCK = threading.RLock()
+    _REGISTRY.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class CachedFile:
     """A picklable recipe for one read handle, opened lazily once per process.
 
     The handle lives in loomx's registry of open handles, so that a writer can release it
-    (:func:`release_handles`); the next use reopens it.  Pickles as the recipe.
+    (:func:`release_handles`); the next use reopens it.  Pickles as the recipe with its
+    key, so the copies a process receives (dask tasks, workers) share one handle there.
 
     Parameters
     ----------
@@ -141,17 +152,19 @@ class CachedFile:
         As for :func:`open_h5` (``"r"`` or ``"r+"``).
     """
 
-    def __init__(self, path: str, mode: str = "r", locking: bool | None = None) -> None:
-        self.path = path
+    def __init__(
+        self, path: str, mode: str = "r", locking: bool | None = None, key: str | None = None
+    ) -> None:
+        self.path = os.path.abspath(path)  # workers may run in another folder
         self.mode = mode
         self.locking = locking
-        self.key = uuid.uuid4().hex
+        self.key = key or uuid.uuid4().hex
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"path": self.path, "mode": self.mode, "locking": self.locking}
+        return {"path": self.path, "mode": self.mode, "locking": self.locking, "key": self.key}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__(state["path"], state["mode"], state["locking"])  # type: ignore[misc]
+        self.__init__(**state)  # type: ignore[misc]
 
     @contextlib.contextmanager
     def acquire(self) -> Iterator[h5py.File]:
@@ -160,7 +173,8 @@ class CachedFile:
             registry = _registry()
             entry = registry.get(self.key)
             if entry is None or entry.closing or not entry.file.id.valid:
-                entry = _Entry(open_h5(self.path, self.mode, self.locking), self.path)
+                handle = open_h5(self.path, self.mode, self.locking)
+                entry = _Entry(handle, self.path, self.locking)
                 registry[self.key] = entry
             entry.pins += 1
         try:
@@ -210,13 +224,24 @@ def release_handles(path: str) -> int:
 
 def open_for_writing(path: str, locking: bool | None = None, client: Any = None) -> h5py.File:
     """Open the existing file ``path`` ``r+`` after releasing this process's (and
-    ``client``'s workers') cached read handles on it."""
+    ``client``'s workers') cached read handles on it; no read here reopens it meanwhile."""
     if not os.path.isfile(path):
         raise LoomFileNotFoundError("no such file; expected an existing Loom file", path=path)
-    release_handles(path)
     if client is not None:
         client.run(release_handles, path)
-    return open_h5(path, "r+", locking)
+    with _REGISTRY_LOCK:
+        release_handles(path)
+        return open_h5(path, "r+", locking)
+
+
+def locking_in_use(path: str) -> bool | None:
+    """The locking setting of the handles loomx holds open on ``path`` here, if any (a
+    writer must open the file with the same one)."""
+    with _REGISTRY_LOCK:
+        for entry in _registry().values():
+            if same_file(entry.path, path):
+                return entry.locking
+    return None
 
 
 # --------------------------------------------------------------------------- files

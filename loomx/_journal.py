@@ -33,6 +33,7 @@ import numpy as np
 from . import _spec
 from ._files import fsync, locking_enforced, open_for_writing, open_h5, owner_alive
 from ._spec import TEMPORARY_TAG
+from ._stream import current_client
 from .errors import LoomFormatError, LoomWriteError, LoomxError
 
 __all__ = [
@@ -314,7 +315,7 @@ def recover(path: str | os.PathLike[str], *, locking: bool | None = None) -> int
     0
     """
     path = os.fspath(path)
-    f = open_for_writing(path, locking)
+    f = open_for_writing(path, locking, current_client())  # workers' read handles too
     try:
         finished = recover_open(f, set(_all_groups(f)), locking)
         f.flush()

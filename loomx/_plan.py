@@ -23,7 +23,13 @@ import xarray as xr
 from . import _conventions as conv
 from . import _spec
 from ._files import same_file
-from ._storage import LOOMPY_STORAGE, Storage, check_encoding_names, storage_of
+from ._storage import (
+    LOOMPY_STORAGE,
+    Storage,
+    check_encoding_names,
+    storage_of,
+    storage_of_dataset,
+)
 from .errors import LoomFormatError
 from .graphs import check_edges, induced_edges
 
@@ -67,6 +73,7 @@ class WritePlan:
     array_storage: dict[str, Storage] = dataclasses.field(default_factory=dict)
     graphs: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
     root_attrs: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)  # legacy globals
+    restored: set[str] = dataclasses.field(default_factory=set)  # written whatever their values
 
     def without_layers(self) -> WritePlan:
         """A copy of this plan with no layers (the writer of layers is someone else)."""
@@ -190,7 +197,7 @@ def _plan_graph(
     if bound is None and (identity or not any("source" in v.encoding for v in parts.values())):
         bound = n if identity else int(ids.max(initial=-1)) + 1
     limit = int(bound) if bound is not None else np.iinfo(np.int64).max
-    check_edges(a, b, limit, f"{path!r}, {h5path}")
+    check_edges(a, b, limit, path, h5path)
     if identity and (not len(a) or max(a.max(), b.max()) < n):
         return h5path, {"a": a, "b": b, "w": w}  # as they are: order, duplicates, dtypes
     a2, b2, w2 = induced_edges(a, b, w, ids)
@@ -243,7 +250,8 @@ def plan_dataset(
                 raise LoomFormatError(
                     f"found dims {var.dims}; expected {dims}", path=path, h5path=h5path
                 )
-            data = layer_data(path, h5path, var.transpose(*dims))  # as xr.where may order them
+            var = var.transpose(*dims)  # (col, row), as xr.where may order them, is a layer too
+            data = layer_data(path, h5path, var)
             storage, dtype = storage_of(
                 var.encoding, explicit.get(name), default_storage, data.dtype,
                 path=path, h5path=h5path, ndim=2,
@@ -252,9 +260,12 @@ def plan_dataset(
                 raise LoomFormatError(
                     f"encoding dtype {dtype} is not a layer dtype", path=path, h5path=h5path
                 )
+            restored = _storage_changed(target, h5path, storage, explicit.get(name))
+            if restored:
+                plan.restored.add(h5path)
             if dtype != data.dtype:
                 data = data.astype(dtype)
-            elif target is not None and is_unchanged(var, path, h5path):
+            elif target is not None and not restored and is_unchanged(var, path, h5path):
                 continue
             plan.layers.append(LayerPlan(h5path, name, data, storage))
             continue
@@ -272,6 +283,8 @@ def plan_dataset(
         )  # fmt: skip
         if values.dtype.kind in "biuf" and dtype != values.dtype:
             values = values.astype(dtype)
+        if _storage_changed(target, h5path, storage, explicit.get(name)):
+            plan.restored.add(h5path)
         plan.arrays[h5path] = values
         plan.array_storage[h5path] = storage
 
@@ -316,14 +329,31 @@ def plan_dataset(
 # --------------------------------------------------------------------------- write-back
 
 
+def _storage_changed(
+    target: h5py.File | None, h5path: str, storage: Storage, explicit: Mapping[str, Any] | None
+) -> bool:
+    """Whether ``encoding=`` asks for storage the object on disk does not have (then it is
+    rewritten even when its values are the same)."""
+    if target is None or not explicit:
+        return False
+    disk = target.get(h5path)
+    if not isinstance(disk, h5py.Dataset):
+        return False
+    have = storage_of_dataset(disk)
+    want = storage.fitted(disk.shape)
+    if want.chunks is None:  # h5py's choice: any chunks will do
+        have = dataclasses.replace(have, chunks=None)
+    return have != want
+
+
 def _drop_unchanged(plan: WritePlan, f: h5py.File) -> None:
     """Drop what equals the disk; layers that may equal it are compared while written."""
     legacy = plan.legacy
     for layer in plan.layers:
         obj = f.get(layer.h5path)
         if isinstance(obj, h5py.Dataset) and obj.shape == plan.shape:
-            layer.compare = obj.dtype == layer.data.dtype
-    for h5path in list(plan.arrays):
+            layer.compare = obj.dtype == layer.data.dtype and layer.h5path not in plan.restored
+    for h5path in [p for p in plan.arrays if p not in plan.restored]:
         obj = f.get(h5path)
         if isinstance(obj, h5py.Dataset) and h5path.startswith(f"/{_spec.GLOBAL_ATTRS}/"):
             if _same_value(obj[()], plan.arrays[h5path], legacy):
@@ -338,13 +368,22 @@ def _drop_unchanged(plan: WritePlan, f: h5py.File) -> None:
     for h5path, edges in list(plan.graphs.items()):
         grp = f.get(h5path)
         if isinstance(grp, h5py.Group) and all(
-            isinstance(grp.get(p), h5py.Dataset) and np.array_equal(grp[p][()], edges[p])
+            isinstance(grp.get(p), h5py.Dataset) and _same_edges(grp[p][()], edges[p], p)
             for p in conv.GRAPH_PARTS
         ):
             del plan.graphs[h5path]
     for name in list(plan.root_attrs):
         if name in f.attrs and _same_value(f.attrs[name], plan.root_attrs[name], legacy):
             del plan.root_attrs[name]
+
+
+def _same_edges(disk: np.ndarray, new: np.ndarray, part: str) -> bool:
+    """Vertices compare by value (whole-valued float vertices of files from the wild equal
+    their integers); weights bit for bit, as layers (0.0 and -0.0 differ)."""
+    if part != "w":
+        return bool(np.array_equal(disk, new))
+    disk, new = np.asarray(disk), np.asarray(new)
+    return disk.dtype == new.dtype and disk.shape == new.shape and _equal(disk, new, False)
 
 
 def _disk_values(obj: h5py.Dataset, legacy: bool) -> np.ndarray:

@@ -75,6 +75,13 @@ class Storage:
             return None
         return deflate_level(self.compression, self.compression_opts)
 
+    def fitted(self, shape: tuple[int, ...]) -> Storage:
+        """This storage with its chunks clipped to ``shape`` (as datasets are created)."""
+        if self.chunks is None or len(self.chunks) != len(shape):
+            return self
+        chunks = tuple(max(1, min(int(c), int(s))) for c, s in zip(self.chunks, shape, strict=True))
+        return dataclasses.replace(self, chunks=chunks)
+
     def h5py_kwargs(self, shape: tuple[int, ...]) -> dict[str, Any]:
         """Keyword arguments for :meth:`h5py.Group.create_dataset` of ``shape``."""
         if not shape or 0 in shape:
@@ -157,8 +164,9 @@ def storage_of(
 
     ``explicit`` (from ``encoding=``) overrides ``var_encoding`` (the variable's own,
     as read), which overrides ``default``.  A dtype from the variable's own encoding is
-    kept when the data casts to it within its kind (float64 results of a float32 layer go
-    back as float32); an explicit dtype is applied as asked.
+    kept when every value survives the cast (a safe cast), or between floats (float64
+    results of a float32 layer go back as float32); an integer that would wrap keeps its
+    own dtype.  An explicit dtype is applied as asked.
     """
     merged = {k: var_encoding[k] for k in VALID_ENCODINGS if k in var_encoding}
     if "chunks" in merged:
@@ -187,7 +195,8 @@ def storage_of(
     wanted = merged.get("dtype")
     if wanted is not None:
         wanted = np.dtype(wanted)
-        if "dtype" in given or np.can_cast(dtype, wanted, "same_kind"):
+        floats = dtype.kind == wanted.kind == "f"
+        if "dtype" in given or floats or np.can_cast(dtype, wanted, "safe"):
             dtype = wanted
     return storage, dtype
 

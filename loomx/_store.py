@@ -216,7 +216,7 @@ class _LayoutReader:
     """Reads and checks the layout of one open file (used only by LoomStore).
 
     Objects a writer has not finished (temporary names) are skipped; a commit a writer
-    recorded but did not finish (see ``_transaction``) is applied as the file is read,
+    recorded but did not finish (see ``_journal``) is applied as the file is read,
     without changing it.
     """
 

@@ -31,6 +31,7 @@ from ._storage import storage_of_dataset
 __all__ = [
     "Sink",
     "aligned",
+    "current_client",
     "queue_columns",
     "run_queue",
     "scheduler",
@@ -125,6 +126,13 @@ def scheduler(arrays: list[da.Array] | None = None) -> Callable[..., Any] | None
         if setting in dask.base.named_schedulers:
             return dask.base.named_schedulers[setting]
     return dask.base.get_scheduler(collections=arrays)
+
+
+def current_client() -> Any:
+    """The ``dask.distributed`` client computations go to now, or None (its workers may
+    hold read handles that a writer must release)."""
+    get = scheduler()
+    return get.__self__ if get is not None and scheduler_kind(get) == "distributed" else None
 
 
 def scheduler_kind(get: Callable[..., Any]) -> str:

@@ -30,7 +30,7 @@ import xarray as xr
 
 from . import _compress, _spec, _stream
 from . import _conventions as conv
-from ._files import move_into_place, open_h5, temporary_file
+from ._files import locking_in_use, move_into_place, open_h5, temporary_file
 from ._journal import recover_pending, transaction
 from ._plan import WritePlan, plan_dataset
 from ._storage import Storage, create_attr, create_graph, create_layer
@@ -192,8 +192,9 @@ def to_loom(
         (loompy's (64, 64) chunks, gzip level 2 by default); layers are growable along
         columns like loompy's.  Attributes use the same compression, with h5py's chunks.
     locking
-        HDF5 file locking for every file this opens; default the setting ``ds`` was opened
-        with (``ds.encoding["loom_locking"]``).  ``False`` on filesystems without locking.
+        HDF5 file locking for every file this opens; default the setting of the Datasets
+        open on ``path`` in this process, else the one ``ds`` was opened with
+        (``ds.encoding["loom_locking"]``).  ``False`` on filesystems without locking.
 
     Returns
     -------
@@ -209,7 +210,10 @@ def to_loom(
     Notes
     -----
     NaN and Inf are stored as they are: the spec allows them, though loompy's own writer
-    refuses them.  Bool attributes are stored as uint8, bool layers are refused.  After a
+    refuses them.  Bool attributes are stored as uint8, bool layers are refused.  A layer
+    that still is the dask array :func:`loomx.open_loom` made of the same dataset
+    (``encoding["loom_dask_name"]``) is taken as unchanged without reading it (it reads what
+    is on disk); every other variable is compared with the disk, bit for bit.  After a
     write-back that replaced a variable, a Dataset still reading it lazily sees the new data;
     reopen the file to start from a consistent state.
 
@@ -225,6 +229,8 @@ def to_loom(
     path = os.fspath(path)
     if mode not in ("w", "a"):
         raise ValueError(f"mode must be 'w' or 'a'; got {mode!r}")
+    if locking is None:
+        locking = locking_in_use(path) if os.path.exists(path) else None
     if locking is None:
         locking = ds.encoding.get("loom_locking")
     default = _default_storage(chunks, compression, compression_opts)
@@ -243,6 +249,7 @@ def to_loom(
     for layer in plan.layers:  # written as they are now, whatever happens to them meanwhile
         if isinstance(layer.data, np.ndarray):
             layer.data = layer.data.copy()
+    plan.arrays = {h5path: values.copy() for h5path, values in plan.arrays.items()}
     return dask.delayed(execute, pure=False)(plan, dask_key_name=f"to_loom-{uuid.uuid4().hex}")
 
 

@@ -109,9 +109,10 @@ class LoomBackendArray(BackendArray):
             h5path, label = self.store.resolve(self.info.h5path), self.store.path
             return _chunks.read_through_handle(self.store.open, h5path, tuple(slices), label)
         except LoomxError as err:
-            if self.store.path in str(err) and self.info.h5path in str(err):
+            if err.h5path is not None:
                 raise
-            raise type(err)(str(err), path=self.store.path, h5path=self.info.h5path) from err
+            path = self.store.path if err.path is None else err.path
+            raise type(err)(err.message, path=path, h5path=self.info.h5path) from err
         except OSError as err:
             raise LoomFileError(
                 f"cannot read {slices}: {err}", path=self.store.path, h5path=self.info.h5path

@@ -53,6 +53,7 @@ class LoomxError(Exception):
 
     path: str | None
     h5path: str | None
+    message: str
 
     def __init__(
         self,
@@ -63,6 +64,7 @@ class LoomxError(Exception):
     ) -> None:
         self.path = None if path is None else os.fspath(path)
         self.h5path = h5path
+        self.message = message  # without the file and HDF5 path
         if self.path is not None:
             where = describe(self.path, h5path) if h5path else repr(self.path)
             message = f"{where}: {message}" if message else where

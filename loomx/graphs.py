@@ -21,7 +21,7 @@ import xarray as xr
 
 from . import _conventions as conv
 from . import _spec
-from .errors import LoomFormatError, LoomNameError, describe
+from .errors import LoomFormatError, LoomNameError
 
 
 def induced_edges(
@@ -65,14 +65,17 @@ def induced_edges(
     return order[lo_a[edge] + ia], order[lo_b[edge] + ib], w[edge]
 
 
-def check_edges(a: np.ndarray, b: np.ndarray, n: int, where: str) -> None:
+def check_edges(
+    a: np.ndarray, b: np.ndarray, n: int, path: str | None = None, h5path: str = "/"
+) -> None:
     """Raise :class:`LoomFormatError` unless every vertex is in ``0 <= v < n``."""
     for part, values in (("a", a), ("b", b)):
         if len(values) and (values.min() < 0 or values.max() >= n):
             bad = values[(values < 0) | (values >= n)][:5]
             raise LoomFormatError(
-                f"{where}/{part}: vertex indices {bad.tolist()} out of range; expected "
-                f"0 <= vertex < {n}"
+                f"vertex indices {bad.tolist()} out of range; expected 0 <= vertex < {n}",
+                path=path,
+                h5path=f"{h5path.rstrip('/')}/{part}",
             )
 
 
@@ -86,19 +89,21 @@ def graph_edges(ds: xr.Dataset, space: str, name: str) -> tuple[np.ndarray, ...]
         raise LoomNameError(f"no graph {name!r} in {space}; found {list(graph_names(ds, space))}")
     vertex_var = ds.variables[names["vertex"]]
     source = vertex_var.encoding.get("source", "<memory>")
-    where = describe(source, vertex_var.encoding.get("loom_path", f"/{space}/{name}"))
+    h5path = str(vertex_var.encoding.get("loom_path", f"/{space}/{name}"))
     n_original = vertex_var.encoding.get("loom_n_vertices")
     ids = np.asarray(vertex_var.values, dtype=np.int64)
     a, b, w = (np.asarray(ds.variables[names[p]].values) for p in conv.GRAPH_PARTS)
     if ids.ndim != 1 or any(v.ndim != 1 for v in (a, b, w)):
         raise LoomFormatError(
-            f"{where}: graph side-variables are not 1-D edge lists (found shapes "
+            f"graph side-variables are not 1-D edge lists (found shapes "
             f"{ids.shape}, {a.shape}, {b.shape}, {w.shape}); xarray operations such as "
-            "concat do not combine graphs: use loomx.combine or ds.loom.assign_graph"
+            "concat do not combine graphs: use loomx.combine or ds.loom.assign_graph",
+            path=source,
+            h5path=h5path,
         )
     if n_original is None:
         n_original = int(ids.max(initial=-1)) + 1
-    check_edges(a, b, int(n_original), where)
+    check_edges(a, b, int(n_original), source, h5path)
     return induced_edges(a, b, w, ids)
 
 

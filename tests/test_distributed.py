@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dask
 import h5py
 import numpy as np
@@ -67,3 +69,27 @@ def test_write_through_a_client_that_is_not_the_default(example_loom, tmp_path):
         loomx.to_loom(ds, out)
     with h5py.File(example_loom, "r") as f, h5py.File(out, "r") as g:
         np.testing.assert_array_equal(g["layers/doubled"][()], f["matrix"][()] * 2)
+
+
+def test_append_and_recover_after_workers_read_the_target(example_loom, tmp_path):
+    """Worker processes keep read handles on the file they read: append and recover
+    release them through the current client before opening it for writing."""
+    distributed = pytest.importorskip("distributed")
+    target = tmp_path / "target.loom"
+    target.write_bytes(Path(example_loom).read_bytes())
+    with h5py.File(target, "r") as f:
+        before = f["matrix"][()]
+    with (
+        distributed.LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=":0"
+        ) as cluster,
+        distributed.Client(cluster),
+    ):
+        ds = loomx.open_loom(target, chunks={"row": 128, "col": 256})
+        ds["matrix"].sum().compute()  # the worker now holds the file open
+        loomx.append(target, loomx.open_loom(example_loom))
+        assert loomx.recover(target) == 0
+        ds.close()
+    with h5py.File(target, "r") as f:
+        np.testing.assert_array_equal(f["matrix"][:, : before.shape[1]], before)
+        assert f["matrix"].shape == (before.shape[0], 2 * before.shape[1])

@@ -166,3 +166,40 @@ def test_not_hdf5_and_directory(tmp_path):
         loomx.open_loom(folder)
     assert not isinstance(info.value, FileNotFoundError)
     shutil.rmtree(folder)
+
+
+def test_append_defaults_to_the_locking_of_datasets_open_on_the_target(loom, tmp_path):
+    other = tmp_path / "other.loom"
+    other.write_bytes(loom.read_bytes())
+    ds = loomx.open_loom(loom, locking=False)
+    ds["matrix"].sum().compute()  # open without locking
+    more = loomx.open_loom(other)  # default locking
+    loomx.append(loom, more)
+    with h5py.File(loom, "r", locking=False) as f:
+        assert f["matrix"].shape == (N, 2 * M)
+    ds.close()
+    more.close()
+
+
+def test_read_region_carries_the_locking_setting(loom):
+    from loomx._chunks import read_region
+
+    ds = loomx.open_loom(loom, locking=False)
+    ds["matrix"].sum().compute()
+    region = read_region(loom, "/matrix", (slice(0, 5), slice(0, 9)), locking=False)
+    with h5py.File(loom, "r", locking=False) as f:
+        np.testing.assert_array_equal(region, f["matrix"][:5, :9])
+    ds.close()
+
+
+def test_out_of_range_graph_error_names_file_and_path(tmp_path):
+    path = tmp_path / "g.loom"
+    write_loom_h5py(
+        path,
+        {"": np.zeros((N, M), np.float32)},
+        col_graphs={"KNN": (np.array([0, M + 5]), np.array([1, 2]), np.ones(2))},
+    )
+    ds = loomx.open_loom(path)
+    with pytest.raises(LoomFormatError, match="out of range") as info:
+        ds.loom.col_graphs["KNN"]
+    assert info.value.path == str(path) and info.value.h5path == "/col_graphs/KNN/a"

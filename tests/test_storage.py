@@ -169,3 +169,44 @@ def _expected(h5path: str) -> tuple:
         "/layers/shuffled": ((45, 35), "gzip", 3, True, False),
         "/layers/fast": ((45, 35), "lzf", None, False, True),
     }[h5path]
+
+
+def test_a_variables_own_integer_dtype_never_wraps_values(tmp_path):
+    """A variable whose own encoding says int16 but whose values need int32 (combine of an
+    int16 and an int32 file; a layer replaced with copy(data=...)): nothing wraps."""
+    small = tmp_path / "small.loom"
+    large = tmp_path / "large.loom"
+    write_loom_h5py(small, {"": np.ones((N, M), np.int16)}, chunks=(30, 20))
+    big = np.full((N, M), 70000, np.int32)
+    write_loom_h5py(large, {"": big}, chunks=(30, 20))
+    out = tmp_path / "out.loom"
+    loomx.combine([small, large], out)
+    np.testing.assert_array_equal(values(out, "/matrix")[:, M:], big)
+    ds = loomx.open_loom(small)  # int16 on disk; copy(data=...) keeps that encoding
+    wide = ds["matrix"].copy(data=ds["matrix"].data.astype(np.int32) * 40000)
+    assert wide.encoding["dtype"] == np.int16
+    loomx.to_loom(ds.assign(matrix=wide), out)
+    np.testing.assert_array_equal(values(out, "/matrix"), np.full((N, M), 40000, np.int32))
+
+
+def test_write_back_with_new_storage_rewrites_an_unchanged_layer(source):
+    path, matrix = source
+    ds = loomx.open_loom(path)
+    loomx.to_loom(ds, path, mode="a", encoding={"matrix": {"compression": None}})
+    assert storage(path, "/matrix")[1] is None
+    np.testing.assert_array_equal(values(path, "/matrix"), matrix)
+    ds = loomx.open_loom(path)
+    loomx.to_loom(ds, path, mode="a", encoding={"Gene": {"compression": "lzf"}})
+    assert storage(path, "/row_attrs/Gene")[1] == "lzf"
+
+
+def test_append_takes_layers_with_dims_in_either_order(source, tmp_path):
+    path, matrix = source
+    target = tmp_path / "target.loom"
+    target.write_bytes(path.read_bytes())
+    more = loomx.open_loom(path).isel(col=slice(0, 50))
+    flipped = more.assign({name: more[name].transpose("col", "row") for name in more.data_vars})
+    assert flipped["matrix"].dims == ("col", "row")
+    loomx.append(target, flipped)
+    np.testing.assert_array_equal(values(target, "/matrix")[:, M:], matrix[:, :50])
+    np.testing.assert_array_equal(values(target, "/layers/fast")[:, M:], matrix[:, :50] * 2)

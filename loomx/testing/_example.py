@@ -9,7 +9,6 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .. import _conventions as conv
 from .. import _spec
 
 
@@ -76,8 +75,7 @@ def write_loom_h5py(
             )
         for group, attrs in ((_spec.ROW_ATTRS, row_attrs), (_spec.COL_ATTRS, col_attrs)):
             for name, values in (attrs or {}).items():
-                data = conv.encode_attr_values(np.asarray(values), legacy=legacy)
-                dtype = conv.STRING_DTYPE if data.dtype == object else data.dtype
+                data, dtype = _encode_attr(np.asarray(values), legacy)
                 f.create_dataset(f"{group}/{name}", data=data, dtype=dtype)
         for group, graphs in ((_spec.ROW_GRAPHS, row_graphs), (_spec.COL_GRAPHS, col_graphs)):
             for name, (a, b, w) in (graphs or {}).items():
@@ -86,13 +84,33 @@ def write_loom_h5py(
         globals_ = {_spec.VERSION_KEY: version, **dict(global_attrs or {})}
         for name, value in globals_.items():
             if legacy:
-                f.attrs[name] = conv.escape_legacy(value) if isinstance(value, str) else value
+                f.attrs[name] = _escape(value) if isinstance(value, str) else value
             elif isinstance(value, str):
-                f.create_dataset(
-                    f"{_spec.GLOBAL_ATTRS}/{name}", data=value, dtype=conv.STRING_DTYPE
-                )
+                f.create_dataset(f"{_spec.GLOBAL_ATTRS}/{name}", data=value, dtype=_UTF8)
             else:
                 f.create_dataset(f"{_spec.GLOBAL_ATTRS}/{name}", data=np.asarray(value))
+
+
+_UTF8 = h5py.string_dtype("utf-8")
+
+
+def _escape(text: str) -> bytes:
+    return text.encode("ascii", "xmlcharrefreplace")
+
+
+def _encode_attr(values: np.ndarray, legacy: bool) -> tuple[np.ndarray, Any]:
+    """Attribute values as the spec stores them, written here with numpy and h5py alone
+    (independent of loomx's writer, so that tests can compare the two)."""
+    if values.dtype.kind == "b":
+        return values.astype(np.uint8), np.uint8
+    if values.dtype.kind not in "OUS":
+        return values, values.dtype
+    texts = [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values.ravel()]
+    if not legacy:
+        return np.array(texts, dtype=object).reshape(values.shape), _UTF8
+    escaped = [_escape(t) for t in texts]
+    width = max((len(e) for e in escaped), default=1) or 1
+    return np.array(escaped, dtype=f"S{width}").reshape(values.shape), f"S{width}"
 
 
 def make_example_loom(
