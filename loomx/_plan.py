@@ -15,7 +15,6 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import dask.array as da
 import h5py
 import numpy as np
 import xarray as xr
@@ -30,6 +29,7 @@ from ._storage import (
     storage_of,
     storage_of_dataset,
 )
+from .backend import unchanged_source
 from .errors import LoomFormatError
 from .graphs import check_edges, induced_edges
 
@@ -106,16 +106,10 @@ def _from_target(var: xr.Variable, path: str, h5path: str) -> bool:
 
 
 def is_unchanged(var: xr.Variable, path: str, h5path: str) -> bool:
-    """Whether ``var`` is still the dask array :func:`loomx.open_loom` made of ``h5path``
-    in ``path`` (its ``encoding["loom_dask_name"]``): any operation gives a new name."""
-    data = var.data if var.chunks is not None else None
-    recorded = var.encoding.get("loom_dask_name")
-    return (
-        isinstance(data, da.Array)
-        and recorded is not None
-        and data.name == recorded
-        and _from_target(var, path, h5path)
-    )
+    """Whether ``var`` still reads ``h5path`` of ``path`` whole and unmodified, as
+    :func:`loomx.open_loom` made it (see :func:`loomx.backend.unchanged_source`)."""
+    source = unchanged_source(var)
+    return source is not None and source[1] == h5path and same_file(source[0], path)
 
 
 def encode_attr(path: str, h5path: str, values: Any, legacy: bool) -> np.ndarray:
@@ -153,7 +147,7 @@ def layer_data(path: str, h5path: str, var: xr.Variable) -> Any:
 
 def _plan_graph(
     path: str, space: str, graph: str, parts: dict[str, xr.Variable], n: int, in_place: bool
-) -> tuple[str, dict[str, np.ndarray]]:
+) -> tuple[str, dict[str, np.ndarray] | None]:
     """Check one graph and map its edges to the current rows or columns.
 
     Written back in place, a graph read from a legacy ``/col_edges`` group stays there.
@@ -170,6 +164,11 @@ def _plan_graph(
     if missing:
         raise LoomFormatError(f"missing graph variables {missing}", path=path, h5path=h5path)
     vertex = parts.get("vertex")
+    untouched = in_place and all(
+        is_unchanged(parts[p], path, f"{h5path}/{p}") for p in conv.GRAPH_PARTS
+    )
+    if untouched and (vertex is None or np.array_equal(vertex.values, np.arange(n))):
+        return h5path, None  # the graph on disk, all rows or columns: nothing to write
     a, b, w = (np.asarray(parts[p].values) for p in conv.GRAPH_PARTS)
     if not a.ndim == b.ndim == w.ndim == 1 or not len(a) == len(b) == len(w):
         found = [x.shape for x in (a, b, w)]
@@ -276,6 +275,8 @@ def plan_dataset(
                 path=path,
                 h5path=h5path,
             )
+        if target is not None and not explicit.get(name) and is_unchanged(var, path, h5path):
+            continue  # as on disk, and read from there: nothing to write, nothing to read
         values = encode_attr(path, h5path, var.values, legacy)
         storage, dtype = storage_of(
             var.encoding, explicit.get(name), attr_default, values.dtype,
@@ -296,7 +297,8 @@ def plan_dataset(
     for (space, graph), parts in sorted(graph_parts.items()):
         n = plan.shape[_GRAPH_AXES[space]]
         h5path, edges = _plan_graph(path, space, graph, parts, n, target is not None)
-        plan.graphs[h5path] = edges
+        if edges is not None:
+            plan.graphs[h5path] = edges
 
     for key, value in ds.attrs.items():
         name = str(key)

@@ -182,6 +182,11 @@ class AttrBackendArray(BackendArray):
             key, self.shape, indexing.IndexingSupport.OUTER, self._raw
         )
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the values were read (and handed out, so possibly changed in place)."""
+        return self._values is not None
+
     def values(self) -> np.ndarray:
         """The whole decoded attribute, read on the first call only."""
         with self._lock:
@@ -207,6 +212,56 @@ class _VertexIds(BackendArray):
 
     def _raw(self, key: tuple) -> np.ndarray:
         return np.arange(self.shape[0], dtype=np.int64)[key]
+
+
+_WRAPPERS = tuple(
+    getattr(indexing, name)
+    for name in ("MemoryCachedArray", "CopyOnWriteArray", "ImplicitToExplicitIndexingAdapter")
+    if hasattr(indexing, name)
+)
+
+
+def unchanged_source(var: xr.Variable) -> tuple[str, str] | None:
+    """``(file, HDF5 path)`` of the dataset ``var`` still reads whole and unmodified, or None.
+
+    Two kinds of variables are recognised without reading them: dask arrays that still have
+    the name :func:`open_loom` gave them (``encoding["loom_dask_name"]``; every operation
+    on a dask array gives a new name), and lazily indexed arrays (``chunks=None``, attribute
+    coordinates) that select everything of a loomx backend array and were never loaded (an
+    attribute whose values were read may have been changed in place).  The second looks
+    through xarray's lazy-indexing wrappers: should they change, the answer is None, and
+    writers compare values with the disk instead (slower, never wrong).
+    """
+    data = getattr(var, "_data", None)
+    if hasattr(data, "dask") and hasattr(data, "name"):  # a dask array
+        if data.name != var.encoding.get("loom_dask_name"):
+            return None
+        backend: Any = None
+    else:
+        for _ in range(4):
+            if not isinstance(data, _WRAPPERS):
+                break
+            data = data.array
+        if not isinstance(data, indexing.LazilyIndexedArray) or data.shape != data.array.shape:
+            return None
+        if not all(
+            isinstance(k, slice) and k.indices(n) == (0, n, 1)
+            for k, n in zip(data.key.tuple, data.array.shape, strict=True)
+        ):
+            return None
+        backend = data.array
+        if isinstance(backend, AttrBackendArray) and backend.loaded:
+            return None
+        if not isinstance(backend, LoomBackendArray | AttrBackendArray):
+            return None
+    source, h5path = var.encoding.get("source"), var.encoding.get("loom_path")
+    if not source or not h5path:
+        return None
+    if backend is not None:
+        info = backend.info if isinstance(backend, LoomBackendArray) else backend.attr.info
+        if info.h5path != h5path or backend.store.path != source:
+            return None
+    return str(source), str(h5path)
 
 
 def build_dataset(

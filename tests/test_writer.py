@@ -419,7 +419,7 @@ def _read_values(ds: xr.Dataset) -> xr.Dataset:
     ("chunks", "change", "reads"),
     [
         ("auto", None, False),
-        (None, None, True),  # without dask, layers are compared with the disk (nothing written)
+        (None, None, False),
         ({"col": 40}, None, False),
         ("auto", lambda ds: ds.chunk({"col": 30}), True),
         ("auto", lambda ds: ds.load(), True),
@@ -443,7 +443,7 @@ def test_write_back_of_unchanged_dataset_is_a_no_op(tmp_path, monkeypatch, chunk
 
     monkeypatch.setattr(_stream.Sink, "__setitem__", counting)
     to_loom(ds, path, mode="a")
-    assert bool(blocks) == reads  # layers open_loom chunked are recognised without reading
+    assert bool(blocks) == reads  # lazily read layers are recognised without reading them
     assert sha256(path) == digest
     assert temp_files(tmp_path) == []
 
@@ -457,6 +457,52 @@ def test_write_back_sees_values_changed_in_place(tmp_path):
     with h5py.File(path, "r") as f:
         assert f["matrix"][0, 0] == 99.0
         np.testing.assert_array_equal(f["matrix"][1:], make_ds()["matrix"].values[1:])
+
+
+def test_write_back_reads_no_attribute_it_can_tell_is_unchanged(tmp_path, monkeypatch):
+    from loomx._store import LoomStore
+
+    path = tmp_path / "attrs.loom"
+    to_loom(make_ds(), path)
+    reads = []
+    original = LoomStore.read_attr
+
+    def spy(self, attr):
+        reads.append(attr.info.h5path)
+        return original(self, attr)
+
+    monkeypatch.setattr(LoomStore, "read_attr", spy)
+    ds = loomx.open_loom(path)
+    to_loom(ds.assign_coords(Seen=("col", np.ones(M, np.uint8))), path, mode="a")
+    assert reads == []  # Gene, CellID, ... are known to be the disk's without reading them
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["col_attrs/Seen"][()], np.ones(M))
+
+
+def test_write_back_sees_attribute_values_changed_through_another_view(tmp_path):
+    """Two views of one lazily read attribute share the values once read: a change made
+    through one is a change of the other, and write-back must see it."""
+    path = tmp_path / "views.loom"
+    to_loom(make_ds(), path)
+    ds = loomx.open_loom(path)
+    view = ds.isel(col=slice(0, M))  # another lazily indexed view of the same attribute
+    ds["CellID"].values[0] = "changed"  # reads the values (shared), then changes them
+    to_loom(view, path, mode="a")  # view itself was never loaded
+    assert view["CellID"].values[0] == "changed"
+    with h5py.File(path, "r") as f:
+        assert f["col_attrs/CellID"][0].decode() == "changed"
+        assert [c.decode() for c in f["col_attrs/CellID"][1:]] == list(CELLS[1:])
+
+
+def test_write_back_of_a_reordered_attribute_is_written(tmp_path):
+    path = tmp_path / "sorted.loom"
+    to_loom(make_ds(), path)
+    ds = loomx.open_loom(path)
+    reordered = ds.assign_coords(CellID=ds["CellID"][::-1].variable)
+    assert reordered["CellID"].encoding.get("loom_path") == "/col_attrs/CellID"
+    to_loom(reordered, path, mode="a")
+    with h5py.File(path, "r") as f:
+        assert [c.decode() for c in f["col_attrs/CellID"][()]] == list(CELLS[::-1])
 
 
 @pytest.mark.parametrize("wild_file", WILD_FILES, ids=lambda p: p.name, indirect=True)
