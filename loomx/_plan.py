@@ -29,6 +29,7 @@ from ._storage import (
     storage_of,
     storage_of_dataset,
 )
+from ._store import object_address
 from .backend import unchanged_source
 from .errors import LoomFormatError
 from .graphs import check_edges, induced_edges
@@ -105,11 +106,17 @@ def _from_target(var: xr.Variable, path: str, h5path: str) -> bool:
     return var.encoding.get("loom_path") == h5path and same_file(source, path)
 
 
-def is_unchanged(var: xr.Variable, path: str, h5path: str) -> bool:
+def is_unchanged(var: xr.Variable, path: str, h5path: str, target: h5py.File) -> bool:
     """Whether ``var`` still reads ``h5path`` of ``path`` whole and unmodified, as
-    :func:`loomx.open_loom` made it (see :func:`loomx.backend.unchanged_source`)."""
+    :func:`loomx.open_loom` made it (see :func:`loomx.backend.unchanged_source`), and the
+    file still holds the object it was read from (a held or persisted copy of a dataset
+    that a later write replaced is not the disk's)."""
     source = unchanged_source(var)
-    return source is not None and source[1] == h5path and same_file(source[0], path)
+    if source is None or source[1] != h5path or not same_file(source[0], path):
+        return False
+    recorded = var.encoding.get("loom_object_address")
+    obj = target.get(h5path)
+    return recorded is not None and obj is not None and object_address(obj) == recorded
 
 
 def encode_attr(path: str, h5path: str, values: Any, legacy: bool) -> np.ndarray:
@@ -146,7 +153,12 @@ def layer_data(path: str, h5path: str, var: xr.Variable) -> Any:
 
 
 def _plan_graph(
-    path: str, space: str, graph: str, parts: dict[str, xr.Variable], n: int, in_place: bool
+    path: str,
+    space: str,
+    graph: str,
+    parts: dict[str, xr.Variable],
+    n: int,
+    target: h5py.File | None,
 ) -> tuple[str, dict[str, np.ndarray] | None]:
     """Check one graph and map its edges to the current rows or columns.
 
@@ -156,6 +168,7 @@ def _plan_graph(
     """
     h5path = f"/{space}/{graph}"
     legacy_path = f"/{_spec.LEGACY_GRAPH_GROUPS[space]}/{graph}"
+    in_place = target is not None
     if in_place and "a" in parts and _from_target(parts["a"], path, f"{legacy_path}/a"):
         h5path = legacy_path
     conv.check_link_name(graph, path=path, h5path=h5path)
@@ -164,8 +177,8 @@ def _plan_graph(
     if missing:
         raise LoomFormatError(f"missing graph variables {missing}", path=path, h5path=h5path)
     vertex = parts.get("vertex")
-    untouched = in_place and all(
-        is_unchanged(parts[p], path, f"{h5path}/{p}") for p in conv.GRAPH_PARTS
+    untouched = target is not None and all(
+        is_unchanged(parts[p], path, f"{h5path}/{p}", target) for p in conv.GRAPH_PARTS
     )
     if untouched and (vertex is None or np.array_equal(vertex.values, np.arange(n))):
         return h5path, None  # the graph on disk, all rows or columns: nothing to write
@@ -264,7 +277,7 @@ def plan_dataset(
                 plan.restored.add(h5path)
             if dtype != data.dtype:
                 data = data.astype(dtype)
-            elif target is not None and not restored and is_unchanged(var, path, h5path):
+            elif target is not None and not restored and is_unchanged(var, path, h5path, target):
                 continue
             plan.layers.append(LayerPlan(h5path, name, data, storage))
             continue
@@ -275,7 +288,11 @@ def plan_dataset(
                 path=path,
                 h5path=h5path,
             )
-        if target is not None and not explicit.get(name) and is_unchanged(var, path, h5path):
+        if (
+            target is not None
+            and not explicit.get(name)
+            and is_unchanged(var, path, h5path, target)
+        ):
             continue  # as on disk, and read from there: nothing to write, nothing to read
         values = encode_attr(path, h5path, var.values, legacy)
         storage, dtype = storage_of(
@@ -296,7 +313,7 @@ def plan_dataset(
             graph_parts.setdefault(parsed[:2], {})[parsed[2]] = var
     for (space, graph), parts in sorted(graph_parts.items()):
         n = plan.shape[_GRAPH_AXES[space]]
-        h5path, edges = _plan_graph(path, space, graph, parts, n, target is not None)
+        h5path, edges = _plan_graph(path, space, graph, parts, n, target)
         if edges is not None:
             plan.graphs[h5path] = edges
 

@@ -26,6 +26,15 @@ from ._journal import committed_path, read_journals
 from .errors import LoomFormatError, LoomFormatWarning, describe
 
 
+def object_address(obj: h5py.Dataset | h5py.Group) -> int | None:
+    """The file address of an HDF5 object's header: the same name holds another object
+    once a writer has replaced it."""
+    try:
+        return int(h5py.h5o.get_info(obj.id).addr)
+    except (AttributeError, TypeError, ValueError, RuntimeError):
+        return None
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """Storage facts of one HDF5 dataset (no data)."""
@@ -38,6 +47,7 @@ class DatasetInfo:
     compression_opts: Any
     shuffle: bool
     fletcher32: bool
+    address: int | None = None  # of the object header: a write-back makes a new object
 
     @classmethod
     def of(cls, dset: h5py.Dataset) -> DatasetInfo:
@@ -50,6 +60,7 @@ class DatasetInfo:
             compression_opts=dset.compression_opts,
             shuffle=bool(dset.shuffle),
             fletcher32=bool(dset.fletcher32),
+            address=object_address(dset),
         )
 
     def encoding(self, source: str) -> dict[str, Any]:
@@ -62,6 +73,7 @@ class DatasetInfo:
             "compression_opts": self.compression_opts,
             "shuffle": self.shuffle,
             "fletcher32": self.fletcher32,
+            "loom_object_address": self.address,
             "dtype": self.dtype,
         }
 

@@ -211,9 +211,10 @@ def to_loom(
     -----
     NaN and Inf are stored as they are: the spec allows them, though loompy's own writer
     refuses them.  Bool attributes are stored as uint8, bool layers are refused.  A layer
-    that still is the dask array :func:`loomx.open_loom` made of the same dataset
-    (``encoding["loom_dask_name"]``) is taken as unchanged without reading it (it reads what
-    is on disk); every other variable is compared with the disk, bit for bit.  After a
+    or attribute that still reads, unmodified, the dataset :func:`loomx.open_loom` made it
+    from (see :func:`loomx.backend.unchanged_source`), while the file still holds that
+    object (``encoding["loom_object_address"]``), is taken as unchanged without reading it;
+    every other variable is compared with the disk, bit for bit.  After a
     write-back that replaced a variable, a Dataset still reading it lazily sees the new data;
     reopen the file to start from a consistent state.
 

@@ -479,6 +479,20 @@ def test_write_back_reads_no_attribute_it_can_tell_is_unchanged(tmp_path, monkey
         np.testing.assert_array_equal(f["col_attrs/Seen"][()], np.ones(M))
 
 
+def test_write_back_of_a_held_copy_restores_what_a_later_write_replaced(tmp_path):
+    """A persisted Dataset keeps the dask names open_loom gave it; once another write has
+    replaced the layer on disk, writing the held copy back must restore its values."""
+    path = tmp_path / "held.loom"
+    to_loom(make_ds(), path)
+    held = loomx.open_loom(path).persist()
+    other = loomx.open_loom(path)
+    to_loom(other.assign(matrix=other["matrix"] * 2), path, mode="a")
+    other.close()
+    to_loom(held, path, mode="a")
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["matrix"][()], make_ds()["matrix"].values)
+
+
 def test_write_back_sees_attribute_values_changed_through_another_view(tmp_path):
     """Two views of one lazily read attribute share the values once read: a change made
     through one is a change of the other, and write-back must see it."""
