@@ -115,8 +115,7 @@ def is_unchanged(var: xr.Variable, path: str, h5path: str, target: h5py.File) ->
     if source is None or source[1] != h5path or not same_file(source[0], path):
         return False
     recorded = var.encoding.get("loom_object_address")
-    obj = target.get(h5path)
-    return recorded is not None and obj is not None and object_address(obj) == recorded
+    return recorded is not None and object_address(target, h5path) == recorded
 
 
 def encode_attr(path: str, h5path: str, values: Any, legacy: bool) -> np.ndarray:

@@ -26,13 +26,21 @@ from ._journal import committed_path, read_journals
 from .errors import LoomFormatError, LoomFormatWarning, describe
 
 
-def object_address(obj: h5py.Dataset | h5py.Group) -> int | None:
-    """The file address of an HDF5 object's header: the same name holds another object
-    once a writer has replaced it."""
+def link_address(group: h5py.Group, name: str) -> int | None:
+    """The file address of the object a hard link names (read from the link, no object
+    opened): the same name holds another object once a writer has replaced it."""
     try:
-        return int(h5py.h5o.get_info(obj.id).addr)
-    except (AttributeError, TypeError, ValueError, RuntimeError):
+        info = group.id.links.get_info(name.encode())
+    except (KeyError, AttributeError, TypeError, ValueError, RuntimeError):
         return None
+    return int(info.u) if info.type == h5py.h5l.TYPE_HARD else None
+
+
+def object_address(f: h5py.File, h5path: str) -> int | None:
+    """The address of the object at ``h5path`` of an open file (see :func:`link_address`)."""
+    parent, _, name = h5path.rpartition("/")
+    group = f.get(parent or "/")
+    return link_address(group, name) if isinstance(group, h5py.Group) else None
 
 
 @dataclass(frozen=True)
@@ -50,7 +58,7 @@ class DatasetInfo:
     address: int | None = None  # of the object header: a write-back makes a new object
 
     @classmethod
-    def of(cls, dset: h5py.Dataset) -> DatasetInfo:
+    def of(cls, dset: h5py.Dataset, address: int | None = None) -> DatasetInfo:
         return cls(
             h5path=committed_path(dset.name),  # its final name when a commit is pending
             shape=tuple(dset.shape),
@@ -60,7 +68,7 @@ class DatasetInfo:
             compression_opts=dset.compression_opts,
             shuffle=bool(dset.shuffle),
             fletcher32=bool(dset.fletcher32),
-            address=object_address(dset),
+            address=address,
         )
 
     def encoding(self, source: str) -> dict[str, Any]:
@@ -303,8 +311,10 @@ class _LayoutReader:
             )
         return (int(matrix.shape[0]), int(matrix.shape[1]))
 
-    def layer_info(self, dset: h5py.Dataset, shape: tuple[int, int]) -> DatasetInfo:
-        info = DatasetInfo.of(dset)
+    def layer_info(
+        self, dset: h5py.Dataset, shape: tuple[int, int], address: int | None
+    ) -> DatasetInfo:
+        info = DatasetInfo.of(dset, address)
         if info.shape != shape:
             raise LoomFormatError(
                 f"layer shape {info.shape} does not match /matrix shape {shape}",
@@ -321,7 +331,9 @@ class _LayoutReader:
         return info
 
     def layers(self, shape: tuple[int, int]) -> dict[str, DatasetInfo]:
-        out = {"": self.layer_info(self.child(self.f, _spec.MATRIX), shape)}
+        matrix_link = self.children(self.f).get(_spec.MATRIX, _spec.MATRIX)
+        matrix = self.child(self.f, _spec.MATRIX)
+        out = {"": self.layer_info(matrix, shape, link_address(self.f, matrix_link))}
         group = self.group(_spec.LAYERS)
         for name, link in self.children(group).items() if group is not None else ():
             dset = _hard_child(group, link, self.path)
@@ -329,7 +341,7 @@ class _LayoutReader:
                 raise LoomFormatError(
                     "found a group, expected a layer dataset", path=self.path, h5path=dset.name
                 )
-            out[name] = self.layer_info(dset, shape)
+            out[name] = self.layer_info(dset, shape, link_address(group, link))
         return out
 
     def attrs(self, space: str, length: int, legacy: bool) -> dict[str, AttrInfo]:
@@ -354,11 +366,11 @@ class _LayoutReader:
                     path=self.path,
                     h5path=dset.name,
                 )
-            out[name] = self.attr(dset, legacy)
+            out[name] = self.attr(dset, legacy, link_address(group, link))
         return out
 
-    def attr(self, dset: h5py.Dataset, legacy: bool) -> AttrInfo:
-        info = DatasetInfo.of(dset)
+    def attr(self, dset: h5py.Dataset, legacy: bool, address: int | None) -> AttrInfo:
+        info = DatasetInfo.of(dset, address)
         dtype = dset.dtype
         shape = tuple(dset.shape)
         if dtype.names is not None:
@@ -433,7 +445,7 @@ class _LayoutReader:
                 raise LoomFormatError(
                     "expected a 1-D dataset", path=self.path, h5path=f"{group.name}/{part}"
                 )
-            parts[part] = DatasetInfo.of(dset)
+            parts[part] = DatasetInfo.of(dset, link_address(group, part))
         lengths = {p: info.shape[0] for p, info in parts.items()}
         if len(set(lengths.values())) != 1:
             raise LoomFormatError(
