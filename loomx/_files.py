@@ -119,12 +119,8 @@ class _Entry:
 
 
 _REGISTRY: dict[str, _Entry] = {}
+"""This process's open read handles, by :class:`CachedFile` key."""
 _REGISTRY_LOCK = threading.RLock()
-
-
-def _registry() -> dict[str, _Entry]:
-    """This process's registry of open read handles."""
-    return _REGISTRY
 
 
 def _after_fork_in_child() -> None:
@@ -170,12 +166,11 @@ class CachedFile:
     def acquire(self) -> Iterator[h5py.File]:
         """The open file, reopened if it was released; it is not closed while in use."""
         with _REGISTRY_LOCK:
-            registry = _registry()
-            entry = registry.get(self.key)
+            entry = _REGISTRY.get(self.key)
             if entry is None or entry.closing or not entry.file.id.valid:
                 handle = open_h5(self.path, self.mode, self.locking)
                 entry = _Entry(handle, self.path, self.locking)
-                registry[self.key] = entry
+                _REGISTRY[self.key] = entry
             entry.pins += 1
         try:
             yield entry.file
@@ -188,7 +183,7 @@ class CachedFile:
     def close(self) -> None:
         """Close this process's handle (after the reads using it have finished)."""
         with _REGISTRY_LOCK:
-            entry = _registry().pop(self.key, None)
+            entry = _REGISTRY.pop(self.key, None)
             if entry is None:
                 return
             if entry.pins:
@@ -209,16 +204,15 @@ def release_handles(path: str) -> int:
         The number of handles closed.
     """
     with _REGISTRY_LOCK:
-        registry = _registry()
-        mine = [key for key, entry in registry.items() if same_file(entry.path, path)]
-        if any(registry[key].pins for key in mine):
+        mine = [key for key, entry in _REGISTRY.items() if same_file(entry.path, path)]
+        if any(_REGISTRY[key].pins for key in mine):
             raise LoomWriteError(
                 "a read of this file is in progress in this process; write after the "
                 "computation has finished",
                 path=path,
             )
         for key in mine:
-            registry.pop(key).file.close()
+            _REGISTRY.pop(key).file.close()
     return len(mine)
 
 
@@ -238,7 +232,7 @@ def locking_in_use(path: str) -> bool | None:
     """The locking setting of the handles loomx holds open on ``path`` here, if any (a
     writer must open the file with the same one)."""
     with _REGISTRY_LOCK:
-        for entry in _registry().values():
+        for entry in _REGISTRY.values():
             if same_file(entry.path, path):
                 return entry.locking
     return None

@@ -118,6 +118,18 @@ def is_unchanged(var: xr.Variable, path: str, h5path: str, target: h5py.File) ->
     return recorded is not None and object_address(target, h5path) == recorded
 
 
+def _unchanged_on_disk(
+    var: xr.Variable,
+    path: str,
+    h5path: str,
+    target: h5py.File | None,
+    explicit: Mapping[str, Any] | None,
+) -> bool:
+    """Write-back of a variable that is known to be the disk's and asks for no new storage
+    (``encoding=`` may ask to rewrite it)."""
+    return target is not None and not explicit and is_unchanged(var, path, h5path, target)
+
+
 def encode_attr(path: str, h5path: str, values: Any, legacy: bool) -> np.ndarray:
     """Attribute values as stored: numbers as they are, strings per the spec version."""
     arr = np.asarray(values)
@@ -262,6 +274,8 @@ def plan_dataset(
                     f"found dims {var.dims}; expected {dims}", path=path, h5path=h5path
                 )
             var = var.transpose(*dims)  # (col, row), as xr.where may order them, is a layer too
+            if _unchanged_on_disk(var, path, h5path, target, explicit.get(name)):
+                continue  # as on disk, and read from there: nothing to write, nothing to read
             data = layer_data(path, h5path, var)
             storage, dtype = storage_of(
                 var.encoding, explicit.get(name), default_storage, data.dtype,
@@ -271,13 +285,10 @@ def plan_dataset(
                 raise LoomFormatError(
                     f"encoding dtype {dtype} is not a layer dtype", path=path, h5path=h5path
                 )
-            restored = _storage_changed(target, h5path, storage, explicit.get(name))
-            if restored:
+            if _storage_changed(target, h5path, storage, explicit.get(name)):
                 plan.restored.add(h5path)
             if dtype != data.dtype:
                 data = data.astype(dtype)
-            elif target is not None and not restored and is_unchanged(var, path, h5path, target):
-                continue
             plan.layers.append(LayerPlan(h5path, name, data, storage))
             continue
         axis = _ATTR_AXES[kind]
@@ -287,11 +298,7 @@ def plan_dataset(
                 path=path,
                 h5path=h5path,
             )
-        if (
-            target is not None
-            and not explicit.get(name)
-            and is_unchanged(var, path, h5path, target)
-        ):
+        if _unchanged_on_disk(var, path, h5path, target, explicit.get(name)):
             continue  # as on disk, and read from there: nothing to write, nothing to read
         values = encode_attr(path, h5path, var.values, legacy)
         storage, dtype = storage_of(
@@ -400,8 +407,7 @@ def _same_edges(disk: np.ndarray, new: np.ndarray, part: str) -> bool:
     their integers); weights bit for bit, as layers (0.0 and -0.0 differ)."""
     if part != "w":
         return bool(np.array_equal(disk, new))
-    disk, new = np.asarray(disk), np.asarray(new)
-    return disk.dtype == new.dtype and disk.shape == new.shape and _equal(disk, new, False)
+    return _equal(np.asarray(disk), new, False)
 
 
 def _disk_values(obj: h5py.Dataset, legacy: bool) -> np.ndarray:

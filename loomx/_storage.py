@@ -34,6 +34,7 @@ __all__ = [
     "create_graph",
     "create_layer",
     "create_layer_like",
+    "make_storage",
     "raw_copy",
     "storage_of",
     "storage_of_dataset",
@@ -86,9 +87,7 @@ class Storage:
         """Keyword arguments for :meth:`h5py.Group.create_dataset` of ``shape``."""
         if not shape or 0 in shape:
             return {}
-        chunks = self.chunks
-        if chunks is not None:
-            chunks = tuple(max(1, min(int(c), int(s))) for c, s in zip(chunks, shape, strict=True))
+        chunks = self.fitted(shape).chunks
         kwargs: dict[str, Any] = {"chunks": chunks if chunks is not None else True}
         if self.compression is not None:
             kwargs["compression"] = self.compression
@@ -184,12 +183,15 @@ def storage_of(
         opts = merged["compression_opts"]
     else:
         opts = default.compression_opts if compression == default.compression else None
-    storage = Storage(
-        chunks=_check_chunks(chunks, ndim, path, h5path),
-        compression=_check_compression(compression, path, h5path),
-        compression_opts=_check_opts(compression, opts, path, h5path),
+    storage = make_storage(
+        chunks,
+        compression,
+        opts,
         shuffle=bool(merged.get("shuffle", default.shuffle)),
         fletcher32=bool(merged.get("fletcher32", default.fletcher32)),
+        ndim=ndim,
+        path=path,
+        h5path=h5path,
     )
     dtype = np.dtype(data_dtype)
     wanted = merged.get("dtype")
@@ -201,20 +203,40 @@ def storage_of(
     return storage, dtype
 
 
-def _check_chunks(chunks: Any, ndim: int, path: str, h5path: str) -> tuple[int, ...] | None:
+def make_storage(
+    chunks: Any,
+    compression: Any,
+    compression_opts: Any,
+    *,
+    shuffle: bool = False,
+    fletcher32: bool = False,
+    ndim: int,
+    path: str,
+    h5path: str | None = None,
+) -> Storage:
+    """A :class:`Storage` from user-given settings, refused (:class:`LoomFormatError`, a
+    ``ValueError``) where h5py would refuse them, before anything is written."""
+    return Storage(
+        chunks=_check_chunks(chunks, ndim, path, h5path),
+        compression=_check_compression(compression, path, h5path),
+        compression_opts=_check_opts(compression, compression_opts, path, h5path),
+        shuffle=shuffle,
+        fletcher32=fletcher32,
+    )
+
+
+def _check_chunks(chunks: Any, ndim: int, path: str, h5path: str | None) -> tuple[int, ...] | None:
     if chunks is None or chunks is True:
         return None
-    if isinstance(chunks, int | np.integer):
-        chunks = (chunks,) * ndim
-    chunks = tuple(chunks)
-    if len(chunks) < ndim or not all(isinstance(c, int | np.integer) and c > 0 for c in chunks):
+    chunks = tuple(chunks) if isinstance(chunks, list | tuple) else (chunks,)
+    if len(chunks) != ndim or not all(isinstance(c, int | np.integer) and c > 0 for c in chunks):
         raise LoomFormatError(
             f"chunksizes must be {ndim} positive ints; got {chunks!r}", path=path, h5path=h5path
         )
-    return tuple(int(c) for c in chunks[:ndim])
+    return tuple(int(c) for c in chunks)
 
 
-def _check_compression(compression: Any, path: str, h5path: str) -> str | None:
+def _check_compression(compression: Any, path: str, h5path: str | None) -> str | None:
     if compression not in _COMPRESSIONS:
         raise LoomFormatError(
             f"compression must be None, 'gzip' or 'lzf'; got {compression!r}",
@@ -224,7 +246,7 @@ def _check_compression(compression: Any, path: str, h5path: str) -> str | None:
     return compression
 
 
-def _check_opts(compression: str | None, opts: Any, path: str, h5path: str) -> int | None:
+def _check_opts(compression: str | None, opts: Any, path: str, h5path: str | None) -> int | None:
     if compression != "gzip":
         return None
     if opts is None:

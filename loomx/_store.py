@@ -331,9 +331,9 @@ class _LayoutReader:
         return info
 
     def layers(self, shape: tuple[int, int]) -> dict[str, DatasetInfo]:
-        matrix_link = self.children(self.f).get(_spec.MATRIX, _spec.MATRIX)
-        matrix = self.child(self.f, _spec.MATRIX)
-        out = {"": self.layer_info(matrix, shape, link_address(self.f, matrix_link))}
+        link = self.children(self.f).get(_spec.MATRIX, _spec.MATRIX)
+        matrix = _hard_child(self.f, link, self.path)
+        out = {"": self.layer_info(matrix, shape, link_address(self.f, link))}
         group = self.group(_spec.LAYERS)
         for name, link in self.children(group).items() if group is not None else ():
             dset = _hard_child(group, link, self.path)

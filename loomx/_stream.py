@@ -223,9 +223,10 @@ def queue_columns(
             jobs.append((piece, Sink(dset, lock, col0=col0 + a)))
 
 
-def run_queue(jobs: list) -> None:
-    """Compute and write every job :func:`queue_columns` queued, on the current scheduler."""
+def run_queue(jobs: list[tuple[da.Array, Sink]], client: Any = None) -> None:
+    """Compute every queued ``(array, sink)`` and write it, on the current scheduler (or
+    through ``client``, a ``dask.distributed`` client)."""
     if jobs:
         arrays = [arr for arr, _ in jobs]
         get = scheduler(arrays) or dask.threaded.get
-        stream(arrays, [sink for _, sink in jobs], get)
+        stream(arrays, [sink for _, sink in jobs], get, client)

@@ -23,7 +23,6 @@ from typing import Any, Literal
 
 import dask
 import dask.array as da
-import dask.threaded
 import h5py
 import numpy as np
 import xarray as xr
@@ -33,9 +32,9 @@ from . import _conventions as conv
 from ._files import locking_in_use, move_into_place, open_h5, temporary_file
 from ._journal import recover_pending, transaction
 from ._plan import WritePlan, plan_dataset
-from ._storage import Storage, create_attr, create_graph, create_layer
+from ._storage import create_attr, create_graph, create_layer, make_storage
 
-__all__ = ["execute", "to_loom", "write_content"]
+__all__ = ["execute", "to_loom", "write_content", "write_new_file"]
 
 
 def _commit(plan: WritePlan, spool_path: str, objects: list[str], client: Any) -> None:
@@ -88,10 +87,7 @@ def write_content(f: h5py.File, plan: WritePlan, reference: h5py.File | None, cl
             lazy.append((_compress.packed(aligned, dset, level, keep_raw=ref is not None), sink))
         elif data.size:
             lazy.append((_stream.aligned(data, dset.chunks or dset.shape), sink))
-    if lazy:
-        arrays = [arr for arr, _ in lazy]
-        get = _stream.scheduler(arrays) or dask.threaded.get
-        _stream.stream(arrays, [s for _, s in lazy], get, client)
+    _stream.run_queue(lazy, client)
     skip = {layer.h5path for layer, sink in sinks if sink.equal}
     written = [layer.h5path for layer in plan.layers if layer.h5path not in skip]
     return written + list(plan.arrays) + list(plan.graphs)
@@ -234,7 +230,7 @@ def to_loom(
         locking = locking_in_use(path) if os.path.exists(path) else None
     if locking is None:
         locking = ds.encoding.get("loom_locking")
-    default = _default_storage(chunks, compression, compression_opts)
+    default = make_storage(chunks, compression, compression_opts, ndim=2, path=path)
     if mode == "a" and not os.path.exists(path):
         mode = "w"
     options = {"encoding": encoding, "default_storage": default, "locking": locking}
@@ -252,26 +248,3 @@ def to_loom(
             layer.data = layer.data.copy()
     plan.arrays = {h5path: values.copy() for h5path, values in plan.arrays.items()}
     return dask.delayed(execute, pure=False)(plan, dask_key_name=f"to_loom-{uuid.uuid4().hex}")
-
-
-def _default_storage(chunks: Any, compression: Any, compression_opts: Any) -> Storage:
-    """The writer's storage for variables without encoding; refused before anything is
-    written when h5py would refuse it."""
-    if compression not in (None, "gzip", "lzf"):
-        raise ValueError(f"compression must be None, 'gzip' or 'lzf'; got {compression!r}")
-    level = compression_opts
-    if (
-        compression == "gzip"
-        and level is not None
-        and not (isinstance(level, int | np.integer) and 0 <= level <= 9)
-    ):
-        raise ValueError(f"gzip compression_opts must be an int from 0 to 9; got {level!r}")
-    if len(tuple(chunks)) != 2 or not all(
-        isinstance(c, int | np.integer) and c > 0 for c in chunks
-    ):
-        raise ValueError(f"chunks must be two positive ints; got {chunks!r}")
-    return Storage(
-        chunks=(int(chunks[0]), int(chunks[1])),
-        compression=compression,
-        compression_opts=int(level) if compression == "gzip" and level is not None else None,
-    )

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
+import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.array.core import normalize_chunks
@@ -233,7 +234,7 @@ def unchanged_source(var: xr.Variable) -> tuple[str, str] | None:
     writers compare values with the disk instead (slower, never wrong).
     """
     data = getattr(var, "_data", None)
-    if hasattr(data, "dask") and hasattr(data, "name"):  # a dask array
+    if isinstance(data, da.Array):
         if data.name != var.encoding.get("loom_dask_name"):
             return None
         backend: Any = None
