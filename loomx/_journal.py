@@ -9,6 +9,12 @@ rename, flushed and fsynced, is the commit point.  Only then are the links swapp
 object unlinked, staged link moved to the final name), the root attributes set and the
 journal deleted.
 
+Two more kinds of rows: a row whose staged link is empty deletes the final name, and a
+staged *patch* (a dataset with the attribute :data:`PATCH_ORIGIN`) holds whole HDF5 chunks
+that replace those of the final dataset from that origin on (a region write): carrying it
+out copies its chunks in, as they are, and deletes it.  Readers overlay a pending patch on
+the dataset it belongs to.
+
 Killed before the commit point, the file holds its old content plus temporary links that
 readers skip and the next commit deletes.  Killed after, the journal says how to finish:
 readers apply it as they open the file (without changing it), and the next commit, or
@@ -38,8 +44,10 @@ from .errors import LoomFormatError, LoomWriteError, LoomxError
 
 __all__ = [
     "JOURNAL_SUFFIX",
+    "PATCH_ORIGIN",
     "Journal",
     "Transaction",
+    "apply_patch",
     "committed_path",
     "read_journals",
     "recover",
@@ -49,6 +57,8 @@ __all__ = [
 ]
 
 JOURNAL_SUFFIX = ".journal"
+PATCH_ORIGIN = "loomx_patch_origin"
+"""Attribute of a staged patch: where its first element goes in the final dataset."""
 
 _ACTIVE: set[str] = set()
 """Tags of the transactions running in this process (their links are not stale)."""
@@ -80,13 +90,61 @@ class Journal:
         return self.name[len(TEMPORARY_TAG) : -len(JOURNAL_SUFFIX)]
 
     def pending(self, f: h5py.File) -> dict[str, dict[str, str]]:
-        """``{parent: {final name: staged link}}`` for the swaps not yet done."""
+        """``{parent: {final name: staged link}}`` for the swaps not yet done; an empty
+        staged link for a deletion not yet done.  Patches are left out (see
+        :meth:`patches`)."""
         out: dict[str, dict[str, str]] = {}
         for parent, staged, name in self.entries:
             group = f.get(parent)
-            if isinstance(group, h5py.Group) and staged in group:
+            if not isinstance(group, h5py.Group):
+                continue
+            if staged == "" and name in group:
+                out.setdefault(parent, {})[name] = ""
+            elif staged and staged in group and not _is_patch(group, staged):
                 out.setdefault(parent, {})[name] = staged
         return out
+
+    def patches(self, f: h5py.File) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
+        """``{final dataset path: [(staged patch path, origin), ...]}`` not yet copied in."""
+        out: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+        for parent, staged, name in self.entries:
+            group = f.get(parent)
+            if isinstance(group, h5py.Group) and staged and _is_patch(group, staged):
+                origin = tuple(int(v) for v in group[staged].attrs[PATCH_ORIGIN])
+                final = f"{parent.rstrip('/')}/{name}"
+                out.setdefault(final, []).append((f"{parent.rstrip('/')}/{staged}", origin))
+        return out
+
+
+def _is_patch(group: h5py.Group, link: str) -> bool:
+    obj = group.get(link)
+    return isinstance(obj, h5py.Dataset) and PATCH_ORIGIN in obj.attrs
+
+
+def apply_patch(target: h5py.Dataset, patch: h5py.Dataset, origin: tuple[int, ...]) -> None:
+    """Copy every chunk of ``patch`` into ``target`` at ``origin``, as stored.
+
+    ``patch`` has ``target``'s storage, and ``origin`` falls on chunk edges.  Chunks the
+    patch never stored (its fill value) are written through the filters.
+    """
+    stored: set[tuple[int, ...]] = set()
+    patch.id.chunk_iter(lambda info: stored.add(tuple(info.chunk_offset)))
+    for offset in stored:
+        mask, raw = patch.id.read_direct_chunk(offset)
+        shifted = tuple(o + s for o, s in zip(offset, origin, strict=True))
+        target.id.write_direct_chunk(shifted, raw, mask)
+    grid = [range(0, n, c) for n, c in zip(patch.shape, patch.chunks, strict=True)]
+    for offset in np.stack(np.meshgrid(*grid, indexing="ij"), -1).reshape(-1, patch.ndim):
+        key = tuple(int(o) for o in offset)
+        if key not in stored:
+            box = tuple(
+                slice(o, min(o + c, n))
+                for o, c, n in zip(key, patch.chunks, patch.shape, strict=True)
+            )
+            shifted = tuple(
+                slice(b.start + s, b.stop + s) for b, s in zip(box, origin, strict=True)
+            )
+            target[shifted] = patch[box]
 
 
 def read_journals(f: h5py.File) -> list[Journal]:
@@ -121,13 +179,19 @@ def committed_path(h5path: str) -> str:
 
 
 def _finish(f: h5py.File, journal: Journal) -> None:
-    """Carry out a journal: swap every staged link in, set root attributes, drop it."""
+    """Carry out a journal: copy patches in, swap every staged link in (or delete), set
+    root attributes, drop it.  Each step can be done again after an interruption."""
+    for final, patches in journal.patches(f).items():
+        for staged, origin in patches:
+            apply_patch(f[final], f[staged], origin)
+            del f[staged]
     for parent, links in journal.pending(f).items():
         group = f[parent]
         for name, staged in links.items():
             if name in group:
                 del group[name]
-            group.move(staged, name)
+            if staged:
+                group.move(staged, name)
     for name, value in journal.root_attrs.items():
         f.attrs[name] = value
     del f[journal.name]
@@ -172,6 +236,7 @@ class Transaction:
         self.root_attrs: dict[str, Any] = {}
         self.journal: Journal | None = None
         self._new_groups: dict[str, h5py.Group] = {}  # final path -> staged group
+        self._origins: dict[tuple[str, str], tuple[int, ...]] = {}  # staged patches
 
     def stage(self, h5path: str) -> tuple[h5py.Group, str]:
         """The parent group and link name under which to create ``h5path``.
@@ -198,6 +263,21 @@ class Transaction:
         self.staged.append((group.name, self.tag + name, name))
         return group, self.tag + name
 
+    def stage_patch(self, h5path: str, origin: tuple[int, ...]) -> tuple[h5py.Group, str]:
+        """The parent group and link name under which to create a patch of the existing
+        dataset ``h5path`` (see the module doc); mark the created dataset with
+        :meth:`mark_patch`."""
+        parent_path, _, name = h5path.rpartition("/")
+        group = self.file[parent_path or "/"]
+        self.staged.append((group.name, f"{self.tag}patch-{name}", name))
+        self._origins[(group.name, f"{self.tag}patch-{name}")] = origin
+        return group, f"{self.tag}patch-{name}"
+
+    def stage_delete(self, h5path: str) -> None:
+        """Delete ``h5path`` as part of the commit."""
+        parent_path, _, name = h5path.rpartition("/")
+        self.staged.append((self.file[parent_path or "/"].name, "", name))
+
     def set_root_attr(self, name: str, value: Any) -> None:
         """Set a root attribute as part of the commit."""
         self.root_attrs[name] = value
@@ -206,6 +286,8 @@ class Transaction:
         """Record the journal (complete, flushed and fsynced, then renamed to its final
         name: the commit point), then carry it out."""
         f = self.file
+        for (parent, staged), origin in self._origins.items():
+            f[parent][staged].attrs[PATCH_ORIGIN] = np.asarray(origin, dtype=np.int64)
         rows = np.array([list(row) for row in self.staged], dtype=object).reshape(-1, 3)
         draft = f.create_dataset(self.tag + "journal", data=rows, dtype=h5py.string_dtype())
         for key, value in self.root_attrs.items():
@@ -229,7 +311,7 @@ class Transaction:
         if self.journal is None:
             for parent, staged, _ in [("/", self.tag + "journal", ""), *self.staged]:
                 group = f.get(parent)
-                if isinstance(group, h5py.Group) and staged in group:
+                if staged and isinstance(group, h5py.Group) and staged in group:
                     del group[staged]
 
 

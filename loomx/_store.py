@@ -147,6 +147,7 @@ class LoomLayout:
     global_attrs: dict[str, Any] = field(default_factory=dict)
     global_attrs_location: str = "/attrs"
     pending: dict[str, str] = field(default_factory=dict)  # final path -> temporary link
+    patches: dict[str, list[tuple[str, tuple[int, ...]]]] = field(default_factory=dict)
 
 
 class LoomStore:
@@ -169,6 +170,7 @@ class LoomStore:
         self.lock = HDF5_LOCK
         self.handle = CachedFile(self.path, mode, locking)
         self.pending: dict[str, str] = {}  # objects of a commit not yet carried out
+        self.patches: dict[str, list[tuple[str, tuple[int, ...]]]] = {}  # region writes too
 
     def __repr__(self) -> str:
         return f"LoomStore({self.path!r}, mode={self.mode!r})"
@@ -208,7 +210,17 @@ class LoomStore:
         with self.open() as h5file:
             layout = _LayoutReader(h5file, self.path).read()
         self.pending = layout.pending
+        self.patches = layout.patches
         return layout
+
+    def patches_of(self, h5path: str) -> list[tuple[str, tuple[int, ...]]]:
+        """The patches of a region write recorded for ``h5path`` and not yet copied in
+        (see ``_journal``): ``[(staged dataset path, origin), ...]``."""
+        found = self.patches.get(h5path)
+        if not found:
+            return []
+        with self.open() as h5file:
+            return [(staged, origin) for staged, origin in found if staged in h5file]
 
 
 def _hard_child(group: h5py.Group, name: str, path: str) -> h5py.Dataset | h5py.Group:
@@ -245,15 +257,23 @@ class _LayoutReader:
         self.path = path
         self.pending: dict[str, dict[str, str]] = {}
         self.pending_attrs: list[h5py.AttributeManager] = []
+        self.patches: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
         for journal in read_journals(h5file):
             for parent, links in journal.pending(h5file).items():
                 self.pending.setdefault(parent, {}).update(links)
+            for final, found in journal.patches(h5file).items():
+                self.patches.setdefault(final, []).extend(found)
             self.pending_attrs.append(h5file[journal.name].attrs)
 
     def children(self, group: h5py.Group) -> dict[str, str]:
-        """Each child's name and the link it is read through (committed names applied)."""
+        """Each child's name and the link it is read through (committed names applied,
+        committed deletions left out)."""
         out = {name: name for name in group if _spec.TEMPORARY_TAG not in name}
-        out.update(self.pending.get(group.name, {}))
+        for name, link in self.pending.get(group.name, {}).items():
+            if link:
+                out[name] = link
+            else:
+                out.pop(name, None)
         return out
 
     def child(self, group: h5py.Group, name: str) -> h5py.Dataset | h5py.Group:
@@ -289,7 +309,9 @@ class _LayoutReader:
             f"{parent.rstrip('/')}/{name}": f"{parent.rstrip('/')}/{link}"
             for parent, links in self.pending.items()
             for name, link in links.items()
+            if link
         }
+        layout.patches = self.patches
         if source is None:
             self.warn("/", f"no {_spec.VERSION_KEY}; reading it as a pre-3.0.0 Loom file")
         return layout
