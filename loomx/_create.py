@@ -107,7 +107,8 @@ def _attr_variable(values: Any, dim: str, var_name: str, n: int, h5path: str) ->
             values = values.astype(object)
     if values.ndim == 0 or values.shape[0] != n:
         raise LoomFormatError(
-            f"found an attribute of shape {values.shape}; expected {n} values along {dim!r}",
+            f"{h5path}: found an attribute of shape {values.shape}; expected {n} values "
+            f"along {dim!r}",
             h5path=h5path,
         )
     return xr.Variable((dim, *conv.extra_dim_names(var_name, values.ndim)), values)
@@ -185,7 +186,7 @@ def from_arrays(
             shape = tuple(data.shape)
         elif tuple(data.shape) != shape:
             raise LoomFormatError(
-                f"found a layer of shape {data.shape}; expected the matrix's {shape}",
+                f"{h5path}: found a layer of shape {data.shape}; expected the matrix's {shape}",
                 h5path=h5path,
             )
         data_vars[names[(_spec.LAYERS, loom_name)]] = xr.Variable((row_dim, col_dim), data)

@@ -209,9 +209,9 @@ def _commit_region(
                     old = old[r0 : r0 + nr, c0 : c0 + nc]
                     values = _region_values(old, patch.data, patch.inner())
                     target = f[patch.h5path]
-                    space = h5py.h5s.create_simple(
-                        patch.extent, (patch.extent[0], h5py.h5s.UNLIMITED)
-                    )
+                    growable = target.chunks is not None and target.maxshape[1] is None
+                    limit = h5py.h5s.UNLIMITED if growable else patch.extent[1]
+                    space = h5py.h5s.create_simple(patch.extent, (patch.extent[0], limit))
                     dcpl = target.id.get_create_plist()
                     dsid = h5py.h5d.create(
                         spool.id, f"p{k}".encode(), target.id.get_type(), space, dcpl=dcpl
