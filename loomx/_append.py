@@ -1,14 +1,14 @@
 """Grow a Loom file along columns: :func:`append` cells to it.
 
-:func:`append` never modifies an existing object in place.  Each layer is rebuilt at the new
-width under a temporary name in the same file, with the file's storage: the old HDF5 chunks
-are copied raw (``read_direct_chunk``/``write_direct_chunk``: no decompression, no
-recompression), then the new columns are streamed in block by block.  Column attributes and
-column graphs are written complete under temporary names too, and all of them are committed
-at once (``_journal``: an fsynced journal, then the link swaps), so the file reads as all old
-or all new whatever the moment of an error or an interruption (SIGKILL, power loss).  The
-price: the old layers' space stays in the file as free space (``h5repack`` reclaims it), so
-the file grows by the old layer sizes.
+A layer that is chunked and growable along columns (loompy's and loomx's layers are) grows in
+place: the new columns, with the old chunk column they share, are written as a *patch*
+staged in the file (the file's storage; chunks compressed block by block in parallel), which
+the commit copies in after resizing the layer (``_journal``).  Earlier columns are never
+rewritten, so appending batch after batch costs what the batches cost.  Other layers are
+rebuilt at the new width under a temporary name (old chunks copied raw).  Column attributes
+and column graphs are written complete under temporary names, and everything is committed
+at once (an fsynced journal, then the link swaps and patch copies), so the file reads as all
+old or all new whatever the moment of an error or an interruption (SIGKILL, power loss).
 
 The alignment helpers here (rows by a key, full-height column bands) serve
 :func:`loomx.combine` too.
@@ -317,32 +317,49 @@ def _same_edges(x: tuple[np.ndarray, ...], y: tuple[np.ndarray, ...]) -> bool:
 # --------------------------------------------------------------------------- append write
 
 
+def _grows_in_place(dset: h5py.Dataset) -> bool:
+    """Whether new columns can go into ``dset`` itself (chunked, growable along columns)."""
+    return dset.chunks is not None and dset.maxshape[1] is None
+
+
 def _write_append(plan: _AppendPlan, txn: Transaction) -> None:
-    """Write every object complete under its staged (temporary) name."""
+    """Stage every object: a patch of new columns for each layer that grows in place,
+    everything else complete under its staged (temporary) name."""
     f = txn.file
     n, m = plan.shape
     width = m + plan.m_new
     lock = threading.Lock()
     jobs: list = []
     for h5path, data, old_fill, dtype in plan.layers:
-        parent, tmp = txn.stage(h5path)
-        if old_fill is None:
-            dset = create_layer_like(parent, tmp, f[h5path], width)
-            copy_columns(f[h5path], dset, 0)
+        target = f[h5path] if old_fill is None else None  # None: a layer new to the file
+        col0 = m  # where ``data`` goes in the dataset written here
+        if target is not None and _grows_in_place(target):
+            # the chunk column holding the old edge is rewritten with the new columns
+            edge = m // target.chunks[1] * target.chunks[1]
+            parent, link = txn.stage_patch(h5path, (0, edge), (n, width))
+            dset = create_layer_like(parent, link, target, width - edge)
+            if m > edge:
+                dset[:, : m - edge] = target[:, edge:m]
+            col0 = m - edge
+        elif target is not None:
+            parent, tmp = txn.stage(h5path)
+            dset = create_layer_like(parent, tmp, target, width)
+            copy_columns(target, dset, 0)
         else:
+            parent, tmp = txn.stage(h5path)
             dset = create_layer(parent, tmp, (n, width), dtype, storage_of_dataset(f["/matrix"]))
         step = dset.chunks or (64, 64)
-        parts = [(data, m, plan.m_new)]
+        parts = [(data, col0, plan.m_new)]
         if old_fill is not None:
             parts.append((old_fill, 0, m))
-        for part, col0, cols in parts:
+        for part, start, cols in parts:
             if not cols:
                 continue
             rows = plan.rows if part is data else None
             if not isinstance(part, da.Array | np.ndarray):
                 band = band_width(n, np.dtype(dtype).itemsize, step[1])
                 part, rows = da.full((n, cols), part, dtype=dtype, chunks=(-1, band)), None
-            queue_columns(jobs, dset, da.asarray(part).astype(dtype), col0, lock, rows=rows)
+            queue_columns(jobs, dset, da.asarray(part).astype(dtype), start, lock, rows=rows)
     run_queue(jobs)
     for h5path, values in plan.attrs.items():
         old = f.get(h5path)
@@ -403,10 +420,10 @@ def append(
     -----
     Column graphs of the same name are concatenated, the new vertices offset by the old
     column count; a graph on one side only keeps its edges (the other columns are
-    unconnected vertices).  Every layer is rebuilt under a temporary name (old chunks
-    copied raw) and swapped in after an fsync, so the file grows by the old layers' size
-    until ``h5repack``.  A Dataset opened on the file before the append still has the old
-    shape (attributes it has not loaded yet would read the new length): reopen the file.
+    unconnected vertices).  Chunked layers grow in place (only the chunk column holding
+    the old edge is rewritten); column attributes are rewritten whole.  A Dataset opened
+    on the file before the append still has the old shape (attributes it has not loaded
+    yet would read the new length): reopen the file.
 
     Examples
     --------

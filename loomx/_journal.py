@@ -11,9 +11,10 @@ journal deleted.
 
 Two more kinds of rows: a row whose staged link is empty deletes the final name, and a
 staged *patch* (a dataset with the attribute :data:`PATCH_ORIGIN`) holds whole HDF5 chunks
-that replace those of the final dataset from that origin on (a region write): carrying it
-out copies its chunks in, as they are, and deletes it.  Readers overlay a pending patch on
-the dataset it belongs to.
+that replace those of the final dataset from that origin on (a region write, or new
+columns: then the attribute :data:`PATCH_EXTENT` gives the dataset's new shape): carrying
+it out resizes the dataset if needed, copies the chunks in, as they are, and deletes it.
+Readers overlay a pending patch on the dataset it belongs to.
 
 Killed before the commit point, the file holds its old content plus temporary links that
 readers skip and the next commit deletes.  Killed after, the journal says how to finish:
@@ -44,6 +45,7 @@ from .errors import LoomFormatError, LoomWriteError, LoomxError
 
 __all__ = [
     "JOURNAL_SUFFIX",
+    "PATCH_EXTENT",
     "PATCH_ORIGIN",
     "Journal",
     "Transaction",
@@ -59,6 +61,8 @@ __all__ = [
 JOURNAL_SUFFIX = ".journal"
 PATCH_ORIGIN = "loomx_patch_origin"
 """Attribute of a staged patch: where its first element goes in the final dataset."""
+PATCH_EXTENT = "loomx_patch_extent"
+"""Attribute of a staged patch that grows its dataset: the dataset's shape afterwards."""
 
 _ACTIVE: set[str] = set()
 """Tags of the transactions running in this process (their links are not stale)."""
@@ -104,16 +108,30 @@ class Journal:
                 out.setdefault(parent, {})[name] = staged
         return out
 
-    def patches(self, f: h5py.File) -> dict[str, list[tuple[str, tuple[int, ...]]]]:
-        """``{final dataset path: [(staged patch path, origin), ...]}`` not yet copied in."""
-        out: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+    def patches(self, f: h5py.File) -> dict[str, list[Patch]]:
+        """``{final dataset path: [patch, ...]}`` for the patches not yet copied in."""
+        out: dict[str, list[Patch]] = {}
         for parent, staged, name in self.entries:
             group = f.get(parent)
             if isinstance(group, h5py.Group) and staged and _is_patch(group, staged):
-                origin = tuple(int(v) for v in group[staged].attrs[PATCH_ORIGIN])
+                attrs = group[staged].attrs
+                origin = tuple(int(v) for v in attrs[PATCH_ORIGIN])
+                extent = attrs.get(PATCH_EXTENT)
+                shape = None if extent is None else tuple(int(v) for v in extent)
                 final = f"{parent.rstrip('/')}/{name}"
-                out.setdefault(final, []).append((f"{parent.rstrip('/')}/{staged}", origin))
+                patch = Patch(f"{parent.rstrip('/')}/{staged}", origin, shape)
+                out.setdefault(final, []).append(patch)
         return out
+
+
+@dataclass(frozen=True)
+class Patch:
+    """A staged patch: its path, where it goes, and the dataset's shape afterwards (None:
+    unchanged)."""
+
+    h5path: str
+    origin: tuple[int, ...]
+    extent: tuple[int, ...] | None = None
 
 
 def _is_patch(group: h5py.Group, link: str) -> bool:
@@ -121,12 +139,20 @@ def _is_patch(group: h5py.Group, link: str) -> bool:
     return isinstance(obj, h5py.Dataset) and PATCH_ORIGIN in obj.attrs
 
 
-def apply_patch(target: h5py.Dataset, patch: h5py.Dataset, origin: tuple[int, ...]) -> None:
-    """Copy every chunk of ``patch`` into ``target`` at ``origin``, as stored.
+def apply_patch(
+    target: h5py.Dataset,
+    patch: h5py.Dataset,
+    origin: tuple[int, ...],
+    extent: tuple[int, ...] | None = None,
+) -> None:
+    """Copy every chunk of ``patch`` into ``target`` at ``origin``, as stored, after
+    resizing ``target`` to ``extent`` (when given).
 
     ``patch`` has ``target``'s storage, and ``origin`` falls on chunk edges.  Chunks the
     patch never stored (its fill value) are written through the filters.
     """
+    if extent is not None and tuple(target.shape) != tuple(extent):
+        target.resize(extent)
     stored: set[tuple[int, ...]] = set()
     patch.id.chunk_iter(lambda info: stored.add(tuple(info.chunk_offset)))
     for offset in stored:
@@ -182,9 +208,9 @@ def _finish(f: h5py.File, journal: Journal) -> None:
     """Carry out a journal: copy patches in, swap every staged link in (or delete), set
     root attributes, drop it.  Each step can be done again after an interruption."""
     for final, patches in journal.patches(f).items():
-        for staged, origin in patches:
-            apply_patch(f[final], f[staged], origin)
-            del f[staged]
+        for patch in patches:
+            apply_patch(f[final], f[patch.h5path], patch.origin, patch.extent)
+            del f[patch.h5path]
     for parent, links in journal.pending(f).items():
         group = f[parent]
         for name, staged in links.items():
@@ -236,7 +262,7 @@ class Transaction:
         self.root_attrs: dict[str, Any] = {}
         self.journal: Journal | None = None
         self._new_groups: dict[str, h5py.Group] = {}  # final path -> staged group
-        self._origins: dict[tuple[str, str], tuple[int, ...]] = {}  # staged patches
+        self._origins: dict[tuple[str, str], tuple] = {}  # staged patches: origin, extent
 
     def stage(self, h5path: str) -> tuple[h5py.Group, str]:
         """The parent group and link name under which to create ``h5path``.
@@ -263,14 +289,16 @@ class Transaction:
         self.staged.append((group.name, self.tag + name, name))
         return group, self.tag + name
 
-    def stage_patch(self, h5path: str, origin: tuple[int, ...]) -> tuple[h5py.Group, str]:
+    def stage_patch(
+        self, h5path: str, origin: tuple[int, ...], extent: tuple[int, ...] | None = None
+    ) -> tuple[h5py.Group, str]:
         """The parent group and link name under which to create a patch of the existing
-        dataset ``h5path`` (see the module doc); mark the created dataset with
-        :meth:`mark_patch`."""
+        dataset ``h5path`` (see the module doc), to be copied in at ``origin`` after the
+        dataset is resized to ``extent`` (when given)."""
         parent_path, _, name = h5path.rpartition("/")
         group = self.file[parent_path or "/"]
         self.staged.append((group.name, f"{self.tag}patch-{name}", name))
-        self._origins[(group.name, f"{self.tag}patch-{name}")] = origin
+        self._origins[(group.name, f"{self.tag}patch-{name}")] = (origin, extent)
         return group, f"{self.tag}patch-{name}"
 
     def stage_delete(self, h5path: str) -> None:
@@ -286,8 +314,11 @@ class Transaction:
         """Record the journal (complete, flushed and fsynced, then renamed to its final
         name: the commit point), then carry it out."""
         f = self.file
-        for (parent, staged), origin in self._origins.items():
-            f[parent][staged].attrs[PATCH_ORIGIN] = np.asarray(origin, dtype=np.int64)
+        for (parent, staged), (origin, extent) in self._origins.items():
+            attrs = f[parent][staged].attrs
+            attrs[PATCH_ORIGIN] = np.asarray(origin, dtype=np.int64)
+            if extent is not None:
+                attrs[PATCH_EXTENT] = np.asarray(extent, dtype=np.int64)
         rows = np.array([list(row) for row in self.staged], dtype=object).reshape(-1, 3)
         draft = f.create_dataset(self.tag + "journal", data=rows, dtype=h5py.string_dtype())
         for key, value in self.root_attrs.items():

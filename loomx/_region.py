@@ -72,11 +72,14 @@ def _region_values(old: Any, new: Any, inner: tuple[slice, slice]) -> da.Array:
     """``old`` (the patch's extent as on disk) with ``new`` in place of ``old[inner]``."""
     rows, cols = inner
     old = da.asarray(old)
-    new = da.asarray(new)
+    new = da.asarray(new).rechunk({0: old[rows].chunks[0]}, method="tasks")
     middle = [p for p in (old[rows, : cols.start], new, old[rows, cols.stop :]) if p.shape[1]]
     band = da.concatenate(middle, axis=1) if len(middle) > 1 else middle[0]
     parts = [p for p in (old[: rows.start], band, old[rows.stop :]) if p.shape[0]]
-    return da.concatenate(parts, axis=0) if len(parts) > 1 else parts[0]
+    if len(parts) == 1:
+        return parts[0]
+    parts = [p.rechunk({1: band.chunks[1]}, method="tasks") for p in parts]
+    return da.concatenate(parts, axis=0)
 
 
 def _new_attr_values(

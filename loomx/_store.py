@@ -9,6 +9,7 @@ attributes only, never layer data.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import warnings
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from xarray.backends.locks import HDF5_LOCK
 from . import _conventions as conv
 from . import _spec
 from ._files import CachedFile
-from ._journal import committed_path, read_journals
+from ._journal import Patch, committed_path, read_journals
 from .errors import LoomFormatError, LoomFormatWarning, describe
 
 
@@ -147,7 +148,7 @@ class LoomLayout:
     global_attrs: dict[str, Any] = field(default_factory=dict)
     global_attrs_location: str = "/attrs"
     pending: dict[str, str] = field(default_factory=dict)  # final path -> temporary link
-    patches: dict[str, list[tuple[str, tuple[int, ...]]]] = field(default_factory=dict)
+    patches: dict[str, list[Patch]] = field(default_factory=dict)
 
 
 class LoomStore:
@@ -170,7 +171,7 @@ class LoomStore:
         self.lock = HDF5_LOCK
         self.handle = CachedFile(self.path, mode, locking)
         self.pending: dict[str, str] = {}  # objects of a commit not yet carried out
-        self.patches: dict[str, list[tuple[str, tuple[int, ...]]]] = {}  # region writes too
+        self.patches: dict[str, list[Patch]] = {}  # region writes, appended columns
 
     def __repr__(self) -> str:
         return f"LoomStore({self.path!r}, mode={self.mode!r})"
@@ -213,14 +214,13 @@ class LoomStore:
         self.patches = layout.patches
         return layout
 
-    def patches_of(self, h5path: str) -> list[tuple[str, tuple[int, ...]]]:
-        """The patches of a region write recorded for ``h5path`` and not yet copied in
-        (see ``_journal``): ``[(staged dataset path, origin), ...]``."""
+    def patches_of(self, h5path: str) -> list[Patch]:
+        """The patches recorded for ``h5path`` and not yet copied in (see ``_journal``)."""
         found = self.patches.get(h5path)
         if not found:
             return []
         with self.open() as h5file:
-            return [(staged, origin) for staged, origin in found if staged in h5file]
+            return [patch for patch in found if patch.h5path in h5file]
 
 
 def _hard_child(group: h5py.Group, name: str, path: str) -> h5py.Dataset | h5py.Group:
@@ -257,7 +257,7 @@ class _LayoutReader:
         self.path = path
         self.pending: dict[str, dict[str, str]] = {}
         self.pending_attrs: list[h5py.AttributeManager] = []
-        self.patches: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+        self.patches: dict[str, list[Patch]] = {}
         for journal in read_journals(h5file):
             for parent, links in journal.pending(h5file).items():
                 self.pending.setdefault(parent, {}).update(links)
@@ -331,12 +331,22 @@ class _LayoutReader:
             raise LoomFormatError(
                 f"found {what}, expected a 2-D dataset", path=self.path, h5path="/matrix"
             )
-        return (int(matrix.shape[0]), int(matrix.shape[1]))
+        shape = self.extent(matrix)
+        return (int(shape[0]), int(shape[1]))
+
+    def extent(self, dset: h5py.Dataset) -> tuple[int, ...]:
+        """The dataset's shape once a pending commit that grows it is carried out."""
+        for patch in self.patches.get(committed_path(dset.name), ()):
+            if patch.extent is not None:
+                return patch.extent
+        return tuple(dset.shape)
 
     def layer_info(
         self, dset: h5py.Dataset, shape: tuple[int, int], address: int | None
     ) -> DatasetInfo:
         info = DatasetInfo.of(dset, address)
+        if info.shape != self.extent(dset):
+            info = dataclasses.replace(info, shape=self.extent(dset))
         if info.shape != shape:
             raise LoomFormatError(
                 f"layer shape {info.shape} does not match /matrix shape {shape}",

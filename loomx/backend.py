@@ -23,6 +23,7 @@ from xarray.core import indexing
 
 from . import _chunks, _spec
 from . import _conventions as conv
+from ._journal import Patch
 from ._store import AttrInfo, DatasetInfo, LoomLayout, LoomStore
 from .errors import LoomFileError, LoomFormatError, LoomxError
 
@@ -120,12 +121,11 @@ class LoomBackendArray(BackendArray):
                 f"cannot read {slices}: {err}", path=self.store.path, h5path=self.info.h5path
             ) from err
 
-    def _read_patched(
-        self, h5path: str, slices: list[slice], patches: list[tuple[str, tuple[int, ...]]]
-    ) -> np.ndarray:
+    def _read_patched(self, h5path: str, slices: list[slice], patches: list[Patch]) -> np.ndarray:
         """Read ``slices`` of ``h5path``; where a pending region-write patch covers them,
         from the patch (the layer's own chunks there may be half rewritten)."""
-        for k, (staged, origin) in enumerate(patches):
+        for k, patch in enumerate(patches):
+            staged, origin = patch.h5path, patch.origin
             with self.store.open() as h5file:
                 extent = h5file[staged].shape
             inner = [

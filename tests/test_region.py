@@ -185,7 +185,7 @@ def test_committed_patch_is_read_through_until_recovered(tmp_path, monkeypatch):
     original = _journal.apply_patch
     calls: list = []
 
-    def half_applied(target, patch, origin):  # copies some chunks in, then fails
+    def half_applied(target, patch, origin, extent=None):  # copies some chunks, then fails
         calls.append(1)
         stored: list = []
         patch.id.chunk_iter(lambda info: stored.append(info.chunk_offset))
