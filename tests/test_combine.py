@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import sha256
+from conftest import chunk_places, sha256
 
 import loomx
 from loomx import _append, _conventions, _stream
@@ -317,13 +317,6 @@ def test_append_creates_missing_file(tmp_path: Path) -> None:
     np.testing.assert_array_equal(loomx.open_loom(path)["matrix"].values, c2["layers"][""])
 
 
-def _chunk_places(path: Path, h5path: str) -> dict[tuple[int, ...], tuple[int, int]]:
-    with h5py.File(path, "r") as f:
-        dsid = f[h5path].id
-        infos = [dsid.get_chunk_info(i) for i in range(dsid.get_num_chunks())]
-    return {i.chunk_offset: (i.byte_offset, i.size) for i in infos}
-
-
 def test_batches_appended_in_place_like_loompy_add_columns(tmp_path: Path) -> None:
     """Batch after batch: earlier chunks keep their bytes and place; the file equals
     loompy's ``new`` + ``add_columns`` loop."""
@@ -343,10 +336,10 @@ def test_batches_appended_in_place_like_loompy_add_columns(tmp_path: Path) -> No
             lp.add_columns(layers, c["col_attrs"], row_attrs=c["row_attrs"])
     width = 0
     for c in batches:
-        before = {h: _chunk_places(ours, h) for h in ("matrix", "layers/spliced")} if width else {}
+        before = {h: chunk_places(ours, h) for h in ("matrix", "layers/spliced")} if width else {}
         loomx.append(ours, as_dataset(c))
         for h5path, places in before.items():
-            after = _chunk_places(ours, h5path)
+            after = chunk_places(ours, h5path)
             edge = width // 64 * 64  # the chunk column holding the old edge is rewritten
             kept = {k: v for k, v in places.items() if k[1] < edge}
             assert {k: after[k] for k in kept} == kept, h5path

@@ -3,7 +3,6 @@ checked with h5py and loompy on the same files."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
@@ -11,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import chunk_places, sha256
 
 import loomx
 from loomx import _journal
@@ -32,18 +32,6 @@ def base_file(path: Path, chunks: tuple[int, int] | None = (64, 64)) -> Path:
         chunks=chunks,
     )
     return path
-
-
-def chunk_places(path: Path, h5path: str) -> dict[tuple[int, ...], tuple[int, int]]:
-    """Byte offset and size of every stored chunk, by chunk offset."""
-    with h5py.File(path, "r") as f:
-        dsid = f[h5path].id
-        infos = [dsid.get_chunk_info(i) for i in range(dsid.get_num_chunks())]
-    return {i.chunk_offset: (i.byte_offset, i.size) for i in infos}
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def temp_links(path: Path) -> list[str]:
