@@ -29,7 +29,7 @@ import xarray as xr
 
 from . import _conventions as conv
 from . import _spec
-from ._files import locking_in_use
+from ._files import locking_in_use, open_h5
 from ._journal import Transaction, recover_pending, transaction
 from ._plan import encode_attr, layer_data, resolve_dims
 from ._storage import (
@@ -147,7 +147,9 @@ class _AppendPlan:
         self.legacy = legacy
         self.layers: list[tuple[str, Any, Any, np.dtype]] = []  # h5path, new, old fill, dtype
         self.rows: np.ndarray | None = None  # order of the new layers' rows (None: as they are)
-        self.attrs: dict[str, np.ndarray] = {}
+        self.attrs: dict[str, np.ndarray] = {}  # rewritten whole
+        self.attr_tails: dict[str, np.ndarray] = {}  # values of the new columns only
+        self.target: h5py.File | None = None  # the file, open read-only while planning
         self.graphs: dict[str, dict[str, np.ndarray]] = {}
         self.locking: bool | None = None
 
@@ -159,6 +161,7 @@ def _plan_append(
     key: str | None,
     fill_values: FillValues,
     dims: Sequence[str] | None,
+    target: h5py.File | None = None,
 ) -> _AppendPlan:
     fdims = tuple(old.encoding["loom_dims"])
     dims = resolve_dims(ds, dims, path)
@@ -185,6 +188,7 @@ def _plan_append(
     ds = ds if rows is None else body.isel({dims[0]: rows})
     plan = _AppendPlan(path, (n, m), m_new, legacy)
     plan.rows = rows
+    plan.target = target
     for h5path in sorted(set(fvars) | set(dvars)):
         kind = conv.path_kind(h5path)
         fname, dname = fvars.get(h5path), dvars.get(h5path)
@@ -253,28 +257,48 @@ def _plan_col_attr(
 ) -> None:
     where = (plan.path, h5path)
     m, k = plan.shape[1], plan.m_new
-    present = old[fname].values if fname is not None else None
     new = np.asarray(ds[dname].values) if dname is not None else None
-    if present is not None and new is not None:
-        if present.shape[1:] != new.shape[1:] or is_text(present.dtype) != is_text(new.dtype):
+    if fname is not None:
+        shape, dtype = old[fname].shape, old[fname].dtype
+        if new is None:
+            why = f"column attribute {fname!r} of the file is missing in the new data"
+            value = fill_value(fill_values, str(fname), dtype, where, why)
+            new = np.full((k, *shape[1:]), value, dtype=object if is_text(dtype) else dtype)
+        elif shape[1:] != new.shape[1:] or is_text(dtype) != is_text(new.dtype):
             raise LoomFormatError(
-                f"the file has dtype {present.dtype} and shape {present.shape}, the "
+                f"the file has dtype {dtype} and shape {shape}, the "
                 f"new data {new.dtype} and {new.shape}; expected the same kind and extra dims",
                 path=where[0],
                 h5path=where[1],
             )
-    elif present is None:
+        if is_text(new.dtype):
+            new = new.astype(object)
+        tail = encode_attr(plan.path, h5path, new, plan.legacy)
+        target = plan.target.get(h5path) if plan.target is not None else None
+        if isinstance(target, h5py.Dataset) and _fits(tail, target, axis=0):
+            plan.attr_tails[h5path] = tail.astype(target.dtype)
+            return
+        present = old[fname].values
+    else:
         why = f"column attribute {dname!r} of the new data is not in the file"
         value = fill_value(fill_values, str(dname), new.dtype, where, why)
         present = np.full((m, *new.shape[1:]), value, dtype=object if is_text(new.dtype) else None)
-    else:
-        why = f"column attribute {fname!r} of the file is missing in the new data"
-        value = fill_value(fill_values, str(fname), present.dtype, where, why)
-        new = np.full((k, *present.shape[1:]), value, dtype=present.dtype)
     if is_text(present.dtype):
         present, new = present.astype(object), new.astype(object)
     values = np.concatenate([present, new])
     plan.attrs[h5path] = encode_attr(plan.path, h5path, values, plan.legacy)
+
+
+def _fits(values: np.ndarray, target: h5py.Dataset, axis: int) -> bool:
+    """Whether ``values`` can be added to ``target`` along ``axis`` in place: chunked,
+    growable there, and a dtype that holds them unchanged."""
+    if target.chunks is None or target.maxshape[axis] is not None or target.dtype.names:
+        return False
+    if target.dtype.kind == "O" or values.dtype.kind == "O":
+        return target.dtype.kind == values.dtype.kind == "O"
+    if target.dtype.kind == "S":
+        return values.dtype.kind == "S" and values.dtype.itemsize <= target.dtype.itemsize
+    return np.can_cast(values.dtype, target.dtype, "safe")
 
 
 def _plan_graphs(plan: _AppendPlan, old: xr.Dataset, ds: xr.Dataset) -> None:
@@ -361,6 +385,19 @@ def _write_append(plan: _AppendPlan, txn: Transaction) -> None:
                 part, rows = da.full((n, cols), part, dtype=dtype, chunks=(-1, band)), None
             queue_columns(jobs, dset, da.asarray(part).astype(dtype), start, lock, rows=rows)
     run_queue(jobs)
+    for h5path, tail in plan.attr_tails.items():
+        target = f[h5path]
+        edge = m // target.chunks[0] * target.chunks[0]
+        values = np.concatenate([target[edge:m], tail]) if m > edge else tail
+        if target.dtype.kind == "O":
+            values = np.asarray([v.decode() if isinstance(v, bytes) else v for v in values], object)
+        rest = tuple(target.shape[1:])
+        parent, link = txn.stage_patch(h5path, (edge, *([0] * len(rest))), (width, *rest))
+        space = h5py.h5s.create_simple(values.shape, (h5py.h5s.UNLIMITED, *rest))
+        dsid = h5py.h5d.create(
+            parent.id, link.encode(), target.id.get_type(), space, dcpl=target.id.get_create_plist()
+        )
+        h5py.Dataset(dsid)[()] = values
     for h5path, values in plan.attrs.items():
         old = f.get(h5path)
         storage = storage_of_dataset(old) if isinstance(old, h5py.Dataset) else ATTR_STORAGE
@@ -441,7 +478,9 @@ def append(
     recover_pending(path, locking)
     old = open_loom(path, chunks=None, locking=locking)
     try:
-        plan = _plan_append(old, ds, path, key, fill_values, dims)
+        with open_h5(path, "r", locking) as target:
+            plan = _plan_append(old, ds, path, key, fill_values, dims, target)
+        plan.target = None
     finally:
         old.close()
     plan.locking = locking

@@ -200,10 +200,19 @@ class LoomStore:
         return h5path
 
     def read_attr(self, attr: AttrInfo) -> np.ndarray:
-        """Read and decode one whole row or column attribute."""
+        """Read and decode one whole row or column attribute (with the values of pending
+        patches, see ``_journal``)."""
         h5path = self.resolve(attr.info.h5path)
+        patches = self.patches_of(attr.info.h5path)
         with self.open() as h5file:
             raw = h5file[h5path][()]
+            for patch in patches:
+                values = h5file[patch.h5path][()]
+                if patch.extent is not None and patch.extent[0] > len(raw):
+                    grown = np.empty(patch.extent, dtype=raw.dtype)
+                    grown[: len(raw)] = raw
+                    raw = grown
+                raw[patch.origin[0] : patch.origin[0] + len(values)] = values
         return attr.decode(raw, self.path)
 
     def read_layout(self) -> LoomLayout:
@@ -390,7 +399,7 @@ class _LayoutReader:
                     path=self.path,
                     h5path=dset.name,
                 )
-            if dset.ndim == 0 or dset.shape[0] != length:
+            if dset.ndim == 0 or self.extent(dset)[0] != length:
                 axis = "rows" if space == _spec.ROW_ATTRS else "columns"
                 raise LoomFormatError(
                     f"attribute has shape {dset.shape}, "
@@ -402,9 +411,9 @@ class _LayoutReader:
         return out
 
     def attr(self, dset: h5py.Dataset, legacy: bool, address: int | None) -> AttrInfo:
-        info = DatasetInfo.of(dset, address)
+        info = dataclasses.replace(DatasetInfo.of(dset, address), shape=self.extent(dset))
         dtype = dset.dtype
-        shape = tuple(dset.shape)
+        shape = info.shape
         if dtype.names is not None:
             fields = tuple(dtype.names)
             kinds = [dtype.fields[n][0] for n in fields]

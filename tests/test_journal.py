@@ -118,6 +118,35 @@ def test_commit_recorded_but_not_finished_reads_as_new_and_recovers(tmp_path, mo
         np.testing.assert_array_equal(f["matrix"][:, M:], more_cells()["matrix"].values)
 
 
+def test_pending_patches_of_layers_and_attributes_read_as_appended(tmp_path, monkeypatch):
+    path = tmp_path / "a.loom"
+    with loomx.open_loom(base_file(tmp_path / "h5py.loom")) as ds:
+        ds = ds.load()
+        for var in ds.variables.values():
+            var.encoding = {}  # loomx's storage: chunked attributes that grow in place
+        loomx.to_loom(ds, path)
+    calls: list = []
+
+    def resized_only(target, patch, origin, extent=None):
+        calls.append(target.name)
+        target.resize(extent)
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(_journal, "apply_patch", resized_only)
+    with pytest.raises(LoomWriteError, match="commit is recorded"):
+        loomx.append(path, more_cells())
+    monkeypatch.undo()
+    with h5py.File(path, "r") as f:
+        patched = {
+            p.h5path for j in _journal.read_journals(f) for ps in j.patches(f).values() for p in ps
+        }
+        assert any("CellID" in p for p in patched) and any("matrix" in p for p in patched)
+    assert_appended(path)  # grown attributes and layers, read through their patches
+    assert loomx.recover(path) == 1
+    assert_appended(path)
+    assert temp_links(path) == []
+
+
 def test_next_write_finishes_a_dead_writers_commit_before_comparing(tmp_path, monkeypatch):
     path = base_file(tmp_path / "a.loom")
     fail_moves_after(monkeypatch, calls=1)
