@@ -26,6 +26,7 @@ from .errors import (
     LoomWriteError,
     LoomxError,
 )
+from .qc import assign_qc, calculate_qc_metrics
 
 __version__ = "0.1.0"
 
@@ -41,6 +42,8 @@ __all__ = [
     "LoomxError",
     "__version__",
     "append",
+    "assign_qc",
+    "calculate_qc_metrics",
     "combine",
     "open_loom",
     "recover",
