@@ -26,7 +26,9 @@ from .errors import (
     LoomWriteError,
     LoomxError,
 )
+from .interop import from_anndata, to_anndata
 from .qc import assign_qc, calculate_qc_metrics
+from .validate import validate_loom
 
 __version__ = "0.1.0"
 
@@ -45,7 +47,10 @@ __all__ = [
     "assign_qc",
     "calculate_qc_metrics",
     "combine",
+    "from_anndata",
     "open_loom",
     "recover",
+    "to_anndata",
     "to_loom",
+    "validate_loom",
 ]
