@@ -81,13 +81,11 @@ def mito_mask(symbols: Any, prefixes: Sequence[str]) -> np.ndarray:
     return np.array([t.startswith(tuple(prefixes)) for t in text], dtype=bool)
 
 
-@numba.njit(nogil=True, cache=True)
-def _band_kernel(block, mito, ns):  # pragma: no cover - compiled
-    """Metrics of one full-height band ``block`` (genes x cells).
-
-    Returns per cell (total, nnz, mito total, top-n sums for each of ``ns``) and per gene
-    (sum, sum of squares, nnz).
-    """
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _accumulate(block, mito):  # pragma: no cover - compiled
+    """Per cell (total, non-zeros, mitochondrial total) and per gene (sum, sum of squares,
+    non-zeros) of a band ``block`` (genes x cells), in one row-major sweep without
+    branches (so that it vectorises)."""
     n_genes, n_cells = block.shape
     total = np.zeros(n_cells)
     nnz = np.zeros(n_cells, dtype=np.int64)
@@ -96,55 +94,94 @@ def _band_kernel(block, mito, ns):  # pragma: no cover - compiled
     gsq = np.zeros(n_genes)
     gnnz = np.zeros(n_genes, dtype=np.int64)
     for g in range(n_genes):
-        is_mt = mito[g]
+        row = block[g]
         s = 0.0
         q = 0.0
         k = 0
         for c in range(n_cells):
-            v = block[g, c]
-            if v != 0:
-                x = np.float64(v)
-                total[c] += x
-                nnz[c] += 1
-                s += x
-                q += x * x
-                k += 1
-                if is_mt:
-                    mt[c] += x
+            x = np.float64(row[c])
+            nz = x != 0
+            total[c] += x
+            nnz[c] += nz
+            s += x
+            q += x * x
+            k += nz
+        if mito[g]:
+            for c in range(n_cells):
+                mt[c] += np.float64(row[c])
         gsum[g] = s
         gsq[g] = q
         gnnz[g] = k
+    return total, nnz, mt, gsum, gsq, gnnz
+
+
+@numba.njit(nogil=True, cache=True)
+def _select(a, lo, hi, k):  # pragma: no cover - compiled
+    """Rearrange ``a[lo:hi]`` in place so that ``a[k]`` holds the value of rank ``k``
+    (ascending), values before it no greater and values after it no smaller (3-way
+    quickselect, median-of-three pivots: fast with the many ties of counts)."""
+    while hi - lo > 1:
+        x, y, z = a[lo], a[(lo + hi) // 2], a[hi - 1]
+        pivot = max(min(x, y), min(max(x, y), z))
+        lt = lo
+        i = lo
+        gt = hi
+        while i < gt:
+            v = a[i]
+            if v < pivot:
+                a[i] = a[lt]
+                a[lt] = v
+                lt += 1
+                i += 1
+            elif v > pivot:
+                gt -= 1
+                a[i] = a[gt]
+                a[gt] = v
+            else:
+                i += 1
+        if k < lt:
+            hi = lt
+        elif k >= gt:
+            lo = gt
+        else:
+            return
+
+
+@numba.njit(nogil=True, cache=True)
+def _top_sums(block, nnz, ns):  # pragma: no cover - compiled
+    """Sum of the ``n`` largest values of each cell (column) for each ``n`` in ``ns``
+    (ascending), zeros included: the non-zeros of each cell are compacted, padded with
+    enough zeros, then selected rank by rank from the largest ``n`` down."""
+    n_genes, n_cells = block.shape
     top = np.zeros((ns.size, n_cells))
     if ns.size == 0:
-        return total, nnz, mt, top, gsum, gsq, gnnz
+        return top
     top_n = ns[-1]
-    # non-zeros of each cell, compacted (CSC-like), then the largest top_n of each
     offsets = np.zeros(n_cells + 1, dtype=np.int64)
     for c in range(n_cells):
-        offsets[c + 1] = offsets[c] + nnz[c]
-    values = np.empty(offsets[-1])
+        offsets[c + 1] = offsets[c] + nnz[c] + min(n_genes - nnz[c], top_n)
+    values = np.zeros(offsets[-1])  # the padding zeros are already there
     fill = offsets[:-1].copy()
     for g in range(n_genes):
+        row = block[g]
         for c in range(n_cells):
-            v = block[g, c]
+            v = row[c]
             if v != 0:
-                values[fill[c]] = np.float64(v)
+                values[fill[c]] = v
                 fill[c] += 1
     for c in range(n_cells):
-        cell = values[offsets[c] : offsets[c + 1]]
-        zeros = min(n_genes - cell.size, top_n)  # zeros rank above negative values
-        vec = np.concatenate((cell, np.zeros(zeros)))
-        if vec.size > top_n:
-            vec = -np.partition(-vec, top_n - 1)[:top_n]
-        vec = -np.sort(-vec)
-        acc = 0.0
-        j = 0
-        for i in range(ns.size):
-            while j < ns[i]:
-                acc += vec[j]
-                j += 1
+        lo = offsets[c]
+        hi = offsets[c + 1]
+        for i in range(ns.size - 1, -1, -1):
+            start = max(lo, hi - ns[i])
+            if start > lo:
+                _select(values, lo, hi, start)
+                lo = start
+            acc = 0.0
+            for j in range(lo, hi):
+                acc += values[j]
             top[i, c] = acc
-    return total, nnz, mt, top, gsum, gsq, gnnz
+    return top
 
 
 _KERNEL_DTYPES = frozenset("bBhHiIlLqQfd")
@@ -154,7 +191,9 @@ def _band_stats(block: np.ndarray, mito: np.ndarray, ns: np.ndarray) -> dict[str
     block = np.asarray(block)
     if block.dtype.char not in _KERNEL_DTYPES:
         block = block.astype(np.float64)
-    total, nnz, mt, top, gsum, gsq, gnnz = _band_kernel(np.ascontiguousarray(block), mito, ns)
+    block = np.ascontiguousarray(block)
+    total, nnz, mt, gsum, gsq, gnnz = _accumulate(block, mito)
+    top = _top_sums(block, nnz, ns)
     return {
         "cells": np.vstack((total, nnz, mt, top)),
         "sum": gsum,
