@@ -267,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except (OSError, ValueError, KeyError, ImportError) as err:
         print(f"loomx: {type(err).__name__}: {err}", file=sys.stderr)
+    except Exception as err:  # a bug: still one line, with what to report
+        print(f"loomx: unexpected {type(err).__name__}: {err} (please report)", file=sys.stderr)
     return 1
 
 

@@ -236,6 +236,7 @@ def test_cli_qc_errors_are_one_line(tmp_path, counts_file):
         (("qc", counts_file, "--layer", "spliced"), "no layer 'spliced'"),
         (("qc", tmp_path), "a directory"),
         (("qc", counts_file, "--processes", "0"), "at least 1"),
+        (("qc", counts_file, "--scheduler", "tcp://127.0.0.1:9"), "cannot connect"),
     ]:
         done = run_cli(*args)
         assert done.returncode == 1
