@@ -3,6 +3,8 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -37,6 +39,17 @@ WILD_FILES = sorted(
 
 def sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+LOOMX_SCRIPT = Path(sys.executable).with_name("loomx")
+"""The ``loomx`` console script that ``pip install`` put next to this Python."""
+
+
+def run_cli(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run the installed ``loomx`` console script with ``args``; capture its output."""
+    assert LOOMX_SCRIPT.is_file(), f"no console script at {LOOMX_SCRIPT}: pip install loomx"
+    cmd = [str(LOOMX_SCRIPT), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
 def chunk_places(path: str | Path, h5path: str) -> dict[tuple[int, ...], tuple[int, int]]:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
-import subprocess
-import sys
+from conftest import run_cli
 
 from loomx.cli import main
 
@@ -19,15 +18,9 @@ def test_example_then_info(tmp_path, capsys):
 
 def test_console_script_runs(tmp_path):
     path = tmp_path / "ex.loom"
-    cmd = [sys.executable, "-m", "loomx.cli", "example", str(path), "--rows", "10", "--cols", "12"]
-    subprocess.run(cmd, check=True)
-    done = subprocess.run(
-        [sys.executable, "-m", "loomx.cli", "info", str(path)],
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    assert "10 rows x 12 columns" in done.stdout
+    assert run_cli("example", path, "--rows", "10", "--cols", "12").returncode == 0
+    done = run_cli("info", path)
+    assert done.returncode == 0 and "10 rows x 12 columns" in done.stdout
 
 
 def test_info_lists_qualified_attributes_and_reports_errors(tmp_path, capsys):
@@ -38,11 +31,6 @@ def test_info_lists_qualified_attributes_and_reports_errors(tmp_path, capsys):
     assert "row_attrs (8)" in out and "row_attrs:X_LogCV" in out and "col_attrs:X_LogCV" in out
     assert main(["info", str(tmp_path)]) == 1
     assert "a directory" in capsys.readouterr().err
-
-
-def run_cli(*args):
-    cmd = [sys.executable, "-m", "loomx.cli", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
 def test_every_subcommand_has_help():

@@ -4,8 +4,6 @@ and loompy reading or writing the same data."""
 from __future__ import annotations
 
 import gzip
-import subprocess
-import sys
 import warnings
 
 import dask
@@ -14,6 +12,7 @@ import numpy as np
 import pytest
 import scipy.io
 import scipy.sparse
+from conftest import run_cli
 
 import loomx
 from loomx.interop import aggregate_file, convert, from_anndata, to_anndata
@@ -169,11 +168,6 @@ def test_10x_matches_scanpy_readers(tmp_path, tenx_data, kind):
     target = tmp_path / "out.loom"
     convert(source, target)
     assert loomx.calculate_qc_metrics(loomx.open_loom(target))[0].attrs["mito_genes"] == 3
-
-
-def run_cli(*args):
-    cmd = [sys.executable, "-m", "loomx.cli", *map(str, args)]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
 
 
 def test_cli_convert_round_trip(tmp_path, tenx_data):

@@ -12,6 +12,7 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import run_cli
 
 import loomx
 from loomx.qc import qc_file
@@ -202,15 +203,6 @@ def test_output_leaves_source_untouched(counts_file, tmp_path):
     ds = loomx.open_loom(out)
     assert "pct_counts_mt" in ds.coords and "variance_counts" in ds.coords
     assert not [p for p in os.listdir(tmp_path) if p.startswith(".out.loom")]
-
-
-def run_cli(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "loomx.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
 
 
 def test_cli_qc_end_to_end(tmp_path):
