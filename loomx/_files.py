@@ -263,9 +263,11 @@ def same_file(a: str | os.PathLike[str] | None, b: str) -> bool:
 def owner_alive(token: str) -> bool:
     """Whether the process whose pid starts ``token`` (``"{pid}-..."``) still runs here."""
     pid = token.split("-", 1)[0]
+    if not pid.isdigit() or not 0 < int(pid) < 1 << 31:  # no such process id: no owner
+        return False
     try:
         os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError):
+    except ProcessLookupError:
         return False
     except OSError:
         return True

@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,7 +35,7 @@ from . import _spec
 from ._files import fsync, locking_enforced, open_for_writing, open_h5, owner_alive
 from ._spec import TEMPORARY_TAG
 from ._stream import current_client
-from .errors import LoomFormatError, LoomWriteError, LoomxError
+from .errors import LoomFormatWarning, LoomWriteError, LoomxError, describe
 
 __all__ = [
     "JOURNAL_SUFFIX",
@@ -90,26 +91,63 @@ class Journal:
 
 
 def read_journals(f: h5py.File) -> list[Journal]:
-    """Every journal at the root of ``f`` (normally none)."""
+    """Every valid journal at the root of ``f`` (normally none).
+
+    A journal loomx could not have written (not a table of strings, a row whose staged
+    link is not the journal's own ``{tag}{final name}``, a final name that is a path or a
+    temporary name, a parent that is not an absolute group path) is ignored with a
+    :class:`~loomx.errors.LoomFormatWarning`: its commit is not applied, so nothing it
+    names is touched, and :func:`recover` removes it with the other temporary links.
+    """
     found = []
     for name in f:
         if not (name.startswith(TEMPORARY_TAG) and name.endswith(JOURNAL_SUFFIX)):
             continue
-        obj = f.get(name)
-        try:
-            rows = np.asarray(obj[()]).reshape(-1, 3)  # type: ignore[index]
-            entries = [
-                tuple(v.decode() if isinstance(v, bytes) else str(v) for v in r) for r in rows
-            ]
-        except (TypeError, ValueError, UnicodeDecodeError) as exc:
-            raise LoomFormatError(
-                f"a loomx commit journal that cannot be read ({exc}); expected rows of "
-                "(group, temporary link, final name)",
-                path=f.filename,
-                h5path="/" + name,
-            ) from exc
-        found.append(Journal(name, entries, dict(obj.attrs)))  # type: ignore[arg-type, union-attr]
+        journal, problem = _parse_journal(f, name)
+        if journal is None:
+            warnings.warn(
+                f"{describe(f.filename, '/' + name)}: ignored a loomx commit journal that "
+                f"loomx did not write ({problem}); expected rows of (group, temporary link, "
+                "final name) staged by one write. Its commit is not applied",
+                LoomFormatWarning,
+                stacklevel=3,
+            )
+            continue
+        found.append(journal)
     return found
+
+
+def _parse_journal(f: h5py.File, name: str) -> tuple[Journal | None, str]:
+    """The journal at ``/name``, or ``None`` and what is wrong with it."""
+    tag = name[: -len(JOURNAL_SUFFIX)] + "-"
+    pid = tag[len(TEMPORARY_TAG) :].split("-", 1)[0]
+    if not pid.isdigit():
+        return None, f"its name has no process id, found {name!r}"
+    obj = f.get(name)
+    if not isinstance(obj, h5py.Dataset):
+        return None, f"found a {type(obj).__name__}, expected a dataset"
+    if h5py.check_string_dtype(obj.dtype) is None or obj.ndim != 2 or obj.shape[1] != 3:
+        return None, f"found {obj.dtype} values of shape {obj.shape}, expected (n, 3) strings"
+    try:
+        rows = [tuple(_text(v) for v in row) for row in obj[()]]
+    except (TypeError, ValueError, UnicodeDecodeError) as exc:
+        return None, f"its rows cannot be read ({exc})"
+    entries = []
+    for parent, staged, final in rows:
+        ok_final = final and "/" not in final and TEMPORARY_TAG not in final
+        ok_parent = parent.startswith("/") and TEMPORARY_TAG not in parent
+        if not (ok_final and ok_parent and staged == tag + final):
+            return None, f"row {(parent, staged, final)!r} does not name an object it staged"
+        entries.append((parent, staged, final))
+    try:
+        attrs = dict(obj.attrs)
+    except (OSError, KeyError, RuntimeError, TypeError, ValueError) as exc:
+        return None, f"its attributes cannot be read ({exc})"
+    return Journal(name, entries, attrs), ""
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def committed_path(h5path: str) -> str:

@@ -23,7 +23,45 @@ from . import _conventions as conv
 from . import _spec
 from ._files import CachedFile
 from ._journal import committed_path, read_journals
-from .errors import LoomFormatError, LoomFormatWarning, describe
+from .errors import LoomFileError, LoomFormatError, LoomFormatWarning, LoomxError, describe
+
+H5_ERRORS = (
+    OSError,
+    KeyError,
+    RuntimeError,
+    ValueError,
+    TypeError,
+    IndexError,
+    OverflowError,
+    MemoryError,
+)
+"""What h5py (and numpy on the values it returns) raise on a damaged file."""
+
+
+@contextlib.contextmanager
+def h5_errors(path: str, h5path: str | list[str] | None, what: str) -> Iterator[None]:
+    """Turn errors h5py raises on truncated or corrupt files into :class:`LoomFileError`.
+
+    loomx's own errors pass unchanged.  ``what`` says what was being done ("read the
+    layout", "read the attribute"); ``h5path`` may be a one-element list that the body
+    updates as it goes from object to object.
+    """
+    try:
+        yield
+    except LoomxError:
+        raise
+    except H5_ERRORS as err:
+        where = h5path[0] if isinstance(h5path, list) else h5path
+        if isinstance(err, MemoryError):
+            found = f"the object declares more data than fits in memory ({err!r})"
+        else:
+            found = f"{type(err).__name__}: {err}"
+        raise LoomFileError(
+            f"cannot {what}: {found}; the file may be truncated or corrupt "
+            "(expected a readable HDF5 object)",
+            path=path,
+            h5path=where,
+        ) from err
 
 
 def link_address(group: h5py.Group, name: str) -> int | None:
@@ -192,21 +230,22 @@ class LoomStore:
         for final, link in self.pending.items():
             if h5path == final or h5path.startswith(final + "/"):
                 candidate = link + h5path[len(final) :]
-                with self.open() as h5file:
+                with self.open() as h5file, h5_errors(self.path, h5path, "look up the object"):
                     return candidate if candidate in h5file else h5path
         return h5path
 
     def read_attr(self, attr: AttrInfo) -> np.ndarray:
         """Read and decode one whole row or column attribute."""
         h5path = self.resolve(attr.info.h5path)
-        with self.open() as h5file:
+        with self.open() as h5file, h5_errors(self.path, attr.info.h5path, "read the attribute"):
             raw = h5file[h5path][()]
-        return attr.decode(raw, self.path)
+            return attr.decode(raw, self.path)
 
     def read_layout(self) -> LoomLayout:
         """Read and check the metadata (never layer, attribute or graph data)."""
-        with self.open() as h5file:
-            layout = _LayoutReader(h5file, self.path).read()
+        where = ["/"]  # the object being read, for errors
+        with self.open() as h5file, h5_errors(self.path, where, "read the file's layout"):
+            layout = _LayoutReader(h5file, self.path, where).read()
         self.pending = layout.pending
         return layout
 
@@ -240,9 +279,10 @@ class _LayoutReader:
     without changing it.
     """
 
-    def __init__(self, h5file: h5py.File, path: str):
+    def __init__(self, h5file: h5py.File, path: str, where: list[str] | None = None):
         self.f = h5file
         self.path = path
+        self.where = ["/"] if where is None else where  # the object being read, for errors
         self.pending: dict[str, dict[str, str]] = {}
         self.pending_attrs: list[h5py.AttributeManager] = []
         for journal in read_journals(h5file):
@@ -252,12 +292,18 @@ class _LayoutReader:
 
     def children(self, group: h5py.Group) -> dict[str, str]:
         """Each child's name and the link it is read through (committed names applied)."""
+        self.where[0] = committed_path(group.name)
         out = {name: name for name in group if _spec.TEMPORARY_TAG not in name}
         out.update(self.pending.get(group.name, {}))
         return out
 
     def child(self, group: h5py.Group, name: str) -> h5py.Dataset | h5py.Group:
-        return _hard_child(group, self.children(group).get(name, name), self.path)
+        return self.hard(group, self.children(group).get(name, name))
+
+    def hard(self, group: h5py.Group, link: str) -> h5py.Dataset | h5py.Group:
+        """:func:`_hard_child`, remembering which object is being read."""
+        self.where[0] = committed_path(f"{group.name.rstrip('/')}/{link}")
+        return _hard_child(group, link, self.path)
 
     def warn(self, h5path: str, message: str) -> None:
         warnings.warn(f"{describe(self.path, h5path)}: {message}", LoomFormatWarning, stacklevel=4)
@@ -266,7 +312,7 @@ class _LayoutReader:
         link = self.children(self.f).get(name)
         if link is None:
             return None
-        obj = _hard_child(self.f, link, self.path)
+        obj = self.hard(self.f, link)
         if not isinstance(obj, h5py.Group):
             raise LoomFormatError(
                 "found a dataset, expected a group", path=self.path, h5path="/" + name
@@ -274,6 +320,7 @@ class _LayoutReader:
         return obj
 
     def read(self) -> LoomLayout:
+        self.where[0] = f"/{_spec.GLOBAL_ATTRS}/{_spec.VERSION_KEY}"
         version, source = _spec.read_version(self.f)
         legacy = not _spec.uses_vlen_utf8(version)
         shape = self.matrix_shape()
@@ -332,11 +379,11 @@ class _LayoutReader:
 
     def layers(self, shape: tuple[int, int]) -> dict[str, DatasetInfo]:
         link = self.children(self.f).get(_spec.MATRIX, _spec.MATRIX)
-        matrix = _hard_child(self.f, link, self.path)
+        matrix = self.hard(self.f, link)
         out = {"": self.layer_info(matrix, shape, link_address(self.f, link))}
         group = self.group(_spec.LAYERS)
         for name, link in self.children(group).items() if group is not None else ():
-            dset = _hard_child(group, link, self.path)
+            dset = self.hard(group, link)
             if not isinstance(dset, h5py.Dataset):
                 raise LoomFormatError(
                     "found a group, expected a layer dataset", path=self.path, h5path=dset.name
@@ -351,7 +398,7 @@ class _LayoutReader:
             return {}
         out = {}
         for name, link in self.children(group).items():
-            dset = _hard_child(group, link, self.path)
+            dset = self.hard(group, link)
             if not isinstance(dset, h5py.Dataset):
                 raise LoomFormatError(
                     "found a group, expected an attribute dataset",
@@ -422,7 +469,7 @@ class _LayoutReader:
             if group_name == legacy_name and len(group):
                 self.warn(group.name, f"legacy graph group; read as /{space}")
             for name, link in self.children(group).items():
-                out[name] = self.graph(_hard_child(group, link, self.path))
+                out[name] = self.graph(self.hard(group, link))
         return out
 
     def graph(self, group: h5py.Group | h5py.Dataset) -> GraphInfo:
@@ -434,13 +481,14 @@ class _LayoutReader:
             )
         parts = {}
         for part in conv.GRAPH_PARTS:
+            self.where[0] = committed_path(f"{group.name}/{part}")
             if part not in group:
                 raise LoomFormatError(
                     f"graph has no '{part}' dataset; expected a, b (vertices) and w (weights)",
                     path=self.path,
                     h5path=group.name,
                 )
-            dset = _hard_child(group, part, self.path)
+            dset = self.hard(group, part)
             if not isinstance(dset, h5py.Dataset) or dset.ndim != 1:
                 raise LoomFormatError(
                     "expected a 1-D dataset", path=self.path, h5path=f"{group.name}/{part}"
@@ -481,10 +529,11 @@ class _LayoutReader:
         out: dict[str, Any] = {}
         if group is not None:
             for name, link in self.children(group).items():
-                dset = _hard_child(group, link, self.path)
+                dset = self.hard(group, link)
                 if isinstance(dset, h5py.Dataset):
                     out[name] = self.global_value(dset[()], f"{group.name}/{name}", legacy)
             return out, "/attrs"
+        self.where[0] = "/"
         for attrs in (self.f.attrs, *self.pending_attrs):
             for name, value in attrs.items():
                 string_info = h5py.check_string_dtype(attrs.get_id(name).dtype)

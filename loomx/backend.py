@@ -23,7 +23,7 @@ from xarray.core import indexing
 
 from . import _chunks, _spec
 from . import _conventions as conv
-from ._store import AttrInfo, DatasetInfo, LoomLayout, LoomStore
+from ._store import H5_ERRORS, AttrInfo, DatasetInfo, LoomLayout, LoomStore
 from .errors import LoomFileError, LoomFormatError, LoomxError
 
 
@@ -114,9 +114,12 @@ class LoomBackendArray(BackendArray):
                 raise
             path = self.store.path if err.path is None else err.path
             raise type(err)(err.message, path=path, h5path=self.info.h5path) from err
-        except OSError as err:
+        except H5_ERRORS as err:
             raise LoomFileError(
-                f"cannot read {slices}: {err}", path=self.store.path, h5path=self.info.h5path
+                f"cannot read {slices}: {type(err).__name__}: {err}; the file may be "
+                "truncated or corrupt",
+                path=self.store.path,
+                h5path=self.info.h5path,
             ) from err
 
     def _cast(self, values: np.ndarray) -> np.ndarray:
