@@ -79,6 +79,12 @@ def open_h5(path: str, mode: str = "r", locking: bool | None = None) -> h5py.Fil
     except OSError as err:
         with open(path, "rb") as fh:
             head = fh.read(8)
+        if head != HDF5_SIGNATURE and head and HDF5_SIGNATURE.startswith(head):
+            raise LoomFileError(
+                f"truncated or corrupt: {len(head)} bytes, the start of the HDF5 signature "
+                "and nothing else (expected a Loom (HDF5) file)",
+                path=path,
+            ) from err
         if head != HDF5_SIGNATURE:
             raise LoomFileError(
                 f"not an HDF5 file (found first bytes {head!r}, expected the HDF5 "

@@ -262,6 +262,10 @@ def _hard_child(group: h5py.Group, name: str, path: str) -> h5py.Dataset | h5py.
             h5path=where,
         )
     obj = group[name]
+    if not isinstance(obj, (h5py.Dataset, h5py.Group)):
+        raise LoomFormatError(
+            f"found a {type(obj).__name__}, expected a dataset or group", path=path, h5path=where
+        )
     if isinstance(obj, h5py.Dataset) and (obj.external or obj.is_virtual):
         raise LoomFormatError(
             "found a dataset with external or virtual storage, expected data stored in this file",
@@ -403,7 +407,7 @@ class _LayoutReader:
                 raise LoomFormatError(
                     "found a group, expected an attribute dataset",
                     path=self.path,
-                    h5path=dset.name,
+                    h5path=committed_path(dset.name),
                 )
             if dset.ndim == 0 or dset.shape[0] != length:
                 axis = "rows" if space == _spec.ROW_ATTRS else "columns"
@@ -411,7 +415,7 @@ class _LayoutReader:
                     f"attribute has shape {dset.shape}, "
                     f"expected first dimension {length} (the number of {axis} of /matrix)",
                     path=self.path,
-                    h5path=dset.name,
+                    h5path=committed_path(dset.name),
                 )
             out[name] = self.attr(dset, legacy, link_address(group, link))
         return out
@@ -428,7 +432,7 @@ class _LayoutReader:
                     f"compound dtype {dtype} has non-numeric "
                     "fields; expected numeric fields or a plain dtype",
                     path=self.path,
-                    h5path=dset.name,
+                    h5path=committed_path(dset.name),
                 )
             self.warn(
                 dset.name,
@@ -455,7 +459,7 @@ class _LayoutReader:
             raise LoomFormatError(
                 f"attribute dtype {dtype} is not supported; expected numbers or strings",
                 path=self.path,
-                h5path=dset.name,
+                h5path=committed_path(dset.name),
             )
         return AttrInfo(info, "number", shape, np.dtype(dtype))
 
@@ -477,7 +481,7 @@ class _LayoutReader:
             raise LoomFormatError(
                 "found a dataset, expected a graph group with datasets a, b, w",
                 path=self.path,
-                h5path=group.name,
+                h5path=committed_path(group.name),
             )
         parts = {}
         for part in conv.GRAPH_PARTS:
@@ -486,12 +490,14 @@ class _LayoutReader:
                 raise LoomFormatError(
                     f"graph has no '{part}' dataset; expected a, b (vertices) and w (weights)",
                     path=self.path,
-                    h5path=group.name,
+                    h5path=committed_path(group.name),
                 )
             dset = self.hard(group, part)
             if not isinstance(dset, h5py.Dataset) or dset.ndim != 1:
                 raise LoomFormatError(
-                    "expected a 1-D dataset", path=self.path, h5path=f"{group.name}/{part}"
+                    "expected a 1-D dataset",
+                    path=self.path,
+                    h5path=committed_path(f"{group.name}/{part}"),
                 )
             parts[part] = DatasetInfo.of(dset, link_address(group, part))
         lengths = {p: info.shape[0] for p, info in parts.items()}
@@ -500,7 +506,7 @@ class _LayoutReader:
                 f"graph edge lists have unequal lengths "
                 f"{lengths}; expected a, b and w of equal length",
                 path=self.path,
-                h5path=group.name,
+                h5path=committed_path(group.name),
             )
         for part in ("a", "b"):
             kind = parts[part].dtype.kind

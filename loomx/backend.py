@@ -114,6 +114,14 @@ class LoomBackendArray(BackendArray):
                 raise
             path = self.store.path if err.path is None else err.path
             raise type(err)(err.message, path=path, h5path=self.info.h5path) from err
+        except MemoryError as err:
+            nbytes = np.prod([s.stop - s.start for s in slices]) * self.info.dtype.itemsize
+            raise LoomFileError(
+                f"cannot read {slices}: {int(nbytes)} bytes do not fit in memory ({err}); "
+                "read a smaller region, or check the declared shape",
+                path=self.store.path,
+                h5path=self.info.h5path,
+            ) from err
         except H5_ERRORS as err:
             raise LoomFileError(
                 f"cannot read {slices}: {type(err).__name__}: {err}; the file may be "
