@@ -114,20 +114,15 @@ class LoomBackendArray(BackendArray):
                 raise
             path = self.store.path if err.path is None else err.path
             raise type(err)(err.message, path=path, h5path=self.info.h5path) from err
-        except MemoryError as err:
-            nbytes = np.prod([s.stop - s.start for s in slices]) * self.info.dtype.itemsize
-            raise LoomFileError(
-                f"cannot read {slices}: {int(nbytes)} bytes do not fit in memory ({err}); "
-                "read a smaller region, or check the declared shape",
-                path=self.store.path,
-                h5path=self.info.h5path,
-            ) from err
         except H5_ERRORS as err:
+            if isinstance(err, MemoryError):
+                nbytes = np.prod([s.stop - s.start for s in slices]) * self.info.dtype.itemsize
+                found = f"{int(nbytes)} bytes do not fit in memory ({err}); read a smaller "
+                found += "region, or check the declared shape"
+            else:
+                found = f"{type(err).__name__}: {err}; the file may be truncated or corrupt"
             raise LoomFileError(
-                f"cannot read {slices}: {type(err).__name__}: {err}; the file may be "
-                "truncated or corrupt",
-                path=self.store.path,
-                h5path=self.info.h5path,
+                f"cannot read {slices}: {found}", path=self.store.path, h5path=self.info.h5path
             ) from err
 
     def _cast(self, values: np.ndarray) -> np.ndarray:
