@@ -18,7 +18,7 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,12 +41,31 @@ __all__ = [
     "same_file",
     "temp_path",
     "temporary_file",
+    "write_opener",
 ]
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 # --------------------------------------------------------------------------- opening
+
+
+WriteOpener = Callable[[str, str], h5py.File]
+_write_opener: WriteOpener | None = None
+"""Opens files for writing instead of h5py's default driver (see :func:`write_opener`)."""
+
+
+@contextlib.contextmanager
+def write_opener(opener: WriteOpener) -> Iterator[None]:
+    """Within the block, :func:`open_h5` opens files in modes ``"r+"`` and ``"w"`` with
+    ``opener(path, mode)``: a test harness records a writer's file operations this way
+    (:mod:`loomx.testing.powerloss`).  Not thread-safe; for tests."""
+    global _write_opener
+    previous, _write_opener = _write_opener, opener
+    try:
+        yield
+    finally:
+        _write_opener = previous
 
 
 def open_h5(path: str, mode: str = "r", locking: bool | None = None) -> h5py.File:
@@ -65,6 +84,8 @@ def open_h5(path: str, mode: str = "r", locking: bool | None = None) -> h5py.Fil
     if mode not in ("r", "r+", "w"):
         raise ValueError(f"mode must be 'r', 'r+' or 'w'; found {mode!r}")
     kwargs: dict[str, Any] = {} if locking is None else {"locking": locking}
+    if _write_opener is not None and mode != "r" and (mode == "w" or os.path.isfile(path)):
+        return _write_opener(path, mode)
     if mode == "w":
         try:
             return h5py.File(path, "w", **kwargs)
