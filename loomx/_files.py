@@ -119,6 +119,20 @@ def open_h5(path: str, mode: str = "r", locking: bool | None = None) -> h5py.Fil
                 "file: pass the locking the file was opened with, or close the other Dataset",
                 path=path,
             ) from err
+        if mode == "r+" and "unable to lock file" in str(err):
+            raise LoomWriteError(
+                "cannot open for writing: another process has this file open (HDF5 file "
+                f"lock held: {err}). Close it there (loomx Datasets, h5py, loompy) or wait "
+                "for its write to finish, then retry; locking=False removes this check, "
+                "not the danger of writing a file others read",
+                path=path,
+            ) from err
+        if "unable to lock file" in str(err):
+            raise LoomFileError(
+                "cannot open for reading: another process is writing this file (HDF5 file "
+                f"lock held: {err}); retry when its write has finished",
+                path=path,
+            ) from err
         if mode == "r+":
             raise LoomWriteError(
                 f"cannot open for writing ({err}); close other handles on this file "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -207,6 +208,7 @@ class LoomStore:
         self.lock = HDF5_LOCK
         self.handle = CachedFile(self.path, mode, locking)
         self.pending: dict[str, str] = {}  # objects of a commit not yet carried out
+        self.identity: tuple[str, int, int] | None = None  # (host, device, inode) read
 
     def __repr__(self) -> str:
         return f"LoomStore({self.path!r}, mode={self.mode!r})"
@@ -238,16 +240,45 @@ class LoomStore:
         """Read and decode one whole row or column attribute."""
         h5path = self.resolve(attr.info.h5path)
         with self.open() as h5file, h5_errors(self.path, attr.info.h5path, "read the attribute"):
+            self.check_unchanged(h5file, attr.info, h5path)
             raw = h5file[h5path][()]
             return attr.decode(raw, self.path)
+
+    def check_unchanged(self, h5file: h5py.File, info: DatasetInfo, h5path: str) -> None:
+        """Raise :class:`LoomFileError` when the file no longer holds the object ``info``
+        was read from (a write replaced it, or replaced the whole file, since the layout
+        was read): a Dataset opened before a write never mixes old and new data."""
+        here = _identity(h5file)
+        same_file = self.identity is None or here is None or here[0] != self.identity[0]
+        same_file = same_file or here == self.identity  # inodes compare on one host only
+        if same_file and (info.address is None or object_address(h5file, h5path) == info.address):
+            return
+        what = "the file was replaced" if not same_file else "a write replaced this object"
+        raise LoomFileError(
+            f"changed since it was opened ({what}); expected the object the Dataset was "
+            "opened with. Open the file again to read the new content",
+            path=self.path,
+            h5path=info.h5path,
+        )
 
     def read_layout(self) -> LoomLayout:
         """Read and check the metadata (never layer, attribute or graph data)."""
         where = ["/"]  # the object being read, for errors
         with self.open() as h5file, h5_errors(self.path, where, "read the file's layout"):
             layout = _LayoutReader(h5file, self.path, where).read()
+            self.identity = _identity(h5file)
         self.pending = layout.pending
         return layout
+
+
+def _identity(h5file: h5py.File) -> tuple[str, int, int] | None:
+    """(host, device, inode) of the file an open handle reads, if it has a descriptor."""
+    try:
+        fd = h5file.id.get_vfd_handle()
+        st = os.fstat(fd) if isinstance(fd, int) else None
+    except (OSError, ValueError, RuntimeError, TypeError):
+        return None
+    return None if st is None else (socket.gethostname(), st.st_dev, st.st_ino)
 
 
 def _hard_child(group: h5py.Group, name: str, path: str) -> h5py.Dataset | h5py.Group:

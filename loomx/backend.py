@@ -108,6 +108,8 @@ class LoomBackendArray(BackendArray):
     def _read_box(self, slices: list[slice]) -> np.ndarray:
         try:
             h5path, label = self.store.resolve(self.info.h5path), self.store.path
+            with self.store.open() as h5file:
+                self.store.check_unchanged(h5file, self.info, h5path)
             return _chunks.read_through_handle(self.store.open, h5path, tuple(slices), label)
         except LoomxError as err:
             if err.h5path is not None:
