@@ -51,6 +51,9 @@ __all__ = [
 
 JOURNAL_SUFFIX = ".journal"
 
+_H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError, IndexError, OverflowError)
+"""What h5py raises on a damaged file."""
+
 _ACTIVE: set[str] = set()
 """Tags of the transactions running in this process (their links are not stale)."""
 
@@ -355,10 +358,19 @@ def recover(path: str | os.PathLike[str], *, locking: bool | None = None) -> int
     path = os.fspath(path)
     f = open_for_writing(path, locking, current_client())  # workers' read handles too
     try:
-        finished = recover_open(f, set(_all_groups(f)), locking)
-        f.flush()
-    finally:
-        f.close()
+        try:
+            finished = recover_open(f, set(_all_groups(f)), locking)
+            f.flush()
+        finally:
+            f.close()
+    except LoomxError:
+        raise
+    except _H5_ERRORS as exc:
+        raise LoomWriteError(
+            f"cannot recover: {type(exc).__name__}: {exc}; the file is damaged beyond what "
+            "an interrupted loomx write leaves (expected a readable HDF5 file)",
+            path=path,
+        ) from exc
     fsync(path)
     return finished
 

@@ -199,10 +199,21 @@ class LoomStore:
         ``"r"`` (default) or ``"r+"``.
     locking
         Passed to :class:`h5py.File`; ``False`` for filesystems without HDF5 file locking.
+    allow_filter_plugins
+        Read datasets whose HDF5 filters are plugins (code HDF5 loads from disk); by
+        default such datasets are refused when the layout is read.
     """
 
-    def __init__(self, path: str | os.PathLike, *, mode: str = "r", locking: bool | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        mode: str = "r",
+        locking: bool | None = None,
+        allow_filter_plugins: bool = False,
+    ):
         self.path = os.fspath(path)
+        self.allow_filter_plugins = allow_filter_plugins
         self.mode = mode
         self.locking = locking
         self.lock = HDF5_LOCK
@@ -265,7 +276,9 @@ class LoomStore:
         """Read and check the metadata (never layer, attribute or graph data)."""
         where = ["/"]  # the object being read, for errors
         with self.open() as h5file, h5_errors(self.path, where, "read the file's layout"):
-            layout = _LayoutReader(h5file, self.path, where).read()
+            reader = _LayoutReader(h5file, self.path, where)
+            reader.allow_filter_plugins = self.allow_filter_plugins
+            layout = reader.read()
             self.identity = _identity(h5file)
         self.pending = layout.pending
         return layout
@@ -318,6 +331,7 @@ class _LayoutReader:
         self.f = h5file
         self.path = path
         self.where = ["/"] if where is None else where  # the object being read, for errors
+        self.allow_filter_plugins = False
         self.pending: dict[str, dict[str, str]] = {}
         self.pending_attrs: list[h5py.AttributeManager] = []
         for journal in read_journals(h5file):
@@ -338,7 +352,20 @@ class _LayoutReader:
     def hard(self, group: h5py.Group, link: str) -> h5py.Dataset | h5py.Group:
         """:func:`_hard_child`, remembering which object is being read."""
         self.where[0] = committed_path(f"{group.name.rstrip('/')}/{link}")
-        return _hard_child(group, link, self.path)
+        obj = _hard_child(group, link, self.path)
+        if isinstance(obj, h5py.Dataset) and not self.allow_filter_plugins:
+            plist = obj.id.get_create_plist()
+            codes = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+            plugins = [c for c in codes if c not in _spec.BUILTIN_FILTERS]
+            if plugins:
+                raise LoomFormatError(
+                    f"stored with HDF5 filter plugin(s) {plugins} (code HDF5 would load "
+                    f"from disk); expected built-in filters {sorted(_spec.BUILTIN_FILTERS)}. "
+                    "Pass allow_filter_plugins=True to open_loom to read it",
+                    path=self.path,
+                    h5path=self.where[0],
+                )
+        return obj
 
     def warn(self, h5path: str, message: str) -> None:
         warnings.warn(f"{describe(self.path, h5path)}: {message}", LoomFormatWarning, stacklevel=4)

@@ -368,6 +368,7 @@ class LoomBackendEntrypoint(BackendEntrypoint):
         "dims",
         "mode",
         "locking",
+        "allow_filter_plugins",
     )
 
     def open_dataset(  # type: ignore[override]
@@ -378,6 +379,7 @@ class LoomBackendEntrypoint(BackendEntrypoint):
         dims: Sequence[str] = conv.DEFAULT_DIMS,
         mode: str = "r",
         locking: bool | None = None,
+        allow_filter_plugins: bool = False,
     ) -> xr.Dataset:
         if not isinstance(filename_or_obj, (str, os.PathLike)):
             raise TypeError(f"engine='loom' opens paths, found {type(filename_or_obj).__name__}")
@@ -385,7 +387,9 @@ class LoomBackendEntrypoint(BackendEntrypoint):
             raise ValueError(f"mode must be 'r' or 'r+', found {mode!r}")
         if isinstance(drop_variables, str):
             drop_variables = [drop_variables]
-        store = LoomStore(filename_or_obj, mode=mode, locking=locking)
+        store = LoomStore(
+            filename_or_obj, mode=mode, locking=locking, allow_filter_plugins=allow_filter_plugins
+        )
         try:
             layout = store.read_layout()
             ds = build_dataset(store, layout, dims=dims, drop_variables=drop_variables)
@@ -408,6 +412,7 @@ def open_loom(
     dims: Sequence[str] = conv.DEFAULT_DIMS,
     mode: str = "r",
     locking: bool | None = None,
+    allow_filter_plugins: bool = False,
 ) -> xr.Dataset:
     """Open a Loom file as a lazy :class:`xarray.Dataset`.
 
@@ -432,6 +437,11 @@ def open_loom(
         not need ``"r+"`` to write back).
     locking
         HDF5 file locking; pass ``False`` on filesystems without it.
+    allow_filter_plugins
+        Datasets compressed with HDF5 filter plugins (Blosc, Zstandard, Bitshuffle, ...:
+        code HDF5 loads from disk) are refused by default with a
+        :class:`~loomx.errors.LoomFormatError`; ``True`` reads them (with the plugins
+        installed, e.g. ``import hdf5plugin``).
 
     Returns
     -------
@@ -454,6 +464,7 @@ def open_loom(
         dims=tuple(dims),
         mode=mode,
         locking=locking,
+        allow_filter_plugins=allow_filter_plugins,
     )
     if chunks is None:
         return ds

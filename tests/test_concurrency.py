@@ -50,6 +50,7 @@ def python(code: str, *args: str, **kwargs) -> subprocess.Popen:
         [sys.executable, "-c", textwrap.dedent(code), *args],
         stdout=subprocess.PIPE,
         stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         **kwargs,
     )
@@ -58,8 +59,9 @@ def python(code: str, *args: str, **kwargs) -> subprocess.Popen:
 def test_many_readers_at_once(tmp_path):
     path = small_loom(str(tmp_path / "a.loom"))
     readers = [python(READ, path) for _ in range(6)]
-    out = [r.communicate(timeout=120)[0].strip() for r in readers]
-    assert [r.returncode for r in readers] == [0] * 6
+    done = [r.communicate(timeout=120) for r in readers]
+    assert [r.returncode for r in readers] == [0] * 6, [err[-2000:] for _, err in done]
+    out = [stdout.strip() for stdout, _ in done]
     assert len(set(out)) == 1 and len(out[0]) == 64
 
 
@@ -72,7 +74,7 @@ def test_writer_meets_a_reader_of_another_process(tmp_path):
         with pytest.raises(loomx.LoomWriteError, match="another process has this file open"):
             loomx.to_loom(ds, path, mode="a")
     finally:
-        reader.communicate("\n", timeout=120)
+        reader.communicate("\n", timeout=120)  # stderr is read too
     assert reader.returncode == 0
     loomx.to_loom(ds, path, mode="a")  # once it is closed
     with loomx.open_loom(path) as back:
@@ -85,7 +87,7 @@ def test_racing_writers_never_both_write(tmp_path, round_):
     start = f"{time.time() + 3.0}"  # after every writer has imported loomx
     names = ["Alpha", "Beta", "Gamma"]
     writers = [python(WRITE, path, name, start) for name in names]
-    outputs = [w.communicate(timeout=180)[0].strip() for w in writers]
+    outputs = [w.communicate(timeout=180)[0].strip() for w in writers]  # stderr: kept
     results = dict(zip(names, outputs, strict=True))
     assert all(w.returncode == 0 for w in writers), results
     assert all(r == "ok" or "another process" in r for r in results.values()), results

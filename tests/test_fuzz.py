@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 from loomx._spec import TEMPORARY_TAG
-from loomx.testing.fuzz import Fuzzer, mutate
+from loomx.testing.fuzz import KNOWN_HANG, Fuzzer, mutate
 from loomx.testing.hostile import DEAD_PID, small_loom, stage_commit
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="forks a worker per case")
@@ -64,20 +64,22 @@ def test_fuzzer_reports_what_escapes(tmp_path, monkeypatch):
     are findings."""
     path = small_loom(str(tmp_path / "a.loom"))
     (tmp_path / "bad_reader.py").write_text(
-        "import os, signal, time\n"
+        "import hashlib, os, signal, time\n"
         "def read(path):\n"
-        "    mode = os.path.getsize(path) % 3\n"
+        "    if os.path.basename(path) != 'case.loom':\n"
+        "        return  # the worker's warm-up\n"
+        "    mode = hashlib.sha256(open(path, 'rb').read()).digest()[0] % 3\n"
         "    if mode == 0: raise KeyError('bare')\n"
         "    if mode == 1: os.kill(os.getpid(), signal.SIGSEGV)\n"
-        "    if os.path.basename(path) == 'case.loom': time.sleep(60)\n"
+        "    time.sleep(60)\n"
     )
     monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    with Fuzzer([path], timeout=2, reader="bad_reader:read") as fuzzer:
-        report = fuzzer.run(range(12))
-    kinds = {f["outcome"] for f in report.findings}
-    assert report.cases == 12
-    assert len(report.findings) == 12
-    assert {"KeyError", "crash (SIGSEGV)", "hang"} <= kinds, kinds
+    with Fuzzer([path], timeout=1, reader="bad_reader:read") as fuzzer:
+        report = fuzzer.run(range(9))
+    kinds = set(report.outcomes)
+    assert report.cases == 9
+    assert len(report.findings) + len(report.known) == 9  # a hang may hit a global heap
+    assert {"KeyError", "crash (SIGSEGV)"} <= kinds and kinds & {"hang", KNOWN_HANG}, kinds
 
 
 def test_only_loomx_errors_escape(tmp_path):
@@ -95,7 +97,7 @@ def test_recovery_of_damaged_files_gives_loomx_errors(tmp_path):
     files = seed_files(tmp_path)[-1:]  # the file with a commit to finish
     reader = "loomx.testing.fuzz:recover_and_read"
     with Fuzzer(files, timeout=TIMEOUT, keep=str(tmp_path), reader=reader) as fuzzer:
-        report = fuzzer.run(range(CASES // 4))
+        report = fuzzer.run(range(CASES // 8))
     print(f"{report.cases} cases: {dict(report.outcomes)}")
     assert report.findings == []
     assert len(report.known) <= max(CASES // 50, 1)

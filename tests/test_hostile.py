@@ -176,3 +176,11 @@ def test_odd_pids_count_as_gone():
     for token in ("0-ab", "-1-ab", f"{10**30}-ab", "me-ab", "", f"{os.getpid()}x-ab"):
         assert not owner_alive(token), token
     assert owner_alive(f"{os.getpid()}-ab")
+
+
+def test_filter_plugins_are_refused_unless_allowed(corpus):
+    path = corpus["filter-plugin-layer"].path
+    with pytest.raises(loomx.LoomFormatError, match=r"filter plugin\(s\) \[32015\]"):
+        _open(path)
+    with loomx.open_loom(path, allow_filter_plugins=True) as ds:  # optional: stored raw
+        np.testing.assert_array_equal(ds["spliced"].values, 1)

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FuzzReport", "Fuzzer", "mutate", "read_everything", "recover_and_read"]
+__all__ = ["KNOWN_HANG", "FuzzReport", "Fuzzer", "mutate", "read_everything", "recover_and_read"]
 
 SIGNATURES = (b"\x89HDF", b"OHDR", b"TREE", b"HEAP", b"SNOD", b"GCOL", b"FRHP", b"BTHD")
 """Where HDF5 metadata starts (superblock, object headers, B-trees, heaps)."""

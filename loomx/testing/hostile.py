@@ -382,6 +382,20 @@ def _structure_cases(add) -> None:  # type: ignore[no-untyped-def]
     for name, change, *expect in table:
         add(name, _edit(loom, change), *expect)
 
+    def plugin_layer(f: h5py.File) -> None:
+        """A layer whose pipeline names the Zstandard plugin (optional: written raw)."""
+        del f["layers/spliced"]
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_chunk((4, 4))
+        dcpl.set_filter(32015, h5py.h5z.FLAG_OPTIONAL, (3,))
+        space = h5py.h5s.create_simple((N, M))
+        dsid = h5py.h5d.create(f["layers"].id, b"spliced", h5py.h5t.NATIVE_FLOAT, space, dcpl=dcpl)
+        h5py.Dataset(dsid)[...] = np.ones((N, M))
+
+    add(
+        "filter-plugin-layer", _edit(loom, plugin_layer), LoomFormatError, "open", "/layers/spliced"
+    )
+
     def absurd(path: str) -> None:
         with h5py.File(path, "w") as f:
             for group in _spec.REQUIRED_GROUPS_3:
