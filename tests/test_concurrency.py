@@ -58,9 +58,9 @@ def python(code: str, *args: str, **kwargs) -> subprocess.Popen:
 
 def test_many_readers_at_once(tmp_path):
     path = small_loom(str(tmp_path / "a.loom"))
-    readers = [python(READ, path) for _ in range(6)]
+    readers = [python(READ, path) for _ in range(4)]
     done = [r.communicate(timeout=120) for r in readers]
-    assert [r.returncode for r in readers] == [0] * 6, [err[-2000:] for _, err in done]
+    assert [r.returncode for r in readers] == [0] * 4, [err[-2000:] for _, err in done]
     out = [stdout.strip() for stdout, _ in done]
     assert len(set(out)) == 1 and len(out[0]) == 64
 
@@ -81,7 +81,7 @@ def test_writer_meets_a_reader_of_another_process(tmp_path):
         np.testing.assert_array_equal(back["New"].values, np.arange(20))
 
 
-@pytest.mark.parametrize("round_", range(3))
+@pytest.mark.parametrize("round_", range(2))
 def test_racing_writers_never_both_write(tmp_path, round_):
     path = small_loom(str(tmp_path / "a.loom"))
     start = f"{time.time() + 3.0}"  # after every writer has imported loomx

@@ -112,7 +112,8 @@ def test_checksummed_chunk_damage_is_an_error_at_read(corpus):
 
 
 def test_absurd_declared_shape_opens_lazily(corpus):
-    with loomx.open_loom(corpus["absurd-shape-lazy"].path) as ds:
+    # the default dask chunks are opened by test_every_case; here the lazy arrays alone
+    with loomx.open_loom(corpus["absurd-shape-lazy"].path, chunks=None) as ds:
         assert ds.sizes["row"] == ds.sizes["col"] == 10**7
         np.testing.assert_array_equal(ds["matrix"][:3, 5:7].values, 0)
         assert ds["matrix"][-2:, -2:].values.shape == (2, 2)
