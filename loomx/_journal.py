@@ -97,7 +97,8 @@ def read_journals(f: h5py.File) -> list[Journal]:
     """Every valid journal at the root of ``f`` (normally none).
 
     A journal loomx could not have written (not a table of strings, a row whose staged
-    link is not the journal's own ``{tag}{final name}``, a final name that is a path or a
+    link is not the journal's own ``{tag}{final name}`` or ``{tag}patch-{final name}`` or
+    empty (a deletion), a final name that is a path or a
     temporary name, a parent that is not an absolute group path) is ignored with a
     :class:`~loomx.errors.LoomFormatWarning`: its commit is not applied, so nothing it
     names is touched, and :func:`recover` removes it with the other temporary links.
@@ -139,7 +140,9 @@ def _parse_journal(f: h5py.File, name: str) -> tuple[Journal | None, str]:
     for parent, staged, final in rows:
         ok_final = final and "/" not in final and TEMPORARY_TAG not in final
         ok_parent = parent.startswith("/") and TEMPORARY_TAG not in parent
-        if not (ok_final and ok_parent and staged == tag + final):
+        # a staged object, a staged patch of the final dataset, or "" (a deletion)
+        ok_staged = staged in (tag + final, f"{tag}patch-{final}", "")
+        if not (ok_final and ok_parent and ok_staged):
             return None, f"row {(parent, staged, final)!r} does not name an object it staged"
         entries.append((parent, staged, final))
     try:
