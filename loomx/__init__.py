@@ -12,7 +12,9 @@ from __future__ import annotations
 from . import accessor as _accessor  # noqa: F401  (registers ds.loom)
 from ._append import append
 from ._combine import combine
+from ._create import from_arrays
 from ._journal import recover
+from ._maintain import delete, repack
 from ._spec import LOOM_SPEC_VERSION
 from ._writer import to_loom
 from .backend import open_loom
@@ -42,7 +44,10 @@ __all__ = [
     "__version__",
     "append",
     "combine",
+    "delete",
+    "from_arrays",
     "open_loom",
     "recover",
+    "repack",
     "to_loom",
 ]

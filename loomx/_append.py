@@ -1,14 +1,14 @@
 """Grow a Loom file along columns: :func:`append` cells to it.
 
-:func:`append` never modifies an existing object in place.  Each layer is rebuilt at the new
-width under a temporary name in the same file, with the file's storage: the old HDF5 chunks
-are copied raw (``read_direct_chunk``/``write_direct_chunk``: no decompression, no
-recompression), then the new columns are streamed in block by block.  Column attributes and
-column graphs are written complete under temporary names too, and all of them are committed
-at once (``_journal``: an fsynced journal, then the link swaps), so the file reads as all old
-or all new whatever the moment of an error or an interruption (SIGKILL, power loss).  The
-price: the old layers' space stays in the file as free space (``h5repack`` reclaims it), so
-the file grows by the old layer sizes.
+A layer that is chunked and growable along columns (loompy's and loomx's layers are) grows in
+place: the new columns, with the old chunk column they share, are written as a *patch*
+staged in the file (the file's storage; chunks compressed block by block in parallel), which
+the commit copies in after resizing the layer (``_journal``).  Earlier columns are never
+rewritten, so appending batch after batch costs what the batches cost.  Other layers are
+rebuilt at the new width under a temporary name (old chunks copied raw).  Column attributes
+and column graphs are written complete under temporary names, and everything is committed
+at once (an fsynced journal, then the link swaps and patch copies), so the file reads as all
+old or all new whatever the moment of an error or an interruption (SIGKILL, power loss).
 
 The alignment helpers here (rows by a key, full-height column bands) serve
 :func:`loomx.combine` too.
@@ -29,7 +29,7 @@ import xarray as xr
 
 from . import _conventions as conv
 from . import _spec
-from ._files import locking_in_use
+from ._files import locking_in_use, open_h5
 from ._journal import Transaction, recover_pending, transaction
 from ._plan import encode_attr, layer_data, resolve_dims
 from ._storage import (
@@ -147,7 +147,9 @@ class _AppendPlan:
         self.legacy = legacy
         self.layers: list[tuple[str, Any, Any, np.dtype]] = []  # h5path, new, old fill, dtype
         self.rows: np.ndarray | None = None  # order of the new layers' rows (None: as they are)
-        self.attrs: dict[str, np.ndarray] = {}
+        self.attrs: dict[str, np.ndarray] = {}  # rewritten whole
+        self.attr_tails: dict[str, np.ndarray] = {}  # values of the new columns only
+        self.target: h5py.File | None = None  # the file, open read-only while planning
         self.graphs: dict[str, dict[str, np.ndarray]] = {}
         self.locking: bool | None = None
 
@@ -159,6 +161,7 @@ def _plan_append(
     key: str | None,
     fill_values: FillValues,
     dims: Sequence[str] | None,
+    target: h5py.File | None = None,
 ) -> _AppendPlan:
     fdims = tuple(old.encoding["loom_dims"])
     dims = resolve_dims(ds, dims, path)
@@ -185,6 +188,7 @@ def _plan_append(
     ds = ds if rows is None else body.isel({dims[0]: rows})
     plan = _AppendPlan(path, (n, m), m_new, legacy)
     plan.rows = rows
+    plan.target = target
     for h5path in sorted(set(fvars) | set(dvars)):
         kind = conv.path_kind(h5path)
         fname, dname = fvars.get(h5path), dvars.get(h5path)
@@ -253,28 +257,48 @@ def _plan_col_attr(
 ) -> None:
     where = (plan.path, h5path)
     m, k = plan.shape[1], plan.m_new
-    present = old[fname].values if fname is not None else None
     new = np.asarray(ds[dname].values) if dname is not None else None
-    if present is not None and new is not None:
-        if present.shape[1:] != new.shape[1:] or is_text(present.dtype) != is_text(new.dtype):
+    if fname is not None:
+        shape, dtype = old[fname].shape, old[fname].dtype
+        if new is None:
+            why = f"column attribute {fname!r} of the file is missing in the new data"
+            value = fill_value(fill_values, str(fname), dtype, where, why)
+            new = np.full((k, *shape[1:]), value, dtype=object if is_text(dtype) else dtype)
+        elif shape[1:] != new.shape[1:] or is_text(dtype) != is_text(new.dtype):
             raise LoomFormatError(
-                f"the file has dtype {present.dtype} and shape {present.shape}, the "
+                f"the file has dtype {dtype} and shape {shape}, the "
                 f"new data {new.dtype} and {new.shape}; expected the same kind and extra dims",
                 path=where[0],
                 h5path=where[1],
             )
-    elif present is None:
+        if is_text(new.dtype):
+            new = new.astype(object)
+        tail = encode_attr(plan.path, h5path, new, plan.legacy)
+        target = plan.target.get(h5path) if plan.target is not None else None
+        if isinstance(target, h5py.Dataset) and _fits(tail, target, axis=0):
+            plan.attr_tails[h5path] = tail.astype(target.dtype)
+            return
+        present = old[fname].values
+    else:
         why = f"column attribute {dname!r} of the new data is not in the file"
         value = fill_value(fill_values, str(dname), new.dtype, where, why)
         present = np.full((m, *new.shape[1:]), value, dtype=object if is_text(new.dtype) else None)
-    else:
-        why = f"column attribute {fname!r} of the file is missing in the new data"
-        value = fill_value(fill_values, str(fname), present.dtype, where, why)
-        new = np.full((k, *present.shape[1:]), value, dtype=present.dtype)
     if is_text(present.dtype):
         present, new = present.astype(object), new.astype(object)
     values = np.concatenate([present, new])
     plan.attrs[h5path] = encode_attr(plan.path, h5path, values, plan.legacy)
+
+
+def _fits(values: np.ndarray, target: h5py.Dataset, axis: int) -> bool:
+    """Whether ``values`` can be added to ``target`` along ``axis`` in place: chunked,
+    growable there, and a dtype that holds them unchanged."""
+    if target.chunks is None or target.maxshape[axis] is not None or target.dtype.names:
+        return False
+    if target.dtype.kind == "O" or values.dtype.kind == "O":
+        return target.dtype.kind == values.dtype.kind == "O"
+    if target.dtype.kind == "S":
+        return values.dtype.kind == "S" and values.dtype.itemsize <= target.dtype.itemsize
+    return np.can_cast(values.dtype, target.dtype, "safe")
 
 
 def _plan_graphs(plan: _AppendPlan, old: xr.Dataset, ds: xr.Dataset) -> None:
@@ -317,33 +341,63 @@ def _same_edges(x: tuple[np.ndarray, ...], y: tuple[np.ndarray, ...]) -> bool:
 # --------------------------------------------------------------------------- append write
 
 
+def _grows_in_place(dset: h5py.Dataset) -> bool:
+    """Whether new columns can go into ``dset`` itself (chunked, growable along columns)."""
+    return dset.chunks is not None and dset.maxshape[1] is None
+
+
 def _write_append(plan: _AppendPlan, txn: Transaction) -> None:
-    """Write every object complete under its staged (temporary) name."""
+    """Stage every object: a patch of new columns for each layer that grows in place,
+    everything else complete under its staged (temporary) name."""
     f = txn.file
     n, m = plan.shape
     width = m + plan.m_new
     lock = threading.Lock()
     jobs: list = []
     for h5path, data, old_fill, dtype in plan.layers:
-        parent, tmp = txn.stage(h5path)
-        if old_fill is None:
-            dset = create_layer_like(parent, tmp, f[h5path], width)
-            copy_columns(f[h5path], dset, 0)
+        target = f[h5path] if old_fill is None else None  # None: a layer new to the file
+        col0 = m  # where ``data`` goes in the dataset written here
+        if target is not None and _grows_in_place(target):
+            # the chunk column holding the old edge is rewritten with the new columns
+            edge = m // target.chunks[1] * target.chunks[1]
+            parent, link = txn.stage_patch(h5path, (0, edge), (n, width))
+            dset = create_layer_like(parent, link, target, width - edge)
+            if m > edge:
+                dset[:, : m - edge] = target[:, edge:m]
+            col0 = m - edge
+        elif target is not None:
+            parent, tmp = txn.stage(h5path)
+            dset = create_layer_like(parent, tmp, target, width)
+            copy_columns(target, dset, 0)
         else:
+            parent, tmp = txn.stage(h5path)
             dset = create_layer(parent, tmp, (n, width), dtype, storage_of_dataset(f["/matrix"]))
         step = dset.chunks or (64, 64)
-        parts = [(data, m, plan.m_new)]
+        parts = [(data, col0, plan.m_new)]
         if old_fill is not None:
             parts.append((old_fill, 0, m))
-        for part, col0, cols in parts:
+        for part, start, cols in parts:
             if not cols:
                 continue
             rows = plan.rows if part is data else None
             if not isinstance(part, da.Array | np.ndarray):
                 band = band_width(n, np.dtype(dtype).itemsize, step[1])
                 part, rows = da.full((n, cols), part, dtype=dtype, chunks=(-1, band)), None
-            queue_columns(jobs, dset, da.asarray(part).astype(dtype), col0, lock, rows=rows)
+            queue_columns(jobs, dset, da.asarray(part).astype(dtype), start, lock, rows=rows)
     run_queue(jobs)
+    for h5path, tail in plan.attr_tails.items():
+        target = f[h5path]
+        edge = m // target.chunks[0] * target.chunks[0]
+        values = np.concatenate([target[edge:m], tail]) if m > edge else tail
+        if target.dtype.kind == "O":
+            values = np.asarray([v.decode() if isinstance(v, bytes) else v for v in values], object)
+        rest = tuple(target.shape[1:])
+        parent, link = txn.stage_patch(h5path, (edge, *([0] * len(rest))), (width, *rest))
+        space = h5py.h5s.create_simple(values.shape, (h5py.h5s.UNLIMITED, *rest))
+        dsid = h5py.h5d.create(
+            parent.id, link.encode(), target.id.get_type(), space, dcpl=target.id.get_create_plist()
+        )
+        h5py.Dataset(dsid)[()] = values
     for h5path, values in plan.attrs.items():
         old = f.get(h5path)
         storage = storage_of_dataset(old) if isinstance(old, h5py.Dataset) else ATTR_STORAGE
@@ -403,10 +457,10 @@ def append(
     -----
     Column graphs of the same name are concatenated, the new vertices offset by the old
     column count; a graph on one side only keeps its edges (the other columns are
-    unconnected vertices).  Every layer is rebuilt under a temporary name (old chunks
-    copied raw) and swapped in after an fsync, so the file grows by the old layers' size
-    until ``h5repack``.  A Dataset opened on the file before the append still has the old
-    shape (attributes it has not loaded yet would read the new length): reopen the file.
+    unconnected vertices).  Chunked layers grow in place (only the chunk column holding
+    the old edge is rewritten); column attributes are rewritten whole.  A Dataset opened
+    on the file before the append still has the old shape (attributes it has not loaded
+    yet would read the new length): reopen the file.
 
     Examples
     --------
@@ -424,7 +478,9 @@ def append(
     recover_pending(path, locking)
     old = open_loom(path, chunks=None, locking=locking)
     try:
-        plan = _plan_append(old, ds, path, key, fill_values, dims)
+        with open_h5(path, "r", locking) as target:
+            plan = _plan_append(old, ds, path, key, fill_values, dims, target)
+        plan.target = None
     finally:
         old.close()
     plan.locking = locking

@@ -99,6 +99,8 @@ class PackedBlock:
         Number of HDF5 chunks along rows and columns in the block.
     chunks
         Compressed chunks in row-major order of the grid.
+    zeros
+        Positions in :attr:`chunks` of the chunks whose values are all zero bits.
     raw
         The block's values, kept only when the writer compares them with the disk.
     """
@@ -106,6 +108,7 @@ class PackedBlock:
     origin: tuple[int, int]
     grid: tuple[int, int]
     chunks: list[bytes]
+    zeros: frozenset[int] = frozenset()
     raw: np.ndarray | None = None
 
     def offsets(self, chunk_shape: tuple[int, int]) -> list[tuple[int, int]]:
@@ -169,6 +172,7 @@ def pack_block(
     compress = compressor(level, codec)
     empty = b""
     out: list[bytes] = [b""] * (nr * nc)
+    zeros: set[int] = set()
     for b in range(nc):
         cols = slice(b * cc, min((b + 1) * cc, width))
         w = cols.stop - cols.start
@@ -186,17 +190,26 @@ def pack_block(
             else:
                 empty = empty or compress(np.zeros(chunk_shape, values.dtype))
                 out[a * nc + b] = empty
+                zeros.add(a * nc + b)
     raw = None
     if keep_raw:
         raw = values if rows is None else values[rows]
-    return PackedBlock((int(origin[0]), int(origin[1])), (nr, nc), out, raw)
+    return PackedBlock((int(origin[0]), int(origin[1])), (nr, nc), out, frozenset(zeros), raw)
 
 
-def write_packed(dset: Any, packed: PackedBlock) -> None:
-    """Write a packed block's chunks into an h5py dataset with its deflate filter."""
+def write_packed(dset: Any, packed: PackedBlock, fresh: bool = True) -> None:
+    """Write a packed block's chunks into an h5py dataset with its deflate filter.
+
+    Into ``fresh`` chunks (never written: they read as the fill value), all-zero chunks are
+    not written when the fill value is zero: they cost no space in the file.
+    """
     write = dset.id.write_direct_chunk
-    for offset, data in zip(packed.offsets(dset.chunks), packed.chunks, strict=True):
-        write(offset, data)
+    skip = packed.zeros if fresh and not np.asarray(dset.fillvalue).any() else frozenset()
+    for k, (offset, data) in enumerate(
+        zip(packed.offsets(dset.chunks), packed.chunks, strict=True)
+    ):
+        if k not in skip:
+            write(offset, data)
 
 
 def deflate_level(compression: Any, compression_opts: Any) -> int | None:

@@ -9,6 +9,13 @@ rename, flushed and fsynced, is the commit point.  Only then are the links swapp
 object unlinked, staged link moved to the final name), the root attributes set and the
 journal deleted.
 
+Two more kinds of rows: a row whose staged link is empty deletes the final name, and a
+staged *patch* (a dataset with the attribute :data:`PATCH_ORIGIN`) holds whole HDF5 chunks
+that replace those of the final dataset from that origin on (a region write, or new
+columns: then the attribute :data:`PATCH_EXTENT` gives the dataset's new shape): carrying
+it out resizes the dataset if needed, copies the chunks in, as they are, and deletes it.
+Readers overlay a pending patch on the dataset it belongs to.
+
 Killed before the commit point, the file holds its old content plus temporary links that
 readers skip and the next commit deletes.  Killed after, the journal says how to finish:
 readers apply it as they open the file (without changing it), and the next commit, or
@@ -39,8 +46,11 @@ from .errors import LoomFormatWarning, LoomWriteError, LoomxError, describe
 
 __all__ = [
     "JOURNAL_SUFFIX",
+    "PATCH_EXTENT",
+    "PATCH_ORIGIN",
     "Journal",
     "Transaction",
+    "apply_patch",
     "committed_path",
     "read_journals",
     "recover",
@@ -50,6 +60,10 @@ __all__ = [
 ]
 
 JOURNAL_SUFFIX = ".journal"
+PATCH_ORIGIN = "loomx_patch_origin"
+"""Attribute of a staged patch: where its first element goes in the final dataset."""
+PATCH_EXTENT = "loomx_patch_extent"
+"""Attribute of a staged patch that grows its dataset: the dataset's shape afterwards."""
 
 _H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError, IndexError, OverflowError)
 """What h5py raises on a damaged file."""
@@ -84,13 +98,87 @@ class Journal:
         return self.name[len(TEMPORARY_TAG) : -len(JOURNAL_SUFFIX)]
 
     def pending(self, f: h5py.File) -> dict[str, dict[str, str]]:
-        """``{parent: {final name: staged link}}`` for the swaps not yet done."""
+        """``{parent: {final name: staged link}}`` for the swaps not yet done; an empty
+        staged link for a deletion not yet done.  Patches are left out (see
+        :meth:`patches`)."""
         out: dict[str, dict[str, str]] = {}
         for parent, staged, name in self.entries:
             group = f.get(parent)
-            if isinstance(group, h5py.Group) and staged in group:
+            if not isinstance(group, h5py.Group):
+                continue
+            if staged == "" and name in group:
+                out.setdefault(parent, {})[name] = ""
+            elif staged and staged in group and not _is_patch(group, staged):
                 out.setdefault(parent, {})[name] = staged
         return out
+
+    def patches(self, f: h5py.File) -> dict[str, list[Patch]]:
+        """``{final dataset path: [patch, ...]}`` for the patches not yet copied in."""
+        out: dict[str, list[Patch]] = {}
+        for parent, staged, name in self.entries:
+            group = f.get(parent)
+            if isinstance(group, h5py.Group) and staged and _is_patch(group, staged):
+                attrs = group[staged].attrs
+                origin = tuple(int(v) for v in attrs[PATCH_ORIGIN])
+                extent = attrs.get(PATCH_EXTENT)
+                shape = None if extent is None else tuple(int(v) for v in extent)
+                final = f"{parent.rstrip('/')}/{name}"
+                patch = Patch(f"{parent.rstrip('/')}/{staged}", origin, shape)
+                out.setdefault(final, []).append(patch)
+        return out
+
+
+@dataclass(frozen=True)
+class Patch:
+    """A staged patch: its path, where it goes, and the dataset's shape afterwards (None:
+    unchanged)."""
+
+    h5path: str
+    origin: tuple[int, ...]
+    extent: tuple[int, ...] | None = None
+
+
+def _is_patch(group: h5py.Group, link: str) -> bool:
+    obj = group.get(link)
+    return isinstance(obj, h5py.Dataset) and PATCH_ORIGIN in obj.attrs
+
+
+def apply_patch(
+    target: h5py.Dataset,
+    patch: h5py.Dataset,
+    origin: tuple[int, ...],
+    extent: tuple[int, ...] | None = None,
+) -> None:
+    """Copy every chunk of ``patch`` into ``target`` at ``origin``, as stored, after
+    resizing ``target`` to ``extent`` (when given).
+
+    ``patch`` has ``target``'s storage, and ``origin`` falls on chunk edges.  Chunks the
+    patch never stored (its fill value) are written through the filters.
+    """
+    if extent is not None and tuple(target.shape) != tuple(extent):
+        target.resize(extent)
+    if target.dtype.kind == "O":  # variable-length strings: chunks refer to heap objects
+        box = tuple(slice(o, o + n) for o, n in zip(origin, patch.shape, strict=True))
+        target[box] = patch[()]
+        return
+    stored: set[tuple[int, ...]] = set()
+    patch.id.chunk_iter(lambda info: stored.add(tuple(info.chunk_offset)))
+    for offset in stored:
+        mask, raw = patch.id.read_direct_chunk(offset)
+        shifted = tuple(o + s for o, s in zip(offset, origin, strict=True))
+        target.id.write_direct_chunk(shifted, raw, mask)
+    grid = [range(0, n, c) for n, c in zip(patch.shape, patch.chunks, strict=True)]
+    for offset in np.stack(np.meshgrid(*grid, indexing="ij"), -1).reshape(-1, patch.ndim):
+        key = tuple(int(o) for o in offset)
+        if key not in stored:
+            box = tuple(
+                slice(o, min(o + c, n))
+                for o, c, n in zip(key, patch.chunks, patch.shape, strict=True)
+            )
+            shifted = tuple(
+                slice(b.start + s, b.stop + s) for b, s in zip(box, origin, strict=True)
+            )
+            target[shifted] = patch[box]
 
 
 def read_journals(f: h5py.File) -> list[Journal]:
@@ -165,13 +253,19 @@ def committed_path(h5path: str) -> str:
 
 
 def _finish(f: h5py.File, journal: Journal) -> None:
-    """Carry out a journal: swap every staged link in, set root attributes, drop it."""
+    """Carry out a journal: copy patches in, swap every staged link in (or delete), set
+    root attributes, drop it.  Each step can be done again after an interruption."""
+    for final, patches in journal.patches(f).items():
+        for patch in patches:
+            apply_patch(f[final], f[patch.h5path], patch.origin, patch.extent)
+            del f[patch.h5path]
     for parent, links in journal.pending(f).items():
         group = f[parent]
         for name, staged in links.items():
             if name in group:
                 del group[name]
-            group.move(staged, name)
+            if staged:
+                group.move(staged, name)
     for name, value in journal.root_attrs.items():
         f.attrs[name] = value
     del f[journal.name]
@@ -216,6 +310,7 @@ class Transaction:
         self.root_attrs: dict[str, Any] = {}
         self.journal: Journal | None = None
         self._new_groups: dict[str, h5py.Group] = {}  # final path -> staged group
+        self._origins: dict[tuple[str, str], tuple] = {}  # staged patches: origin, extent
 
     def stage(self, h5path: str) -> tuple[h5py.Group, str]:
         """The parent group and link name under which to create ``h5path``.
@@ -242,6 +337,23 @@ class Transaction:
         self.staged.append((group.name, self.tag + name, name))
         return group, self.tag + name
 
+    def stage_patch(
+        self, h5path: str, origin: tuple[int, ...], extent: tuple[int, ...] | None = None
+    ) -> tuple[h5py.Group, str]:
+        """The parent group and link name under which to create a patch of the existing
+        dataset ``h5path`` (see the module doc), to be copied in at ``origin`` after the
+        dataset is resized to ``extent`` (when given)."""
+        parent_path, _, name = h5path.rpartition("/")
+        group = self.file[parent_path or "/"]
+        self.staged.append((group.name, f"{self.tag}patch-{name}", name))
+        self._origins[(group.name, f"{self.tag}patch-{name}")] = (origin, extent)
+        return group, f"{self.tag}patch-{name}"
+
+    def stage_delete(self, h5path: str) -> None:
+        """Delete ``h5path`` as part of the commit."""
+        parent_path, _, name = h5path.rpartition("/")
+        self.staged.append((self.file[parent_path or "/"].name, "", name))
+
     def set_root_attr(self, name: str, value: Any) -> None:
         """Set a root attribute as part of the commit."""
         self.root_attrs[name] = value
@@ -250,6 +362,11 @@ class Transaction:
         """Record the journal (complete, flushed and fsynced, then renamed to its final
         name: the commit point), then carry it out."""
         f = self.file
+        for (parent, staged), (origin, extent) in self._origins.items():
+            attrs = f[parent][staged].attrs
+            attrs[PATCH_ORIGIN] = np.asarray(origin, dtype=np.int64)
+            if extent is not None:
+                attrs[PATCH_EXTENT] = np.asarray(extent, dtype=np.int64)
         rows = np.array([list(row) for row in self.staged], dtype=object).reshape(-1, 3)
         draft = f.create_dataset(self.tag + "journal", data=rows, dtype=h5py.string_dtype())
         for key, value in self.root_attrs.items():
@@ -273,7 +390,7 @@ class Transaction:
         if self.journal is None:
             for parent, staged, _ in [("/", self.tag + "journal", ""), *self.staged]:
                 group = f.get(parent)
-                if isinstance(group, h5py.Group) and staged in group:
+                if staged and isinstance(group, h5py.Group) and staged in group:
                     del group[staged]
 
 

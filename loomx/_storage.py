@@ -286,6 +286,10 @@ def create_layer_like(
     return h5py.Dataset(dsid)
 
 
+ATTR_CHUNK_ROWS = 4096
+"""Rows per HDF5 chunk of an attribute (a growable one keeps them as it grows)."""
+
+
 def create_attr(parent: h5py.Group, name: str, values: np.ndarray, storage: Storage) -> None:
     """A row, column or global attribute of encoded ``values`` (see ``_conventions``)."""
     dtype = conv.STRING_DTYPE if values.dtype.kind == "O" else values.dtype
@@ -293,8 +297,8 @@ def create_attr(parent: h5py.Group, name: str, values: np.ndarray, storage: Stor
     if values.ndim >= 1 and values.size > 0 and storage.compression is not None:
         kwargs = storage.h5py_kwargs(values.shape)
         if storage.chunks is None or len(storage.chunks) != values.ndim:
-            kwargs["chunks"] = True
-        kwargs["maxshape"] = (values.shape[0], *([None] * (values.ndim - 1)))
+            kwargs["chunks"] = (ATTR_CHUNK_ROWS, *values.shape[1:])
+        kwargs["maxshape"] = (None,) * values.ndim  # growable: append adds in place
     parent.create_dataset(name, data=values, dtype=dtype, **kwargs)
 
 

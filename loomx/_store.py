@@ -9,6 +9,7 @@ attributes only, never layer data.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import warnings
@@ -23,7 +24,7 @@ from xarray.backends.locks import HDF5_LOCK
 from . import _conventions as conv
 from . import _spec
 from ._files import CachedFile
-from ._journal import committed_path, read_journals
+from ._journal import Patch, committed_path, read_journals
 from .errors import LoomFileError, LoomFormatError, LoomFormatWarning, LoomxError, describe
 
 H5_ERRORS = (
@@ -186,6 +187,7 @@ class LoomLayout:
     global_attrs: dict[str, Any] = field(default_factory=dict)
     global_attrs_location: str = "/attrs"
     pending: dict[str, str] = field(default_factory=dict)  # final path -> temporary link
+    patches: dict[str, list[Patch]] = field(default_factory=dict)
 
 
 class LoomStore:
@@ -220,6 +222,7 @@ class LoomStore:
         self.handle = CachedFile(self.path, mode, locking)
         self.pending: dict[str, str] = {}  # objects of a commit not yet carried out
         self.identity: tuple[str, int, int] | None = None  # (host, device, inode) read
+        self.patches: dict[str, list[Patch]] = {}  # region writes, appended columns
 
     def __repr__(self) -> str:
         return f"LoomStore({self.path!r}, mode={self.mode!r})"
@@ -248,11 +251,20 @@ class LoomStore:
         return h5path
 
     def read_attr(self, attr: AttrInfo) -> np.ndarray:
-        """Read and decode one whole row or column attribute."""
+        """Read and decode one whole row or column attribute (with the values of pending
+        patches, see ``_journal``)."""
         h5path = self.resolve(attr.info.h5path)
+        patches = self.patches_of(attr.info.h5path)
         with self.open() as h5file, h5_errors(self.path, attr.info.h5path, "read the attribute"):
             self.check_unchanged(h5file, attr.info, h5path)
             raw = h5file[h5path][()]
+            for patch in patches:
+                values = h5file[patch.h5path][()]
+                if patch.extent is not None and patch.extent[0] > len(raw):
+                    grown = np.empty(patch.extent, dtype=raw.dtype)
+                    grown[: len(raw)] = raw
+                    raw = grown
+                raw[patch.origin[0] : patch.origin[0] + len(values)] = values
             return attr.decode(raw, self.path)
 
     def check_unchanged(self, h5file: h5py.File, info: DatasetInfo, h5path: str) -> None:
@@ -281,7 +293,16 @@ class LoomStore:
             layout = reader.read()
             self.identity = _identity(h5file)
         self.pending = layout.pending
+        self.patches = layout.patches
         return layout
+
+    def patches_of(self, h5path: str) -> list[Patch]:
+        """The patches recorded for ``h5path`` and not yet copied in (see ``_journal``)."""
+        found = self.patches.get(h5path)
+        if not found:
+            return []
+        with self.open() as h5file:
+            return [patch for patch in found if patch.h5path in h5file]
 
 
 def _identity(h5file: h5py.File) -> tuple[str, int, int] | None:
@@ -334,16 +355,24 @@ class _LayoutReader:
         self.allow_filter_plugins = False
         self.pending: dict[str, dict[str, str]] = {}
         self.pending_attrs: list[h5py.AttributeManager] = []
+        self.patches: dict[str, list[Patch]] = {}
         for journal in read_journals(h5file):
             for parent, links in journal.pending(h5file).items():
                 self.pending.setdefault(parent, {}).update(links)
+            for final, found in journal.patches(h5file).items():
+                self.patches.setdefault(final, []).extend(found)
             self.pending_attrs.append(h5file[journal.name].attrs)
 
     def children(self, group: h5py.Group) -> dict[str, str]:
-        """Each child's name and the link it is read through (committed names applied)."""
+        """Each child's name and the link it is read through (committed names applied,
+        committed deletions left out)."""
         self.where[0] = committed_path(group.name)
         out = {name: name for name in group if _spec.TEMPORARY_TAG not in name}
-        out.update(self.pending.get(group.name, {}))
+        for name, link in self.pending.get(group.name, {}).items():
+            if link:
+                out[name] = link
+            else:
+                out.pop(name, None)
         return out
 
     def child(self, group: h5py.Group, name: str) -> h5py.Dataset | h5py.Group:
@@ -398,7 +427,9 @@ class _LayoutReader:
             f"{parent.rstrip('/')}/{name}": f"{parent.rstrip('/')}/{link}"
             for parent, links in self.pending.items()
             for name, link in links.items()
+            if link
         }
+        layout.patches = self.patches
         if source is None:
             self.warn("/", f"no {_spec.VERSION_KEY}; reading it as a pre-3.0.0 Loom file")
         return layout
@@ -418,12 +449,22 @@ class _LayoutReader:
             raise LoomFormatError(
                 f"found {what}, expected a 2-D dataset", path=self.path, h5path="/matrix"
             )
-        return (int(matrix.shape[0]), int(matrix.shape[1]))
+        shape = self.extent(matrix)
+        return (int(shape[0]), int(shape[1]))
+
+    def extent(self, dset: h5py.Dataset) -> tuple[int, ...]:
+        """The dataset's shape once a pending commit that grows it is carried out."""
+        for patch in self.patches.get(committed_path(dset.name), ()):
+            if patch.extent is not None:
+                return patch.extent
+        return tuple(dset.shape)
 
     def layer_info(
         self, dset: h5py.Dataset, shape: tuple[int, int], address: int | None
     ) -> DatasetInfo:
         info = DatasetInfo.of(dset, address)
+        if info.shape != self.extent(dset):
+            info = dataclasses.replace(info, shape=self.extent(dset))
         if info.shape != shape:
             raise LoomFormatError(
                 f"layer shape {info.shape} does not match /matrix shape {shape}",
@@ -467,7 +508,7 @@ class _LayoutReader:
                     path=self.path,
                     h5path=committed_path(dset.name),
                 )
-            if dset.ndim == 0 or dset.shape[0] != length:
+            if dset.ndim == 0 or self.extent(dset)[0] != length:
                 axis = "rows" if space == _spec.ROW_ATTRS else "columns"
                 raise LoomFormatError(
                     f"attribute has shape {dset.shape}, "
@@ -479,9 +520,9 @@ class _LayoutReader:
         return out
 
     def attr(self, dset: h5py.Dataset, legacy: bool, address: int | None) -> AttrInfo:
-        info = DatasetInfo.of(dset, address)
+        info = dataclasses.replace(DatasetInfo.of(dset, address), shape=self.extent(dset))
         dtype = dset.dtype
-        shape = tuple(dset.shape)
+        shape = info.shape
         if dtype.names is not None:
             fields = tuple(dtype.names)
             kinds = [dtype.fields[n][0] for n in fields]

@@ -47,7 +47,9 @@ class Sink:
     holding a :class:`~loomx._compress.PackedBlock` (finished chunks, written as they are;
     its origin says where, so ``key`` is not used).  ``col0`` shifts value blocks right
     (a block of new columns appended at ``col0``).  With ``reference`` (the dataset on
-    disk), it also tracks whether every block equals it.
+    disk), it also tracks whether every block equals it.  The sink's chunks must never
+    have been written (a new dataset or new columns): all-zero chunks are then left
+    unallocated where the fill value is zero.
     """
 
     def __init__(

@@ -32,6 +32,7 @@ from . import _conventions as conv
 from ._files import locking_in_use, move_into_place, open_h5, temporary_file
 from ._journal import recover_pending, transaction
 from ._plan import WritePlan, plan_dataset
+from ._region import write_region
 from ._storage import create_attr, create_graph, create_layer, make_storage
 
 __all__ = ["execute", "to_loom", "write_content", "write_new_file"]
@@ -144,7 +145,8 @@ def to_loom(
     ds: xr.Dataset,
     path: str | os.PathLike[str],
     *,
-    mode: Literal["w", "a"] = "w",
+    mode: Literal["w", "a", "r+"] = "w",
+    region: Mapping[str, slice] | None = None,
     compute: bool = True,
     dims: Sequence[str] | None = None,
     encoding: Mapping[str, Mapping[str, Any]] | None = None,
@@ -170,7 +172,15 @@ def to_loom(
         new or differs from the disk; may be the file ``ds`` was opened from, while ``ds`` is
         alive.  Everything is committed at once: killed at any moment, the file reads as
         all old or all new (see :func:`loomx.recover`).  A replaced object's old space is
-        not reclaimed (``h5repack`` does that).  A missing file is created as with ``"w"``.
+        not reclaimed (:func:`loomx.repack` does that).  A missing file is created as
+        with ``"w"``.
+        ``"r+"``: write new values into existing layers and attributes only, over
+        ``region`` (the whole extent by default), as ``xarray.Dataset.to_zarr`` does:
+        ``ds`` holds the region's values; only the HDF5 chunks of each layer that
+        intersect the region are rewritten (attributes, which are small, are rewritten
+        whole); all at once, as with ``"a"``.  Graphs and ``ds.attrs`` are not written.
+    region
+        With ``mode="r+"``: ``{dim: slice(start, stop)}`` for the row and/or column dim.
     compute
         False: validate now and return a ``dask.delayed`` object whose ``compute()`` writes.
     dims
@@ -222,14 +232,23 @@ def to_loom(
     >>> to_loom(ds, "example.loom")                                   # doctest: +SKIP
     >>> to_loom(ds.assign_coords(Seen=("col", [1, 0])), "example.loom", mode="a")  # doctest: +SKIP
     >>> to_loom(ds, "c.loom", encoding={"matrix": {"chunksizes": (3, 2)}})  # doctest: +SKIP
+    >>> part = ds.isel(col=slice(0, 1)).drop_vars("Gene") * 2
+    >>> to_loom(part, "example.loom", mode="r+", region={"col": slice(0, 1)})  # doctest: +SKIP
     """
     path = os.fspath(path)
-    if mode not in ("w", "a"):
-        raise ValueError(f"mode must be 'w' or 'a'; got {mode!r}")
+    if mode not in ("w", "a", "r+"):
+        raise ValueError(f"mode must be 'w', 'a' or 'r+'; got {mode!r}")
+    if region is not None and mode != "r+":
+        raise ValueError(f"region needs mode='r+'; got mode={mode!r}")
     if locking is None:
         locking = locking_in_use(path) if os.path.exists(path) else None
     if locking is None:
         locking = ds.encoding.get("loom_locking")
+    if mode == "r+":
+        if not compute:
+            raise ValueError("mode='r+' writes at once; compute=False is not supported")
+        write_region(ds, path, region, dims=dims, locking=locking)
+        return None
     default = make_storage(chunks, compression, compression_opts, ndim=2, path=path)
     if mode == "a" and not os.path.exists(path):
         mode = "w"

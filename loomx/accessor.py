@@ -80,6 +80,59 @@ class LoomAccessor:
             raise LoomNameError(f"{name!r} is not stored in a Loom file (a coordinate of a dim)")
         return paths[name]
 
+    def pick(self, *names: str, dim: str | None = None) -> xr.DataArray:
+        """The attributes among ``names`` that exist on ``dim`` (default the dim of the
+        first one found), as loompy's ``ds.ra["Gene", "GeneName"]``.
+
+        One found: that attribute.  Several: stacked into an ``(n, k)`` array (dim
+        ``attribute`` holding their names); they must share a dtype kind.  Names that do
+        not exist are skipped.
+
+        Examples
+        --------
+        >>> genes = ds.loom.pick("Gene", "GeneName")  # whichever the file has  # doctest: +SKIP
+        >>> xy = ds.loom.pick("TSNE1", "TSNE2")  # (cells, 2)  # doctest: +SKIP
+        """
+        found = [n for n in names if n in self._ds.coords and self._ds[n].ndim >= 1]
+        if dim is not None:
+            found = [n for n in found if self._ds[n].dims[0] == dim]
+        elif found:
+            found = [n for n in found if self._ds[n].dims[0] == self._ds[found[0]].dims[0]]
+        if not found:
+            raise LoomNameError(f"none of the attributes {list(names)} exists")
+        if len(found) == 1:
+            return self._ds[found[0]]
+        kinds = {self._ds[n].dtype.kind for n in found}
+        if len(kinds) > 1 and not kinds <= set("biuf"):
+            raise LoomNameError(f"attributes {found} mix strings and numbers; pick them one by one")
+        parts = [self._ds[n].variable for n in found]
+        first_dim = parts[0].dims[0]
+        stacked = xr.Variable.concat(
+            [p.set_dims({first_dim: p.shape[0]}) for p in parts], dim="attribute"
+        ).transpose(first_dim, "attribute")
+        return xr.DataArray(stacked, coords={"attribute": found})
+
+    def attrs_frame(self, dim: str | None = None) -> Any:
+        """The 1-D attributes on ``dim`` (default the column dim) as a pandas DataFrame.
+
+        Back into a Dataset: ``ds.assign_coords({k: (dim, v) for k, v in df.items()})``,
+        or ``loomx.from_arrays(..., col_attrs=df)``.
+
+        Examples
+        --------
+        >>> cells = ds.loom.attrs_frame("col")  # doctest: +SKIP
+        >>> cells.groupby("ClusterID").size()  # doctest: +SKIP
+        """
+        import pandas as pd
+
+        dim = dim or self.dims[1]
+        names = [
+            str(n)
+            for n, v in self._ds.coords.items()
+            if v.dims == (dim,) and conv.parse_graph_var(str(n)) is None
+        ]
+        return pd.DataFrame({n: self._ds[n].values for n in names})
+
     @property
     def layers(self) -> list[str]:
         """Names of the data variables that are layers (dims ``(row, col)``)."""

@@ -23,6 +23,7 @@ from xarray.core import indexing
 
 from . import _chunks, _spec
 from . import _conventions as conv
+from ._journal import Patch
 from ._store import H5_ERRORS, AttrInfo, DatasetInfo, LoomLayout, LoomStore
 from .errors import LoomFileError, LoomFormatError, LoomxError
 
@@ -107,10 +108,11 @@ class LoomBackendArray(BackendArray):
 
     def _read_box(self, slices: list[slice]) -> np.ndarray:
         try:
-            h5path, label = self.store.resolve(self.info.h5path), self.store.path
+            patches = self.store.patches_of(self.info.h5path)
+            h5path = self.store.resolve(self.info.h5path)
             with self.store.open() as h5file:
                 self.store.check_unchanged(h5file, self.info, h5path)
-            return _chunks.read_through_handle(self.store.open, h5path, tuple(slices), label)
+            return self._read_patched(h5path, slices, patches)
         except LoomxError as err:
             if err.h5path is not None:
                 raise
@@ -126,6 +128,47 @@ class LoomBackendArray(BackendArray):
             raise LoomFileError(
                 f"cannot read {slices}: {found}", path=self.store.path, h5path=self.info.h5path
             ) from err
+
+    def _read_patched(self, h5path: str, slices: list[slice], patches: list[Patch]) -> np.ndarray:
+        """Read ``slices`` of ``h5path``; where a pending region-write patch covers them,
+        from the patch (the layer's own chunks there may be half rewritten)."""
+        for k, patch in enumerate(patches):
+            staged, origin = patch.h5path, patch.origin
+            with self.store.open() as h5file:
+                extent = h5file[staged].shape
+            inner = [
+                slice(max(s.start, o), min(s.stop, o + n))
+                for s, o, n in zip(slices, origin, extent, strict=True)
+            ]
+            if any(i.stop <= i.start for i in inner):
+                continue
+            out = np.empty([s.stop - s.start for s in slices], dtype=self.info.dtype)
+            source = tuple(
+                slice(i.start - o, i.stop - o) for i, o in zip(inner, origin, strict=True)
+            )
+            dest = [
+                slice(i.start - s.start, i.stop - s.start)
+                for i, s in zip(inner, slices, strict=True)
+            ]
+            out[tuple(dest)] = _chunks.read_through_handle(
+                self.store.open, staged, source, self.store.path
+            )
+            rest = patches[k + 1 :]
+            for axis in range(len(slices)):  # the parts outside the patch, one axis at a time
+                outer = [*inner[:axis], slices[axis], *slices[axis + 1 :]]
+                for lo, hi in (
+                    (slices[axis].start, inner[axis].start),
+                    (inner[axis].stop, slices[axis].stop),
+                ):
+                    if hi > lo:
+                        part = [*outer[:axis], slice(lo, hi), *outer[axis + 1 :]]
+                        where = [
+                            slice(p.start - s.start, p.stop - s.start)
+                            for p, s in zip(part, slices, strict=True)
+                        ]
+                        out[tuple(where)] = self._read_patched(h5path, part, rest)
+            return out
+        return _chunks.read_through_handle(self.store.open, h5path, tuple(slices), self.store.path)
 
     def _cast(self, values: np.ndarray) -> np.ndarray:
         if self.cast is None:

@@ -19,7 +19,19 @@ import xarray as xr
 from . import _conventions as conv
 from .errors import LoomNameError
 
-AGGREGATIONS = ("sum", "mean", "max", "min", "std", "var", "median", "count_nonzero", "first")
+AGGREGATIONS = (
+    "sum",
+    "prod",
+    "mean",
+    "max",
+    "min",
+    "std",
+    "var",
+    "median",
+    "count_nonzero",
+    "first",
+    "last",
+)
 
 
 def _dask_layer(var: xr.DataArray) -> xr.DataArray:
@@ -234,8 +246,9 @@ def aggregate(
     by
         Name of an attribute on ``dim`` holding the group labels (e.g. ``"ClusterID"``).
     func
-        One of ``sum``, ``mean``, ``max``, ``min``, ``std``, ``var``, ``median``,
-        ``count_nonzero``, ``first``.
+        One of ``sum``, ``prod``, ``mean``, ``max``, ``min``, ``std``, ``var``,
+        ``median``, ``count_nonzero``, ``first``, ``last`` (loompy's ``aggr_by`` names;
+        ``std`` and ``var`` with ``ddof=0``, as numpy's).
     dim
         The dim whose items are grouped.
     layers
@@ -261,6 +274,12 @@ def aggregate(
     if func == "count_nonzero":
         data = (data != 0).astype(np.int64)
         func = "sum"
+    if func == "median":  # an order statistic: each block holds whole groups (bands of rows)
+        other = _other(ds, dim)
+        length = ds.sizes[dim]
+        itemsize = max((v.dtype.itemsize for v in data.data_vars.values()), default=8)
+        band = _rows_per_block(length, np.dtype(f"u{min(itemsize, 8)}"), ())
+        data = data.assign({k: v.chunk({dim: -1, other: band}) for k, v in data.data_vars.items()})
     out = getattr(data.groupby(by), func)()
     return out.transpose(_other(ds, dim), by, ...)
 

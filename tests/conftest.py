@@ -6,6 +6,7 @@ import shutil
 import warnings
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 import scipy.sparse as sp
@@ -36,6 +37,14 @@ WILD_FILES = sorted(
 
 def sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def chunk_places(path: str | Path, h5path: str) -> dict[tuple[int, ...], tuple[int, int]]:
+    """Byte offset and stored size of every allocated chunk of a dataset, by chunk offset."""
+    with h5py.File(path, "r") as f:
+        dsid = f[h5path].id
+        infos = [dsid.get_chunk_info(i) for i in range(dsid.get_num_chunks())]
+    return {i.chunk_offset: (i.byte_offset, i.size) for i in infos}
 
 
 @pytest.fixture

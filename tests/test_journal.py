@@ -80,7 +80,7 @@ def assert_appended(path: Path) -> None:
 
 def test_error_during_swap_is_retried_and_the_append_completes(tmp_path, monkeypatch):
     path = base_file(tmp_path / "a.loom")
-    seen = fail_moves_after(monkeypatch, calls=2, times=1)  # the journal's rename, one swap
+    seen = fail_moves_after(monkeypatch, calls=1, times=1)  # the journal's rename, then one
     loomx.append(path, more_cells())
     monkeypatch.undo()
     assert len(seen) > 2
@@ -90,21 +90,61 @@ def test_error_during_swap_is_retried_and_the_append_completes(tmp_path, monkeyp
 
 def test_commit_recorded_but_not_finished_reads_as_new_and_recovers(tmp_path, monkeypatch):
     path = base_file(tmp_path / "a.loom")
-    fail_moves_after(monkeypatch, calls=2)  # journal renamed, one object swapped, then none
+    applied: list = []
+
+    def resized_only(target, patch, origin, extent=None):  # grows the layer, copies nothing
+        applied.append(target.name)
+        target.resize(extent)
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(_journal, "apply_patch", resized_only)
     with pytest.raises(LoomWriteError, match=r"commit is recorded.*loomx\.recover"):
         loomx.append(path, more_cells())
     monkeypatch.undo()
-    with h5py.File(path, "r") as f:  # on disk: half swapped, the journal says how to finish
-        assert f["layers/spliced"].shape == (N, M + K)  # swapped
-        assert "matrix" not in f  # old one unlinked, the move of the new one failed
+    assert len(applied) == 2 and applied[0] == applied[1]  # tried, then retried once
+    grown, other = applied[0], {"/matrix", "/layers/spliced"} - {applied[0]}
+    with h5py.File(path, "r") as f:  # on disk: one grown, new columns not copied in yet
+        assert f[grown].shape == (N, M + K)
+        np.testing.assert_array_equal(f[grown][:, M:], 0)
+        assert f[other.pop()].shape == (N, M)
         assert len(_journal.read_journals(f)) == 1
-    assert_appended(path)  # readers apply the journal without changing the file
+    assert_appended(path)  # readers apply the journal (grown, patched) without changing it
     assert len(temp_links(path)) > 1
     assert loomx.recover(path) == 1
     assert temp_links(path) == []
     assert_appended(path)
     with h5py.File(path, "r") as f:
         assert f["matrix"].shape == f["layers/spliced"].shape == (N, M + K)
+        np.testing.assert_array_equal(f["matrix"][:, M:], more_cells()["matrix"].values)
+
+
+def test_pending_patches_of_layers_and_attributes_read_as_appended(tmp_path, monkeypatch):
+    path = tmp_path / "a.loom"
+    with loomx.open_loom(base_file(tmp_path / "h5py.loom")) as ds:
+        ds = ds.load()
+        for var in ds.variables.values():
+            var.encoding = {}  # loomx's storage: chunked attributes that grow in place
+        loomx.to_loom(ds, path)
+    calls: list = []
+
+    def resized_only(target, patch, origin, extent=None):
+        calls.append(target.name)
+        target.resize(extent)
+        raise OSError("disk on fire")
+
+    monkeypatch.setattr(_journal, "apply_patch", resized_only)
+    with pytest.raises(LoomWriteError, match="commit is recorded"):
+        loomx.append(path, more_cells())
+    monkeypatch.undo()
+    with h5py.File(path, "r") as f:
+        patched = {
+            p.h5path for j in _journal.read_journals(f) for ps in j.patches(f).values() for p in ps
+        }
+        assert any("CellID" in p for p in patched) and any("matrix" in p for p in patched)
+    assert_appended(path)  # grown attributes and layers, read through their patches
+    assert loomx.recover(path) == 1
+    assert_appended(path)
+    assert temp_links(path) == []
 
 
 def test_next_write_finishes_a_dead_writers_commit_before_comparing(tmp_path, monkeypatch):

@@ -6,11 +6,12 @@ after ``loomx.recover``, read completely with h5py, hold no temporary objects an
 next write.  Writes already fsynced are on disk; unsynced ones are lost, or (for new
 files renamed into place) lost, kept, torn or kept in any part.
 
-In-place writers (write-back, append) are checked against the loss of everything since
-the last fsync.  That their unsynced writes may not persist *in part* is a known limit:
-HDF5 rewrites existing group metadata in place while it flushes, so a crash inside a
-flush (a power cut, or SIGKILL in the middle of ``H5Fflush``) can leave those groups
-unreadable; ``test_in_place_writes_survive_partial_flushes`` records it (strict xfail).
+In-place writers (write-back, append, region writes, delete) are checked against the
+loss of everything since the last fsync.  That their unsynced writes may not persist *in
+part* is a known limit: HDF5 rewrites existing group metadata in place while it flushes,
+so a crash inside a flush (a power cut, or SIGKILL in the middle of ``H5Fflush``) can
+leave those groups unreadable; ``test_in_place_writes_survive_partial_flushes`` records
+it (strict xfail).
 
 ``LOOMX_POWERLOSS_STEPS`` caps the crash points per write path (default 0: every step).
 """
@@ -71,13 +72,29 @@ def combine(folder: Path, target: str) -> None:
     loomx.combine([str(folder / "first.loom"), second], target, key="Gene")
 
 
+def region(folder: Path, target: str) -> None:
+    values = xr.Dataset(
+        {
+            "matrix": (("row", "col"), np.full((N, 8), 7, np.float32)),
+            "spliced": (("row", "col"), np.full((N, 8), 3, np.int64)),
+        }
+    )
+    loomx.to_loom(values, target, mode="r+", region={"col": slice(4, 12)})
+
+
+def delete(folder: Path, target: str) -> None:
+    loomx.delete(target, ["Score", "spliced"])
+
+
 WRITERS: dict[str, Callable[[Path, str], None]] = {
     "write-back": write_back,
     "new-file": new_file,
     "append": append,
     "combine": combine,
+    "region": region,
+    "delete": delete,
 }
-IN_PLACE = {"write-back", "append"}
+IN_PLACE = {"write-back", "append", "region", "delete"}
 
 
 def replay(tmp_path: Path, name: str) -> tuple[list, bytes, str, Path, Path]:
