@@ -28,6 +28,9 @@ from .errors import (
     LoomWriteError,
     LoomxError,
 )
+from .interop import from_anndata, to_anndata
+from .qc import assign_qc, calculate_qc_metrics
+from .validate import validate_loom
 
 __version__ = "0.1.0"
 
@@ -43,11 +46,16 @@ __all__ = [
     "LoomxError",
     "__version__",
     "append",
+    "assign_qc",
+    "calculate_qc_metrics",
     "combine",
     "delete",
+    "from_anndata",
     "from_arrays",
     "open_loom",
     "recover",
     "repack",
+    "to_anndata",
     "to_loom",
+    "validate_loom",
 ]

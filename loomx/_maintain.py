@@ -18,7 +18,7 @@ from ._files import fsync, move_into_place, open_for_writing, open_h5, temporary
 from ._journal import recover_pending, transaction
 from ._stream import current_client
 from .backend import open_loom
-from .errors import LoomNameError
+from .errors import LoomFileNotFoundError, LoomNameError
 
 __all__ = ["delete", "repack"]
 
@@ -117,6 +117,8 @@ def repack(
     >>> loomx.repack("pbmc.loom")  # the file shrinks by the layer  # doctest: +SKIP
     """
     path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise LoomFileNotFoundError("no such file; expected an existing Loom file", path=path)
     target = path if out is None else os.fspath(out)
     recover_pending(path, locking)
     src = open_for_writing(path, locking, current_client()) if out is None else None

@@ -10,7 +10,7 @@ import scipy.sparse
 import xarray as xr
 
 from . import _conventions as conv
-from . import _spec, _writer, graphs, ops
+from . import _spec, _writer, graphs, ops, qc
 from .errors import LoomNameError
 
 
@@ -187,3 +187,15 @@ class LoomAccessor:
     def to_loom(self, path: str, **kwargs: Any) -> Any:
         """Write this Dataset as a Loom file; see :func:`loomx.to_loom`."""
         return _writer.to_loom(self._ds, path, **kwargs)
+
+    def qc(self, layer: str = "matrix", **kwargs: Any) -> xr.Dataset:
+        """This Dataset with scanpy's QC metrics of ``layer`` as column and row attributes,
+        computed in one read; see :func:`loomx.calculate_qc_metrics` and
+        :func:`loomx.assign_qc`.
+
+        Examples
+        --------
+        >>> out = ds.loom.qc(mito_prefixes=["MT-"])  # doctest: +SKIP
+        >>> loomx.to_loom(out, "pbmc.loom", mode="a")  # doctest: +SKIP
+        """
+        return qc.assign_qc(self._ds, *qc.calculate_qc_metrics(self._ds, layer, **kwargs))

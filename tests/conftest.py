@@ -41,9 +41,9 @@ def sha256(path: str | Path) -> str:
 
 def chunk_places(path: str | Path, h5path: str) -> dict[tuple[int, ...], tuple[int, int]]:
     """Byte offset and stored size of every allocated chunk of a dataset, by chunk offset."""
+    infos: list = []
     with h5py.File(path, "r") as f:
-        dsid = f[h5path].id
-        infos = [dsid.get_chunk_info(i) for i in range(dsid.get_num_chunks())]
+        f[h5path].id.chunk_iter(infos.append)
     return {i.chunk_offset: (i.byte_offset, i.size) for i in infos}
 
 

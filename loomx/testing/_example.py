@@ -176,3 +176,95 @@ def make_example_loom(
         chunks=chunks,
     )
     return os.fspath(path)
+
+
+MITO_GENES = (
+    "MT-ND1", "MT-ND2", "MT-CO1", "MT-CO2", "MT-ATP8", "MT-ATP6", "MT-CO3",
+    "MT-ND3", "MT-ND4L", "MT-ND4", "MT-ND5", "MT-ND6", "MT-CYB",
+)  # fmt: skip
+"""The 13 protein-coding genes of the human mitochondrial genome."""
+
+
+def make_counts_loom(
+    path: str | os.PathLike,
+    n_genes: int = 2000,
+    n_cells: int = 3000,
+    *,
+    n_clusters: int = 5,
+    seed: int = 0,
+    dtype: Any = np.float32,
+    chunks: tuple[int, int] | None = (64, 64),
+) -> str:
+    """Write realistic single-cell counts: negative binomial, clusters, ``MT-`` genes.
+
+    Genes have log-normal mean expression and an over-dispersed (negative binomial)
+    distribution; each cluster up-regulates its own marker genes; cells have log-normal
+    library sizes; the 13 mitochondrial genes (``MT-ND1``, ...) take about 3% of the
+    counts of healthy cells and 10-40% in a few damaged ones.  The file has ``Gene``,
+    ``Accession`` (row) and ``CellID``, ``ClusterID``, ``ClusterName`` (column) attributes,
+    in loompy's layout.
+
+    Parameters
+    ----------
+    path
+        Target file (overwritten).
+    n_genes, n_cells
+        Shape (rows x columns); ``n_genes`` must exceed the 13 mitochondrial genes.
+    n_clusters
+        Number of cell clusters.
+    seed
+        Random seed (the same file for the same arguments).
+    dtype
+        Stored dtype of ``/matrix`` (counts are whole numbers).
+    chunks
+        HDF5 chunk shape.
+
+    Returns
+    -------
+    str
+        ``path``.
+
+    Examples
+    --------
+    >>> make_counts_loom("pbmc_like.loom", 2000, 3000)  # doctest: +SKIP
+    'pbmc_like.loom'
+    """
+    n_mito = len(MITO_GENES)
+    if n_genes <= n_mito:
+        raise ValueError(f"n_genes must exceed {n_mito} (the mitochondrial genes)")
+    rng = np.random.default_rng(seed)
+    clusters = np.sort(rng.integers(0, n_clusters, n_cells))
+    base = rng.lognormal(mean=-1.5, sigma=1.5, size=n_genes)
+    markers = rng.integers(0, n_clusters, n_genes)
+    boost = np.where(rng.random(n_genes) < 0.1, rng.lognormal(1.5, 0.5, n_genes), 1.0)
+    library = rng.lognormal(mean=0.0, sigma=0.4, size=n_cells)
+    mito_share = np.where(rng.random(n_cells) < 0.05, rng.uniform(0.1, 0.4, n_cells), 0.03)
+    dispersion = 0.3
+    counts = np.empty((n_genes, n_cells), dtype=dtype)
+    for start in range(0, n_cells, 1024):
+        stop = min(start + 1024, n_cells)
+        in_cluster = markers[:, None] == clusters[None, start:stop]
+        mu = base[:, None] * np.where(in_cluster, boost[:, None], 1.0) * library[None, start:stop]
+        nuclear = mu[n_mito:].sum(axis=0)
+        share = mito_share[start:stop]
+        mu[:n_mito] = (nuclear * share / (1 - share))[None, :] / n_mito
+        shape = 1 / dispersion
+        counts[:, start:stop] = rng.poisson(rng.gamma(shape, mu / shape))
+    genes = [*MITO_GENES, *(f"GENE{i}" for i in range(n_mito, n_genes))]
+    names = np.array([f"type {c}" for c in clusters], dtype=object)
+    write_loom_h5py(
+        path,
+        {"": counts},
+        {
+            "Gene": np.array(genes, dtype=object),
+            "Accession": np.array([f"ENSG{i:011d}" for i in range(n_genes)], dtype=object),
+        },
+        {
+            "CellID": np.array([f"cell{j:06d}-1" for j in range(n_cells)], dtype=object),
+            "ClusterID": clusters.astype(np.int64),
+            "ClusterName": names,
+        },
+        global_attrs={"Title": "loomx example: negative-binomial counts"},
+        chunks=chunks,
+    )
+    return os.fspath(path)
