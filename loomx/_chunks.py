@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 import threading
 import zlib
@@ -57,6 +58,9 @@ _Inflate = Callable[[Any, int], Any]
 
 _DEFLATE, _SHUFFLE, _FLETCHER32 = 1, 2, 3
 _MAX_RUN = 16 << 20  # largest single read_at when coalescing adjacent chunks
+MAX_GRID_CELLS = 1 << 24
+"""Datasets with more chunk-grid cells than this (a declared 1e7 x 1e7 matrix) are read
+through h5py: the index keeps one entry per cell."""
 
 
 def _find_inflaters() -> dict[str, _Inflate]:
@@ -236,6 +240,8 @@ class ChunkIndex:
             return None
         chunks = dset.chunks
         grid = tuple(-(-n // c) for n, c in zip(dset.shape, chunks, strict=True))
+        if math.prod(grid) > MAX_GRID_CELLS:  # a huge, mostly unwritten dataset: h5py
+            return None
         flat: list[int] = []
         extend = flat.extend
         dsid = dset.id
@@ -440,6 +446,13 @@ class _LocalReader:
 
 def _pread_exact(fd: int, offset: int, nbytes: int, label: str) -> bytes:
     """``nbytes`` bytes at ``offset`` of ``fd``; a short file raises :class:`LoomFileError`."""
+    size = os.fstat(fd).st_size
+    if offset < 0 or nbytes < 0 or offset + nbytes > size:
+        raise LoomFileError(
+            f"the chunk index points at bytes {offset}..{offset + nbytes} of a file of "
+            f"{size} bytes; the file is truncated or corrupt",
+            path=label,
+        )
     parts = [os.pread(fd, nbytes, offset)]
     done = len(parts[0])
     while done < nbytes:

@@ -18,7 +18,7 @@ import os
 import shutil
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,12 +41,31 @@ __all__ = [
     "same_file",
     "temp_path",
     "temporary_file",
+    "write_opener",
 ]
 
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 # --------------------------------------------------------------------------- opening
+
+
+WriteOpener = Callable[[str, str], h5py.File]
+_write_opener: WriteOpener | None = None
+"""Opens files for writing instead of h5py's default driver (see :func:`write_opener`)."""
+
+
+@contextlib.contextmanager
+def write_opener(opener: WriteOpener) -> Iterator[None]:
+    """Within the block, :func:`open_h5` opens files in modes ``"r+"`` and ``"w"`` with
+    ``opener(path, mode)``: a test harness records a writer's file operations this way
+    (:mod:`loomx.testing.powerloss`).  Not thread-safe; for tests."""
+    global _write_opener
+    previous, _write_opener = _write_opener, opener
+    try:
+        yield
+    finally:
+        _write_opener = previous
 
 
 def open_h5(path: str, mode: str = "r", locking: bool | None = None) -> h5py.File:
@@ -65,6 +84,8 @@ def open_h5(path: str, mode: str = "r", locking: bool | None = None) -> h5py.Fil
     if mode not in ("r", "r+", "w"):
         raise ValueError(f"mode must be 'r', 'r+' or 'w'; found {mode!r}")
     kwargs: dict[str, Any] = {} if locking is None else {"locking": locking}
+    if _write_opener is not None and mode != "r" and (mode == "w" or os.path.isfile(path)):
+        return _write_opener(path, mode)
     if mode == "w":
         try:
             return h5py.File(path, "w", **kwargs)
@@ -79,6 +100,12 @@ def open_h5(path: str, mode: str = "r", locking: bool | None = None) -> h5py.Fil
     except OSError as err:
         with open(path, "rb") as fh:
             head = fh.read(8)
+        if head != HDF5_SIGNATURE and head and HDF5_SIGNATURE.startswith(head):
+            raise LoomFileError(
+                f"truncated or corrupt: {len(head)} bytes, the start of the HDF5 signature "
+                "and nothing else (expected a Loom (HDF5) file)",
+                path=path,
+            ) from err
         if head != HDF5_SIGNATURE:
             raise LoomFileError(
                 f"not an HDF5 file (found first bytes {head!r}, expected the HDF5 "
@@ -90,6 +117,20 @@ def open_h5(path: str, mode: str = "r", locking: bool | None = None) -> h5py.Fil
                 f"already open in this process with another locking setting (asked for "
                 f"locking={locking!r}); HDF5 needs the same setting for every handle of a "
                 "file: pass the locking the file was opened with, or close the other Dataset",
+                path=path,
+            ) from err
+        if mode == "r+" and "unable to lock file" in str(err):
+            raise LoomWriteError(
+                "cannot open for writing: another process has this file open (HDF5 file "
+                f"lock held: {err}). Close it there (loomx Datasets, h5py, loompy) or wait "
+                "for its write to finish, then retry; locking=False removes this check, "
+                "not the danger of writing a file others read",
+                path=path,
+            ) from err
+        if "unable to lock file" in str(err):
+            raise LoomFileError(
+                "cannot open for reading: another process is writing this file (HDF5 file "
+                f"lock held: {err}); retry when its write has finished",
                 path=path,
             ) from err
         if mode == "r+":
@@ -263,9 +304,11 @@ def same_file(a: str | os.PathLike[str] | None, b: str) -> bool:
 def owner_alive(token: str) -> bool:
     """Whether the process whose pid starts ``token`` (``"{pid}-..."``) still runs here."""
     pid = token.split("-", 1)[0]
+    if not pid.isdigit() or not 0 < int(pid) < 1 << 31:  # no such process id: no owner
+        return False
     try:
         os.kill(int(pid), 0)
-    except (ProcessLookupError, ValueError):
+    except ProcessLookupError:
         return False
     except OSError:
         return True

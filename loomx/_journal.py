@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,7 +42,7 @@ from . import _spec
 from ._files import fsync, locking_enforced, open_for_writing, open_h5, owner_alive
 from ._spec import TEMPORARY_TAG
 from ._stream import current_client
-from .errors import LoomFormatError, LoomWriteError, LoomxError
+from .errors import LoomFormatWarning, LoomWriteError, LoomxError, describe
 
 __all__ = [
     "JOURNAL_SUFFIX",
@@ -63,6 +64,9 @@ PATCH_ORIGIN = "loomx_patch_origin"
 """Attribute of a staged patch: where its first element goes in the final dataset."""
 PATCH_EXTENT = "loomx_patch_extent"
 """Attribute of a staged patch that grows its dataset: the dataset's shape afterwards."""
+
+_H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError, IndexError, OverflowError)
+"""What h5py raises on a damaged file."""
 
 _ACTIVE: set[str] = set()
 """Tags of the transactions running in this process (their links are not stale)."""
@@ -178,26 +182,66 @@ def apply_patch(
 
 
 def read_journals(f: h5py.File) -> list[Journal]:
-    """Every journal at the root of ``f`` (normally none)."""
+    """Every valid journal at the root of ``f`` (normally none).
+
+    A journal loomx could not have written (not a table of strings, a row whose staged
+    link is not the journal's own ``{tag}{final name}`` or ``{tag}patch-{final name}`` or
+    empty (a deletion), a final name that is a path or a
+    temporary name, a parent that is not an absolute group path) is ignored with a
+    :class:`~loomx.errors.LoomFormatWarning`: its commit is not applied, so nothing it
+    names is touched, and :func:`recover` removes it with the other temporary links.
+    """
     found = []
     for name in f:
         if not (name.startswith(TEMPORARY_TAG) and name.endswith(JOURNAL_SUFFIX)):
             continue
-        obj = f.get(name)
-        try:
-            rows = np.asarray(obj[()]).reshape(-1, 3)  # type: ignore[index]
-            entries = [
-                tuple(v.decode() if isinstance(v, bytes) else str(v) for v in r) for r in rows
-            ]
-        except (TypeError, ValueError, UnicodeDecodeError) as exc:
-            raise LoomFormatError(
-                f"a loomx commit journal that cannot be read ({exc}); expected rows of "
-                "(group, temporary link, final name)",
-                path=f.filename,
-                h5path="/" + name,
-            ) from exc
-        found.append(Journal(name, entries, dict(obj.attrs)))  # type: ignore[arg-type, union-attr]
+        journal, problem = _parse_journal(f, name)
+        if journal is None:
+            warnings.warn(
+                f"{describe(f.filename, '/' + name)}: ignored a loomx commit journal that "
+                f"loomx did not write ({problem}); expected rows of (group, temporary link, "
+                "final name) staged by one write. Its commit is not applied",
+                LoomFormatWarning,
+                stacklevel=3,
+            )
+            continue
+        found.append(journal)
     return found
+
+
+def _parse_journal(f: h5py.File, name: str) -> tuple[Journal | None, str]:
+    """The journal at ``/name``, or ``None`` and what is wrong with it."""
+    tag = name[: -len(JOURNAL_SUFFIX)] + "-"
+    pid = tag[len(TEMPORARY_TAG) :].split("-", 1)[0]
+    if not pid.isdigit():
+        return None, f"its name has no process id, found {name!r}"
+    obj = f.get(name)
+    if not isinstance(obj, h5py.Dataset):
+        return None, f"found a {type(obj).__name__}, expected a dataset"
+    if h5py.check_string_dtype(obj.dtype) is None or obj.ndim != 2 or obj.shape[1] != 3:
+        return None, f"found {obj.dtype} values of shape {obj.shape}, expected (n, 3) strings"
+    try:
+        rows = [tuple(_text(v) for v in row) for row in obj[()]]
+    except (TypeError, ValueError, UnicodeDecodeError) as exc:
+        return None, f"its rows cannot be read ({exc})"
+    entries = []
+    for parent, staged, final in rows:
+        ok_final = final and "/" not in final and TEMPORARY_TAG not in final
+        ok_parent = parent.startswith("/") and TEMPORARY_TAG not in parent
+        # a staged object, a staged patch of the final dataset, or "" (a deletion)
+        ok_staged = staged in (tag + final, f"{tag}patch-{final}", "")
+        if not (ok_final and ok_parent and ok_staged):
+            return None, f"row {(parent, staged, final)!r} does not name an object it staged"
+        entries.append((parent, staged, final))
+    try:
+        attrs = dict(obj.attrs)
+    except (OSError, KeyError, RuntimeError, TypeError, ValueError) as exc:
+        return None, f"its attributes cannot be read ({exc})"
+    return Journal(name, entries, attrs), ""
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
 
 
 def committed_path(h5path: str) -> str:
@@ -434,10 +478,19 @@ def recover(path: str | os.PathLike[str], *, locking: bool | None = None) -> int
     path = os.fspath(path)
     f = open_for_writing(path, locking, current_client())  # workers' read handles too
     try:
-        finished = recover_open(f, set(_all_groups(f)), locking)
-        f.flush()
-    finally:
-        f.close()
+        try:
+            finished = recover_open(f, set(_all_groups(f)), locking)
+            f.flush()
+        finally:
+            f.close()
+    except LoomxError:
+        raise
+    except _H5_ERRORS as exc:
+        raise LoomWriteError(
+            f"cannot recover: {type(exc).__name__}: {exc}; the file is damaged beyond what "
+            "an interrupted loomx write leaves (expected a readable HDF5 file)",
+            path=path,
+        ) from exc
     fsync(path)
     return finished
 

@@ -28,6 +28,18 @@ LEGACY_GRAPH_GROUPS = {ROW_GRAPHS: "row_edges", COL_GRAPHS: "col_edges"}
 REQUIRED_GROUPS_3 = (GLOBAL_ATTRS, LAYERS, ROW_ATTRS, COL_ATTRS, ROW_GRAPHS, COL_GRAPHS)
 """Groups a 3.0.0 file written by loomx always has, even when empty."""
 
+BUILTIN_FILTERS = {
+    1: "deflate",
+    2: "shuffle",
+    3: "fletcher32",
+    4: "szip",
+    5: "nbit",
+    6: "scaleoffset",
+    32000: "lzf",
+}
+"""HDF5 filters built into HDF5 and h5py; any other filter is a plugin HDF5 would load
+from disk (refused unless a reader allows plugins)."""
+
 TEMPORARY_TAG = ".loomx-tmp-"
 """Marks objects and files a loomx writer has not finished; readers skip such names."""
 

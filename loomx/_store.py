@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import socket
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,7 +25,45 @@ from . import _conventions as conv
 from . import _spec
 from ._files import CachedFile
 from ._journal import Patch, committed_path, read_journals
-from .errors import LoomFormatError, LoomFormatWarning, describe
+from .errors import LoomFileError, LoomFormatError, LoomFormatWarning, LoomxError, describe
+
+H5_ERRORS = (
+    OSError,
+    KeyError,
+    RuntimeError,
+    ValueError,
+    TypeError,
+    IndexError,
+    OverflowError,
+    MemoryError,
+)
+"""What h5py (and numpy on the values it returns) raise on a damaged file."""
+
+
+@contextlib.contextmanager
+def h5_errors(path: str, h5path: str | list[str] | None, what: str) -> Iterator[None]:
+    """Turn errors h5py raises on truncated or corrupt files into :class:`LoomFileError`.
+
+    loomx's own errors pass unchanged.  ``what`` says what was being done ("read the
+    layout", "read the attribute"); ``h5path`` may be a one-element list that the body
+    updates as it goes from object to object.
+    """
+    try:
+        yield
+    except LoomxError:
+        raise
+    except H5_ERRORS as err:
+        where = h5path[0] if isinstance(h5path, list) else h5path
+        if isinstance(err, MemoryError):
+            found = f"the object declares more data than fits in memory ({err!r})"
+        else:
+            found = f"{type(err).__name__}: {err}"
+        raise LoomFileError(
+            f"cannot {what}: {found}; the file may be truncated or corrupt "
+            "(expected a readable HDF5 object)",
+            path=path,
+            h5path=where,
+        ) from err
 
 
 def link_address(group: h5py.Group, name: str) -> int | None:
@@ -162,15 +201,27 @@ class LoomStore:
         ``"r"`` (default) or ``"r+"``.
     locking
         Passed to :class:`h5py.File`; ``False`` for filesystems without HDF5 file locking.
+    allow_filter_plugins
+        Read datasets whose HDF5 filters are plugins (code HDF5 loads from disk); by
+        default such datasets are refused when the layout is read.
     """
 
-    def __init__(self, path: str | os.PathLike, *, mode: str = "r", locking: bool | None = None):
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        mode: str = "r",
+        locking: bool | None = None,
+        allow_filter_plugins: bool = False,
+    ):
         self.path = os.fspath(path)
+        self.allow_filter_plugins = allow_filter_plugins
         self.mode = mode
         self.locking = locking
         self.lock = HDF5_LOCK
         self.handle = CachedFile(self.path, mode, locking)
         self.pending: dict[str, str] = {}  # objects of a commit not yet carried out
+        self.identity: tuple[str, int, int] | None = None  # (host, device, inode) read
         self.patches: dict[str, list[Patch]] = {}  # region writes, appended columns
 
     def __repr__(self) -> str:
@@ -195,7 +246,7 @@ class LoomStore:
         for final, link in self.pending.items():
             if h5path == final or h5path.startswith(final + "/"):
                 candidate = link + h5path[len(final) :]
-                with self.open() as h5file:
+                with self.open() as h5file, h5_errors(self.path, h5path, "look up the object"):
                     return candidate if candidate in h5file else h5path
         return h5path
 
@@ -204,7 +255,8 @@ class LoomStore:
         patches, see ``_journal``)."""
         h5path = self.resolve(attr.info.h5path)
         patches = self.patches_of(attr.info.h5path)
-        with self.open() as h5file:
+        with self.open() as h5file, h5_errors(self.path, attr.info.h5path, "read the attribute"):
+            self.check_unchanged(h5file, attr.info, h5path)
             raw = h5file[h5path][()]
             for patch in patches:
                 values = h5file[patch.h5path][()]
@@ -213,12 +265,33 @@ class LoomStore:
                     grown[: len(raw)] = raw
                     raw = grown
                 raw[patch.origin[0] : patch.origin[0] + len(values)] = values
-        return attr.decode(raw, self.path)
+            return attr.decode(raw, self.path)
+
+    def check_unchanged(self, h5file: h5py.File, info: DatasetInfo, h5path: str) -> None:
+        """Raise :class:`LoomFileError` when the file no longer holds the object ``info``
+        was read from (a write replaced it, or replaced the whole file, since the layout
+        was read): a Dataset opened before a write never mixes old and new data."""
+        here = _identity(h5file)
+        same_file = self.identity is None or here is None or here[0] != self.identity[0]
+        same_file = same_file or here == self.identity  # inodes compare on one host only
+        if same_file and (info.address is None or object_address(h5file, h5path) == info.address):
+            return
+        what = "the file was replaced" if not same_file else "a write replaced this object"
+        raise LoomFileError(
+            f"changed since it was opened ({what}); expected the object the Dataset was "
+            "opened with. Open the file again to read the new content",
+            path=self.path,
+            h5path=info.h5path,
+        )
 
     def read_layout(self) -> LoomLayout:
         """Read and check the metadata (never layer, attribute or graph data)."""
-        with self.open() as h5file:
-            layout = _LayoutReader(h5file, self.path).read()
+        where = ["/"]  # the object being read, for errors
+        with self.open() as h5file, h5_errors(self.path, where, "read the file's layout"):
+            reader = _LayoutReader(h5file, self.path, where)
+            reader.allow_filter_plugins = self.allow_filter_plugins
+            layout = reader.read()
+            self.identity = _identity(h5file)
         self.pending = layout.pending
         self.patches = layout.patches
         return layout
@@ -230,6 +303,16 @@ class LoomStore:
             return []
         with self.open() as h5file:
             return [patch for patch in found if patch.h5path in h5file]
+
+
+def _identity(h5file: h5py.File) -> tuple[str, int, int] | None:
+    """(host, device, inode) of the file an open handle reads, if it has a descriptor."""
+    try:
+        fd = h5file.id.get_vfd_handle()
+        st = os.fstat(fd) if isinstance(fd, int) else None
+    except (OSError, ValueError, RuntimeError, TypeError):
+        return None
+    return None if st is None else (socket.gethostname(), st.st_dev, st.st_ino)
 
 
 def _hard_child(group: h5py.Group, name: str, path: str) -> h5py.Dataset | h5py.Group:
@@ -244,6 +327,10 @@ def _hard_child(group: h5py.Group, name: str, path: str) -> h5py.Dataset | h5py.
             h5path=where,
         )
     obj = group[name]
+    if not isinstance(obj, (h5py.Dataset, h5py.Group)):
+        raise LoomFormatError(
+            f"found a {type(obj).__name__}, expected a dataset or group", path=path, h5path=where
+        )
     if isinstance(obj, h5py.Dataset) and (obj.external or obj.is_virtual):
         raise LoomFormatError(
             "found a dataset with external or virtual storage, expected data stored in this file",
@@ -261,9 +348,11 @@ class _LayoutReader:
     without changing it.
     """
 
-    def __init__(self, h5file: h5py.File, path: str):
+    def __init__(self, h5file: h5py.File, path: str, where: list[str] | None = None):
         self.f = h5file
         self.path = path
+        self.where = ["/"] if where is None else where  # the object being read, for errors
+        self.allow_filter_plugins = False
         self.pending: dict[str, dict[str, str]] = {}
         self.pending_attrs: list[h5py.AttributeManager] = []
         self.patches: dict[str, list[Patch]] = {}
@@ -277,6 +366,7 @@ class _LayoutReader:
     def children(self, group: h5py.Group) -> dict[str, str]:
         """Each child's name and the link it is read through (committed names applied,
         committed deletions left out)."""
+        self.where[0] = committed_path(group.name)
         out = {name: name for name in group if _spec.TEMPORARY_TAG not in name}
         for name, link in self.pending.get(group.name, {}).items():
             if link:
@@ -286,7 +376,25 @@ class _LayoutReader:
         return out
 
     def child(self, group: h5py.Group, name: str) -> h5py.Dataset | h5py.Group:
-        return _hard_child(group, self.children(group).get(name, name), self.path)
+        return self.hard(group, self.children(group).get(name, name))
+
+    def hard(self, group: h5py.Group, link: str) -> h5py.Dataset | h5py.Group:
+        """:func:`_hard_child`, remembering which object is being read."""
+        self.where[0] = committed_path(f"{group.name.rstrip('/')}/{link}")
+        obj = _hard_child(group, link, self.path)
+        if isinstance(obj, h5py.Dataset) and not self.allow_filter_plugins:
+            plist = obj.id.get_create_plist()
+            codes = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]
+            plugins = [c for c in codes if c not in _spec.BUILTIN_FILTERS]
+            if plugins:
+                raise LoomFormatError(
+                    f"stored with HDF5 filter plugin(s) {plugins} (code HDF5 would load "
+                    f"from disk); expected built-in filters {sorted(_spec.BUILTIN_FILTERS)}. "
+                    "Pass allow_filter_plugins=True to open_loom to read it",
+                    path=self.path,
+                    h5path=self.where[0],
+                )
+        return obj
 
     def warn(self, h5path: str, message: str) -> None:
         warnings.warn(f"{describe(self.path, h5path)}: {message}", LoomFormatWarning, stacklevel=4)
@@ -295,7 +403,7 @@ class _LayoutReader:
         link = self.children(self.f).get(name)
         if link is None:
             return None
-        obj = _hard_child(self.f, link, self.path)
+        obj = self.hard(self.f, link)
         if not isinstance(obj, h5py.Group):
             raise LoomFormatError(
                 "found a dataset, expected a group", path=self.path, h5path="/" + name
@@ -303,6 +411,7 @@ class _LayoutReader:
         return obj
 
     def read(self) -> LoomLayout:
+        self.where[0] = f"/{_spec.GLOBAL_ATTRS}/{_spec.VERSION_KEY}"
         version, source = _spec.read_version(self.f)
         legacy = not _spec.uses_vlen_utf8(version)
         shape = self.matrix_shape()
@@ -373,11 +482,11 @@ class _LayoutReader:
 
     def layers(self, shape: tuple[int, int]) -> dict[str, DatasetInfo]:
         link = self.children(self.f).get(_spec.MATRIX, _spec.MATRIX)
-        matrix = _hard_child(self.f, link, self.path)
+        matrix = self.hard(self.f, link)
         out = {"": self.layer_info(matrix, shape, link_address(self.f, link))}
         group = self.group(_spec.LAYERS)
         for name, link in self.children(group).items() if group is not None else ():
-            dset = _hard_child(group, link, self.path)
+            dset = self.hard(group, link)
             if not isinstance(dset, h5py.Dataset):
                 raise LoomFormatError(
                     "found a group, expected a layer dataset", path=self.path, h5path=dset.name
@@ -392,12 +501,12 @@ class _LayoutReader:
             return {}
         out = {}
         for name, link in self.children(group).items():
-            dset = _hard_child(group, link, self.path)
+            dset = self.hard(group, link)
             if not isinstance(dset, h5py.Dataset):
                 raise LoomFormatError(
                     "found a group, expected an attribute dataset",
                     path=self.path,
-                    h5path=dset.name,
+                    h5path=committed_path(dset.name),
                 )
             if dset.ndim == 0 or self.extent(dset)[0] != length:
                 axis = "rows" if space == _spec.ROW_ATTRS else "columns"
@@ -405,7 +514,7 @@ class _LayoutReader:
                     f"attribute has shape {dset.shape}, "
                     f"expected first dimension {length} (the number of {axis} of /matrix)",
                     path=self.path,
-                    h5path=dset.name,
+                    h5path=committed_path(dset.name),
                 )
             out[name] = self.attr(dset, legacy, link_address(group, link))
         return out
@@ -422,7 +531,7 @@ class _LayoutReader:
                     f"compound dtype {dtype} has non-numeric "
                     "fields; expected numeric fields or a plain dtype",
                     path=self.path,
-                    h5path=dset.name,
+                    h5path=committed_path(dset.name),
                 )
             self.warn(
                 dset.name,
@@ -449,7 +558,7 @@ class _LayoutReader:
             raise LoomFormatError(
                 f"attribute dtype {dtype} is not supported; expected numbers or strings",
                 path=self.path,
-                h5path=dset.name,
+                h5path=committed_path(dset.name),
             )
         return AttrInfo(info, "number", shape, np.dtype(dtype))
 
@@ -463,7 +572,7 @@ class _LayoutReader:
             if group_name == legacy_name and len(group):
                 self.warn(group.name, f"legacy graph group; read as /{space}")
             for name, link in self.children(group).items():
-                out[name] = self.graph(_hard_child(group, link, self.path))
+                out[name] = self.graph(self.hard(group, link))
         return out
 
     def graph(self, group: h5py.Group | h5py.Dataset) -> GraphInfo:
@@ -471,20 +580,23 @@ class _LayoutReader:
             raise LoomFormatError(
                 "found a dataset, expected a graph group with datasets a, b, w",
                 path=self.path,
-                h5path=group.name,
+                h5path=committed_path(group.name),
             )
         parts = {}
         for part in conv.GRAPH_PARTS:
+            self.where[0] = committed_path(f"{group.name}/{part}")
             if part not in group:
                 raise LoomFormatError(
                     f"graph has no '{part}' dataset; expected a, b (vertices) and w (weights)",
                     path=self.path,
-                    h5path=group.name,
+                    h5path=committed_path(group.name),
                 )
-            dset = _hard_child(group, part, self.path)
+            dset = self.hard(group, part)
             if not isinstance(dset, h5py.Dataset) or dset.ndim != 1:
                 raise LoomFormatError(
-                    "expected a 1-D dataset", path=self.path, h5path=f"{group.name}/{part}"
+                    "expected a 1-D dataset",
+                    path=self.path,
+                    h5path=committed_path(f"{group.name}/{part}"),
                 )
             parts[part] = DatasetInfo.of(dset, link_address(group, part))
         lengths = {p: info.shape[0] for p, info in parts.items()}
@@ -493,7 +605,7 @@ class _LayoutReader:
                 f"graph edge lists have unequal lengths "
                 f"{lengths}; expected a, b and w of equal length",
                 path=self.path,
-                h5path=group.name,
+                h5path=committed_path(group.name),
             )
         for part in ("a", "b"):
             kind = parts[part].dtype.kind
@@ -522,10 +634,11 @@ class _LayoutReader:
         out: dict[str, Any] = {}
         if group is not None:
             for name, link in self.children(group).items():
-                dset = _hard_child(group, link, self.path)
+                dset = self.hard(group, link)
                 if isinstance(dset, h5py.Dataset):
                     out[name] = self.global_value(dset[()], f"{group.name}/{name}", legacy)
             return out, "/attrs"
+        self.where[0] = "/"
         for attrs in (self.f.attrs, *self.pending_attrs):
             for name, value in attrs.items():
                 string_info = h5py.check_string_dtype(attrs.get_id(name).dtype)

@@ -24,7 +24,7 @@ from xarray.core import indexing
 from . import _chunks, _spec
 from . import _conventions as conv
 from ._journal import Patch
-from ._store import AttrInfo, DatasetInfo, LoomLayout, LoomStore
+from ._store import H5_ERRORS, AttrInfo, DatasetInfo, LoomLayout, LoomStore
 from .errors import LoomFileError, LoomFormatError, LoomxError
 
 
@@ -110,15 +110,23 @@ class LoomBackendArray(BackendArray):
         try:
             patches = self.store.patches_of(self.info.h5path)
             h5path = self.store.resolve(self.info.h5path)
+            with self.store.open() as h5file:
+                self.store.check_unchanged(h5file, self.info, h5path)
             return self._read_patched(h5path, slices, patches)
         except LoomxError as err:
             if err.h5path is not None:
                 raise
             path = self.store.path if err.path is None else err.path
             raise type(err)(err.message, path=path, h5path=self.info.h5path) from err
-        except OSError as err:
+        except H5_ERRORS as err:
+            if isinstance(err, MemoryError):
+                nbytes = np.prod([s.stop - s.start for s in slices]) * self.info.dtype.itemsize
+                found = f"{int(nbytes)} bytes do not fit in memory ({err}); read a smaller "
+                found += "region, or check the declared shape"
+            else:
+                found = f"{type(err).__name__}: {err}; the file may be truncated or corrupt"
             raise LoomFileError(
-                f"cannot read {slices}: {err}", path=self.store.path, h5path=self.info.h5path
+                f"cannot read {slices}: {found}", path=self.store.path, h5path=self.info.h5path
             ) from err
 
     def _read_patched(self, h5path: str, slices: list[slice], patches: list[Patch]) -> np.ndarray:
@@ -403,6 +411,7 @@ class LoomBackendEntrypoint(BackendEntrypoint):
         "dims",
         "mode",
         "locking",
+        "allow_filter_plugins",
     )
 
     def open_dataset(  # type: ignore[override]
@@ -413,6 +422,7 @@ class LoomBackendEntrypoint(BackendEntrypoint):
         dims: Sequence[str] = conv.DEFAULT_DIMS,
         mode: str = "r",
         locking: bool | None = None,
+        allow_filter_plugins: bool = False,
     ) -> xr.Dataset:
         if not isinstance(filename_or_obj, (str, os.PathLike)):
             raise TypeError(f"engine='loom' opens paths, found {type(filename_or_obj).__name__}")
@@ -420,7 +430,9 @@ class LoomBackendEntrypoint(BackendEntrypoint):
             raise ValueError(f"mode must be 'r' or 'r+', found {mode!r}")
         if isinstance(drop_variables, str):
             drop_variables = [drop_variables]
-        store = LoomStore(filename_or_obj, mode=mode, locking=locking)
+        store = LoomStore(
+            filename_or_obj, mode=mode, locking=locking, allow_filter_plugins=allow_filter_plugins
+        )
         try:
             layout = store.read_layout()
             ds = build_dataset(store, layout, dims=dims, drop_variables=drop_variables)
@@ -443,6 +455,7 @@ def open_loom(
     dims: Sequence[str] = conv.DEFAULT_DIMS,
     mode: str = "r",
     locking: bool | None = None,
+    allow_filter_plugins: bool = False,
 ) -> xr.Dataset:
     """Open a Loom file as a lazy :class:`xarray.Dataset`.
 
@@ -467,6 +480,11 @@ def open_loom(
         not need ``"r+"`` to write back).
     locking
         HDF5 file locking; pass ``False`` on filesystems without it.
+    allow_filter_plugins
+        Datasets compressed with HDF5 filter plugins (Blosc, Zstandard, Bitshuffle, ...:
+        code HDF5 loads from disk) are refused by default with a
+        :class:`~loomx.errors.LoomFormatError`; ``True`` reads them (with the plugins
+        installed, e.g. ``import hdf5plugin``).
 
     Returns
     -------
@@ -489,6 +507,7 @@ def open_loom(
         dims=tuple(dims),
         mode=mode,
         locking=locking,
+        allow_filter_plugins=allow_filter_plugins,
     )
     if chunks is None:
         return ds

@@ -79,6 +79,17 @@ for owner, attr in [
 ]:
     wrap(owner, attr, f"{getattr(owner, '__name__', owner)}.{attr}")
 
+if scenario.endswith("-flushed"):  # a test build: every link swap reaches the file at once
+    for attr in ("move", "__delitem__"):
+        swap = getattr(h5py.Group, attr)
+
+        def flushed(self, *args, _swap=swap, **kwargs):
+            out = _swap(self, *args, **kwargs)
+            self.file.flush()
+            return out
+
+        setattr(h5py.Group, attr, flushed)
+    scenario = scenario[: -len("-flushed")]
 rng = np.random.default_rng(1)
 scenario, _, scheduler = scenario.partition("-")
 scheduler = scheduler or "sync"  # sync: the same steps in the same order every run
@@ -227,10 +238,16 @@ def as_read(path: Path) -> dict[str, np.ndarray]:
     return out
 
 
-def kill_points(total: int) -> list[int]:
+def kill_points(steps: list[str], around: tuple[str, ...] = ("os.replace",)) -> list[int]:
+    """Kill points (1-based step numbers): ``ROUNDS`` spread over the whole write, plus
+    every step naming one of ``around`` (the rename of a new file into place; the link
+    swaps where each is flushed)."""
+    total = len(steps)
     if ROUNDS <= 0 or total <= ROUNDS:
         return list(range(1, total + 1))
-    return sorted({round(1 + i * (total - 1) / (ROUNDS - 1)) for i in range(ROUNDS)})
+    spread = {round(1 + i * (total - 1) / (ROUNDS - 1)) for i in range(ROUNDS)}
+    named = {i + 1 for i, step in enumerate(steps) if any(a in step for a in around)}
+    return sorted(spread | named)
 
 
 @pytest.mark.timeout(300)
@@ -245,6 +262,7 @@ def kill_points(total: int) -> list[int]:
         "a-processes",
         "append-distributed",
         "region-processes",
+        "a-flushed",
     ],
 )
 def test_sigkill_keeps_previous_data(tmp_path, scenario):
@@ -262,7 +280,11 @@ def test_sigkill_keeps_previous_data(tmp_path, scenario):
     assert not killed and len(steps) > 6, steps
     assert temp_files(tmp_path) == []
     outcomes = set()
-    for kill_at in kill_points(len(steps)):
+    flushed = scenario.endswith("-flushed")  # kill between swaps that each reached the file
+    around = ("os.replace", "Group.move", "Group.__delitem__") if flushed else ("os.replace",)
+    points = kill_points(steps, around)
+    rolled_forward = 0  # kills after which readers applied a journal left in the file
+    for kill_at in points:
         path.write_bytes(pristine)
         seen, killed = run_child(path, scenario, kill_at)
         assert killed and seen == steps[:kill_at]
@@ -271,6 +293,8 @@ def test_sigkill_keeps_previous_data(tmp_path, scenario):
         # killed while a committed patch (region write, appended columns) is copied in, the
         # layer is mixed on disk until recover(): loomx readers overlay the patch, h5py
         # reads it after recover
+        with h5py.File(path, "r") as f:
+            journal_left = any(name.endswith(".journal") for name in f)
         ds = loomx.open_loom(path)
         if scenario == "w":
             old = np.array_equal(ds["matrix"].values, matrix)
@@ -291,6 +315,7 @@ def test_sigkill_keeps_previous_data(tmp_path, scenario):
                 np.testing.assert_array_equal(ds["Score"].values, np.arange(M) / 7)
                 np.testing.assert_array_equal(ds["norm"].values, np.log1p(matrix))
             outcomes.add(replaced)
+            rolled_forward += journal_left and replaced
         elif kind == "region":
             written = not np.array_equal(ds["Score"].values, score)
             expected, expected_score = matrix.copy(), score.copy()
@@ -334,4 +359,8 @@ def test_sigkill_keeps_previous_data(tmp_path, scenario):
         with loomx.open_loom(path) as back:
             np.testing.assert_array_equal(back["matrix"].values, later["matrix"].values)
             np.testing.assert_array_equal(back["Score"].values, later["Score"].values)
-    assert len(outcomes) >= (2 if len(kill_points(len(steps))) >= 4 else 1), outcomes
+    assert len(outcomes) >= (2 if len(points) >= 4 else 1), outcomes
+    if flushed:  # half-swapped files were really met, and read as all new
+        assert rolled_forward >= 2, rolled_forward
+    if scenario == "w":
+        assert {i for i, step in enumerate(steps, 1) if "os.replace" in step} <= set(points)

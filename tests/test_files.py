@@ -65,7 +65,8 @@ def test_locking_false_round_trip(loom, tmp_path, opens):
     loomx.append(loom, more)
     out = tmp_path / "combined.loom"
     loomx.combine([loom, loom], out, locking=False)
-    loomx.to_loom(more, tmp_path / "copy.loom")
+    with loomx.open_loom(loom, locking=False) as now:  # `more` is from before the append
+        loomx.to_loom(now, tmp_path / "copy.loom")
     assert loomx.recover(loom, locking=False) == 0
     assert opens and all(locking is False for _, _, locking in opens), opens
     with h5py.File(out, "r", locking=False) as f:
