@@ -45,6 +45,7 @@ from ._stream import current_client
 from .errors import LoomFormatWarning, LoomWriteError, LoomxError, describe
 
 __all__ = [
+    "GENERATION",
     "JOURNAL_SUFFIX",
     "PATCH_EXTENT",
     "PATCH_ORIGIN",
@@ -64,6 +65,9 @@ PATCH_ORIGIN = "loomx_patch_origin"
 """Attribute of a staged patch: where its first element goes in the final dataset."""
 PATCH_EXTENT = "loomx_patch_extent"
 """Attribute of a staged patch that grows its dataset: the dataset's shape afterwards."""
+GENERATION = "loomx_generation"
+"""Attribute of a dataset counting the patches that changed its existing values in place:
+readers opened before such a change see it differ and refuse to mix old and new values."""
 
 _H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError, IndexError, OverflowError)
 """What h5py raises on a damaged file."""
@@ -157,6 +161,8 @@ def apply_patch(
     """
     if extent is not None and tuple(target.shape) != tuple(extent):
         target.resize(extent)
+    else:  # existing values change: readers of the old ones must notice
+        target.attrs[GENERATION] = np.int64(target.attrs.get(GENERATION, 0)) + 1
     if target.dtype.kind == "O":  # variable-length strings: chunks refer to heap objects
         box = tuple(slice(o, o + n) for o, n in zip(origin, patch.shape, strict=True))
         target[box] = patch[()]

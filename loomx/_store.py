@@ -24,7 +24,7 @@ from xarray.backends.locks import HDF5_LOCK
 from . import _conventions as conv
 from . import _spec
 from ._files import CachedFile
-from ._journal import Patch, committed_path, read_journals
+from ._journal import GENERATION, Patch, committed_path, read_journals
 from .errors import LoomFileError, LoomFormatError, LoomFormatWarning, LoomxError, describe
 
 H5_ERRORS = (
@@ -96,6 +96,7 @@ class DatasetInfo:
     shuffle: bool
     fletcher32: bool
     address: int | None = None  # of the object header: a write-back makes a new object
+    generation: int = 0  # in-place changes of existing values (see _journal.GENERATION)
 
     @classmethod
     def of(cls, dset: h5py.Dataset, address: int | None = None) -> DatasetInfo:
@@ -109,6 +110,7 @@ class DatasetInfo:
             shuffle=bool(dset.shuffle),
             fletcher32=bool(dset.fletcher32),
             address=address,
+            generation=generation_of(dset),
         )
 
     def encoding(self, source: str) -> dict[str, Any]:
@@ -274,9 +276,13 @@ class LoomStore:
         here = _identity(h5file)
         same_file = self.identity is None or here is None or here[0] != self.identity[0]
         same_file = same_file or here == self.identity  # inodes compare on one host only
-        if same_file and (info.address is None or object_address(h5file, h5path) == info.address):
+        same_object = info.address is None or object_address(h5file, h5path) == info.address
+        obj = h5file.get(h5path) if same_file and same_object else None
+        rewritten = isinstance(obj, h5py.Dataset) and generation_of(obj) != info.generation
+        if same_file and same_object and not rewritten:
             return
         what = "the file was replaced" if not same_file else "a write replaced this object"
+        what = "a region write changed its values in place" if rewritten else what
         raise LoomFileError(
             f"changed since it was opened ({what}); expected the object the Dataset was "
             "opened with. Open the file again to read the new content",
@@ -303,6 +309,15 @@ class LoomStore:
             return []
         with self.open() as h5file:
             return [patch for patch in found if patch.h5path in h5file]
+
+
+def generation_of(dset: h5py.Dataset) -> int:
+    """How many times a region write changed the dataset's values in place."""
+    value = dset.attrs.get(GENERATION, 0) if GENERATION in dset.attrs else 0
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return -1  # not loomx's: compared like any other value
 
 
 def _identity(h5file: h5py.File) -> tuple[str, int, int] | None:

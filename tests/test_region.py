@@ -15,7 +15,7 @@ from conftest import chunk_places, sha256
 import loomx
 from loomx import _journal
 from loomx._spec import TEMPORARY_TAG
-from loomx.errors import LoomFormatError, LoomNameError, LoomWriteError
+from loomx.errors import LoomFileError, LoomFormatError, LoomNameError, LoomWriteError
 from loomx.testing import assert_loom_identical, write_loom_h5py
 
 N, M = 150, 300
@@ -278,3 +278,22 @@ def test_empty_layer_costs_no_chunks_until_written(tmp_path):
         expected = np.zeros((N, M), np.int64)
         expected[:, 64:74] = 3
         np.testing.assert_array_equal(f["layers/empty"][:], expected)
+
+
+def test_a_dataset_opened_before_a_region_write_refuses_to_mix_old_and_new(tmp_path):
+    path = base_file(tmp_path / "r.loom")
+    before = loomx.open_loom(path)
+    old_attr = before["Score"].values  # loaded: an in-memory copy, not re-read
+    new = region_ds(slice(0, N), slice(0, 70))
+    loomx.to_loom(new, path, mode="r+", region={"col": slice(0, 70)})
+    with pytest.raises(LoomFileError, match="region write changed its values in place"):
+        _ = before["matrix"].values
+    before.close()
+    with loomx.open_loom(path) as after:  # opened again: the new values
+        np.testing.assert_array_equal(after["matrix"].values[:, :70], new["matrix"].values)
+        np.testing.assert_array_equal(after["Score"].values, old_attr)
+        grown = xr.Dataset({"matrix": (("row", "col"), np.ones((N, 5), np.float32))})
+    cells = {"Score": ("col", np.zeros(5)), "CellID": ("col", list("abcde"))}
+    loomx.append(path, grown.assign_coords(cells), fill_values="auto")
+    with loomx.open_loom(path) as after:  # an append changes no existing value: no error
+        assert after.sizes["col"] == M + 5
