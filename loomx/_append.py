@@ -40,6 +40,7 @@ from ._storage import (
     create_graph,
     create_layer,
     create_layer_like,
+    grows_along,
     storage_of_dataset,
 )
 from ._stream import current_client, queue_columns, run_queue
@@ -292,7 +293,7 @@ def _plan_col_attr(
 def _fits(values: np.ndarray, target: h5py.Dataset, axis: int) -> bool:
     """Whether ``values`` can be added to ``target`` along ``axis`` in place: chunked,
     growable there, and a dtype that holds them unchanged."""
-    if target.chunks is None or target.maxshape[axis] is not None or target.dtype.names:
+    if not grows_along(target, axis) or target.dtype.names:
         return False
     if target.dtype.kind == "O" or values.dtype.kind == "O":
         return target.dtype.kind == values.dtype.kind == "O"
@@ -341,11 +342,6 @@ def _same_edges(x: tuple[np.ndarray, ...], y: tuple[np.ndarray, ...]) -> bool:
 # --------------------------------------------------------------------------- append write
 
 
-def _grows_in_place(dset: h5py.Dataset) -> bool:
-    """Whether new columns can go into ``dset`` itself (chunked, growable along columns)."""
-    return dset.chunks is not None and dset.maxshape[1] is None
-
-
 def _write_append(plan: _AppendPlan, txn: Transaction) -> None:
     """Stage every object: a patch of new columns for each layer that grows in place,
     everything else complete under its staged (temporary) name."""
@@ -357,7 +353,7 @@ def _write_append(plan: _AppendPlan, txn: Transaction) -> None:
     for h5path, data, old_fill, dtype in plan.layers:
         target = f[h5path] if old_fill is None else None  # None: a layer new to the file
         col0 = m  # where ``data`` goes in the dataset written here
-        if target is not None and _grows_in_place(target):
+        if target is not None and grows_along(target, 1):
             # the chunk column holding the old edge is rewritten with the new columns
             edge = m // target.chunks[1] * target.chunks[1]
             parent, link = txn.stage_patch(h5path, (0, edge), (n, width))

@@ -26,7 +26,7 @@ from . import _spec, _stream
 from ._files import open_h5, temporary_file
 from ._journal import recover_pending, transaction
 from ._plan import encode_attr, layer_data, resolve_dims
-from ._storage import create_attr, storage_of_dataset
+from ._storage import create_attr, grows_along, storage_of_dataset
 from .backend import open_loom
 from .errors import LoomFileNotFoundError, LoomFormatError, LoomNameError
 
@@ -212,8 +212,7 @@ def _commit_region(
                     old = old[r0 : r0 + nr, c0 : c0 + nc]
                     values = _region_values(old, patch.data, patch.inner())
                     target = f[patch.h5path]
-                    growable = target.chunks is not None and target.maxshape[1] is None
-                    limit = h5py.h5s.UNLIMITED if growable else patch.extent[1]
+                    limit = h5py.h5s.UNLIMITED if grows_along(target, 1) else patch.extent[1]
                     space = h5py.h5s.create_simple(patch.extent, (patch.extent[0], limit))
                     dcpl = target.id.get_create_plist()
                     dsid = h5py.h5d.create(

@@ -34,6 +34,7 @@ __all__ = [
     "create_graph",
     "create_layer",
     "create_layer_like",
+    "grows_along",
     "make_storage",
     "raw_copy",
     "storage_of",
@@ -311,6 +312,11 @@ def create_graph(parent: h5py.Group, name: str, edges: Mapping[str, np.ndarray])
 
 
 # --------------------------------------------------------------------------- copy
+
+
+def grows_along(dset: h5py.Dataset, axis: int) -> bool:
+    """Whether ``dset`` can grow along ``axis`` in place: chunked, unlimited there."""
+    return dset.chunks is not None and dset.maxshape[axis] is None
 
 
 def band_width(n_rows: int, itemsize: int, step: int) -> int:
