@@ -23,12 +23,13 @@ from .errors import LoomFileNotFoundError, LoomNameError
 __all__ = ["delete", "repack"]
 
 
-def _h5path_of(path: str, name: str, locking: bool | None) -> str:
-    if name.startswith("/"):
-        return name.rstrip("/")
+def _h5paths_of(path: str, names: list[str], locking: bool | None) -> list[str]:
+    """HDF5 paths of ``names`` (variable names or HDF5 paths), the file opened once."""
+    if all(name.startswith("/") for name in names):
+        return [name.rstrip("/") for name in names]
     with open_loom(path, chunks=None, locking=locking) as ds:
         try:
-            return ds.loom.path_of(name)
+            return [n.rstrip("/") if n.startswith("/") else ds.loom.path_of(n) for n in names]
         except LoomNameError as err:
             raise LoomNameError(err.message, path=path) from None
 
@@ -68,7 +69,7 @@ def delete(
     path = os.fspath(path)
     recover_pending(path, locking)
     wanted = [names] if isinstance(names, str) else list(names)
-    h5paths = [_h5path_of(path, name, locking) for name in wanted]
+    h5paths = _h5paths_of(path, wanted, locking)
     with open_h5(path, "r", locking) as f:
         for h5path in h5paths:
             if h5path == f"/{_spec.MATRIX}" or h5path.count("/") < 2:
