@@ -52,6 +52,16 @@ def run_cli(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
+def temp_links(path: str | Path) -> list[str]:
+    """Objects of a file named as loomx's unfinished writes name them."""
+    from loomx._spec import TEMPORARY_TAG
+
+    found: list[str] = []
+    with h5py.File(path, "r") as f:
+        f.visit(lambda name: found.append(name) if TEMPORARY_TAG in name else None)
+    return found
+
+
 def chunk_places(path: str | Path, h5path: str) -> dict[tuple[int, ...], tuple[int, int]]:
     """Byte offset and stored size of every allocated chunk of a dataset, by chunk offset."""
     infos: list = []

@@ -24,6 +24,7 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import temp_links
 
 import loomx
 from loomx._spec import TEMPORARY_TAG
@@ -217,13 +218,6 @@ def read_everything(path: Path) -> dict[str, np.ndarray]:
             )
         )
     return out
-
-
-def temp_links(path: Path) -> list[str]:
-    found: list[str] = []
-    with h5py.File(path, "r") as f:
-        f.visit(lambda name: found.append(name) if TEMPORARY_TAG in name else None)
-    return found
 
 
 def temp_files(folder: Path) -> list[str]:

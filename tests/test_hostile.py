@@ -10,9 +10,9 @@ import warnings
 import h5py
 import numpy as np
 import pytest
+from conftest import temp_links
 
 import loomx
-from loomx._spec import TEMPORARY_TAG
 from loomx._store import object_address
 from loomx.errors import LoomFormatWarning, LoomxError
 from loomx.testing import assert_loom_identical
@@ -133,13 +133,6 @@ def test_links_out_of_the_file_are_refused_by_name(corpus):
         _open(corpus["external-storage-layer"].path)
 
 
-def _temporary(path: str) -> list[str]:
-    found: list[str] = []
-    with h5py.File(path, "r") as f:
-        f.visit(lambda name: found.append(name) if TEMPORARY_TAG in name else None)
-    return found
-
-
 def test_journals_loomx_did_not_write_are_ignored_and_touch_nothing(corpus, tmp_path):
     valid = corpus["valid"].path
     for name in sorted(JOURNAL_IGNORED):
@@ -149,14 +142,14 @@ def test_journals_loomx_did_not_write_are_ignored_and_touch_nothing(corpus, tmp_
             np.testing.assert_array_equal(ds["Gene"].values, ref["Gene"].values)
         with pytest.warns(LoomFormatWarning, match="journal"):
             assert loomx.recover(case.path) == 0
-        assert _temporary(case.path) == [], name
+        assert temp_links(case.path) == [], name
         assert_loom_identical(case.path, valid)
 
 
 def test_journal_naming_a_missing_object_changes_nothing(corpus):
     case = corpus["journal-missing-object"]
     assert loomx.recover(case.path) == 1
-    assert _temporary(case.path) == []
+    assert temp_links(case.path) == []
     assert_loom_identical(case.path, corpus["valid"].path)
 
 
@@ -166,7 +159,7 @@ def test_valid_journals_of_dead_writers_are_applied(corpus):
         with loomx.open_loom(path) as ds:
             np.testing.assert_array_equal(ds["Score"].values, np.arange(ds.sizes["row"]))
         assert loomx.recover(path) == 1, name
-        assert _temporary(path) == []
+        assert temp_links(path) == []
         with loomx.open_loom(path) as ds:
             np.testing.assert_array_equal(ds["Score"].values, np.arange(ds.sizes["row"]))
 

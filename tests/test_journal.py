@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import temp_links
 
 import loomx
 from loomx import _append, _journal
@@ -43,13 +44,6 @@ def more_cells(offset: int = M) -> xr.Dataset:
         },
         coords={"CellID": ("col", np.array([f"c{offset + j}" for j in range(K)], dtype=object))},
     )
-
-
-def temp_links(path: Path) -> list[str]:
-    found: list[str] = []
-    with h5py.File(path, "r") as f:
-        f.visit(lambda name: found.append(name) if TEMPORARY_TAG in name else None)
-    return found
 
 
 def fail_moves_after(monkeypatch, calls: int, times: int | None = None) -> list:

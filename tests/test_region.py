@@ -10,11 +10,10 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import chunk_places, sha256
+from conftest import chunk_places, sha256, temp_links
 
 import loomx
 from loomx import _journal
-from loomx._spec import TEMPORARY_TAG
 from loomx.errors import LoomFileError, LoomFormatError, LoomNameError, LoomWriteError
 from loomx.testing import assert_loom_identical, write_loom_h5py
 
@@ -32,13 +31,6 @@ def base_file(path: Path, chunks: tuple[int, int] | None = (64, 64)) -> Path:
         chunks=chunks,
     )
     return path
-
-
-def temp_links(path: Path) -> list[str]:
-    found: list[str] = []
-    with h5py.File(path, "r") as f:
-        f.visit(lambda name: found.append(name) if TEMPORARY_TAG in name else None)
-    return found
 
 
 def region_ds(rows: slice, cols: slice, seed: int = 5) -> xr.Dataset:
