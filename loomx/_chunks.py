@@ -42,7 +42,7 @@ import os
 import threading
 import zlib
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import lru_cache, partial
 from typing import Any
 
@@ -154,6 +154,16 @@ def _run_bounds(offsets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
         band = np.cumsum(sizes) // _MAX_RUN
         new[1:] |= band[1:] != band[:-1]
     return np.append(np.flatnonzero(new), n)
+
+
+def _fetch(read_at: ReadAt, runs: list[tuple[int, int]]) -> Iterable[Any]:
+    """The bytes of each ``(offset, nbytes)`` run: one ``read_at.read_ranges(runs)`` call
+    when the reader has it (remote readers fetch the runs concurrently), else one
+    ``read_at`` call per run, made as the caller consumes them."""
+    read_ranges = getattr(read_at, "read_ranges", None)
+    if read_ranges is not None:
+        return read_ranges(runs)
+    return (read_at(offset, nbytes) for offset, nbytes in runs)
 
 
 class ChunkIndex:
@@ -309,7 +319,9 @@ class ChunkIndex:
         ----------
         read_at : callable
             ``read_at(offset, nbytes) -> bytes`` reading the file; every needed chunk is read
-            exactly once, runs of file-adjacent chunks in one call (at most 16 MB).
+            exactly once, runs of file-adjacent chunks in one call (at most 16 MB).  A reader
+            with a ``read_ranges(runs) -> list of bytes`` method gets all the runs of this
+            read in one call instead (``runs``: list of ``(offset, nbytes)``).
         key : tuple of slice
             One step-1 slice per dimension; missing trailing dimensions mean the whole axis.
         inflater : str, optional
@@ -364,10 +376,12 @@ class ChunkIndex:
         decode = self._decoder(0, inflater)
         dtype, chunks = self.dtype, self.chunks
         nbytes = int(np.prod(chunks)) * dtype.itemsize
-        for r0, r1 in itertools.pairwise(bounds):
-            base = offs_l[r0]
-            buf = memoryview(read_at(base, ends[r1 - 1] - base))
-            if buf.nbytes != ends[r1 - 1] - base:
+        runs = [(offs_l[r0], ends[r1 - 1] - offs_l[r0]) for r0, r1 in itertools.pairwise(bounds)]
+        for (r0, r1), (base, want), got in zip(
+            itertools.pairwise(bounds), runs, _fetch(read_at, runs), strict=True
+        ):
+            buf = memoryview(got)
+            if buf.nbytes != want:
                 raise LoomFileError(f"short read at byte {base}: {buf.nbytes} bytes")
             for k in range(r0, r1):
                 if not uniform:

@@ -422,6 +422,28 @@ def test_adjacent_chunks_are_read_in_bounded_runs(monkeypatch: pytest.MonkeyPatc
     assert len(reader.calls) > index.sizes.sum() // 2000
 
 
+class _BatchReader(_CountingReader):
+    """A reader that also fetches many ranges per call, as remote readers do."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.batches: list[list[tuple[int, int]]] = []
+
+    def read_ranges(self, ranges: list[tuple[int, int]]) -> list[bytes]:
+        self.batches.append(list(ranges))
+        return [self.data[a : a + n] for a, n in ranges]
+
+
+def test_readers_with_read_ranges_get_every_run_in_one_call() -> None:
+    image, index, f = _image(_data((300, 200), "float32"), chunks=(16, 16), compression=2)
+    with f:
+        key = (slice(5, 290), slice(3, 190))
+        reader = _BatchReader(image)
+        _assert_identical(index.read(reader, key), f["matrix"][key])
+    assert len(reader.batches) == 1 and not reader.calls
+    assert sum(n for _, n in reader.batches[0]) == index.sizes[0:19, 0:12].sum()
+
+
 def test_contiguous_reads_in_bounded_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     image, index, f = _image(_data((50, 9), "float64"))
     with f:
