@@ -23,14 +23,18 @@ inflate only, 1 / 2 threads            960/1730   1950/2960  2860/4660
 same, chunks split over 2 / 4 threads  910/850    1040/760   1190/915
 =====================================  =========  =========  ==========
 
-h5py reads the same matrix at 530 MB/s (``dset[...]``) or 550 MB/s (512-row bands, where
-``ChunkIndex.read`` with libdeflate gives 1750 MB/s).  All three inflaters release the GIL,
-but copying chunks into the output (first touch of fresh pages) and the per-chunk Python work
-hold it, so threads inside one read do not pay off here: parallelism comes from processes.
-The chunk index of a 150 000-chunk dataset builds in 0.15 s.
+h5py reads the same matrix at 530 MB/s (``dset[...]``) or 550 MB/s (512-row bands).
 
-The inflater is the fastest one installed: libdeflate (package ``deflate``), then isal
-(package ``isal``), then the standard library's zlib.
+The table above is the per-chunk Python path (``ChunkIndex.read(..., inflater=name)``),
+where copying chunks into the output and the Python work per chunk hold the GIL.  By
+default :meth:`ChunkIndex.read` of 1-D and 2-D datasets gathers the stored bytes of every
+needed chunk into one buffer (``preadv`` straight into it for local files) and decodes and
+places all of them in one compiled call that releases the GIL
+(:func:`loomx._kernels.decode_chunks`): threads reading different blocks run in parallel.
+Figures for both paths are in ``benchmarks/README.md``.
+
+The per-chunk path's inflater is the fastest one installed: libdeflate (package
+``deflate``), then isal (package ``isal``), then the standard library's zlib.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _kernels
 from ._files import open_h5
 from .errors import LoomFileError
 
@@ -321,7 +326,8 @@ class ChunkIndex:
             ``read_at(offset, nbytes) -> bytes`` reading the file; every needed chunk is read
             exactly once, runs of file-adjacent chunks in one call (at most 16 MB).  A reader
             with a ``read_ranges(runs) -> list of bytes`` method gets all the runs of this
-            read in one call instead (``runs``: list of ``(offset, nbytes)``).
+            read in one call instead (``runs``: list of ``(offset, nbytes)``), and one with
+            ``read_into(runs, buffer)`` reads them straight into the kernel's buffer.
         key : tuple of slice
             One step-1 slice per dimension; missing trailing dimensions mean the whole axis.
         inflater : str, optional
@@ -336,6 +342,8 @@ class ChunkIndex:
         out = np.empty([b - a for a, b in zip(starts, stops, strict=True)], self.dtype)
         if out.size == 0:
             return out
+        if inflater is None and len(self.shape) <= 2 and _kernels.available():
+            return self._read_batched(read_at, starts, stops, out)
         inflater = inflater or DEFAULT_INFLATER
         out_keys: list[list[slice]] = []
         in_keys: list[list[slice]] = []
@@ -397,6 +405,105 @@ class ChunkIndex:
                 out[okeys[k]] = np.ndarray(chunks, dtype, raw)[ikeys[k]]
         return out
 
+    def _read_batched(
+        self, read_at: ReadAt, starts: list[int], stops: list[int], out: np.ndarray
+    ) -> np.ndarray:
+        """:meth:`read` for 1-D and 2-D datasets: every chunk decoded and placed in one
+        compiled call without the GIL (:func:`loomx._kernels.decode_chunks`)."""
+        starts, stops = [0, *starts][-2:], [1, *stops][-2:]  # 1-D: one row
+        chunks = [1, *self.chunks][-2:]
+        cells, geometry = [], []
+        for a, b, c in zip(starts, stops, chunks, strict=True):
+            first, last = a // c, (b - 1) // c + 1
+            corner = np.arange(first, last, dtype=np.int64) * c
+            lo, hi = np.maximum(corner, a), np.minimum(corner + c, b)
+            cells.append(slice(first, last))
+            geometry.append((lo - a, lo - corner, hi - lo))
+        grid = self.offsets.reshape(-1, self.offsets.shape[-1])
+        offsets = grid[tuple(cells)]
+        flat = offsets.ravel()
+        present = np.flatnonzero(flat >= 0)
+        if present.size < flat.size:
+            out[...] = self.fill_value
+        if not present.size:
+            return out
+        order = present[np.argsort(flat[present], kind="stable")]
+        offs = flat[order]
+        sizes = self.sizes.reshape(grid.shape)[tuple(cells)].ravel()[order]
+        masks = self.masks.reshape(grid.shape)[tuple(cells)].ravel()[order].astype(np.int64)
+        i, j = np.divmod(order, offsets.shape[1])
+        item = self.dtype.itemsize
+        (out_row, in_row, n_rows), (out_col, in_col, n_cols) = geometry
+        place = np.column_stack(
+            [
+                out_row[i],
+                out_col[j] * item,
+                in_row[i],
+                in_col[j] * item,
+                n_rows[i],
+                n_cols[j] * item,
+            ]
+        )
+        bounds = _run_bounds(offs, sizes)
+        first, last = bounds[:-1], bounds[1:] - 1
+        run_offsets, run_sizes = offs[first], offs[last] + sizes[last] - offs[first]
+        in_buffer = np.cumsum(run_sizes) - run_sizes
+        run_of = np.repeat(np.arange(first.size), np.diff(bounds))
+        chunk_starts = in_buffer[run_of] + offs - run_offsets[run_of]
+        runs = list(zip(run_offsets.tolist(), run_sizes.tolist(), strict=True))
+        src = _gather(read_at, runs, int(run_sizes.sum()))
+        codes = np.array([code for code, _ in self.filters], np.int64)
+        params = np.array([v[0] if v else item for _, v in self.filters], np.int64)
+        status = np.zeros(3, np.int64)
+        _kernels.decode_chunks(
+            src,
+            chunk_starts,
+            sizes,
+            masks,
+            codes,
+            params,
+            chunks[0],
+            chunks[1] * item,
+            item,
+            place,
+            out.reshape(len(out) if out.ndim > 1 else 1, -1).view(np.uint8),
+            status,
+        )
+        if status[0]:
+            raise _kernel_error(status, int(offs[status[1]]), math.prod(chunks) * item)
+        return out
+
+
+def _kernel_error(status: np.ndarray, offset: int, nbytes: int) -> LoomFileError:
+    code, detail = int(status[0]), int(status[2])
+    if code == _kernels.INFLATE_FAILED and detail == _kernels.LIBDEFLATE_INSUFFICIENT_SPACE:
+        return LoomFileError(f"chunk at byte {offset} decodes to more than {nbytes} bytes")
+    if code == _kernels.BAD_SIZE:
+        return LoomFileError(f"chunk at byte {offset} decodes to {detail} bytes, not {nbytes}")
+    reason = {
+        _kernels.INFLATE_FAILED: f"invalid deflate stream (libdeflate result {detail})",
+        _kernels.BAD_CHECKSUM: "data error detected by fletcher32 checksum",
+        _kernels.TOO_SHORT: "chunk too short for its fletcher32 checksum",
+    }[code]
+    return LoomFileError(f"chunk at byte {offset} cannot be decoded: {reason}")
+
+
+def _gather(read_at: ReadAt, runs: list[tuple[int, int]], total: int) -> np.ndarray:
+    """The bytes of every ``(offset, nbytes)`` run, concatenated into one array."""
+    buf = np.empty(total, np.uint8)
+    read_into = getattr(read_at, "read_into", None)
+    if read_into is not None:
+        read_into(runs, buf)
+        return buf
+    pos = 0
+    for (offset, nbytes), got in zip(runs, _fetch(read_at, runs), strict=True):
+        part = np.frombuffer(got, np.uint8)
+        if part.size != nbytes:
+            raise LoomFileError(f"short read at byte {offset}: {part.size} bytes")
+        buf[pos : pos + nbytes] = part
+        pos += nbytes
+    return buf
+
 
 class _FileHandle:
     """One open file descriptor, closed when the last reader using it goes away."""
@@ -451,11 +558,17 @@ class _LocalReader:
     def __reduce__(self) -> tuple[Any, ...]:
         return (_LocalReader, (self.path,))
 
-    def __call__(self, offset: int, nbytes: int) -> bytes:
+    def _fd(self) -> int:
         handle = self._handle
         if handle.pid != os.getpid():
             handle = self._handle = _LocalReader(self.path)._handle
-        return _pread_exact(handle.fd, offset, nbytes, self.path)
+        return handle.fd
+
+    def __call__(self, offset: int, nbytes: int) -> bytes:
+        return _pread_exact(self._fd(), offset, nbytes, self.path)
+
+    def read_into(self, runs: list[tuple[int, int]], buffer: np.ndarray) -> None:
+        _pread_into(self._fd(), runs, buffer, self.path)
 
 
 def _pread_exact(fd: int, offset: int, nbytes: int, label: str) -> bytes:
@@ -475,6 +588,52 @@ def _pread_exact(fd: int, offset: int, nbytes: int, label: str) -> bytes:
             raise LoomFileError(f"short read at byte {offset + done}", path=label)
         done += len(parts[-1])
     return parts[0] if len(parts) == 1 else b"".join(parts)
+
+
+def _pread_into(fd: int, runs: list[tuple[int, int]], buffer: np.ndarray, label: str) -> None:
+    """Read every ``(offset, nbytes)`` run of ``fd`` into ``buffer``, one after another,
+    without intermediate copies; a run past the end of the file raises
+    :class:`LoomFileError`."""
+    if not hasattr(os, "preadv"):  # pragma: no cover - platforms without preadv
+        pos = 0
+        for offset, nbytes in runs:
+            buffer[pos : pos + nbytes] = np.frombuffer(
+                _pread_exact(fd, offset, nbytes, label), np.uint8
+            )
+            pos += nbytes
+        return
+    size = os.fstat(fd).st_size
+    view = memoryview(buffer)
+    pos = 0
+    for offset, nbytes in runs:
+        if offset < 0 or nbytes < 0 or offset + nbytes > size:
+            raise LoomFileError(
+                f"the chunk index points at bytes {offset}..{offset + nbytes} of a file of "
+                f"{size} bytes; the file is truncated or corrupt",
+                path=label,
+            )
+        done = 0
+        while done < nbytes:
+            got = os.preadv(fd, [view[pos + done : pos + nbytes]], offset + done)
+            if not got:
+                raise LoomFileError(f"short read at byte {offset + done}", path=label)
+            done += got
+        pos += nbytes
+
+
+class _HandleReader:
+    """``read_at`` on the descriptor of a cached :class:`_FileHandle` (kept alive here)."""
+
+    __slots__ = ("handle", "label")
+
+    def __init__(self, handle: _FileHandle, label: str) -> None:
+        self.handle, self.label = handle, label
+
+    def __call__(self, offset: int, nbytes: int) -> bytes:
+        return _pread_exact(self.handle.fd, offset, nbytes, self.label)
+
+    def read_into(self, runs: list[tuple[int, int]], buffer: np.ndarray) -> None:
+        _pread_into(self.handle.fd, runs, buffer, self.label)
 
 
 def read_through_handle(
@@ -523,10 +682,7 @@ def read_through_handle(
                 _handles.pop(fkey, None)
             return _read_h5py(f[h5path], key)  # the path now names another file
 
-    def read_at(offset: int, nbytes: int) -> bytes:  # keeps ``handle`` (and its fd) alive
-        return _pread_exact(handle.fd, offset, nbytes, label)
-
-    return index.read(read_at, key)
+    return index.read(_HandleReader(handle, label), key)
 
 
 def _read_h5py(dset: Any, key: tuple[slice, ...] | slice) -> np.ndarray:
