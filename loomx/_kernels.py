@@ -23,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,7 @@ __all__ = [
     "LIBDEFLATE_INSUFFICIENT_SPACE",
     "TOO_SHORT",
     "available",
+    "compiled",
     "decode_chunks",
     "encode_bound",
     "encode_chunks",
@@ -100,17 +102,20 @@ def available() -> bool:
     return _LIB is not None
 
 
-def _compiled(function: Any) -> Any:
-    """``numba.njit(nogil=True)``, cached on disk where numba finds a writable place."""
+def compiled(function: Any = None, *, fastmath: Any = False) -> Any:
+    """``numba.njit(nogil=True, fastmath=fastmath)``, cached on disk where numba finds a
+    writable place (the decorator of every kernel; only use it when :func:`available`)."""
+    if function is None:
+        return partial(compiled, fastmath=fastmath)
     njit = _LIB["numba"].njit  # type: ignore[index]
     try:
-        return njit(nogil=True, cache=True)(function)
+        return njit(nogil=True, cache=True, fastmath=fastmath)(function)
     except RuntimeError:  # no writable cache location: compile once per process
-        return njit(nogil=True)(function)
+        return njit(nogil=True, fastmath=fastmath)(function)
 
 
 if _LIB is not None:
-    _njit = _compiled
+    _njit = compiled
     _alloc_d, _free_d = _LIB["alloc_decompressor"], _LIB["free_decompressor"]
     _inflate = _LIB["zlib_decompress"]
     _alloc_c, _free_c = _LIB["alloc_compressor"], _LIB["free_compressor"]

@@ -24,6 +24,7 @@ from xarray.core import indexing
 from . import _chunks, _spec
 from . import _conventions as conv
 from ._journal import Patch
+from ._reduce import as_layer_array
 from ._store import H5_ERRORS, AttrInfo, DatasetInfo, LoomLayout, LoomStore
 from .errors import LoomFileError, LoomFormatError, LoomxError
 
@@ -526,6 +527,7 @@ def chunk_layers(ds: xr.Dataset, chunks: int | str | dict[str, Any]) -> xr.Datas
             continue
         sizes = resolve_chunks(chunks, var.dims, preferred, var.shape)
         chunked[name] = var.variable.chunk(sizes)
+        chunked[name].data = as_layer_array(chunked[name].data)
         # the writer's proof that a layer is unchanged since open: dask names change with
         # every operation on the array (see loomx._plan.is_unchanged)
         chunked[name].encoding["loom_dask_name"] = chunked[name].data.name
