@@ -272,28 +272,47 @@ def ceiling_py_band_row_sums(task: tuple[str, int, int]) -> np.ndarray:
     return block.sum(axis=1)
 
 
-def ceiling_cols(task: tuple[str, int, int, np.ndarray]) -> np.ndarray:
-    """Columns ``start + picks`` of ``/matrix``: only the HDF5 chunk columns ``start:stop``
-    that hold them are read (a pool task of the random-columns ceiling)."""
-    _path, start, stop, picks = task
-    block = _CEILING["index"].read(_CEILING["read_at"], (slice(None), slice(start, stop)))
-    return block[:, picks]
+def ceiling_cols(task: tuple[str, int, int, int, int, np.ndarray]) -> np.ndarray:
+    """Columns ``start + picks`` of rows ``row0:row1`` of ``/matrix``: only the HDF5 chunks
+    of chunk columns ``start:stop`` that hold them are read (a pool task of the
+    random-columns ceiling)."""
+    _path, row0, row1, start, stop, picks = task
+    index = _CEILING["index"]
+    return index.read(_CEILING["read_at"], (slice(row0, row1), slice(start, stop)))[:, picks]
 
 
-def column_runs(path: str, cols: np.ndarray) -> list[tuple[str, int, int, np.ndarray]]:
-    """:func:`ceiling_cols` tasks: runs of adjacent HDF5 chunk columns holding ``cols``
-    (at most 16 chunk columns each), covering them in increasing column order."""
+def column_runs(
+    path: str, cols: np.ndarray, band_rows: int = 4096
+) -> list[tuple[str, int, int, int, int, np.ndarray]]:
+    """:func:`ceiling_cols` tasks: bands of ``band_rows`` rows of the runs of adjacent HDF5
+    chunk columns that hold ``cols`` (at most 16 chunk columns each), in band-major,
+    increasing column order."""
     with h5py.File(path, "r") as f:
-        width, n_cols = f["matrix"].chunks[1], f["matrix"].shape[1]
+        width, (n_rows, n_cols) = f["matrix"].chunks[1], f["matrix"].shape
     wanted = np.sort(cols)
     cells = np.unique(wanted // width)
     breaks = np.flatnonzero((np.diff(cells) != 1) | (np.arange(1, cells.size) % 16 == 0)) + 1
     tasks = []
-    for run in np.split(cells, breaks):
-        start, stop = int(run[0]) * width, min(n_cols, (int(run[-1]) + 1) * width)
-        inside = wanted[(wanted >= start) & (wanted < stop)]
-        tasks.append((path, start, stop, inside - start))
+    for row0 in range(0, n_rows, band_rows):
+        row1 = min(n_rows, row0 + band_rows)
+        for run in np.split(cells, breaks):
+            start, stop = int(run[0]) * width, min(n_cols, (int(run[-1]) + 1) * width)
+            inside = wanted[(wanted >= start) & (wanted < stop)]
+            tasks.append((path, row0, row1, start, stop, inside - start))
     return tasks
+
+
+def _assemble_columns(parts: list[np.ndarray], tasks: list[Any]) -> np.ndarray:
+    """The :func:`ceiling_cols` results of :func:`column_runs` tasks as one array."""
+    n_rows = max(task[2] for task in tasks)
+    n_cols = sum(task[5].size for task in tasks if task[1] == 0)
+    out = np.empty((n_rows, n_cols), parts[0].dtype)
+    col = 0
+    for part, (_path, row0, row1, *_) in zip(parts, tasks, strict=True):
+        col = 0 if col == n_cols else col  # the next band starts at the first column
+        out[row0:row1, col : col + part.shape[1]] = part
+        col += part.shape[1]
+    return out
 
 
 def _worker_pid(_: int) -> int:
@@ -306,7 +325,9 @@ class _PoolContext:
     pool: Any
     tasks: list[Any]
     func: Callable[[Any], np.ndarray]
-    axis: int = 0
+    assemble: Callable[[list[np.ndarray], list[Any]], np.ndarray] = lambda parts, _: np.concatenate(
+        parts
+    )
 
 
 def _pool_setup(
@@ -331,14 +352,15 @@ def _pool_setup(
                 break
         task = func or (ceiling_band_row_sums if ceiling else band_row_sums)
         if task is ceiling_cols:
-            return _PoolContext(pool, column_runs(path, random_columns(n_cols)), task, axis=1)
+            tasks = column_runs(path, random_columns(n_cols))
+            return _PoolContext(pool, tasks, task, _assemble_columns)
         return _PoolContext(pool, bands(path, n_rows), task)
 
     return setup
 
 
 def _run_pool(ctx: _PoolContext) -> np.ndarray:
-    return np.concatenate(ctx.pool.map(ctx.func, ctx.tasks, chunksize=1), axis=ctx.axis)
+    return ctx.assemble(ctx.pool.map(ctx.func, ctx.tasks, chunksize=1), ctx.tasks)
 
 
 def _teardown_pool(ctx: _PoolContext) -> None:

@@ -412,15 +412,101 @@ class ChunkIndex:
         compiled call without the GIL (:func:`loomx._kernels.decode_chunks`)."""
         starts, stops = [0, *starts][-2:], [1, *stops][-2:]  # 1-D: one row
         chunks = [1, *self.chunks][-2:]
-        cells, geometry = [], []
-        for a, b, c in zip(starts, stops, chunks, strict=True):
-            first, last = a // c, (b - 1) // c + 1
-            corner = np.arange(first, last, dtype=np.int64) * c
-            lo, hi = np.maximum(corner, a), np.minimum(corner + c, b)
-            cells.append(slice(first, last))
-            geometry.append((lo - a, lo - corner, hi - lo))
-        grid = self.offsets.reshape(-1, self.offsets.shape[-1])
-        offsets = grid[tuple(cells)]
+        geometry = [_axis_geometry(a, b, c) for a, b, c in zip(starts, stops, chunks, strict=True)]
+        cells = tuple(slice(first, last) for first, last, *_ in geometry)
+        (*_, out_row, in_row, n_rows), (*_, out_col, in_col, n_cols) = geometry
+        item = self.dtype.itemsize
+
+        def place(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+            out_at, in_at, width = out_col[j] * item, in_col[j] * item, n_cols[j] * item
+            return np.column_stack([out_row[i], out_at, in_row[i], in_at, n_rows[i], width])
+
+        dst = out.reshape(len(out) if out.ndim > 1 else 1, -1).view(np.uint8)
+        return self._decode_cells(read_at, cells, place, out, dst)
+
+    def read_picks(
+        self,
+        read_at: ReadAt,
+        key: tuple[slice, slice],
+        axis: int,
+        picks: np.ndarray,
+    ) -> np.ndarray:
+        """Return ``dset[key]`` with positions ``picks`` taken along ``axis`` of a 2-D
+        dataset: only the chunks that hold a picked position are read, and each picked row
+        or column goes straight to its place in the result (no intermediate block).
+
+        Parameters
+        ----------
+        read_at : callable
+            As for :meth:`read`.
+        key : tuple of two step-1 slices
+            The other axis's range (the slice along ``axis`` is ignored).
+        axis : int
+            0 to pick rows, 1 to pick columns.
+        picks : 1-D integer array
+            Positions along ``axis``, in any order, repeats allowed.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``len(picks)`` long along ``axis``.
+        """
+        if len(self.shape) != 2 or not _kernels.available():
+            raise ValueError("read_picks reads 2-D datasets with the compiled kernels")
+        picks = np.asarray(picks, np.int64)
+        n = self.shape[axis]
+        if picks.ndim != 1 or (picks.size and (picks.min() < 0 or picks.max() >= n)):
+            raise IndexError(f"picks must be positions in 0..{n - 1} along axis {axis}")
+        other = 1 - axis
+        starts, stops = _bounds(self.shape, key)
+        shape = [0, 0]
+        shape[axis], shape[other] = picks.size, stops[other] - starts[other]
+        out = np.empty(shape, self.dtype)
+        if out.size == 0:
+            return out
+        size = self.chunks[axis]
+        order = np.argsort(picks // size, kind="stable")
+        cell_of = picks[order] // size
+        used, first = np.unique(cell_of, return_index=True)
+        pick_ptr = np.append(first, picks.size).astype(np.int64)
+        pick_in = (picks[order] - cell_of * size).astype(np.int64)
+        pick_out = order.astype(np.int64)
+        geometry = _axis_geometry(starts[other], stops[other], self.chunks[other])
+        first_cell, last_cell, out_at, in_at, count = geometry
+        cells: list[Any] = [None, None]
+        cells[axis], cells[other] = used, slice(first_cell, last_cell)
+        item = self.dtype.itemsize
+
+        def place(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+            g, o = (i, j) if axis == 0 else (j, i)
+            zero = np.zeros_like(g)
+            if axis == 1:  # rows as the box says, columns picked
+                fields = [out_at[o], zero, in_at[o], zero, count[o], zero]
+            else:
+                fields = [zero, out_at[o] * item, zero, in_at[o] * item, zero, count[o] * item]
+            return np.column_stack([*fields, g])
+
+        picked = (2 if axis == 0 else 1, pick_ptr, pick_in, pick_out)
+        dst = out.view(np.uint8)
+        return self._decode_cells(read_at, tuple(cells), place, out, dst, picked)
+
+    def _decode_cells(
+        self,
+        read_at: ReadAt,
+        cells: tuple[Any, Any],
+        place: Callable[[np.ndarray, np.ndarray], np.ndarray],
+        out: np.ndarray,
+        dst: np.ndarray,
+        picked: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """Read, decode and place the chunks of grid ``cells`` (slices or index arrays per
+        axis); ``place(i, j)`` gives the kernel's placement rows for cell positions."""
+        grid_shape = self.offsets.shape if self.offsets.ndim == 2 else (1, self.offsets.size)
+
+        def at(table: np.ndarray) -> np.ndarray:
+            return table.reshape(grid_shape)[np.ix_(*map(_positions, cells, grid_shape))]
+
+        offsets = at(self.offsets)
         flat = offsets.ravel()
         present = np.flatnonzero(flat >= 0)
         if present.size < flat.size:
@@ -429,21 +515,9 @@ class ChunkIndex:
             return out
         order = present[np.argsort(flat[present], kind="stable")]
         offs = flat[order]
-        sizes = self.sizes.reshape(grid.shape)[tuple(cells)].ravel()[order]
-        masks = self.masks.reshape(grid.shape)[tuple(cells)].ravel()[order].astype(np.int64)
-        i, j = np.divmod(order, offsets.shape[1])
-        item = self.dtype.itemsize
-        (out_row, in_row, n_rows), (out_col, in_col, n_cols) = geometry
-        place = np.column_stack(
-            [
-                out_row[i],
-                out_col[j] * item,
-                in_row[i],
-                in_col[j] * item,
-                n_rows[i],
-                n_cols[j] * item,
-            ]
-        )
+        sizes = at(self.sizes).ravel()[order]
+        masks = at(self.masks).ravel()[order].astype(np.int64)
+        placed = place(*np.divmod(order, offsets.shape[1]))
         bounds = _run_bounds(offs, sizes)
         first, last = bounds[:-1], bounds[1:] - 1
         run_offsets, run_sizes = offs[first], offs[last] + sizes[last] - offs[first]
@@ -452,9 +526,12 @@ class ChunkIndex:
         chunk_starts = in_buffer[run_of] + offs - run_offsets[run_of]
         runs = list(zip(run_offsets.tolist(), run_sizes.tolist(), strict=True))
         src = _gather(read_at, runs, int(run_sizes.sum()))
+        item = self.dtype.itemsize
         codes = np.array([code for code, _ in self.filters], np.int64)
         params = np.array([v[0] if v else item for _, v in self.filters], np.int64)
+        chunks = [1, *self.chunks][-2:]
         status = np.zeros(3, np.int64)
+        pick_axis, pick_ptr, pick_in, pick_out = picked or (0, *(_NO_PICKS,) * 3)
         _kernels.decode_chunks(
             src,
             chunk_starts,
@@ -465,13 +542,37 @@ class ChunkIndex:
             chunks[0],
             chunks[1] * item,
             item,
-            place,
-            out.reshape(len(out) if out.ndim > 1 else 1, -1).view(np.uint8),
+            np.ascontiguousarray(placed[:, :6]),
+            dst,
             status,
+            pick_axis,
+            placed[:, 6].copy() if picked else _NO_PICKS,
+            pick_ptr,
+            pick_in,
+            pick_out,
         )
         if status[0]:
             raise _kernel_error(status, int(offs[status[1]]), math.prod(chunks) * item)
         return out
+
+
+_NO_PICKS = np.zeros(0, np.int64)
+
+
+def _positions(cells: Any, n: int) -> np.ndarray:
+    """Grid positions of a slice or an index array of cells."""
+    return np.arange(n)[cells] if isinstance(cells, slice) else np.asarray(cells)
+
+
+def _axis_geometry(
+    start: int, stop: int, chunk: int
+) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
+    """For ``start:stop`` along an axis chunked by ``chunk``: the first and last+1 chunk
+    cells, and per cell the output position, position inside the chunk and length."""
+    first, last = start // chunk, (stop - 1) // chunk + 1
+    corner = np.arange(first, last, dtype=np.int64) * chunk
+    lo, hi = np.maximum(corner, start), np.minimum(corner + chunk, stop)
+    return first, last, lo - start, lo - corner, hi - lo
 
 
 def _kernel_error(status: np.ndarray, offset: int, nbytes: int) -> LoomFileError:
@@ -641,6 +742,7 @@ def read_through_handle(
     h5path: str,
     key: tuple[slice, ...],
     label: str = "",
+    picks: tuple[int, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Return ``dset[key]`` from the file an open h5py handle refers to, fast when possible.
 
@@ -661,6 +763,10 @@ def read_through_handle(
         Step-1 slices, as for :meth:`ChunkIndex.read`.
     label : str
         File name for error messages.
+    picks : tuple of (int, numpy.ndarray), optional
+        ``(axis, positions)``: take these positions along ``axis`` of a 2-D dataset
+        (:meth:`ChunkIndex.read_picks`: only the chunks that hold them are read); ``key``
+        gives the other axis's range.
     """
     with open_file() as f:
         try:
@@ -668,21 +774,43 @@ def read_through_handle(
         except Exception:
             fd = None
         if not isinstance(fd, int):
-            return _read_h5py(f[h5path], key)
+            return take_picks(_read_h5py(f[h5path], box_of_picks(key, picks)), picks)
         st = os.fstat(fd)
         fkey = (os.getpid(), "fd", st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
         index = _cached(_indexes, (*fkey, h5path), lambda: ChunkIndex.from_dataset(f[h5path]))
         if index is None:
-            return _read_h5py(f[h5path], key)
+            return take_picks(_read_h5py(f[h5path], box_of_picks(key, picks)), picks)
         label = label or f.filename
         handle = _cached(_handles, fkey, lambda: _FileHandle(f.filename))
         own = os.fstat(handle.fd)
         if (own.st_dev, own.st_ino) != (st.st_dev, st.st_ino):
-            with _lock:
+            with _lock:  # the path now names another file
                 _handles.pop(fkey, None)
-            return _read_h5py(f[h5path], key)  # the path now names another file
+            return take_picks(_read_h5py(f[h5path], box_of_picks(key, picks)), picks)
 
-    return index.read(_HandleReader(handle, label), key)
+    reader = _HandleReader(handle, label)
+    if picks is not None and len(index.shape) == 2 and _kernels.available():
+        return index.read_picks(reader, key, *picks)
+    return take_picks(index.read(reader, box_of_picks(key, picks)), picks)
+
+
+def box_of_picks(key: tuple[slice, ...], picks: tuple[int, np.ndarray] | None) -> tuple[slice, ...]:
+    """``key`` with the picked axis narrowed to the picks' bounding range."""
+    if picks is None or not len(picks[1]):
+        return key
+    axis, positions = picks
+    box = list(key) + [slice(None)] * (axis + 1 - len(key))
+    box[axis] = slice(int(positions.min()), int(positions.max()) + 1)
+    return tuple(box)
+
+
+def take_picks(block: np.ndarray, picks: tuple[int, np.ndarray] | None) -> np.ndarray:
+    """The picks of a block read for :func:`box_of_picks`."""
+    if picks is None:
+        return block
+    axis, positions = picks
+    low = int(positions.min()) if len(positions) else 0
+    return np.take(block, np.asarray(positions) - low, axis=axis)
 
 
 def _read_h5py(dset: Any, key: tuple[slice, ...] | slice) -> np.ndarray:

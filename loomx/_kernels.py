@@ -178,6 +178,11 @@ def decode_chunks(
     place: np.ndarray,
     dst: np.ndarray,
     status: np.ndarray,
+    pick_axis: int,
+    group: np.ndarray,
+    pick_ptr: np.ndarray,
+    pick_in: np.ndarray,
+    pick_out: np.ndarray,
 ) -> None:  # pragma: no cover - compiled
     """Decode stored chunks and copy their parts into ``dst``, all in one call.
 
@@ -201,6 +206,12 @@ def decode_chunks(
         The output, as rows of bytes.
     status : int64 array of 3
         Set to ``(code, chunk, detail)`` on the first error; ``code`` 0 means success.
+    pick_axis : int
+        0: copy each chunk's box (``place``; the pick arrays are unused, may be empty).
+        1: copy picked columns: the chunk's columns
+        ``pick_in[pick_ptr[g]:pick_ptr[g + 1]]`` (``g = group[k]``) go to output columns
+        ``pick_out[...]``, rows as ``place`` says (its column fields are unused).  2: the
+        same with rows picked, columns as ``place`` says.
     """
     nbytes = chunk_rows * chunk_row_bytes
     cap = nbytes + 4 * codes.size
@@ -259,13 +270,30 @@ def decode_chunks(
             break
         out_row, out_col, in_row, in_col = place[k, 0], place[k, 1], place[k, 2], place[k, 3]
         rows, width = place[k, 4], place[k, 5]
-        to = dst.ctypes.data + out_row * dst.strides[0] + out_col
+        stride = dst.strides[0]
+        if pick_axis == 1:
+            for p in range(pick_ptr[group[k]], pick_ptr[group[k] + 1]):
+                to = pick_out[p] * itemsize
+                at = in_row * chunk_row_bytes + pick_in[p] * itemsize
+                for r in range(rows):
+                    for i in range(itemsize):
+                        dst[out_row + r, to + i] = cur[at + r * chunk_row_bytes + i]
+            continue
+        if pick_axis == 2:
+            for p in range(pick_ptr[group[k]], pick_ptr[group[k] + 1]):
+                _memcpy(
+                    dst.ctypes.data + pick_out[p] * stride + out_col,
+                    cur.ctypes.data + pick_in[p] * chunk_row_bytes + in_col,
+                    width,
+                )
+            continue
+        to = dst.ctypes.data + out_row * stride + out_col
         src_at = cur.ctypes.data + in_row * chunk_row_bytes + in_col
-        if width == chunk_row_bytes and width == dst.strides[0]:
+        if width == chunk_row_bytes and width == stride:
             _memcpy(to, src_at, rows * width)
         else:
             for r in range(rows):
-                _memcpy(to + r * dst.strides[0], src_at + r * chunk_row_bytes, width)
+                _memcpy(to + r * stride, src_at + r * chunk_row_bytes, width)
     _free_d(decompressor)
 
 

@@ -24,7 +24,7 @@ from xarray.core import indexing
 from . import _chunks, _spec
 from . import _conventions as conv
 from ._journal import Patch
-from ._reduce import as_layer_array
+from ._layer import as_layer_array
 from ._store import H5_ERRORS, AttrInfo, DatasetInfo, LoomLayout, LoomStore
 from .errors import LoomFileError, LoomFormatError, LoomxError
 
@@ -79,6 +79,12 @@ class LoomBackendArray(BackendArray):
                 lo, hi = int(index.min()), int(index.max()) + 1
                 slices.append(slice(lo, hi))
                 post.append(index - lo)
+        vectors = [axis for axis, p in enumerate(post) if isinstance(p, np.ndarray)]
+        if len(vectors) == 1 and len(self.shape) == 2:  # picked rows or columns
+            axis = vectors[0]
+            block = self._read_box(slices, (axis, post[axis] + slices[axis].start))
+            post[axis] = slice(None)
+            return self._cast(block[tuple(post)])
         block = self._read_runs(slices, post)
         return self._cast(block[tuple(post)])
 
@@ -107,13 +113,25 @@ class LoomBackendArray(BackendArray):
             out[tuple(dest)] = self._read_box(sub)
         return out
 
-    def _read_box(self, slices: list[slice]) -> np.ndarray:
+    def _read_box(
+        self, slices: list[slice], picks: tuple[int, np.ndarray] | None = None
+    ) -> np.ndarray:
+        """``slices`` of the dataset; with ``picks`` (axis, positions) those positions
+        along that axis instead of its slice."""
         try:
             patches = self.store.patches_of(self.info.h5path)
             h5path = self.store.resolve(self.info.h5path)
             with self.store.open() as h5file:
                 self.store.check_unchanged(h5file, self.info, h5path)
-            return self._read_patched(h5path, slices, patches)
+            if picks is None:
+                return self._read_patched(h5path, slices, patches)
+            if patches:
+                box = list(_chunks.box_of_picks(tuple(slices), picks))
+                block = self._read_patched(h5path, box, patches)
+                return _chunks.take_picks(block, picks)
+            return _chunks.read_through_handle(
+                self.store.open, h5path, tuple(slices), self.store.path, picks
+            )
         except LoomxError as err:
             if err.h5path is not None:
                 raise
@@ -527,7 +545,7 @@ def chunk_layers(ds: xr.Dataset, chunks: int | str | dict[str, Any]) -> xr.Datas
             continue
         sizes = resolve_chunks(chunks, var.dims, preferred, var.shape)
         chunked[name] = var.variable.chunk(sizes)
-        chunked[name].data = as_layer_array(chunked[name].data)
+        chunked[name].data = as_layer_array(chunked[name].data, _backend_of(var.variable._data))
         # the writer's proof that a layer is unchanged since open: dask names change with
         # every operation on the array (see loomx._plan.is_unchanged)
         chunked[name].encoding["loom_dask_name"] = chunked[name].data.name
@@ -535,6 +553,24 @@ def chunk_layers(ds: xr.Dataset, chunks: int | str | dict[str, Any]) -> xr.Datas
     out.encoding = dict(ds.encoding)
     out.set_close(ds._close)
     return out
+
+
+def _backend_of(data: Any) -> LoomBackendArray | None:
+    """The :class:`LoomBackendArray` a lazily read variable's data reads in full, or None
+    (in memory, or already indexed to part of it)."""
+    for _ in range(8):
+        if isinstance(data, LoomBackendArray):
+            return data
+        key = getattr(data, "key", None)
+        if key is not None:
+            parts = getattr(key, "tuple", ())
+            if not all(
+                isinstance(k, slice) and k.indices(n) == (0, n, 1)
+                for k, n in zip(parts, data.array.shape, strict=False)
+            ):
+                return None
+        data = getattr(data, "array", None)
+    return None
 
 
 def resolve_chunks(

@@ -206,3 +206,68 @@ def test_reads_of_every_filter_pipeline_match_h5py_through_read_region(tmp_path)
         _file(path, data, chunks=(16, 16), **kwargs)
         got = _chunks.read_region(path, "x", (slice(3, 47), slice(9, 70)))
         np.testing.assert_array_equal(got, data[3:47, 9:70])
+
+
+@settings(deadline=None, max_examples=60)
+@given(
+    shape=st.tuples(st.integers(1, 80), st.integers(1, 80)),
+    chunks=st.tuples(st.integers(1, 30), st.integers(1, 30)),
+    axis=st.integers(0, 1),
+    n_picks=st.integers(0, 40),
+    shuffle=st.booleans(),
+    unwritten=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_picked_rows_and_columns_equal_h5py(
+    tmp_path_factory, shape, chunks, axis, n_picks, shuffle, unwritten, seed
+) -> None:
+    rng = np.random.default_rng(seed)
+    data = (rng.random(shape) * 100).astype("float32")
+    chunks = (min(chunks[0], shape[0]), min(chunks[1], shape[1]))
+    path = tmp_path_factory.mktemp("p") / "f.h5"
+    with h5py.File(path, "w") as f:
+        dset = f.create_dataset(
+            "x",
+            shape,
+            "float32",
+            chunks=chunks,
+            compression="gzip",
+            shuffle=shuffle,
+            fillvalue=-1.5,
+        )
+        if unwritten:  # only the first half of the rows is ever written
+            dset[: shape[0] // 2] = data[: shape[0] // 2]
+        else:
+            dset[...] = data
+    with h5py.File(path, "r") as f:
+        expected_all = f["x"][...]
+        index = ChunkIndex.from_dataset(f["x"])
+    picks = rng.integers(0, shape[axis], n_picks)
+    lo = int(rng.integers(0, shape[1 - axis]))
+    hi = int(rng.integers(lo, shape[1 - axis])) + 1
+    key = (slice(None), slice(lo, hi)) if axis == 0 else (slice(lo, hi), slice(None))
+    got = index.read_picks(local_reader(path), key, axis, picks)
+    expected = expected_all[key]
+    expected = expected[picks] if axis == 0 else expected[:, picks]
+    assert got.shape == expected.shape
+    assert got.tobytes() == expected.tobytes()
+
+
+def test_picks_read_only_the_chunks_that_hold_them(tmp_path) -> None:
+    data = np.arange(64 * 640, dtype="int32").reshape(64, 640)
+    index, _ = _file(tmp_path / "p.h5", data, chunks=(32, 64), compression="gzip")
+    calls: list[tuple[int, int]] = []
+    reader = local_reader(tmp_path / "p.h5")
+
+    class Counting:
+        def __call__(self, offset: int, nbytes: int) -> bytes:
+            calls.append((offset, nbytes))
+            return reader(offset, nbytes)
+
+    picks = np.array([5, 70, 3, 600, 65])  # chunk columns 0, 1 and 9
+    got = index.read_picks(Counting(), (slice(None), slice(None)), 1, picks)
+    np.testing.assert_array_equal(got, data[:, picks])
+    held = index.sizes[:, [0, 1, 9]].sum()
+    assert sum(n for _, n in calls) == held
+    with pytest.raises(IndexError, match=r"positions in 0\.\.639"):
+        index.read_picks(reader, (slice(None), slice(None)), 1, np.array([640]))

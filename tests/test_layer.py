@@ -13,7 +13,7 @@ import pytest
 import xarray as xr
 
 import loomx
-from loomx import _reduce
+from loomx import _layer
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,7 @@ def awkward(tmp_path_factory):
 def test_defaults_equal_numpy(awkward, chunks, ddof) -> None:
     path, values = awkward
     m = loomx.open_loom(path, chunks=chunks)["matrix"]
-    assert isinstance(m.data, _reduce.LayerArray)
+    assert isinstance(m.data, _layer.LayerArray)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices
         expected = {
@@ -60,13 +60,13 @@ def test_the_fused_path_runs_once_per_block(awkward, monkeypatch) -> None:
     path, values = awkward
     m = loomx.open_loom(path, chunks={"row": 100, "col": 250})["matrix"]
     calls: list[tuple[int, ...]] = []
-    moments = _reduce._block_moments
+    moments = _layer._block_moments
 
     def counting(block, axis, with_m2):
         calls.append(axis)
         return moments(block, axis, with_m2)
 
-    monkeypatch.setattr(_reduce, "_block_moments", counting)
+    monkeypatch.setattr(_layer, "_block_moments", counting)
     with np.errstate(all="ignore"):
         mean, std = dask.compute(m.mean("col"), m.std("col"))
     assert calls.count((1,)) == 2 * 3 * 2  # one mean and one moment step per block
@@ -79,7 +79,7 @@ def test_the_fused_path_runs_once_per_block(awkward, monkeypatch) -> None:
 def test_derived_arrays_and_other_reductions_are_plain_dask(awkward, monkeypatch) -> None:
     path, values = awkward
     m = loomx.open_loom(path, chunks={"row": 100, "col": 250})["matrix"]
-    monkeypatch.setattr(_reduce, "_block_moments", _fail)
+    monkeypatch.setattr(_layer, "_block_moments", _fail)
     shifted = m + 1
     assert type(shifted.data) is da.Array
     with np.errstate(all="ignore"):
@@ -104,3 +104,49 @@ def test_layers_on_real_worker_processes(awkward) -> None:
     with dask.config.set(scheduler="processes", num_workers=2), np.errstate(all="ignore"):
         std = m.std("row", ddof=1).values
         np.testing.assert_allclose(std, np.nanstd(values.astype("f8"), axis=0, ddof=1), rtol=2e-6)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("chunks", [{"row": 64, "col": 128}, "auto"])
+def test_picked_rows_and_columns_equal_h5py(awkward, axis, chunks) -> None:
+    path, values = awkward
+    m = loomx.open_loom(path, chunks=chunks)["matrix"]
+    rng = np.random.default_rng(axis)
+    picks = rng.integers(0, values.shape[axis], 150)  # unsorted, with repeats
+    dim = m.dims[axis]
+    picked = m.isel({dim: picks})
+    names = {key[0] for key in picked.data.__dask_graph__()}
+    assert all(str(n).startswith("loomx-picked-") for n in names)  # nothing else is read
+    expected = values[picks] if axis == 0 else values[:, picks]
+    np.testing.assert_array_equal(picked.values, expected)
+    other = m.dims[1 - axis]
+    part = m.isel({dim: picks, other: slice(13, 211)}).values
+    np.testing.assert_array_equal(
+        part, values[picks, 13:211] if axis == 0 else values[13:211][:, picks]
+    )
+    with dask.config.set(scheduler="processes", num_workers=2):
+        np.testing.assert_array_equal(picked.values, expected)
+
+
+def test_picks_of_derived_arrays_and_vectors_on_both_axes_use_dask(awkward) -> None:
+    path, values = awkward
+    m = loomx.open_loom(path, chunks={"row": 64, "col": 128})["matrix"]
+    rows, cols = np.array([5, 1, 250]), np.array([7, 499, 0])
+    both = m.isel(row=rows, col=cols)  # xarray picks one axis after the other
+    np.testing.assert_array_equal(both.values, values[np.ix_(rows, cols)])
+    shifted = (m * 2).isel(col=cols)
+    assert not any(str(k[0]).startswith("loomx-picked-") for k in shifted.data.__dask_graph__())
+    np.testing.assert_array_equal(shifted.values, values[:, cols] * 2)
+
+
+def test_picks_see_pending_region_patches(tmp_path) -> None:
+    values = np.arange(128 * 256, dtype="float32").reshape(128, 256)
+    path = tmp_path / "p.loom"
+    loomx.to_loom(xr.Dataset({"matrix": (("row", "col"), values)}), path)
+    region = xr.Dataset({"matrix": (("row", "col"), np.full((128, 64), -1, "float32"))})
+    loomx.to_loom(region, path, mode="r+", region={"col": slice(64, 128)})
+    m = loomx.open_loom(path)["matrix"]
+    cols = np.array([200, 70, 3, 127])
+    expected = values[:, cols].copy()
+    expected[:, [1, 3]] = -1
+    np.testing.assert_array_equal(m.isel(col=cols).values, expected)

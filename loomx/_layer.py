@@ -1,4 +1,5 @@
-"""NaN-skipping mean, var and std of layers as one compiled pass per block.
+"""A layer's dask array: NaN-skipping mean, var and std as one compiled pass per block, and
+picked rows or columns read straight from the file.
 
 xarray skips NaNs by default on float data: ``m.mean("col")`` becomes ``np.nanmean`` of
 the dask array, and dask's ``nanmean`` / ``nanvar`` compute per block ``np.nansum`` (a full
@@ -11,12 +12,18 @@ A layer opened by loomx is a :class:`LayerArray`: dask's own array, whose
 reduction tree with a compiled per-block step: count, sum and sum of squared deviations from
 the block's mean in two passes over the block, no temporaries, float64 accumulators,
 without the GIL.  The blocks' moments are combined by dask's ``mean_combine`` /
-``moment_combine`` (Chan's parallel formula), so results equal dask's to rounding.  Every
-other operation, and any array derived from a layer, is plain dask.
+``moment_combine`` (Chan's parallel formula), so results equal dask's to rounding.
+
+Rows or columns picked with an index array (``m.isel(col=cols)``) become tasks that read
+only the HDF5 chunks holding their picks and place each picked column straight into the
+result (:meth:`loomx._chunks.ChunkIndex.read_picks`); dask's ``take`` reads every block a
+pick falls in, whole, and shuffles.  Every other operation, and any array derived from a
+layer, is plain dask.
 """
 
 from __future__ import annotations
 
+import itertools
 from functools import partial
 from typing import Any
 
@@ -212,10 +219,16 @@ _FUSED = {np.nanmean: _nanmean, np.nanvar: _nanvar, np.nanstd: _nanstd}
 
 
 class LayerArray(da.Array):
-    """A layer's dask array: plain dask, except that NaN-skipping ``mean``, ``var`` and
-    ``std`` along one axis of a float layer run one compiled pass per block.
+    """A layer's dask array: plain dask, except for two things.
 
-    Anything computed from it (``m + 1``, ``m.isel(...)``) is an ordinary
+    - NaN-skipping ``mean``, ``var`` and ``std`` along one axis of a float layer run one
+      compiled pass per block.
+    - Rows or columns picked by an index array (``m.isel(col=cols)``) are read straight
+      from the file: each task reads only the HDF5 chunks that hold its picks
+      (:meth:`loomx._chunks.ChunkIndex.read_picks`), with no block-sized intermediate.
+      dask's own ``take`` would read every block the picks fall in, whole, and shuffle.
+
+    Anything else computed from it (``m + 1``, ``m[:, 5:9]``) is an ordinary
     :class:`dask.array.Array`; pickling gives one too.
 
     Examples
@@ -227,6 +240,13 @@ class LayerArray(da.Array):
 
     __slots__ = ()
 
+    def __getitem__(self, index: Any) -> Any:
+        source = getattr(self, "_source", None)
+        picked = None if source is None else _one_picked_axis(self.shape, index)
+        if picked is None:
+            return super().__getitem__(index)
+        return _read_picked_array(self, source, *picked)
+
     def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
         fused = _FUSED.get(func)
         if fused is not None and args and args[0] is self:
@@ -237,6 +257,67 @@ class LayerArray(da.Array):
         return super().__array_function__(func, types, args, kwargs)
 
 
-def as_layer_array(arr: da.Array) -> da.Array:
-    """``arr`` as a :class:`LayerArray` (same graph, name and chunks)."""
-    return LayerArray(arr.dask, arr.name, arr.chunks, meta=arr._meta)
+def as_layer_array(arr: da.Array, source: Any = None) -> LayerArray:
+    """``arr`` as a :class:`LayerArray` (same graph, name and chunks).
+
+    ``source`` is the backend array ``arr`` reads (indexed with xarray's ``OuterIndexer``);
+    without it picked rows and columns go through dask's ``take``.
+    """
+    out = LayerArray(arr.dask, arr.name, arr.chunks, meta=arr._meta)
+    out._source = source
+    return out
+
+
+def _one_picked_axis(shape: tuple[int, ...], index: Any) -> tuple[int, np.ndarray, slice] | None:
+    """``(axis, positions, other)`` when ``index`` picks positions along one axis of a 2-D
+    array with an integer array and takes a step-1 slice of the other; else None."""
+    if len(shape) != 2 or not isinstance(index, tuple) or len(index) != 2:
+        return None
+    arrays = [i for i, k in enumerate(index) if isinstance(k, np.ndarray | list)]
+    if len(arrays) != 1:
+        return None
+    axis = arrays[0]
+    positions = np.asarray(index[axis])
+    other = index[1 - axis]
+    if positions.ndim != 1 or positions.dtype.kind not in "iu" or not isinstance(other, slice):
+        return None
+    if positions.size and (positions.min() < 0 or positions.max() >= shape[axis]):
+        return None
+    start, stop, step = other.indices(shape[1 - axis])
+    if step != 1:
+        return None
+    return axis, positions.astype(np.int64), slice(start, max(start, stop))
+
+
+def _read_picks(source: Any, key: tuple[Any, Any]) -> np.ndarray:
+    """One task of :func:`_read_picked_array`: the backend array at an outer key."""
+    from xarray.core.indexing import OuterIndexer
+
+    return np.asarray(source[OuterIndexer(key)])
+
+
+def _read_picked_array(
+    arr: LayerArray, source: Any, axis: int, positions: np.ndarray, other: slice
+) -> da.Array:
+    """``arr[index]`` for :func:`_one_picked_axis`'s selection, as tasks that each read
+    their rows (columns) of the picks from ``source``."""
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    edges = np.cumsum((0, *arr.chunks[1 - axis]))
+    cuts = np.unique(np.clip(edges, other.start, other.stop))
+    spans = [slice(int(a), int(b)) for a, b in itertools.pairwise(cuts.tolist())]
+    if not spans:
+        spans = [slice(other.start, other.start)]
+    size = max(1, arr.chunks[axis][0])
+    groups = [positions[i : i + size] for i in range(0, positions.size, size)] or [positions]
+    name = "loomx-picked-" + tokenize(arr.name, axis, positions, other)
+    layer = {}
+    for a, span in enumerate(spans):
+        for b, group in enumerate(groups):
+            key = (group, span) if axis == 0 else (span, group)
+            layer[(name, b, a) if axis == 0 else (name, a, b)] = (_read_picks, source, key)
+    sizes = (tuple(g.size for g in groups), tuple(s.stop - s.start for s in spans))
+    chunks = sizes if axis == 0 else sizes[::-1]
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
+    return LayerArray(graph, name, chunks, meta=arr._meta)
