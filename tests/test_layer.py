@@ -15,6 +15,8 @@ import xarray as xr
 import loomx
 from loomx import _layer
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*(empty slice|invalid value|Degrees of freedom)")
+
 
 @pytest.fixture(scope="module")
 def awkward(tmp_path_factory):
