@@ -8,7 +8,8 @@ float64 and its square: four to six passes over each block and temporaries twice
 several times the CPU of reading it (measured in ``benchmarks/README.md``).
 
 A layer opened by loomx is a :class:`LayerArray`: dask's own array, whose
-``np.nanmean``, ``np.nanvar`` and ``np.nanstd`` (what xarray's defaults call) run dask's own
+``np.nanmean``, ``np.nanvar``, ``np.nanstd`` (what xarray's defaults call) and NaN-skipping
+sums (xarray's ``isnan``, ``where``, ``sum`` sequence, recognised step by step) run dask's own
 reduction tree with a compiled per-block step: count, sum and sum of squared deviations from
 the block's mean in two passes over the block, no temporaries, float64 accumulators,
 without the GIL.  The blocks' moments are combined by dask's ``mean_combine`` /
@@ -215,14 +216,39 @@ def _nanstd(
     return result
 
 
-_FUSED = {np.nanmean: _nanmean, np.nanvar: _nanvar, np.nanstd: _nanstd}
+def _nansum_chunk(
+    x: Any, axis: Any = None, keepdims: bool = True, computing_meta: bool = False, **kwargs: Any
+) -> Any:
+    """Per-block sums of the non-NaN values along one axis, in float64, dims kept."""
+    if computing_meta:
+        return x
+    return _block_moments(x, tuple(axis), with_m2=False)[1]
+
+
+def _nansum(
+    a: da.Array, axis: Any = None, dtype: Any = None, keepdims: bool = False, **kwargs: Any
+) -> da.Array:
+    axes = _check(a, axis, kwargs)
+    dt = dtype if dtype is not None else np.zeros(1, a.dtype).sum().dtype
+    return da.reduction(
+        a,
+        _nansum_chunk,
+        partial(dask_reductions.chunk.sum, dtype=dt),
+        axis=axes,
+        keepdims=keepdims,
+        dtype=dt,
+        split_every=kwargs.get("split_every"),
+    )
+
+
+_FUSED = {np.nanmean: _nanmean, np.nanvar: _nanvar, np.nanstd: _nanstd, np.nansum: _nansum}
 
 
 class LayerArray(da.Array):
     """A layer's dask array: plain dask, except for two things.
 
-    - NaN-skipping ``mean``, ``var`` and ``std`` along one axis of a float layer run one
-      compiled pass per block.
+    - NaN-skipping ``sum``, ``mean``, ``var`` and ``std`` along one axis of a float layer
+      (xarray's defaults) run one compiled pass per block.
     - Rows or columns picked by an index array (``m.isel(col=cols)``) are read straight
       from the file: each task reads only the HDF5 chunks that hold its picks
       (:meth:`loomx._chunks.ChunkIndex.read_picks`), with no block-sized intermediate.
@@ -254,7 +280,80 @@ class LayerArray(da.Array):
                 return fused(self, *args[1:], **kwargs)
             except _Unsupported:
                 pass
-        return super().__array_function__(func, types, args, kwargs)
+        out = super().__array_function__(func, _as_dask(types), args, kwargs)
+        if func is np.zeros_like and args and args[0] is self:
+            return _tagged(_ZerosLike, out, self)
+        return out
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        out = super().__array_ufunc__(ufunc, method, *inputs, **kwargs)
+        if ufunc is np.isnan and method == "__call__" and inputs == (self,) and not kwargs:
+            return _tagged(_IsNan, out, self)
+        return out
+
+
+class _Derived(LayerArray):
+    """A step of xarray's NaN-skipping sum of a layer (``nanops.nansum``: ``isnan(x)``,
+    ``where(mask, zeros_like(x), x)``, ``sum``), recognised on the way.  Each step holds
+    dask's own array for its operation; only the final ``np.sum`` of the NaN-filled layer
+    becomes :func:`_nansum` of the layer, one compiled pass per block instead of a NaN
+    mask and a filled copy of every block.  Any other use is the plain dask result."""
+
+    __slots__ = ()
+
+    def __getitem__(self, index: Any) -> Any:
+        return da.Array.__getitem__(self, index)
+
+    def __array_ufunc__(self, ufunc: Any, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        return da.Array.__array_ufunc__(self, ufunc, method, *inputs, **kwargs)
+
+    def __array_function__(self, func: Any, types: Any, args: Any, kwargs: Any) -> Any:
+        out = da.Array.__array_function__(self, func, _as_dask(types), args, kwargs)
+        layer = self._of
+        if (
+            func is np.where
+            and isinstance(self, _IsNan)
+            and len(args) == 3
+            and args[0] is self
+            and isinstance(args[1], _ZerosLike)
+            and args[1]._of is layer
+            and args[2] is layer
+            and not kwargs
+        ):
+            return _tagged(_NanFilled, out, layer)
+        if func is np.sum and isinstance(self, _NanFilled) and args and args[0] is self:
+            try:
+                return _nansum(layer, *args[1:], **kwargs)
+            except (_Unsupported, TypeError):
+                pass
+        return out
+
+
+class _IsNan(_Derived):
+    __slots__ = ()
+
+
+class _ZerosLike(_Derived):
+    __slots__ = ()
+
+
+class _NanFilled(_Derived):
+    __slots__ = ()
+
+
+def _as_dask(types: Any) -> tuple[type, ...]:
+    """NEP-18 ``types`` with loomx's array classes as dask's own (dask declines a call
+    whose types include a class that is not one of its own class's superclasses)."""
+    return tuple(da.Array if issubclass(t, LayerArray) else t for t in types)
+
+
+def _tagged(kind: type[_Derived], arr: Any, layer: LayerArray) -> Any:
+    """``arr`` (dask's result of a step on ``layer``) as a ``kind`` remembering ``layer``."""
+    if type(arr) is not da.Array:
+        return arr
+    out = kind(arr.dask, arr.name, arr.chunks, meta=arr._meta)
+    out._of = layer
+    return out
 
 
 def as_layer_array(arr: da.Array, source: Any = None) -> LayerArray:

@@ -152,3 +152,25 @@ def test_picks_see_pending_region_patches(tmp_path) -> None:
     expected = values[:, cols].copy()
     expected[:, [1, 3]] = -1
     np.testing.assert_array_equal(m.isel(col=cols).values, expected)
+
+
+@pytest.mark.parametrize("dim", ["row", "col"])
+def test_default_sums_skip_nan_in_one_pass_and_equal_numpy(awkward, dim) -> None:
+    path, values = awkward
+    m = loomx.open_loom(path, chunks={"row": 64, "col": 128})["matrix"]
+    total = m.sum(dim)
+    names = {str(key[0]).rsplit("-", 1)[0] for key in total.data.__dask_graph__()}
+    assert "_nansum_chunk" in names or any("nansum_chunk" in n for n in names)
+    assert not any(n.startswith(("isnan", "where", "zeros_like")) for n in names)
+    axis = m.dims.index(dim)
+    expected = np.nansum(values.astype("f8"), axis=axis)
+    assert total.dtype == np.float32
+    np.testing.assert_allclose(total.values, expected, rtol=2e-6)
+    # what the fused path does not cover is dask's own graph, with the same values
+    counted = np.where((~np.isnan(values)).sum(axis=axis) > 0, expected, np.nan)
+    np.testing.assert_allclose(m.sum(dim, min_count=1).values, counted, rtol=1e-5)
+    np.testing.assert_allclose(m.sum().values, np.nansum(values.astype("f8")), rtol=1e-5)
+    finite = np.where(np.isnan(values), 0, values)
+    np.testing.assert_allclose(
+        m.fillna(0).sum(dim).values, finite.sum(axis=axis, dtype="f8"), rtol=1e-5
+    )
