@@ -9,6 +9,7 @@ and large enough to keep task counts low, so ``chunks={}`` gives good dask chunk
 
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -467,6 +468,19 @@ class LoomBackendEntrypoint(BackendEntrypoint):
         return os.fspath(filename_or_obj).endswith(".loom")
 
 
+_NO_INDEX_PASS = (
+    {"create_default_indexes": False}
+    if "create_default_indexes" in inspect.signature(xr.open_dataset).parameters
+    else {}
+)
+"""``xr.open_dataset`` arguments that skip its default-index pass (where xarray has the argument).
+
+:func:`build_dataset`'s ``xr.Dataset`` already gives every dimension coordinate its default
+index; xarray's own pass builds a ``DataArray`` per coordinate, each scanning every
+variable, to find none missing (0.4 s for 1000 attributes).
+"""
+
+
 def open_loom(
     path: str | os.PathLike,
     *,
@@ -523,6 +537,7 @@ def open_loom(
         engine=LoomBackendEntrypoint,
         chunks=None,
         cache=True,
+        **_NO_INDEX_PASS,
         dims=tuple(dims),
         mode=mode,
         locking=locking,
