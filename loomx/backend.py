@@ -554,13 +554,14 @@ def chunk_layers(ds: xr.Dataset, chunks: int | str | dict[str, Any]) -> xr.Datas
     ``"auto"`` and ``{}`` use each layer's ``encoding["preferred_chunks"]``.
     """
     chunked = {}
-    for name, var in ds.data_vars.items():
+    for name in ds.data_vars:
+        var = ds.variables[name]  # not ds[name]: a DataArray scans every variable
         preferred = var.encoding.get("preferred_chunks")
         if preferred is None or var.ndim != 2:
             continue
         sizes = resolve_chunks(chunks, var.dims, preferred, var.shape)
-        chunked[name] = var.variable.chunk(sizes)
-        chunked[name].data = as_layer_array(chunked[name].data, _backend_of(var.variable._data))
+        chunked[name] = var.chunk(sizes)
+        chunked[name].data = as_layer_array(chunked[name].data, _backend_of(var._data))
         # the writer's proof that a layer is unchanged since open: dask names change with
         # every operation on the array (see loomx._plan.is_unchanged)
         chunked[name].encoding["loom_dask_name"] = chunked[name].data.name
