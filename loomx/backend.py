@@ -9,6 +9,7 @@ and large enough to keep task counts low, so ``chunks={}`` gives good dask chunk
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 import threading
@@ -220,9 +221,15 @@ def default_chunks(
         return tuple(max(s, 1) for s in shape)
     base = tuple(hdf5_chunks) if hdf5_chunks else (1,) * (len(shape) - 1) + (shape[-1],)
     limit = conv.block_bytes() if target_bytes is None else target_bytes
-    chunks = normalize_chunks(
-        "auto", shape=shape, dtype=np.dtype(dtype), previous_chunks=base, limit=limit
-    )
+    return _auto_chunks(shape, np.dtype(dtype), tuple(int(b) for b in base), int(limit))
+
+
+@functools.lru_cache(maxsize=256)
+def _auto_chunks(
+    shape: tuple[int, ...], dtype: np.dtype, base: tuple[int, ...], limit: int
+) -> tuple[int, ...]:
+    """:func:`default_chunks` of a non-empty shape (a file's layers share one: cached)."""
+    chunks = normalize_chunks("auto", shape=shape, dtype=dtype, previous_chunks=base, limit=limit)
     out = []
     for size, dim_chunks, b in zip(shape, chunks, base, strict=True):
         c = max(dim_chunks[0], 1)
