@@ -1,4 +1,5 @@
-"""The measured methods of the read operations: loomx, loompy, h5py and the chunk-index ceiling.
+"""The measured methods of the read operations: loomx, loompy, h5py and the chunk-index ceiling
+(and, from ``peer_methods.py``, AnnData's h5ad and zarr).
 
 loomx methods open the file with ``loomx.open_loom`` in their setup and compute with dask's
 default scheduler (threads), ``scheduler="synchronous"``, ``"processes"`` or a
@@ -24,6 +25,7 @@ import h5py
 import numpy as np
 
 from .operations import Method, ncores, scaling_cores
+from .peer_methods import peer_methods
 from .reference import BAND_ROWS, random_columns
 
 
@@ -460,4 +462,4 @@ def read_methods() -> list[Method]:
         Method("loompy_sparse", "loompy `ds.sparse().tocsr()`", "csr", run=_loompy_sparse,
                **lp),
     ]  # fmt: skip
-    return items
+    return items + peer_methods()
