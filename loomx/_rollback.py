@@ -519,6 +519,7 @@ class RollbackFile(PositionedFile):
         self.size = max(self.size, off + n)
         low = min(max(self.size0 - off, 0), n)  # the bytes inside the original extent
         if low < n:
+            self._save([])  # the journal exists before the file grows
             self._put(off + low, data[low:])
         if low:
             self._write_inside(off, data[:low])
@@ -529,8 +530,7 @@ class RollbackFile(PositionedFile):
         if size == self.size:
             return size
         self._sync()
-        if size < self.size0:
-            self._save(self.saved.missing(size, min(self.size0, self.on_disk)))
+        self._save(self.saved.missing(size, min(self.size0, self.on_disk)))
         self.disk.truncate(self.fd, size)
         self.size = self.on_disk = size
         self.dirty = True
@@ -590,8 +590,10 @@ class RollbackFile(PositionedFile):
         self.pending, self.pending_bytes = [], 0
 
     def _save(self, ranges: list[tuple[int, int]]) -> None:
-        """Append the current (original) bytes of ``ranges`` to the journal, durably."""
-        if not ranges:
+        """Append the current (original) bytes of ``ranges`` to the journal, durably (the
+        journal is created at the first call, even with no ranges: it also records the
+        original size, to which a rollback truncates the file)."""
+        if not ranges and self.journal_fd is not None:
             return
         entries = []
         for a, b in ranges:
@@ -603,7 +605,7 @@ class RollbackFile(PositionedFile):
                     path=self.path,
                 )
             entries.append((a, data))
-        batch = _batch(entries, self.nonce)
+        batch = _batch(entries, self.nonce) if entries else b""
         disk = self.disk
         if self.journal_fd is None:
             draft = self.journal + ".new"
