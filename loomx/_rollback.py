@@ -493,6 +493,7 @@ class RollbackFile(PositionedFile):
         self.saved = _Ranges()
         self.pending: list[tuple[int, bytes]] = []
         self.pending_bytes = 0
+        self.pending_span = (0, 0)  # where the held writes lie: most reads are elsewhere
         self.nonce = os.urandom(16)
         self.journal_fd: int | None = None
         self.journal_end = 0
@@ -506,8 +507,7 @@ class RollbackFile(PositionedFile):
     def readinto(self, buffer: Any) -> int:
         start = self.pos
         n = super().readinto(buffer)
-        if self.pending:
-            self._overlay(memoryview(buffer).cast("B")[:n], start)
+        self._overlay(memoryview(buffer).cast("B")[:n], start)
         return n
 
     def write(self, data: Any) -> int:
@@ -557,6 +557,8 @@ class RollbackFile(PositionedFile):
             return  # changes nothing (HDF5 rewrites an unchanged superblock on close)
         self.pending.append((off, data))
         self.pending_bytes += len(data)
+        lo, hi = self.pending_span if len(self.pending) > 1 else (off, end)
+        self.pending_span = (min(lo, off), max(hi, end))
         if self.pending_bytes > PENDING_LIMIT:
             self._sync()
 
@@ -569,7 +571,11 @@ class RollbackFile(PositionedFile):
         return bytes(buf)
 
     def _overlay(self, view: memoryview, start: int) -> None:
+        """Lay the held writes over ``view``, the file's bytes from ``start``."""
         end = start + len(view)
+        lo, hi = self.pending_span
+        if not self.pending or end <= lo or start >= hi:
+            return
         for off, data in self.pending:
             a, b = max(off, start), min(off + len(data), end)
             if a < b:
@@ -671,6 +677,9 @@ class RollbackFile(PositionedFile):
 
 _WRITERS: dict[str, JournaledFile] = {}
 """The files this process has open through :func:`open_journaled`, by real path."""
+
+if hasattr(os, "register_at_fork"):  # a forked child does not write its parent's files
+    os.register_at_fork(after_in_child=_WRITERS.clear)
 
 
 class JournaledFile(h5py.File):

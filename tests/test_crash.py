@@ -7,9 +7,13 @@ or deleted, flush, fsync and rename, it prints the step and waits for a line on 
 parent kills the child's whole process group (its dask worker processes too) with SIGKILL
 when the chosen step is reached, so each kill point is deterministic.  Blocks are computed
 by the sync scheduler, by worker processes (``-processes``) or by a ``LocalCluster``
-(``-distributed``).  After each kill the file must read as all old or all new, say the
-same after ``loomx.recover``, and take the next write.  ``LOOMX_CRASH_ROUNDS`` sets how many
-kill points each scenario tries (default 4, spread over the whole write; 0 means every step).
+(``-distributed``).  ``-inside`` scenarios also step at every single write, truncation,
+fsync and removal of the rollback layer below HDF5 (``loomx._rollback``), so that kills
+fall inside HDF5's flushes.  A kill that leaves a rollback journal leaves a file readers
+refuse until ``loomx.recover`` restores the old bytes.  After each kill the file must read
+as all old or all new, say the same after ``loomx.recover``, and take the next write.
+``LOOMX_CRASH_ROUNDS`` sets how many kill points each scenario tries (default 4, spread
+over the whole write; 0 means every step).
 """
 
 from __future__ import annotations
