@@ -410,6 +410,53 @@ class _Ranges:
         return iter(zip(self.starts, self.ends, strict=True))
 
 
+class _Segments:
+    """Bytes held for writing: disjoint segments ``{start: bytearray}``, later writes
+    laid over earlier ones."""
+
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.datas: list[bytearray] = []
+        self.size = 0  # bytes held
+
+    def __bool__(self) -> bool:
+        return bool(self.starts)
+
+    def __iter__(self) -> Iterator[tuple[int, bytearray]]:
+        return iter(zip(self.starts, self.datas, strict=True))
+
+    def put(self, off: int, data: bytes) -> None:
+        end = off + len(data)
+        i = bisect.bisect_right(self.starts, off) - 1
+        if i >= 0 and self.starts[i] + len(self.datas[i]) >= end:  # inside one segment
+            self.datas[i][off - self.starts[i] : end - self.starts[i]] = data
+            return
+        first = i if i >= 0 and self.starts[i] + len(self.datas[i]) > off else i + 1
+        last = bisect.bisect_left(self.starts, end)  # segments starting before ``end``
+        old = list(zip(self.starts[first:last], self.datas[first:last], strict=True))
+        start = min([off, *(s for s, _ in old)])
+        stop = max([end, *(s + len(d) for s, d in old)])
+        merged = bytearray(stop - start)
+        for s, d in old:  # overlapping segments become one, the new bytes on top
+            merged[s - start : s - start + len(d)] = d
+            self.size -= len(d)
+        merged[off - start : end - start] = data
+        self.starts[first:last] = [start]
+        self.datas[first:last] = [merged]
+        self.size += len(merged)
+
+    def overlay(self, view: memoryview, start: int) -> None:
+        """Lay the held bytes over ``view``, the file's bytes from ``start``."""
+        end = start + len(view)
+        i = max(bisect.bisect_right(self.starts, start) - 1, 0)
+        while i < len(self.starts) and self.starts[i] < end:
+            s, d = self.starts[i], self.datas[i]
+            a, b = max(s, start), min(s + len(d), end)
+            if a < b:
+                view[a - start : b - start] = d[a - s : b - s]
+            i += 1
+
+
 # --------------------------------------------------------------------------- the file
 
 
@@ -491,9 +538,7 @@ class RollbackFile(PositionedFile):
             raise
         self.size0 = self.size = self.on_disk = os.fstat(self.fd).st_size
         self.saved = _Ranges()
-        self.pending: list[tuple[int, bytes]] = []
-        self.pending_bytes = 0
-        self.pending_span = (0, 0)  # where the held writes lie: most reads are elsewhere
+        self.pending = _Segments()  # writes into the original extent, held until a flush
         self.nonce = os.urandom(16)
         self.journal_fd: int | None = None
         self.journal_end = 0
@@ -555,11 +600,8 @@ class RollbackFile(PositionedFile):
             return
         if end <= self.on_disk and self._current(off, len(data)) == data:
             return  # changes nothing (HDF5 rewrites an unchanged superblock on close)
-        self.pending.append((off, data))
-        self.pending_bytes += len(data)
-        lo, hi = self.pending_span if len(self.pending) > 1 else (off, end)
-        self.pending_span = (min(lo, off), max(hi, end))
-        if self.pending_bytes > PENDING_LIMIT:
+        self.pending.put(off, data)
+        if self.pending.size > PENDING_LIMIT:
             self._sync()
 
     def _current(self, off: int, n: int) -> bytes:
@@ -571,15 +613,7 @@ class RollbackFile(PositionedFile):
         return bytes(buf)
 
     def _overlay(self, view: memoryview, start: int) -> None:
-        """Lay the held writes over ``view``, the file's bytes from ``start``."""
-        end = start + len(view)
-        lo, hi = self.pending_span
-        if not self.pending or end <= lo or start >= hi:
-            return
-        for off, data in self.pending:
-            a, b = max(off, start), min(off + len(data), end)
-            if a < b:
-                view[a - start : b - start] = data[a - off : b - off]
+        self.pending.overlay(view, start)
 
     def _sync(self) -> None:
         """Save the original bytes the held writes overwrite (one batch, one fsync of the
@@ -592,8 +626,8 @@ class RollbackFile(PositionedFile):
                 wanted.add(a, b)
         self._save(list(wanted))
         for off, data in self.pending:
-            self._put(off, data)
-        self.pending, self.pending_bytes = [], 0
+            self._put(off, bytes(data))
+        self.pending = _Segments()
 
     def _save(self, ranges: list[tuple[int, int]]) -> None:
         """Append the current (original) bytes of ``ranges`` to the journal, durably (the
@@ -651,7 +685,7 @@ class RollbackFile(PositionedFile):
     def rollback(self) -> None:
         """Undo every write: the saved bytes back, the file at its original size."""
         try:
-            self.pending, self.pending_bytes = [], 0
+            self.pending = _Segments()
             if self.journal_fd is not None:
                 self.disk.close(self.journal_fd)
                 self.journal_fd = None
