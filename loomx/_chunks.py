@@ -202,16 +202,13 @@ class ChunkIndex:
         return state
 
     @classmethod
-    def from_dataset(cls, dset: Any, file: Any = None) -> ChunkIndex | None:
+    def from_dataset(cls, dset: Any) -> ChunkIndex | None:
         """Read the chunk index of an open h5py dataset.
 
         Parameters
         ----------
         dset : h5py.Dataset
             The dataset.  Only its metadata is read (no chunk data).
-        file : h5py.File, optional
-            The file whose bytes the index will be read from: a dataset stored in another
-            file (reached through an external link) gives ``None``.
 
         Returns
         -------
@@ -226,8 +223,6 @@ class ChunkIndex:
         if dtype.kind not in "iuf" or dtype.fields or dtype.subdtype or dtype.itemsize > 8:
             return None
         if dset.ndim == 0 or dset.is_virtual or dset.external:
-            return None
-        if file is not None and h5py.h5f.get_name(dset.id) != h5py.h5f.get_name(file.id):
             return None
         try:
             if dset.id.get_type() != h5py.h5t.py_create(dtype):
@@ -482,6 +477,17 @@ def _pread_exact(fd: int, offset: int, nbytes: int, label: str) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+def _index_in(f: Any, h5path: str) -> ChunkIndex | None:
+    """The chunk index of ``f[h5path]``; None for a dataset stored in another file (an
+    external link followed): its chunks are not at offsets of ``f``."""
+    import h5py
+
+    dset = f[h5path]
+    if h5py.h5f.get_name(dset.id) != h5py.h5f.get_name(f.id):
+        return None
+    return ChunkIndex.from_dataset(dset)
+
+
 def read_through_handle(
     open_file: Callable[[], contextlib.AbstractContextManager[Any]],
     h5path: str,
@@ -517,7 +523,7 @@ def read_through_handle(
             return _read_h5py(f[h5path], key)
         st = os.fstat(fd)
         fkey = (os.getpid(), "fd", st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-        index = _cached(_indexes, (*fkey, h5path), lambda: ChunkIndex.from_dataset(f[h5path], f))
+        index = _cached(_indexes, (*fkey, h5path), lambda: _index_in(f, h5path))
         if index is None:
             return _read_h5py(f[h5path], key)
         label = label or f.filename
@@ -589,7 +595,7 @@ def read_region(
 
     def build() -> ChunkIndex | None:
         with opener() as f:
-            return ChunkIndex.from_dataset(f[h5path], f)
+            return _index_in(f, h5path)
 
     index = _cached(_indexes, (*fkey, h5path), build)
     if index is None:
