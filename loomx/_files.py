@@ -1,10 +1,12 @@
 """Files as files: the one opener of HDF5 files, loomx's registry of open handles, fsync,
 temporary names and moving finished files into place.
 
-Every HDF5 file loomx touches (reads, write-back, append, combine, recovery, the
-temporary files of writers) is opened by :func:`open_h5`, which carries the ``locking``
-setting: HDF5 refuses two handles on one file with different settings, and a filesystem
-without file locking (NFS, Lustre) needs ``locking=False`` on every open.
+Every HDF5 file loomx reads, and every new file it writes, is opened by :func:`open_h5`,
+which carries the ``locking`` setting: HDF5 refuses two handles on one file with
+different settings, and a filesystem without file locking (NFS, Lustre) needs
+``locking=False`` on every open.  Existing files written in place (write-back, append,
+region writes, delete, recovery) are opened by :func:`open_for_writing`, through the
+rollback journal below HDF5 (``_rollback``), which takes HDF5's lock itself.
 
 Read handles are cached per process in a registry owned by loomx (:class:`CachedFile`):
 a writer releases this process's handles on its target with :func:`release_handles`
