@@ -519,6 +519,12 @@ class RollbackFile(PositionedFile):
         self.path = self.name = os.path.abspath(path)
         self.journal = journal_path(self.path)
         self.disk = _DISK
+        self.saved = _Ranges()
+        self.pending = _Segments()  # writes into the original extent, held until a flush
+        self.nonce = os.urandom(16)
+        self.journal_fd: int | None = None
+        self.journal_end = 0
+        self.dirty = False
         super().__init__(self.disk.open(self.path, os.O_RDWR))
         try:
             locked = _lock(self.fd, self.path, locking)
@@ -534,15 +540,9 @@ class RollbackFile(PositionedFile):
             if os.path.exists(self.journal + ".new"):  # never renamed: nothing relied on it
                 self.disk.remove(self.journal + ".new")
         except BaseException:
-            os.close(self.fd)
+            self._release()
             raise
         self.size0 = self.size = self.on_disk = os.fstat(self.fd).st_size
-        self.saved = _Ranges()
-        self.pending = _Segments()  # writes into the original extent, held until a flush
-        self.nonce = os.urandom(16)
-        self.journal_fd: int | None = None
-        self.journal_end = 0
-        self.dirty = False
 
     # io.RawIOBase ------------------------------------------------------------------
 
