@@ -737,6 +737,17 @@ class _HandleReader:
         _pread_into(self.handle.fd, runs, buffer, self.label)
 
 
+def _index_in(f: Any, h5path: str) -> ChunkIndex | None:
+    """The chunk index of ``f[h5path]``; None for a dataset stored in another file (an
+    external link followed): its chunks are not at offsets of ``f``."""
+    import h5py
+
+    dset = f[h5path]
+    if h5py.h5f.get_name(dset.id) != h5py.h5f.get_name(f.id):
+        return None
+    return ChunkIndex.from_dataset(dset)
+
+
 def read_through_handle(
     open_file: Callable[[], contextlib.AbstractContextManager[Any]],
     h5path: str,
@@ -777,7 +788,7 @@ def read_through_handle(
             return take_picks(_read_h5py(f[h5path], box_of_picks(key, picks)), picks)
         st = os.fstat(fd)
         fkey = (os.getpid(), "fd", st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-        index = _cached(_indexes, (*fkey, h5path), lambda: ChunkIndex.from_dataset(f[h5path]))
+        index = _cached(_indexes, (*fkey, h5path), lambda: _index_in(f, h5path))
         if index is None:
             return take_picks(_read_h5py(f[h5path], box_of_picks(key, picks)), picks)
         label = label or f.filename
@@ -868,7 +879,7 @@ def read_region(
 
     def build() -> ChunkIndex | None:
         with opener() as f:
-            return ChunkIndex.from_dataset(f[h5path])
+            return _index_in(f, h5path)
 
     index = _cached(_indexes, (*fkey, h5path), build)
     if index is None:

@@ -260,6 +260,9 @@ class LoomStore:
     allow_filter_plugins
         Read datasets whose HDF5 filters are plugins (code HDF5 loads from disk); by
         default such datasets are refused when the layout is read.
+    follow_external
+        Follow external links and read datasets with external raw storage or virtual
+        datasets (data in other files); by default they are refused.
     """
 
     def __init__(
@@ -269,9 +272,11 @@ class LoomStore:
         mode: str = "r",
         locking: bool | None = None,
         allow_filter_plugins: bool = False,
+        follow_external: bool = False,
     ):
         self.path = os.fspath(path)
         self.allow_filter_plugins = allow_filter_plugins
+        self.follow_external = follow_external
         self.mode = mode
         self.locking = locking
         self.lock = HDF5_LOCK
@@ -350,6 +355,7 @@ class LoomStore:
         with self.open() as h5file, h5_errors(self.path, where, "read the file's layout"):
             reader = _LayoutReader(h5file, self.path, where)
             reader.allow_filter_plugins = self.allow_filter_plugins
+            reader.follow_external = self.follow_external
             layout = reader.read()
             self.identity = _identity(h5file)
         self.pending = layout.pending
@@ -384,25 +390,63 @@ def _identity(h5file: h5py.File) -> tuple[str, int, int] | None:
     return None if st is None else (socket.gethostname(), st.st_dev, st.st_ino)
 
 
-def _hard_child(group: h5py.Group, name: str, path: str) -> h5py.Dataset | h5py.Group:
-    """``group[name]`` if it is a hard link inside this file; a clear error otherwise."""
+class _LinkedDataset(h5py.Dataset):
+    """A dataset reached through an external link, named by the link (reads reopen it by
+    that name, in this file)."""
+
+    def __init__(self, bind: h5py.h5d.DatasetID, link_name: str) -> None:
+        super().__init__(bind)
+        self._link_name = link_name
+
+    @property
+    def name(self) -> str:
+        return self._link_name
+
+
+def _hard_child(
+    group: h5py.Group, name: str, path: str, follow_external: bool = False
+) -> h5py.Dataset | h5py.Group:
+    """``group[name]`` if it is a hard link inside this file (or, with
+    ``follow_external``, an external link); a clear error otherwise."""
     link = group.get(name, getlink=True)
     where = f"{group.name.rstrip('/')}/{name}"
-    if not isinstance(link, h5py.HardLink):
+    external = isinstance(link, h5py.ExternalLink)
+    if not isinstance(link, h5py.HardLink) and not (external and follow_external):
+        target = f" to {link.filename!r}:{link.path}" if external else ""
         raise LoomFormatError(
-            f"found a {type(link).__name__}, expected a dataset or "
-            "group stored in this file (loomx does not follow soft or external links)",
+            f"found a {type(link).__name__}{target}, expected a dataset or "
+            "group stored in this file (loomx does not follow soft or external links; "
+            "open_loom(path, follow_external=True) follows external ones)",
             path=path,
             h5path=where,
         )
-    obj = group[name]
+    try:
+        obj = group[name]
+    except (KeyError, OSError) as err:
+        if not external:
+            raise
+        raise LoomFormatError(
+            f"the external link to {link.filename!r}:{link.path} cannot be followed ({err})",
+            path=path,
+            h5path=where,
+        ) from err
     if not isinstance(obj, (h5py.Dataset, h5py.Group)):
         raise LoomFormatError(
             f"found a {type(obj).__name__}, expected a dataset or group", path=path, h5path=where
         )
-    if isinstance(obj, h5py.Dataset) and (obj.external or obj.is_virtual):
+    if external:
+        if not isinstance(obj, h5py.Dataset):
+            raise LoomFormatError(
+                f"found an external link to the group {link.filename!r}:{link.path}; "
+                "follow_external follows links to datasets only",
+                path=path,
+                h5path=where,
+            )
+        obj = _LinkedDataset(obj.id, where)
+    if isinstance(obj, h5py.Dataset) and (obj.external or obj.is_virtual) and not follow_external:
         raise LoomFormatError(
-            "found a dataset with external or virtual storage, expected data stored in this file",
+            "found a dataset with external or virtual storage, expected data stored in this "
+            "file (open_loom(path, follow_external=True) reads it)",
             path=path,
             h5path=where,
         )
@@ -422,6 +466,7 @@ class _LayoutReader:
         self.path = path
         self.where = ["/"] if where is None else where  # the object being read, for errors
         self.allow_filter_plugins = False
+        self.follow_external = False
         self.pending: dict[str, dict[str, str]] = {}
         self.pending_attrs: list[h5py.AttributeManager] = []
         self.patches: dict[str, list[Patch]] = {}
@@ -450,7 +495,7 @@ class _LayoutReader:
     def hard(self, group: h5py.Group, link: str) -> h5py.Dataset | h5py.Group:
         """:func:`_hard_child`, remembering which object is being read."""
         self.where[0] = committed_path(f"{group.name.rstrip('/')}/{link}")
-        obj = _hard_child(group, link, self.path)
+        obj = _hard_child(group, link, self.path, self.follow_external)
         if isinstance(obj, h5py.Dataset) and not self.allow_filter_plugins:
             plist = obj.id.get_create_plist()
             codes = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]

@@ -439,6 +439,7 @@ class LoomBackendEntrypoint(BackendEntrypoint):
         "mode",
         "locking",
         "allow_filter_plugins",
+        "follow_external",
     )
 
     def open_dataset(  # type: ignore[override]
@@ -450,6 +451,7 @@ class LoomBackendEntrypoint(BackendEntrypoint):
         mode: str = "r",
         locking: bool | None = None,
         allow_filter_plugins: bool = False,
+        follow_external: bool = False,
     ) -> xr.Dataset:
         if not isinstance(filename_or_obj, (str, os.PathLike)):
             raise TypeError(f"engine='loom' opens paths, found {type(filename_or_obj).__name__}")
@@ -458,7 +460,11 @@ class LoomBackendEntrypoint(BackendEntrypoint):
         if isinstance(drop_variables, str):
             drop_variables = [drop_variables]
         store = LoomStore(
-            filename_or_obj, mode=mode, locking=locking, allow_filter_plugins=allow_filter_plugins
+            filename_or_obj,
+            mode=mode,
+            locking=locking,
+            allow_filter_plugins=allow_filter_plugins,
+            follow_external=follow_external,
         )
         try:
             layout = store.read_layout()
@@ -496,6 +502,7 @@ def open_loom(
     mode: str = "r",
     locking: bool | None = None,
     allow_filter_plugins: bool = False,
+    follow_external: bool = False,
 ) -> xr.Dataset:
     """Open a Loom file as a lazy :class:`xarray.Dataset`.
 
@@ -525,6 +532,12 @@ def open_loom(
         code HDF5 loads from disk) are refused by default with a
         :class:`~loomx.errors.LoomFormatError`; ``True`` reads them (with the plugins
         installed, e.g. ``import hdf5plugin``).
+    follow_external
+        Layers, attributes and graphs stored in other files (external links, datasets with
+        external raw storage, virtual datasets) are refused by default with a
+        :class:`~loomx.errors.LoomFormatError` naming them: a file stays inside itself.
+        ``True`` follows them, for reading only (writers still refuse such files); only
+        for files you trust, since they can point anywhere on the machine.
 
     Returns
     -------
@@ -538,6 +551,7 @@ def open_loom(
     --------
     >>> ds = loomx.open_loom("pbmc.loom", dims=("gene", "cell"))  # doctest: +SKIP
     >>> ds["matrix"].sum("cell").compute()  # doctest: +SKIP
+    >>> linked = loomx.open_loom("atlas.loom", follow_external=True)  # doctest: +SKIP
     """
     ds = xr.open_dataset(
         path,
@@ -549,6 +563,7 @@ def open_loom(
         mode=mode,
         locking=locking,
         allow_filter_plugins=allow_filter_plugins,
+        follow_external=follow_external,
     )
     if chunks is None:
         return ds
