@@ -482,6 +482,7 @@ def read_through_handle(
     h5path: str,
     key: tuple[slice, ...],
     label: str = "",
+    remote: Any = None,
 ) -> np.ndarray:
     """Return ``dset[key]`` from the file an open h5py handle refers to, fast when possible.
 
@@ -502,7 +503,16 @@ def read_through_handle(
         Step-1 slices, as for :meth:`ChunkIndex.read`.
     label : str
         File name for error messages.
+    remote : loomx.remote.RemoteSource, optional
+        The remote file the handle reads: chunks are fetched with its ``read_ranges``, and
+        the chunk index comes from its ``chunk_index(h5path, build)``.
     """
+    if remote is not None:
+        with open_file() as f:
+            index = remote.chunk_index(h5path, lambda: ChunkIndex.from_dataset(f[h5path]))
+            if index is None:
+                return _read_h5py(f[h5path], key)
+        return index.read(remote, key)
     with open_file() as f:
         try:
             fd = f.id.get_vfd_handle()

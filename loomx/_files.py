@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import threading
 import uuid
@@ -31,6 +32,7 @@ __all__ = [
     "HDF5_SIGNATURE",
     "CachedFile",
     "fsync",
+    "is_url",
     "locking_enforced",
     "locking_in_use",
     "move_into_place",
@@ -48,6 +50,15 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 # --------------------------------------------------------------------------- opening
+
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+)://")
+
+
+def is_url(path: str) -> bool:
+    """Whether ``path`` is a URL (``scheme://...``) other than ``file://``: a remote file,
+    read through :mod:`loomx.remote`."""
+    match = _URL.match(path)
+    return match is not None and match.group(1).lower() not in ("file", "local")
 
 
 WriteOpener = Callable[[str, str], h5py.File]
@@ -83,6 +94,12 @@ def open_h5(path: str, mode: str = "r", locking: bool | None = None) -> h5py.Fil
     """
     if mode not in ("r", "r+", "w"):
         raise ValueError(f"mode must be 'r', 'r+' or 'w'; found {mode!r}")
+    if is_url(path):
+        from .remote import RemoteSource, refuse_remote
+
+        if mode != "r":
+            refuse_remote(path, f"open in mode {mode!r}")
+        return RemoteSource(path).open_h5()
     kwargs: dict[str, Any] = {} if locking is None else {"locking": locking}
     if _write_opener is not None and mode != "r" and (mode == "w" or os.path.isfile(path)):
         return _write_opener(path, mode)
@@ -260,6 +277,10 @@ def release_handles(path: str) -> int:
 def open_for_writing(path: str, locking: bool | None = None, client: Any = None) -> h5py.File:
     """Open the existing file ``path`` ``r+`` after releasing this process's (and
     ``client``'s workers') cached read handles on it; no read here reopens it meanwhile."""
+    if is_url(path):
+        from .remote import refuse_remote
+
+        refuse_remote(path, "open for writing")
     if not os.path.isfile(path):
         raise LoomFileNotFoundError("no such file; expected an existing Loom file", path=path)
     if client is not None:
@@ -326,6 +347,10 @@ def locking_enforced(locking: bool | None = None) -> bool:
 
 def temp_path(path: str, kind: str) -> str:
     """A new temporary file name next to ``path``; removes those of writers that are gone."""
+    if is_url(path):
+        from .remote import refuse_remote
+
+        refuse_remote(path, "write")
     folder, base = os.path.split(os.path.abspath(path))
     prefix = f".{base}{TEMPORARY_TAG}"
     for stale in os.listdir(folder):
