@@ -60,10 +60,14 @@ class _Server:
     counts: ServedCounts
     _httpd: Any
 
-    def __enter__(self) -> _Server:
+    def start(self) -> _Server:
+        """Start serving (in a daemon thread); :meth:`close` stops."""
         self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
         self._thread.start()
         return self
+
+    def __enter__(self) -> _Server:
+        return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.close()
