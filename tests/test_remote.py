@@ -5,6 +5,7 @@ local copy; the servers count the requests and bytes each read costs."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import re
 import shutil
@@ -14,7 +15,7 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import chunk_places
+from conftest import chunk_places, run_cli
 
 import loomx
 from loomx import _journal
@@ -149,6 +150,18 @@ def test_file_objects(served, local):
         with dask.config.set(scheduler="processes", num_workers=2):
             sums = ds["matrix"].sum("row").compute()
         np.testing.assert_allclose(sums, arrays["matrix"].sum(axis=0), rtol=1e-6)
+
+
+def test_command_line_reads_urls_and_refuses_to_write_them(served, local):
+    url = served.url("example.loom")
+    info = run_cli("info", url, "--json")
+    assert info.returncode == 0, info.stderr
+    facts = json.loads(info.stdout)
+    assert facts["shape"] == list(local[1]["matrix"].shape)
+    assert facts["file_bytes"] == os.path.getsize(local[0])
+    assert run_cli("validate", url).returncode == 0
+    qc = run_cli("qc", url, "--quiet")
+    assert qc.returncode == 1 and "remote files are read-only" in qc.stderr
 
 
 def test_remote_errors_name_the_url(served, tmp_path):

@@ -19,10 +19,10 @@ from __future__ import annotations
 import http.server
 import os
 import re
-import shutil
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 __all__ = ["RangeHTTPServer", "S3Server", "ServedCounts"]
@@ -248,6 +248,7 @@ class S3Server(_Server):
         if not fs.exists(bucket):
             fs.call_s3("create_bucket", Bucket=bucket)
         for key, local in files.items():
-            with open(local, "rb") as src, fs.open(f"{bucket}/{key}", "wb") as dst:
-                shutil.copyfileobj(src, dst, 8 << 20)
+            data = Path(local).read_bytes()
+            # one PUT (up to 5 GB): moto loses parts of large multipart uploads under load
+            fs.pipe_file(f"{bucket}/{key}", data, chunksize=max(len(data), 5 << 20))
         self.counts.reset()
