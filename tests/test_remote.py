@@ -20,6 +20,7 @@ from conftest import chunk_places, run_cli
 import loomx
 from loomx import _journal
 from loomx.errors import LoomFileError, LoomFileNotFoundError, LoomWriteError
+from loomx.remote import BLOCK_SIZE
 from loomx.testing import make_example_loom
 from loomx.testing.servers import RangeHTTPServer, S3Server
 
@@ -97,18 +98,27 @@ def test_http_read_fetches_only_the_chunks_it_needs(served, local):
 
 def test_http_open_and_index_read_a_small_part_of_a_larger_file(tmp_path):
     """Opening reads metadata only; the first column read builds the layer's chunk index
-    from HDF5 (small reads), then the chunks of that column."""
+    from HDF5 (small reads), then the chunks of that column.  Given the index
+    (to_kerchunk), the first column read fetches its chunks and at most a few metadata
+    blocks (the HDF5 chunk index is spread over many)."""
     path = make_example_loom(tmp_path / "wide.loom", 400, 6000, density=0.3)
     size = os.path.getsize(path)
+    with h5py.File(path, "r") as f:
+        expected = f["matrix"][:, 4321]
+    _, chunk_bytes = column_chunks_bytes(path, "/matrix", 4321)
     with RangeHTTPServer(tmp_path) as server:
-        ds = loomx.open_loom(server.url("wide.loom"))
-        open_requests, open_bytes = server.counts.reset()
-        assert open_bytes < size / 10 and open_requests < 20
-        with h5py.File(path, "r") as f:
-            expected = f["matrix"][:, 4321]
+        url = server.url("wide.loom")
+        ds = loomx.open_loom(url, chunk_index=loomx.to_kerchunk(path, url=url))
+        server.counts.reset()
         np.testing.assert_array_equal(ds["matrix"][:, 4321].values, expected)
         _, read_bytes = server.counts.reset()
-        assert read_bytes < size / 4
+        assert chunk_bytes <= read_bytes <= chunk_bytes + 2 * BLOCK_SIZE
+        ds = loomx.open_loom(url)
+        open_requests, open_bytes = server.counts.reset()
+        assert open_bytes < size / 10 and open_requests < 20
+        np.testing.assert_array_equal(ds["matrix"][:, 4321].values, expected)
+        _, read_bytes = server.counts.reset()
+        assert chunk_bytes + 8 * BLOCK_SIZE < read_bytes < size / 4
 
 
 def test_s3_reads_what_h5py_reads_on_every_scheduler(local):

@@ -39,11 +39,17 @@ class ServedCounts:
     by_method: dict[str, int] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, method: str, nbytes: int) -> None:
+    def add(self, method: str, nbytes: int = 0) -> None:
+        """Count a request.  Servers count a request and its bytes *before* sending them:
+        a client that has its answer finds it counted."""
         with self.lock:
             self.requests += 1
             self.bytes_sent += nbytes
             self.by_method[method] = self.by_method.get(method, 0) + 1
+
+    def add_bytes(self, nbytes: int) -> None:
+        with self.lock:
+            self.bytes_sent += nbytes
 
     def reset(self) -> tuple[int, int]:
         """Zero the counters; returns the ``(requests, bytes_sent)`` they held."""
@@ -125,8 +131,8 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
         if target is None:
             self.send_response(404)
             self.send_header("Content-Length", "0")
+            self.server.counts.add(self.command)
             self.end_headers()
-            self.server.counts.add(self.command, 0)
             return
         size = os.path.getsize(target)
         start, stop, status = 0, size, 200
@@ -137,8 +143,8 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{size}")
                 self.send_header("Content-Length", "0")
+                self.server.counts.add(self.command)
                 self.end_headers()
-                self.server.counts.add(self.command, 0)
                 return
             first, last = match.groups()
             if first:
@@ -153,8 +159,8 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{size}")
         self.send_header("Content-Length", str(max(0, stop - start)))
+        self.server.counts.add(self.command)
         self.end_headers()
-        sent = 0
         if body and stop > start:
             with open(target, "rb") as fh:
                 fh.seek(start)
@@ -163,10 +169,9 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
                     block = fh.read(min(left, 1 << 20))
                     if not block:
                         break
+                    self.server.counts.add_bytes(len(block))
                     self.wfile.write(block)
-                    sent += len(block)
                     left -= len(block)
-        self.server.counts.add(self.command, sent)
 
 
 class RangeHTTPServer(_Server):
@@ -198,13 +203,10 @@ class _CountingApp:
         self.counts = counts
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        sent = 0
-        try:
-            for part in self.app(environ, start_response):
-                sent += len(part)
-                yield part
-        finally:
-            self.counts.add(environ.get("REQUEST_METHOD", "?"), sent)
+        self.counts.add(environ.get("REQUEST_METHOD", "?"))
+        for part in self.app(environ, start_response):
+            self.counts.add_bytes(len(part))
+            yield part
 
 
 class S3Server(_Server):
