@@ -165,9 +165,6 @@ class RemoteSource:
             self.fs, self.path = fs, path
         return self.fs, str(self.path)
 
-    def _remote_errors(self, what: str) -> contextlib.AbstractContextManager[None]:
-        return _remote_errors(self.name, what)
-
     def check_version(self) -> tuple[Any, ...]:
         """The file's ``(size, version)`` now; raises :class:`LoomFileError` when it differs
         from what this recipe saw first (the file was replaced since it was opened)."""
@@ -177,7 +174,7 @@ class RemoteSource:
                 found: tuple[Any, ...] = (self.fileobj.tell(), None)
         else:
             fs, path = self._filesystem()
-            with self._remote_errors("look the file up"):
+            with _remote_errors(self.name, "look the file up"):
                 info = fs.info(path)
             if info.get("type", "file") != "file":
                 raise LoomFileError(
@@ -232,7 +229,7 @@ class RemoteSource:
         fs, path = self._filesystem()
         starts = [offset for offset, _ in runs]
         ends = [offset + nbytes for offset, nbytes in runs]
-        with self._remote_errors("read byte ranges"):
+        with _remote_errors(self.name, "read byte ranges"):
             if len(runs) == 1:
                 got = [fs.cat_file(path, start=starts[0], end=ends[0])]
             else:
