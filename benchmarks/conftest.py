@@ -1,12 +1,14 @@
 """Fixtures of the benchmarks: the files to read and write, the references, a method runner.
 
 By default the benchmarks use small files generated into the session's temporary folder (a
-loompy-written 2000 x 3000 matrix, a 2000 x 3000 file with 100 layers and 1000 attributes,
-and folders of 4 loompy-written 500 x 800 files to combine), so ``pytest`` runs them as plain
-tests in CI.  Set ``LOOMX_BENCH_FILE=/path/to/file.loom`` (e.g. written by
-``python benchmarks/make_data.py``), ``LOOMX_BENCH_WIDE_FILE=/path/to/wide.loom``
-(``make_data.py --wide``) and ``LOOMX_BENCH_COMBINE=ROWSxCOLS`` (the shape of each file to
-combine) to use big files instead.
+loompy-written 2000 x 3000 matrix and its AnnData copies ``bench.h5ad`` and ``bench.zarr``,
+a 2000 x 3000 file with 100 layers and 1000 attributes, and folders of 4 loompy-written
+500 x 800 files to combine), so ``pytest`` runs them as plain tests in CI.  Set
+``LOOMX_BENCH_FILE=/path/to/file.loom`` (e.g. written by ``python benchmarks/make_data.py``;
+the AnnData peers need its copies, ``--from-loom``),
+``LOOMX_BENCH_WIDE_FILE=/path/to/wide.loom`` (``make_data.py --wide``) and
+``LOOMX_BENCH_COMBINE=ROWSxCOLS`` (the shape of each file to combine) to use big files
+instead.
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from .make_data import make_combine_inputs, make_loompy_file, make_wide_file
+from .make_data import make_combine_inputs, make_loompy_file, make_wide_file, write_anndata_copy
 from .operations import OP_TITLES, READ_OPS, methods
+from .peer_methods import PEER_SUFFIXES
 from .reference import FileFacts, Reference, check, digest, file_facts, reference, warm_page_cache
 
 BENCH_FILE_ENV = "LOOMX_BENCH_FILE"
@@ -69,7 +72,10 @@ def bench_file(tmp_path_factory: pytest.TempPathFactory) -> str:
     if path:
         return path
     target = tmp_path_factory.mktemp("bench") / "bench.loom"
-    return make_loompy_file(target, *SMALL_SHAPE, density=0.07, seed=0)
+    make_loompy_file(target, *SMALL_SHAPE, density=0.07, seed=0)
+    for suffix in PEER_SUFFIXES.values():  # the AnnData copies the peer methods read
+        write_anndata_copy(target, target.with_suffix(suffix))
+    return str(target)
 
 
 @pytest.fixture(scope="session")
@@ -126,6 +132,9 @@ def bench_method(benchmark: Any) -> BenchMethod:
 
     def bench(name: str, path: str, ref: Reference) -> dict[str, Any]:
         method = methods()[name]
+        missing = [p for p in method.inputs(path) if not os.path.exists(p)]
+        if missing:
+            pytest.skip(f"{name} reads {missing}: write them with make_data.py --from-loom")
         benchmark.group = OP_TITLES[method.op]
         benchmark.extra_info["method"] = method.label
         ctx = method.setup(path)

@@ -10,7 +10,9 @@ With ``--wide`` it writes a file with many layers and attributes instead
 the default file gets one more layer of random ``uint16`` values (:func:`add_noise_layer`, a
 bigger file for the attribute write-back); with ``--combine`` the path is a folder that gets
 ``--files`` default files to combine (:func:`make_combine_inputs`), with ``--shuffle`` the
-rows of all but the first in random orders.
+rows of all but the first in random orders.  With ``--from-loom LOOM`` the path is a
+``.h5ad`` file or ``.zarr`` store that gets LOOM's matrix as AnnData writes it
+(:func:`write_anndata_copy`), for the AnnData peer methods of ``peer_methods.py``.
 
 Usage::
 
@@ -24,6 +26,10 @@ Usage::
         --rows 5000 --cols 8000 --files 4
     python benchmarks/make_data.py /work/bench-data/combine_5000x8000_shuffled --combine \\
         --shuffle --rows 5000 --cols 8000 --files 4
+    python benchmarks/make_data.py /work/bench-data/pbmc_20000x30000.h5ad \\
+        --from-loom /work/bench-data/pbmc_20000x30000.loom
+    python benchmarks/make_data.py /work/bench-data/pbmc_20000x30000.zarr \\
+        --from-loom /work/bench-data/pbmc_20000x30000.loom
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import argparse
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -290,6 +297,77 @@ def make_wide_file(
     return str(path)
 
 
+CONVERT_BAND_COLS = 2048
+"""Loom columns (cells) read at a time by :func:`write_anndata_copy`."""
+
+
+def loom_as_csr(path: str | os.PathLike) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """``/matrix`` of a Loom file as AnnData holds it, plus the attributes.
+
+    Returns ``(X, obs, var)``: ``X`` is a ``scipy.sparse.csr_matrix`` with cells (Loom
+    columns) as rows and genes (Loom rows) as columns, the transpose of ``/matrix``, as
+    ``anndata.read_loom`` makes it; ``obs`` holds the column attributes and ``var`` the row
+    attributes (strings decoded).  Read in bands of :data:`CONVERT_BAND_COLS` columns with
+    h5py; never the whole matrix dense.
+    """
+    import h5py
+    import scipy.sparse
+
+    def decoded(values: np.ndarray) -> np.ndarray:
+        if values.dtype.kind in "SO":
+            return np.array([v.decode() if isinstance(v, bytes) else v for v in values], object)
+        return values
+
+    with h5py.File(path, "r") as f:
+        matrix = f["matrix"]
+        n_cols = matrix.shape[1]
+        bands = [
+            scipy.sparse.csr_matrix(matrix[:, start : start + CONVERT_BAND_COLS].T)
+            for start in range(0, n_cols, CONVERT_BAND_COLS)
+        ]
+        obs = {name: decoded(d[()]) for name, d in f["col_attrs"].items()}
+        var = {name: decoded(d[()]) for name, d in f["row_attrs"].items()}
+    return scipy.sparse.vstack(bands, format="csr"), obs, var
+
+
+def write_anndata_copy(loom: str | os.PathLike, path: str | os.PathLike) -> str:
+    """Write ``/matrix`` of ``loom`` as an AnnData file, ``.h5ad`` or ``.zarr`` by suffix.
+
+    ``X`` is CSR with cells as rows (:func:`loom_as_csr`, AnnData's orientation for Loom
+    files); ``obs`` holds the column attributes (``obs_names`` from ``CellID``), ``var`` the
+    row attributes (``var_names`` from ``Gene``).  Written with AnnData's defaults
+    (``write_h5ad``: no compression; ``write_zarr``: zarr format
+    ``anndata.settings.zarr_write_format``, zarr's default codec).  An existing copy is
+    replaced.  Returns ``path`` as a string.
+
+    Examples
+    --------
+    >>> write_anndata_copy("/tmp/small.loom", "/tmp/small.h5ad")  # doctest: +SKIP
+    '/tmp/small.h5ad'
+    """
+    import shutil
+
+    import anndata as ad
+    import pandas as pd
+
+    path = Path(path)
+    if path.suffix not in (".h5ad", ".zarr"):
+        raise ValueError(f"{path}: expected a .h5ad or .zarr path")
+    x, obs, var = loom_as_csr(loom)
+    obs_frame = pd.DataFrame(obs, index=pd.Index(obs.pop("CellID", None), dtype=str))
+    var_frame = pd.DataFrame(var, index=pd.Index(var.pop("Gene", None), dtype=str))
+    adata = ad.AnnData(X=x, obs=obs_frame, var=var_frame)
+    if path.is_dir():
+        shutil.rmtree(path)
+    elif path.exists():
+        path.unlink()
+    if path.suffix == ".h5ad":
+        adata.write_h5ad(path)
+    else:
+        adata.write_zarr(path)
+    return str(path)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -313,9 +391,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--shuffle", action="store_true", help="rows of all files but the first in random orders"
     )
+    parser.add_argument(
+        "--from-loom",
+        metavar="LOOM",
+        help="path is a .h5ad or .zarr: write LOOM's /matrix there as AnnData (CSR X)",
+    )
     args = parser.parse_args(argv)
     start = time.perf_counter()
-    if args.wide:
+    if args.from_loom:
+        write_anndata_copy(args.from_loom, args.path)
+        what = f"AnnData copy of {args.from_loom} (CSR X, cells as rows)"
+        files = [p for p in Path(args.path).rglob("*") if p.is_file()] or [args.path]
+    elif args.wide:
         make_wide_file(args.path, args.rows, args.cols, args.layers, args.attrs, args.seed)
         what = f"{args.layers} layers, {args.attrs} attributes"
         files = [args.path]
@@ -332,9 +419,8 @@ def main(argv: list[str] | None = None) -> None:
         files = [args.path]
     elapsed = time.perf_counter() - start
     size_mb = sum(Path(p).stat().st_size for p in files) / 1e6
-    print(
-        f"wrote {args.path}: {args.rows} x {args.cols}, {what}, {size_mb:.1f} MB, {elapsed:.1f} s"
-    )
+    shape = "" if args.from_loom else f" {args.rows} x {args.cols},"
+    print(f"wrote {args.path}:{shape} {what}, {size_mb:.1f} MB, {elapsed:.1f} s")
 
 
 if __name__ == "__main__":

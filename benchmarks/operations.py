@@ -111,6 +111,11 @@ def nothing(ctx: Any) -> None:
     """The default ``prepare`` and ``teardown``: nothing to do."""
 
 
+def no_inputs(path: str) -> list[str]:
+    """The default ``inputs``: the method reads ``path`` only."""
+    return []
+
+
 @dataclass
 class Method:
     """One way of computing an operation: untimed ``setup`` and ``prepare``, timed ``run``.
@@ -120,7 +125,9 @@ class Method:
     canonical result for ``reference.digest`` (after the timed runs); ``teardown(ctx)``
     releases everything.  ``cores`` pins the measuring child process (and so its pools and
     workers) to that many cores; ``scaling`` marks methods that exist only for the scaling
-    table.
+    table; ``inputs(path)`` lists the files (or folders) the method reads instead of, or
+    besides, ``path`` (copies in other formats; ``run_report.py`` warms them and leaves the
+    method out when one is missing).
     """
 
     name: str
@@ -133,6 +140,7 @@ class Method:
     prepare: Callable[[Any], None] = nothing
     cores: int | None = None
     scaling: bool = False
+    inputs: Callable[[str], list[str]] = no_inputs
 
     @property
     def full_pass(self) -> bool:

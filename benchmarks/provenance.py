@@ -96,6 +96,16 @@ def loomx_fingerprint(root: str | os.PathLike | None = None) -> str:
     return hashlib.sha256(json.dumps(loomx_sources(root)).encode()).hexdigest()[:12]
 
 
+def _version(package: str) -> str:
+    """The installed version of ``package``, or ``not installed``."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return "not installed"
+
+
 def machine_facts() -> dict[str, str]:
     """``nproc``, CPU model, memory, OS and library versions of this machine."""
     import dask
@@ -130,6 +140,7 @@ def machine_facts() -> dict[str, str]:
             f"h5py {h5py.__version__} (HDF5 {h5py.version.hdf5_version}), numpy "
             f"{np.__version__}, scipy {scipy.__version__}, dask {dask.__version__}, "
             f"distributed {distributed.__version__}, xarray {xarray.__version__}, "
-            f"loompy {loompy.__version__}"
+            f"loompy {loompy.__version__}, anndata {_version('anndata')}, "
+            f"zarr {_version('zarr')}"
         ),
     }

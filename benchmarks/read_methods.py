@@ -1,4 +1,5 @@
-"""The measured methods of the read operations: loomx, loompy, h5py and the chunk-index ceiling.
+"""The measured methods of the read operations: loomx, loompy, h5py and the chunk-index ceiling
+(and, from ``peer_methods.py``, AnnData's h5ad and zarr).
 
 loomx methods open the file with ``loomx.open_loom`` in their setup and compute with dask's
 default scheduler (threads), ``scheduler="synchronous"``, ``"processes"`` or a
@@ -24,6 +25,7 @@ import h5py
 import numpy as np
 
 from .operations import Method, ncores, scaling_cores
+from .peer_methods import peer_methods
 from .reference import BAND_ROWS, random_columns
 
 
@@ -263,6 +265,58 @@ def ceiling_band_row_sums(task: tuple[str, int, int]) -> np.ndarray:
     return block.sum(axis=1)
 
 
+def ceiling_py_band_row_sums(task: tuple[str, int, int]) -> np.ndarray:
+    """As :func:`ceiling_band_row_sums`, through the per-chunk Python path (one libdeflate
+    call and one copy per chunk, holding the GIL): the ceiling before the batch kernel."""
+    _path, start, stop = task
+    index = _CEILING["index"]
+    block = index.read(_CEILING["read_at"], (slice(start, stop),), inflater="libdeflate")
+    return block.sum(axis=1)
+
+
+def ceiling_cols(task: tuple[str, int, int, int, int, np.ndarray]) -> np.ndarray:
+    """Columns ``start + picks`` of rows ``row0:row1`` of ``/matrix``: only the HDF5 chunks
+    of chunk columns ``start:stop`` that hold them are read (a pool task of the
+    random-columns ceiling)."""
+    _path, row0, row1, start, stop, picks = task
+    index = _CEILING["index"]
+    return index.read(_CEILING["read_at"], (slice(row0, row1), slice(start, stop)))[:, picks]
+
+
+def column_runs(
+    path: str, cols: np.ndarray, band_rows: int = 4096
+) -> list[tuple[str, int, int, int, int, np.ndarray]]:
+    """:func:`ceiling_cols` tasks: bands of ``band_rows`` rows of the runs of adjacent HDF5
+    chunk columns that hold ``cols`` (at most 16 chunk columns each), in band-major,
+    increasing column order."""
+    with h5py.File(path, "r") as f:
+        width, (n_rows, n_cols) = f["matrix"].chunks[1], f["matrix"].shape
+    wanted = np.sort(cols)
+    cells = np.unique(wanted // width)
+    breaks = np.flatnonzero((np.diff(cells) != 1) | (np.arange(1, cells.size) % 16 == 0)) + 1
+    tasks = []
+    for row0 in range(0, n_rows, band_rows):
+        row1 = min(n_rows, row0 + band_rows)
+        for run in np.split(cells, breaks):
+            start, stop = int(run[0]) * width, min(n_cols, (int(run[-1]) + 1) * width)
+            inside = wanted[(wanted >= start) & (wanted < stop)]
+            tasks.append((path, row0, row1, start, stop, inside - start))
+    return tasks
+
+
+def _assemble_columns(parts: list[np.ndarray], tasks: list[Any]) -> np.ndarray:
+    """The :func:`ceiling_cols` results of :func:`column_runs` tasks as one array."""
+    n_rows = max(task[2] for task in tasks)
+    n_cols = sum(task[5].size for task in tasks if task[1] == 0)
+    out = np.empty((n_rows, n_cols), parts[0].dtype)
+    col = 0
+    for part, (_path, row0, row1, *_) in zip(parts, tasks, strict=True):
+        col = 0 if col == n_cols else col  # the next band starts at the first column
+        out[row0:row1, col : col + part.shape[1]] = part
+        col += part.shape[1]
+    return out
+
+
 def _worker_pid(_: int) -> int:
     time.sleep(0.02)
     return os.getpid()
@@ -271,34 +325,44 @@ def _worker_pid(_: int) -> int:
 @dataclass
 class _PoolContext:
     pool: Any
-    tasks: list[tuple[str, int, int]]
-    func: Callable[[tuple[str, int, int]], np.ndarray]
+    tasks: list[Any]
+    func: Callable[[Any], np.ndarray]
+    assemble: Callable[[list[np.ndarray], list[Any]], np.ndarray] = lambda parts, _: np.concatenate(
+        parts
+    )
 
 
-def _pool_setup(n_procs: int | None, ceiling: bool) -> Callable[[str], _PoolContext]:
+def _pool_setup(
+    n_procs: int | None, ceiling: bool, func: Callable[[Any], np.ndarray] | None = None
+) -> Callable[[str], _PoolContext]:
     """A spawned pool of ``n_procs`` processes (default one per core), every worker started.
 
     With ``ceiling`` each worker builds the chunk index once (initializer) and tasks read
-    through it; otherwise tasks read with plain h5py.
+    through it (``func``: default :func:`ceiling_band_row_sums`, the batch kernel);
+    otherwise tasks read with plain h5py.  :func:`ceiling_cols` gets the random columns'
+    :func:`column_runs` as tasks, other functions row bands.
     """
 
     def setup(path: str) -> _PoolContext:
         n = n_procs or ncores()
         with h5py.File(path, "r") as f:
-            n_rows = f["matrix"].shape[0]
+            n_rows, n_cols = f["matrix"].shape
         init = {"initializer": _ceiling_init, "initargs": (path,)} if ceiling else {}
         pool = multiprocessing.get_context("spawn").Pool(n, **init)
         for _ in range(50):
             if len(set(pool.map(_worker_pid, range(4 * n), chunksize=1))) == n:
                 break
-        func = ceiling_band_row_sums if ceiling else band_row_sums
-        return _PoolContext(pool, bands(path, n_rows), func)
+        task = func or (ceiling_band_row_sums if ceiling else band_row_sums)
+        if task is ceiling_cols:
+            tasks = column_runs(path, random_columns(n_cols))
+            return _PoolContext(pool, tasks, task, _assemble_columns)
+        return _PoolContext(pool, bands(path, n_rows), task)
 
     return setup
 
 
 def _run_pool(ctx: _PoolContext) -> np.ndarray:
-    return np.concatenate(ctx.pool.map(ctx.func, ctx.tasks, chunksize=1))
+    return ctx.assemble(ctx.pool.map(ctx.func, ctx.tasks, chunksize=1), ctx.tasks)
 
 
 def _teardown_pool(ctx: _PoolContext) -> None:
@@ -366,6 +430,15 @@ def read_methods() -> list[Method]:
     items += [
         Method("ceiling_n", f"ceiling: chunk index, {n} processes (all cores)", "row_sums",
                _pool_setup(n, True), _run_pool, _teardown_pool),
+        Method("ceiling_py_1", "chunk index, per-chunk Python path, 1 process (1 core)",
+               "row_sums", _pool_setup(1, True, ceiling_py_band_row_sums), _run_pool,
+               _teardown_pool, cores=1),
+        Method("ceiling_py_n", f"chunk index, per-chunk Python path, {n} processes",
+               "row_sums", _pool_setup(n, True, ceiling_py_band_row_sums), _run_pool,
+               _teardown_pool),
+        Method("ceiling_cols_n", f"ceiling: only the chunks holding the columns, {n} "
+               "processes", "random_cols", _pool_setup(n, True, ceiling_cols), _run_pool,
+               _teardown_pool),
         Method("loomx_colsum", 'loomx `m.sum("row")`, default threads', "col_sums",
                run=_loomx_col_sums, **lx),
         Method("loomx_colsum_sync", 'loomx `m.sum("row")`, synchronous', "col_sums",
@@ -389,4 +462,4 @@ def read_methods() -> list[Method]:
         Method("loompy_sparse", "loompy `ds.sparse().tocsr()`", "csr", run=_loompy_sparse,
                **lp),
     ]  # fmt: skip
-    return items
+    return items + peer_methods()

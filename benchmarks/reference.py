@@ -106,10 +106,14 @@ def file_facts(path: str | os.PathLike) -> FileFacts:
 
 
 def warm_page_cache(path: str | os.PathLike) -> float:
-    """Read a file (or a folder's Loom files) once so the OS page cache is equally warm for
-    every method.  Returns the seconds it took."""
+    """Read a file (or a folder's Loom files, or every file of a zarr store) once so the OS
+    page cache is equally warm for every method.  Returns the seconds it took."""
     start = time.perf_counter()
-    for name in input_files(path):
+    if str(path).endswith(".zarr"):  # a zarr store: a folder of chunk files
+        names = sorted(str(p) for p in Path(path).rglob("*") if p.is_file())
+    else:
+        names = input_files(path)
+    for name in names:
         with open(name, "rb", buffering=0) as fh:
             while fh.read(16 * 2**20):
                 pass

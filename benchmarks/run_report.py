@@ -194,6 +194,12 @@ def run(
         if unknown:
             raise SystemExit(f"unknown methods {unknown}; known: {list(all_methods)}")
         pairs = [p for p in pairs if p[0] in only]
+    inputs = {pair: all_methods[pair[0]].inputs(pair[1]) for pair in pairs}
+    skipped = {pair: [f for f in files if not os.path.exists(f)] for pair, files in inputs.items()}
+    for (name, path), missing in skipped.items():
+        if missing:
+            print(f"{name} on {path} left out: no {', '.join(missing)}", file=sys.stderr)
+    pairs = [pair for pair in pairs if not skipped[pair]]
     paths = list(dict.fromkeys(p for _, p in pairs))
     facts = {p: file_facts(p) for p in paths}
     chunks = {p: _dask_chunks(p) for p in paths}
@@ -201,6 +207,8 @@ def run(
     started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     uptimes = [("before", uptime())]
     warm = {p: warm_page_cache(p) for p in paths}
+    for extra in dict.fromkeys(p for pair in pairs for p in inputs[pair]):
+        warm_page_cache(extra)
     refs: dict[str, Reference] = {}
     for path in paths:
         refs[path] = reference(path, {all_methods[n].op for n, p in pairs if p == path})
@@ -292,6 +300,13 @@ def run(
         lines += ["", f"### {title}", "", *body, "", f"`uptime` during this run: {up}"]
     if snapshot:
         shutil.rmtree(Path(copy).parent, ignore_errors=True)
+    left_out = [
+        f"`{name}` on `{Path(path).name}`: no `{'`, `'.join(missing)}` (`make_data.py`)"
+        for (name, path), missing in skipped.items()
+        if missing
+    ]
+    if left_out:
+        lines += ["", "Methods left out:", "", *(f"- {line}" for line in left_out)]
     if failures:
         lines += ["", "Failed measurements (left out of the medians):", ""]
         lines += [f"- {f}" for f in failures]

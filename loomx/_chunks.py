@@ -23,14 +23,18 @@ inflate only, 1 / 2 threads            960/1730   1950/2960  2860/4660
 same, chunks split over 2 / 4 threads  910/850    1040/760   1190/915
 =====================================  =========  =========  ==========
 
-h5py reads the same matrix at 530 MB/s (``dset[...]``) or 550 MB/s (512-row bands, where
-``ChunkIndex.read`` with libdeflate gives 1750 MB/s).  All three inflaters release the GIL,
-but copying chunks into the output (first touch of fresh pages) and the per-chunk Python work
-hold it, so threads inside one read do not pay off here: parallelism comes from processes.
-The chunk index of a 150 000-chunk dataset builds in 0.15 s.
+h5py reads the same matrix at 530 MB/s (``dset[...]``) or 550 MB/s (512-row bands).
 
-The inflater is the fastest one installed: libdeflate (package ``deflate``), then isal
-(package ``isal``), then the standard library's zlib.
+The table above is the per-chunk Python path (``ChunkIndex.read(..., inflater=name)``),
+where copying chunks into the output and the Python work per chunk hold the GIL.  By
+default :meth:`ChunkIndex.read` of 1-D and 2-D datasets gathers the stored bytes of every
+needed chunk into one buffer (``preadv`` straight into it for local files) and decodes and
+places all of them in one compiled call that releases the GIL
+(:func:`loomx._kernels.decode_chunks`): threads reading different blocks run in parallel.
+Figures for both paths are in ``benchmarks/README.md``.
+
+The per-chunk path's inflater is the fastest one installed: libdeflate (package
+``deflate``), then isal (package ``isal``), then the standard library's zlib.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ from typing import Any
 
 import numpy as np
 
+from . import _kernels
 from ._files import open_h5
 from .errors import LoomFileError
 
@@ -321,7 +326,8 @@ class ChunkIndex:
             ``read_at(offset, nbytes) -> bytes`` reading the file; every needed chunk is read
             exactly once, runs of file-adjacent chunks in one call (at most 16 MB).  A reader
             with a ``read_ranges(runs) -> list of bytes`` method gets all the runs of this
-            read in one call instead (``runs``: list of ``(offset, nbytes)``).
+            read in one call instead (``runs``: list of ``(offset, nbytes)``), and one with
+            ``read_into(runs, buffer)`` reads them straight into the kernel's buffer.
         key : tuple of slice
             One step-1 slice per dimension; missing trailing dimensions mean the whole axis.
         inflater : str, optional
@@ -336,6 +342,8 @@ class ChunkIndex:
         out = np.empty([b - a for a, b in zip(starts, stops, strict=True)], self.dtype)
         if out.size == 0:
             return out
+        if inflater is None and len(self.shape) <= 2 and _kernels.available():
+            return self._read_batched(read_at, starts, stops, out)
         inflater = inflater or DEFAULT_INFLATER
         out_keys: list[list[slice]] = []
         in_keys: list[list[slice]] = []
@@ -397,6 +405,206 @@ class ChunkIndex:
                 out[okeys[k]] = np.ndarray(chunks, dtype, raw)[ikeys[k]]
         return out
 
+    def _read_batched(
+        self, read_at: ReadAt, starts: list[int], stops: list[int], out: np.ndarray
+    ) -> np.ndarray:
+        """:meth:`read` for 1-D and 2-D datasets: every chunk decoded and placed in one
+        compiled call without the GIL (:func:`loomx._kernels.decode_chunks`)."""
+        starts, stops = [0, *starts][-2:], [1, *stops][-2:]  # 1-D: one row
+        chunks = [1, *self.chunks][-2:]
+        geometry = [_axis_geometry(a, b, c) for a, b, c in zip(starts, stops, chunks, strict=True)]
+        cells = tuple(slice(first, last) for first, last, *_ in geometry)
+        (*_, out_row, in_row, n_rows), (*_, out_col, in_col, n_cols) = geometry
+        item = self.dtype.itemsize
+
+        def place(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+            out_at, in_at, width = out_col[j] * item, in_col[j] * item, n_cols[j] * item
+            return np.column_stack([out_row[i], out_at, in_row[i], in_at, n_rows[i], width])
+
+        dst = out.reshape(len(out) if out.ndim > 1 else 1, -1).view(np.uint8)
+        return self._decode_cells(read_at, cells, place, out, dst)
+
+    def read_picks(
+        self,
+        read_at: ReadAt,
+        key: tuple[slice, slice],
+        axis: int,
+        picks: np.ndarray,
+    ) -> np.ndarray:
+        """Return ``dset[key]`` with positions ``picks`` taken along ``axis`` of a 2-D
+        dataset: only the chunks that hold a picked position are read, and each picked row
+        or column goes straight to its place in the result (no intermediate block).
+
+        Parameters
+        ----------
+        read_at : callable
+            As for :meth:`read`.
+        key : tuple of two step-1 slices
+            The other axis's range (the slice along ``axis`` is ignored).
+        axis : int
+            0 to pick rows, 1 to pick columns.
+        picks : 1-D integer array
+            Positions along ``axis``, in any order, repeats allowed.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``len(picks)`` long along ``axis``.
+        """
+        if len(self.shape) != 2 or not _kernels.available():
+            raise ValueError("read_picks reads 2-D datasets with the compiled kernels")
+        picks = np.asarray(picks, np.int64)
+        n = self.shape[axis]
+        if picks.ndim != 1 or (picks.size and (picks.min() < 0 or picks.max() >= n)):
+            raise IndexError(f"picks must be positions in 0..{n - 1} along axis {axis}")
+        other = 1 - axis
+        starts, stops = _bounds(self.shape, key)
+        shape = [0, 0]
+        shape[axis], shape[other] = picks.size, stops[other] - starts[other]
+        out = np.empty(shape, self.dtype)
+        if out.size == 0:
+            return out
+        size = self.chunks[axis]
+        order = np.argsort(picks // size, kind="stable")
+        cell_of = picks[order] // size
+        used, first = np.unique(cell_of, return_index=True)
+        pick_ptr = np.append(first, picks.size).astype(np.int64)
+        pick_in = (picks[order] - cell_of * size).astype(np.int64)
+        pick_out = order.astype(np.int64)
+        geometry = _axis_geometry(starts[other], stops[other], self.chunks[other])
+        first_cell, last_cell, out_at, in_at, count = geometry
+        cells: list[Any] = [None, None]
+        cells[axis], cells[other] = used, slice(first_cell, last_cell)
+        item = self.dtype.itemsize
+
+        def place(i: np.ndarray, j: np.ndarray) -> np.ndarray:
+            g, o = (i, j) if axis == 0 else (j, i)
+            zero = np.zeros_like(g)
+            if axis == 1:  # rows as the box says, columns picked
+                fields = [out_at[o], zero, in_at[o], zero, count[o], zero]
+            else:
+                fields = [zero, out_at[o] * item, zero, in_at[o] * item, zero, count[o] * item]
+            return np.column_stack([*fields, g])
+
+        picked = (2 if axis == 0 else 1, pick_ptr, pick_in, pick_out)
+        dst = out.view(np.uint8)
+        return self._decode_cells(read_at, tuple(cells), place, out, dst, picked)
+
+    def _decode_cells(
+        self,
+        read_at: ReadAt,
+        cells: tuple[Any, Any],
+        place: Callable[[np.ndarray, np.ndarray], np.ndarray],
+        out: np.ndarray,
+        dst: np.ndarray,
+        picked: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None,
+    ) -> np.ndarray:
+        """Read, decode and place the chunks of grid ``cells`` (slices or index arrays per
+        axis); ``place(i, j)`` gives the kernel's placement rows for cell positions."""
+        grid_shape = self.offsets.shape if self.offsets.ndim == 2 else (1, self.offsets.size)
+
+        def at(table: np.ndarray) -> np.ndarray:
+            return table.reshape(grid_shape)[np.ix_(*map(_positions, cells, grid_shape))]
+
+        offsets = at(self.offsets)
+        flat = offsets.ravel()
+        present = np.flatnonzero(flat >= 0)
+        if present.size < flat.size:
+            out[...] = self.fill_value
+        if not present.size:
+            return out
+        order = present[np.argsort(flat[present], kind="stable")]
+        offs = flat[order]
+        sizes = at(self.sizes).ravel()[order]
+        masks = at(self.masks).ravel()[order].astype(np.int64)
+        placed = place(*np.divmod(order, offsets.shape[1]))
+        bounds = _run_bounds(offs, sizes)
+        first, last = bounds[:-1], bounds[1:] - 1
+        run_offsets, run_sizes = offs[first], offs[last] + sizes[last] - offs[first]
+        in_buffer = np.cumsum(run_sizes) - run_sizes
+        run_of = np.repeat(np.arange(first.size), np.diff(bounds))
+        chunk_starts = in_buffer[run_of] + offs - run_offsets[run_of]
+        runs = list(zip(run_offsets.tolist(), run_sizes.tolist(), strict=True))
+        src = _gather(read_at, runs, int(run_sizes.sum()))
+        item = self.dtype.itemsize
+        codes = np.array([code for code, _ in self.filters], np.int64)
+        params = np.array([v[0] if v else item for _, v in self.filters], np.int64)
+        chunks = [1, *self.chunks][-2:]
+        status = np.zeros(3, np.int64)
+        pick_axis, pick_ptr, pick_in, pick_out = picked or (0, *(_NO_PICKS,) * 3)
+        _kernels.decode_chunks(
+            src,
+            chunk_starts,
+            sizes,
+            masks,
+            codes,
+            params,
+            chunks[0],
+            chunks[1] * item,
+            item,
+            np.ascontiguousarray(placed[:, :6]),
+            dst,
+            status,
+            pick_axis,
+            placed[:, 6].copy() if picked else _NO_PICKS,
+            pick_ptr,
+            pick_in,
+            pick_out,
+        )
+        if status[0]:
+            raise _kernel_error(status, int(offs[status[1]]), math.prod(chunks) * item)
+        return out
+
+
+_NO_PICKS = np.zeros(0, np.int64)
+
+
+def _positions(cells: Any, n: int) -> np.ndarray:
+    """Grid positions of a slice or an index array of cells."""
+    return np.arange(n)[cells] if isinstance(cells, slice) else np.asarray(cells)
+
+
+def _axis_geometry(
+    start: int, stop: int, chunk: int
+) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
+    """For ``start:stop`` along an axis chunked by ``chunk``: the first and last+1 chunk
+    cells, and per cell the output position, position inside the chunk and length."""
+    first, last = start // chunk, (stop - 1) // chunk + 1
+    corner = np.arange(first, last, dtype=np.int64) * chunk
+    lo, hi = np.maximum(corner, start), np.minimum(corner + chunk, stop)
+    return first, last, lo - start, lo - corner, hi - lo
+
+
+def _kernel_error(status: np.ndarray, offset: int, nbytes: int) -> LoomFileError:
+    code, detail = int(status[0]), int(status[2])
+    if code == _kernels.INFLATE_FAILED and detail == _kernels.LIBDEFLATE_INSUFFICIENT_SPACE:
+        return LoomFileError(f"chunk at byte {offset} decodes to more than {nbytes} bytes")
+    if code == _kernels.BAD_SIZE:
+        return LoomFileError(f"chunk at byte {offset} decodes to {detail} bytes, not {nbytes}")
+    reason = {
+        _kernels.INFLATE_FAILED: f"invalid deflate stream (libdeflate result {detail})",
+        _kernels.BAD_CHECKSUM: "data error detected by fletcher32 checksum",
+        _kernels.TOO_SHORT: "chunk too short for its fletcher32 checksum",
+    }[code]
+    return LoomFileError(f"chunk at byte {offset} cannot be decoded: {reason}")
+
+
+def _gather(read_at: ReadAt, runs: list[tuple[int, int]], total: int) -> np.ndarray:
+    """The bytes of every ``(offset, nbytes)`` run, concatenated into one array."""
+    buf = np.empty(total, np.uint8)
+    read_into = getattr(read_at, "read_into", None)
+    if read_into is not None:
+        read_into(runs, buf)
+        return buf
+    pos = 0
+    for (offset, nbytes), got in zip(runs, _fetch(read_at, runs), strict=True):
+        part = np.frombuffer(got, np.uint8)
+        if part.size != nbytes:
+            raise LoomFileError(f"short read at byte {offset}: {part.size} bytes")
+        buf[pos : pos + nbytes] = part
+        pos += nbytes
+    return buf
+
 
 class _FileHandle:
     """One open file descriptor, closed when the last reader using it goes away."""
@@ -451,11 +659,17 @@ class _LocalReader:
     def __reduce__(self) -> tuple[Any, ...]:
         return (_LocalReader, (self.path,))
 
-    def __call__(self, offset: int, nbytes: int) -> bytes:
+    def _fd(self) -> int:
         handle = self._handle
         if handle.pid != os.getpid():
             handle = self._handle = _LocalReader(self.path)._handle
-        return _pread_exact(handle.fd, offset, nbytes, self.path)
+        return handle.fd
+
+    def __call__(self, offset: int, nbytes: int) -> bytes:
+        return _pread_exact(self._fd(), offset, nbytes, self.path)
+
+    def read_into(self, runs: list[tuple[int, int]], buffer: np.ndarray) -> None:
+        _pread_into(self._fd(), runs, buffer, self.path)
 
 
 def _pread_exact(fd: int, offset: int, nbytes: int, label: str) -> bytes:
@@ -477,12 +691,70 @@ def _pread_exact(fd: int, offset: int, nbytes: int, label: str) -> bytes:
     return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
+def _pread_into(fd: int, runs: list[tuple[int, int]], buffer: np.ndarray, label: str) -> None:
+    """Read every ``(offset, nbytes)`` run of ``fd`` into ``buffer``, one after another,
+    without intermediate copies; a run past the end of the file raises
+    :class:`LoomFileError`."""
+    if not hasattr(os, "preadv"):  # pragma: no cover - platforms without preadv
+        pos = 0
+        for offset, nbytes in runs:
+            buffer[pos : pos + nbytes] = np.frombuffer(
+                _pread_exact(fd, offset, nbytes, label), np.uint8
+            )
+            pos += nbytes
+        return
+    size = os.fstat(fd).st_size
+    view = memoryview(buffer)
+    pos = 0
+    for offset, nbytes in runs:
+        if offset < 0 or nbytes < 0 or offset + nbytes > size:
+            raise LoomFileError(
+                f"the chunk index points at bytes {offset}..{offset + nbytes} of a file of "
+                f"{size} bytes; the file is truncated or corrupt",
+                path=label,
+            )
+        done = 0
+        while done < nbytes:
+            got = os.preadv(fd, [view[pos + done : pos + nbytes]], offset + done)
+            if not got:
+                raise LoomFileError(f"short read at byte {offset + done}", path=label)
+            done += got
+        pos += nbytes
+
+
+class _HandleReader:
+    """``read_at`` on the descriptor of a cached :class:`_FileHandle` (kept alive here)."""
+
+    __slots__ = ("handle", "label")
+
+    def __init__(self, handle: _FileHandle, label: str) -> None:
+        self.handle, self.label = handle, label
+
+    def __call__(self, offset: int, nbytes: int) -> bytes:
+        return _pread_exact(self.handle.fd, offset, nbytes, self.label)
+
+    def read_into(self, runs: list[tuple[int, int]], buffer: np.ndarray) -> None:
+        _pread_into(self.handle.fd, runs, buffer, self.label)
+
+
+def _index_in(f: Any, h5path: str) -> ChunkIndex | None:
+    """The chunk index of ``f[h5path]``; None for a dataset stored in another file (an
+    external link followed): its chunks are not at offsets of ``f``."""
+    import h5py
+
+    dset = f[h5path]
+    if h5py.h5f.get_name(dset.id) != h5py.h5f.get_name(f.id):
+        return None
+    return ChunkIndex.from_dataset(dset)
+
+
 def read_through_handle(
     open_file: Callable[[], contextlib.AbstractContextManager[Any]],
     h5path: str,
     key: tuple[slice, ...],
     label: str = "",
     remote: Any = None,
+    picks: tuple[int, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Return ``dset[key]`` from the file an open h5py handle refers to, fast when possible.
 
@@ -506,37 +778,62 @@ def read_through_handle(
     remote : loomx.remote.RemoteSource, optional
         The remote file the handle reads: chunks are fetched with its ``read_ranges``, and
         the chunk index comes from its ``chunk_index(h5path, build)``.
+    picks : tuple of (int, numpy.ndarray), optional
+        ``(axis, positions)``: take these positions along ``axis`` of a 2-D dataset
+        (:meth:`ChunkIndex.read_picks`: only the chunks that hold them are read); ``key``
+        gives the other axis's range.
     """
     if remote is not None:
         with open_file() as f:
-            index = remote.chunk_index(h5path, lambda: ChunkIndex.from_dataset(f[h5path]))
+            index = remote.chunk_index(h5path, lambda: _index_in(f, h5path))
             if index is None:
-                return _read_h5py(f[h5path], key)
-        return index.read(remote, key)
+                return take_picks(_read_h5py(f[h5path], box_of_picks(key, picks)), picks)
+        if picks is not None and len(index.shape) == 2 and _kernels.available():
+            return index.read_picks(remote, key, *picks)
+        return take_picks(index.read(remote, box_of_picks(key, picks)), picks)
     with open_file() as f:
         try:
             fd = f.id.get_vfd_handle()
         except Exception:
             fd = None
         if not isinstance(fd, int):
-            return _read_h5py(f[h5path], key)
+            return take_picks(_read_h5py(f[h5path], box_of_picks(key, picks)), picks)
         st = os.fstat(fd)
         fkey = (os.getpid(), "fd", st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-        index = _cached(_indexes, (*fkey, h5path), lambda: ChunkIndex.from_dataset(f[h5path]))
+        index = _cached(_indexes, (*fkey, h5path), lambda: _index_in(f, h5path))
         if index is None:
-            return _read_h5py(f[h5path], key)
+            return take_picks(_read_h5py(f[h5path], box_of_picks(key, picks)), picks)
         label = label or f.filename
         handle = _cached(_handles, fkey, lambda: _FileHandle(f.filename))
         own = os.fstat(handle.fd)
         if (own.st_dev, own.st_ino) != (st.st_dev, st.st_ino):
-            with _lock:
+            with _lock:  # the path now names another file
                 _handles.pop(fkey, None)
-            return _read_h5py(f[h5path], key)  # the path now names another file
+            return take_picks(_read_h5py(f[h5path], box_of_picks(key, picks)), picks)
 
-    def read_at(offset: int, nbytes: int) -> bytes:  # keeps ``handle`` (and its fd) alive
-        return _pread_exact(handle.fd, offset, nbytes, label)
+    reader = _HandleReader(handle, label)
+    if picks is not None and len(index.shape) == 2 and _kernels.available():
+        return index.read_picks(reader, key, *picks)
+    return take_picks(index.read(reader, box_of_picks(key, picks)), picks)
 
-    return index.read(read_at, key)
+
+def box_of_picks(key: tuple[slice, ...], picks: tuple[int, np.ndarray] | None) -> tuple[slice, ...]:
+    """``key`` with the picked axis narrowed to the picks' bounding range."""
+    if picks is None or not len(picks[1]):
+        return key
+    axis, positions = picks
+    box = list(key) + [slice(None)] * (axis + 1 - len(key))
+    box[axis] = slice(int(positions.min()), int(positions.max()) + 1)
+    return tuple(box)
+
+
+def take_picks(block: np.ndarray, picks: tuple[int, np.ndarray] | None) -> np.ndarray:
+    """The picks of a block read for :func:`box_of_picks`."""
+    if picks is None:
+        return block
+    axis, positions = picks
+    low = int(positions.min()) if len(positions) else 0
+    return np.take(block, np.asarray(positions) - low, axis=axis)
 
 
 def _read_h5py(dset: Any, key: tuple[slice, ...] | slice) -> np.ndarray:
@@ -594,7 +891,7 @@ def read_region(
 
     def build() -> ChunkIndex | None:
         with opener() as f:
-            return ChunkIndex.from_dataset(f[h5path])
+            return _index_in(f, h5path)
 
     index = _cached(_indexes, (*fkey, h5path), build)
     if index is None:

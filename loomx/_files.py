@@ -1,10 +1,12 @@
 """Files as files: the one opener of HDF5 files, loomx's registry of open handles, fsync,
 temporary names and moving finished files into place.
 
-Every HDF5 file loomx touches (reads, write-back, append, combine, recovery, the
-temporary files of writers) is opened by :func:`open_h5`, which carries the ``locking``
-setting: HDF5 refuses two handles on one file with different settings, and a filesystem
-without file locking (NFS, Lustre) needs ``locking=False`` on every open.
+Every HDF5 file loomx reads, and every new file it writes, is opened by :func:`open_h5`,
+which carries the ``locking`` setting: HDF5 refuses two handles on one file with
+different settings, and a filesystem without file locking (NFS, Lustre) needs
+``locking=False`` on every open.  Existing files written in place (write-back, append,
+region writes, delete, recovery) are opened by :func:`open_for_writing`, through the
+rollback journal below HDF5 (``_rollback``), which takes HDF5's lock itself.
 
 Read handles are cached per process in a registry owned by loomx (:class:`CachedFile`):
 a writer releases this process's handles on its target with :func:`release_handles`
@@ -36,6 +38,7 @@ __all__ = [
     "locking_enforced",
     "locking_in_use",
     "move_into_place",
+    "open_error",
     "open_for_writing",
     "open_h5",
     "owner_alive",
@@ -70,7 +73,8 @@ _write_opener: WriteOpener | None = None
 def write_opener(opener: WriteOpener) -> Iterator[None]:
     """Within the block, :func:`open_h5` opens files in modes ``"r+"`` and ``"w"`` with
     ``opener(path, mode)``: a test harness records a writer's file operations this way
-    (:mod:`loomx.testing.powerloss`).  Not thread-safe; for tests."""
+    (:mod:`loomx.testing.powerloss`; :func:`open_for_writing` has its own hook,
+    ``_rollback.use_disk``).  Not thread-safe; for tests."""
     global _write_opener
     previous, _write_opener = _write_opener, opener
     try:
@@ -112,56 +116,68 @@ def open_h5(path: str, mode: str = "r", locking: bool | None = None) -> h5py.Fil
         if os.path.isdir(path):
             raise LoomFileError("a directory; expected a Loom (HDF5) file", path=path)
         raise LoomFileNotFoundError("no such file; expected a Loom (HDF5) file", path=path)
+    if mode == "r":
+        from ._rollback import check_readable, shared_reader
+
+        shared = shared_reader(path)  # this process writes it: share the writer's view
+        if shared is not None:
+            return shared
+        check_readable(path, locking)
     try:
         return h5py.File(path, mode, **kwargs)
     except OSError as err:
-        with open(path, "rb") as fh:
-            head = fh.read(8)
-        if head != HDF5_SIGNATURE and head and HDF5_SIGNATURE.startswith(head):
-            raise LoomFileError(
-                f"truncated or corrupt: {len(head)} bytes, the start of the HDF5 signature "
-                "and nothing else (expected a Loom (HDF5) file)",
-                path=path,
-            ) from err
-        if head != HDF5_SIGNATURE:
-            raise LoomFileError(
-                f"not an HDF5 file (found first bytes {head!r}, expected the HDF5 "
-                f"signature {HDF5_SIGNATURE!r}); a Loom file is an HDF5 file",
-                path=path,
-            ) from err
-        if "locking flag values don't match" in str(err):
-            raise LoomFileError(
-                f"already open in this process with another locking setting (asked for "
-                f"locking={locking!r}); HDF5 needs the same setting for every handle of a "
-                "file: pass the locking the file was opened with, or close the other Dataset",
-                path=path,
-            ) from err
-        if mode == "r+" and "unable to lock file" in str(err):
-            raise LoomWriteError(
-                "cannot open for writing: another process has this file open (HDF5 file "
-                f"lock held: {err}). Close it there (loomx Datasets, h5py, loompy) or wait "
-                "for its write to finish, then retry; locking=False removes this check, "
-                "not the danger of writing a file others read",
-                path=path,
-            ) from err
-        if "unable to lock file" in str(err):
-            raise LoomFileError(
-                "cannot open for reading: another process is writing this file (HDF5 file "
-                f"lock held: {err}); retry when its write has finished",
-                path=path,
-            ) from err
-        if mode == "r+":
-            raise LoomWriteError(
-                f"cannot open for writing ({err}); close other handles on this file "
-                "(h5py.File, loompy, other processes) and retry",
-                path=path,
-            ) from err
-        raise LoomFileError(
-            f"cannot open as HDF5 in mode {mode!r}: {err}. The file may be truncated or "
-            "corrupt, or locked by a writer (pass locking=False only on filesystems without "
-            "file locking)",
+        raise open_error(path, mode, locking, err) from err
+
+
+def open_error(path: str, mode: str, locking: bool | None, err: OSError) -> LoomxError:
+    """The loomx error for h5py's ``err`` on opening ``path`` in ``mode``."""
+    with open(path, "rb") as fh:
+        head = fh.read(8)
+    if head != HDF5_SIGNATURE and head and HDF5_SIGNATURE.startswith(head):
+        return LoomFileError(
+            f"truncated or corrupt: {len(head)} bytes, the start of the HDF5 signature "
+            "and nothing else (expected a Loom (HDF5) file)",
             path=path,
-        ) from err
+        )
+    if head != HDF5_SIGNATURE:
+        return LoomFileError(
+            f"not an HDF5 file (found first bytes {head!r}, expected the HDF5 "
+            f"signature {HDF5_SIGNATURE!r}); a Loom file is an HDF5 file",
+            path=path,
+        )
+    if "locking flag values don't match" in str(err):
+        return LoomFileError(
+            f"already open in this process with another locking setting (asked for "
+            f"locking={locking!r}); HDF5 needs the same setting for every handle of a "
+            "file: pass the locking the file was opened with, or close the other Dataset",
+            path=path,
+        )
+    if mode == "r+" and "unable to lock file" in str(err):
+        return LoomWriteError(
+            "cannot open for writing: another process has this file open (HDF5 file "
+            f"lock held: {err}). Close it there (loomx Datasets, h5py, loompy) or wait "
+            "for its write to finish, then retry; locking=False removes this check, "
+            "not the danger of writing a file others read",
+            path=path,
+        )
+    if "unable to lock file" in str(err):
+        return LoomFileError(
+            "cannot open for reading: another process is writing this file (HDF5 file "
+            f"lock held: {err}); retry when its write has finished",
+            path=path,
+        )
+    if mode == "r+":
+        return LoomWriteError(
+            f"cannot open for writing ({err}); close other handles on this file "
+            "(h5py.File, loompy, other processes) and retry",
+            path=path,
+        )
+    return LoomFileError(
+        f"cannot open as HDF5 in mode {mode!r}: {err}. The file may be truncated or "
+        "corrupt, or locked by a writer (pass locking=False only on filesystems without "
+        "file locking)",
+        path=path,
+    )
 
 
 # --------------------------------------------------------------------------- handle registry
@@ -220,6 +236,10 @@ class CachedFile:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)  # type: ignore[misc]
 
+    def __dask_tokenize__(self) -> tuple[Any, ...]:
+        """What it pickles as, for :func:`dask.base.tokenize` (faster than pickling)."""
+        return (type(self).__name__, self.path, self.mode, self.locking, self.key)
+
     @contextlib.contextmanager
     def acquire(self) -> Iterator[h5py.File]:
         """The open file, reopened if it was released; it is not closed while in use."""
@@ -274,9 +294,17 @@ def release_handles(path: str) -> int:
     return len(mine)
 
 
-def open_for_writing(path: str, locking: bool | None = None, client: Any = None) -> h5py.File:
+def open_for_writing(
+    path: str, locking: bool | None = None, client: Any = None, mode: str = "r+"
+) -> h5py.File:
     """Open the existing file ``path`` ``r+`` after releasing this process's (and
-    ``client``'s workers') cached read handles on it; no read here reopens it meanwhile."""
+    ``client``'s workers') cached read handles on it; no read here reopens it meanwhile.
+
+    The file is held locked and written through a rollback journal (``_rollback``): a
+    crash at any moment, inside HDF5's flushes too, leaves the old bytes recoverable, and
+    closing the file commits.  A journal an interrupted writer left is restored first.
+    ``mode="r"`` holds the writer's lock without writing.
+    """
     if is_url(path):
         from .remote import refuse_remote
 
@@ -287,7 +315,9 @@ def open_for_writing(path: str, locking: bool | None = None, client: Any = None)
         client.run(release_handles, path)
     with _REGISTRY_LOCK:
         release_handles(path)
-        return open_h5(path, "r+", locking)
+        from ._rollback import open_journaled
+
+        return open_journaled(path, locking, mode)
 
 
 def locking_in_use(path: str) -> bool | None:

@@ -40,6 +40,7 @@ import numpy as np
 
 from . import _spec
 from ._files import fsync, locking_enforced, open_for_writing, open_h5, owner_alive
+from ._rollback import journal_state
 from ._spec import TEMPORARY_TAG
 from ._stream import current_client
 from .errors import LoomFormatWarning, LoomWriteError, LoomxError, describe
@@ -457,11 +458,14 @@ def transaction(
 def recover(path: str | os.PathLike[str], *, locking: bool | None = None) -> int:
     """Bring a Loom file left by an interrupted loomx write to a consistent state.
 
-    A write interrupted after its commit point is finished; one interrupted before is
-    rolled back (its temporary objects are deleted).  Readers already see the file this
-    way; this makes it so on disk, for tools that are not loomx (loompy, h5py).  A file
-    another process is writing cannot be opened for this (with HDF5 file locking off, the
-    objects of live processes are left alone).
+    A write interrupted before its commit point is rolled back: the original bytes its
+    rollback journal (``{file}.loomx-rollback``) saved are written back and the file is
+    truncated to its original size (readers refuse a file in that state).  Then a commit
+    recorded inside the file but not carried out is finished, and temporary objects are
+    deleted: readers already see the file this way; this makes it so on disk, for tools
+    that are not loomx (loompy, h5py).  A file another process is writing cannot be
+    opened for this (with HDF5 file locking off, the objects of live processes are left
+    alone).
 
     Parameters
     ----------
@@ -473,8 +477,8 @@ def recover(path: str | os.PathLike[str], *, locking: bool | None = None) -> int
     Returns
     -------
     int
-        The number of interrupted writes finished (0 when there was nothing to finish;
-        left-over temporary objects are removed either way).
+        The number of interrupted writes rolled back or finished (0 when there was
+        nothing to do; left-over temporary objects are removed either way).
 
     Examples
     --------
@@ -485,7 +489,8 @@ def recover(path: str | os.PathLike[str], *, locking: bool | None = None) -> int
     f = open_for_writing(path, locking, current_client())  # workers' read handles too
     try:
         try:
-            finished = recover_open(f, set(_all_groups(f)), locking)
+            finished = int(getattr(f, "restored", False))
+            finished += recover_open(f, set(_all_groups(f)), locking)
             f.flush()
         finally:
             f.close()
@@ -505,8 +510,12 @@ def recover_pending(path: str, locking: bool | None = None) -> bool:
     """Run :func:`recover` when ``path`` holds a commit not yet carried out.
 
     Writers call this before they compare a Dataset with the disk.  A file that does not
-    open is left to the caller's own open to report.
+    open is left to the caller's own open to report.  A write left interrupted below
+    HDF5 (a rollback journal whose writer is gone) is rolled back first.
     """
+    if journal_state(path, locking) == "hot":
+        recover(path, locking=locking)
+        return True
     try:
         f = open_h5(path, "r", locking)
     except OSError:

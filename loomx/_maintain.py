@@ -122,7 +122,8 @@ def repack(
         raise LoomFileNotFoundError("no such file; expected an existing Loom file", path=path)
     target = path if out is None else os.fspath(out)
     recover_pending(path, locking)
-    src = open_for_writing(path, locking, current_client()) if out is None else None
+    # holds the writer's lock (no other writer meanwhile) and writes nothing
+    src = open_for_writing(path, locking, current_client(), mode="r") if out is None else None
     try:
         with (
             src or open_h5(path, "r", locking) as f,

@@ -9,6 +9,8 @@ and large enough to keep task counts low, so ``chunks={}`` gives good dask chunk
 
 from __future__ import annotations
 
+import functools
+import inspect
 import os
 import threading
 from collections.abc import Iterable, Sequence
@@ -24,6 +26,7 @@ from xarray.core import indexing
 from . import _chunks, _spec
 from . import _conventions as conv
 from ._journal import Patch
+from ._layer import as_layer_array
 from ._store import H5_ERRORS, AttrInfo, DatasetInfo, LoomLayout, LoomStore
 from .errors import LoomFileError, LoomFormatError, LoomxError
 from .references import use_references
@@ -80,6 +83,12 @@ class LoomBackendArray(BackendArray):
                 lo, hi = int(index.min()), int(index.max()) + 1
                 slices.append(slice(lo, hi))
                 post.append(index - lo)
+        vectors = [axis for axis, p in enumerate(post) if isinstance(p, np.ndarray)]
+        if len(vectors) == 1 and len(self.shape) == 2:  # picked rows or columns
+            axis = vectors[0]
+            block = self._read_box(slices, (axis, post[axis] + slices[axis].start))
+            post[axis] = slice(None)
+            return self._cast(block[tuple(post)])
         block = self._read_runs(slices, post)
         return self._cast(block[tuple(post)])
 
@@ -108,13 +117,30 @@ class LoomBackendArray(BackendArray):
             out[tuple(dest)] = self._read_box(sub)
         return out
 
-    def _read_box(self, slices: list[slice]) -> np.ndarray:
+    def _read_box(
+        self, slices: list[slice], picks: tuple[int, np.ndarray] | None = None
+    ) -> np.ndarray:
+        """``slices`` of the dataset; with ``picks`` (axis, positions) those positions
+        along that axis instead of its slice."""
         try:
             patches = self.store.patches_of(self.info.h5path)
             h5path = self.store.resolve(self.info.h5path)
             with self.store.open() as h5file:
                 self.store.check_unchanged(h5file, self.info, h5path)
-            return self._read_patched(h5path, slices, patches)
+            if picks is None:
+                return self._read_patched(h5path, slices, patches)
+            if patches:
+                box = list(_chunks.box_of_picks(tuple(slices), picks))
+                block = self._read_patched(h5path, box, patches)
+                return _chunks.take_picks(block, picks)
+            return _chunks.read_through_handle(
+                self.store.open,
+                h5path,
+                tuple(slices),
+                self.store.path,
+                picks=picks,
+                remote=self.store.remote,
+            )
         except LoomxError as err:
             if err.h5path is not None:
                 raise
@@ -153,7 +179,7 @@ class LoomBackendArray(BackendArray):
                 for i, s in zip(inner, slices, strict=True)
             ]
             out[tuple(dest)] = _chunks.read_through_handle(
-                self.store.open, staged, source, self.store.path, self.store.remote
+                self.store.open, staged, source, self.store.path, remote=self.store.remote
             )
             rest = patches[k + 1 :]
             for axis in range(len(slices)):  # the parts outside the patch, one axis at a time
@@ -171,7 +197,7 @@ class LoomBackendArray(BackendArray):
                         out[tuple(where)] = self._read_patched(h5path, part, rest)
             return out
         return _chunks.read_through_handle(
-            self.store.open, h5path, tuple(slices), self.store.path, self.store.remote
+            self.store.open, h5path, tuple(slices), self.store.path, remote=self.store.remote
         )
 
     def _cast(self, values: np.ndarray) -> np.ndarray:
@@ -204,9 +230,15 @@ def default_chunks(
         return tuple(max(s, 1) for s in shape)
     base = tuple(hdf5_chunks) if hdf5_chunks else (1,) * (len(shape) - 1) + (shape[-1],)
     limit = conv.block_bytes() if target_bytes is None else target_bytes
-    chunks = normalize_chunks(
-        "auto", shape=shape, dtype=np.dtype(dtype), previous_chunks=base, limit=limit
-    )
+    return _auto_chunks(shape, np.dtype(dtype), tuple(int(b) for b in base), int(limit))
+
+
+@functools.lru_cache(maxsize=256)
+def _auto_chunks(
+    shape: tuple[int, ...], dtype: np.dtype, base: tuple[int, ...], limit: int
+) -> tuple[int, ...]:
+    """:func:`default_chunks` of a non-empty shape (a file's layers share one: cached)."""
+    chunks = normalize_chunks("auto", shape=shape, dtype=dtype, previous_chunks=base, limit=limit)
     out = []
     for size, dim_chunks, b in zip(shape, chunks, base, strict=True):
         c = max(dim_chunks[0], 1)
@@ -418,6 +450,7 @@ class LoomBackendEntrypoint(BackendEntrypoint):
         "allow_filter_plugins",
         "storage_options",
         "chunk_index",
+        "follow_external",
     )
 
     def open_dataset(  # type: ignore[override]
@@ -431,6 +464,7 @@ class LoomBackendEntrypoint(BackendEntrypoint):
         allow_filter_plugins: bool = False,
         storage_options: dict[str, Any] | None = None,
         chunk_index: Any = None,
+        follow_external: bool = False,
     ) -> xr.Dataset:
         if not isinstance(filename_or_obj, (str, os.PathLike)) and not is_remote(filename_or_obj):
             raise TypeError(
@@ -447,6 +481,7 @@ class LoomBackendEntrypoint(BackendEntrypoint):
             locking=locking,
             allow_filter_plugins=allow_filter_plugins,
             storage_options=storage_options,
+            follow_external=follow_external,
         )
         try:
             layout = store.read_layout()
@@ -465,6 +500,19 @@ class LoomBackendEntrypoint(BackendEntrypoint):
         return os.fspath(filename_or_obj).endswith(".loom")
 
 
+_NO_INDEX_PASS = (
+    {"create_default_indexes": False}
+    if "create_default_indexes" in inspect.signature(xr.open_dataset).parameters
+    else {}
+)
+"""``xr.open_dataset`` arguments that skip its default-index pass (where xarray has the argument).
+
+:func:`build_dataset`'s ``xr.Dataset`` already gives every dimension coordinate its default
+index; xarray's own pass builds a ``DataArray`` per coordinate, each scanning every
+variable, to find none missing (0.4 s for 1000 attributes).
+"""
+
+
 def open_loom(
     path: Any,
     *,
@@ -475,6 +523,7 @@ def open_loom(
     allow_filter_plugins: bool = False,
     storage_options: dict[str, Any] | None = None,
     chunk_index: Any = None,
+    follow_external: bool = False,
 ) -> xr.Dataset:
     """Open a Loom file as a lazy :class:`xarray.Dataset`.
 
@@ -512,6 +561,12 @@ def open_loom(
         A reference index of this file made by :func:`loomx.to_kerchunk` (the dict, or
         the path or URL of its JSON): remote reads then take every layer's chunk offsets
         from it instead of reading HDF5's chunk index over the network.
+    follow_external
+        Layers, attributes and graphs stored in other files (external links, datasets with
+        external raw storage, virtual datasets) are refused by default with a
+        :class:`~loomx.errors.LoomFormatError` naming them: a file stays inside itself.
+        ``True`` follows them, for reading only (writers still refuse such files); only
+        for files you trust, since they can point anywhere on the machine.
 
     Returns
     -------
@@ -526,18 +581,21 @@ def open_loom(
     >>> ds = loomx.open_loom("pbmc.loom", dims=("gene", "cell"))  # doctest: +SKIP
     >>> ds["matrix"].sum("cell").compute()  # doctest: +SKIP
     >>> s3 = loomx.open_loom("s3://bkt/pbmc.loom", storage_options={"anon": True})  # doctest: +SKIP
+    >>> linked = loomx.open_loom("atlas.loom", follow_external=True)  # doctest: +SKIP
     """
     ds = xr.open_dataset(
         path,
         engine=LoomBackendEntrypoint,
         chunks=None,
         cache=True,
+        **_NO_INDEX_PASS,
         dims=tuple(dims),
         mode=mode,
         locking=locking,
         allow_filter_plugins=allow_filter_plugins,
         storage_options=storage_options,
         chunk_index=chunk_index,
+        follow_external=follow_external,
     )
     if chunks is None:
         return ds
@@ -550,12 +608,14 @@ def chunk_layers(ds: xr.Dataset, chunks: int | str | dict[str, Any]) -> xr.Datas
     ``"auto"`` and ``{}`` use each layer's ``encoding["preferred_chunks"]``.
     """
     chunked = {}
-    for name, var in ds.data_vars.items():
+    for name in ds.data_vars:
+        var = ds.variables[name]  # not ds[name]: a DataArray scans every variable
         preferred = var.encoding.get("preferred_chunks")
         if preferred is None or var.ndim != 2:
             continue
         sizes = resolve_chunks(chunks, var.dims, preferred, var.shape)
-        chunked[name] = var.variable.chunk(sizes)
+        chunked[name] = var.chunk(sizes)
+        chunked[name].data = as_layer_array(chunked[name].data, _backend_of(var._data))
         # the writer's proof that a layer is unchanged since open: dask names change with
         # every operation on the array (see loomx._plan.is_unchanged)
         chunked[name].encoding["loom_dask_name"] = chunked[name].data.name
@@ -563,6 +623,24 @@ def chunk_layers(ds: xr.Dataset, chunks: int | str | dict[str, Any]) -> xr.Datas
     out.encoding = dict(ds.encoding)
     out.set_close(ds._close)
     return out
+
+
+def _backend_of(data: Any) -> LoomBackendArray | None:
+    """The :class:`LoomBackendArray` a lazily read variable's data reads in full, or None
+    (in memory, or already indexed to part of it)."""
+    for _ in range(8):
+        if isinstance(data, LoomBackendArray):
+            return data
+        key = getattr(data, "key", None)
+        if key is not None:
+            parts = getattr(key, "tuple", ())
+            if not all(
+                isinstance(k, slice) and k.indices(n) == (0, n, 1)
+                for k, n in zip(parts, data.array.shape, strict=False)
+            ):
+                return None
+        data = getattr(data, "array", None)
+    return None
 
 
 def resolve_chunks(

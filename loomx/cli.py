@@ -219,7 +219,7 @@ def recover_command(args: argparse.Namespace) -> int:
     from ._journal import recover
 
     finished = recover(args.path)
-    print(f"{args.path}: {finished} interrupted write(s) finished; nothing left over")
+    print(f"{args.path}: {finished} interrupted write(s) undone or finished; nothing left over")
     return 0
 
 

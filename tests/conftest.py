@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import textwrap
 import warnings
 from pathlib import Path
 
@@ -50,6 +51,18 @@ def run_cli(*args: object, timeout: float = 300) -> subprocess.CompletedProcess:
     assert LOOMX_SCRIPT.is_file(), f"no console script at {LOOMX_SCRIPT}: pip install loomx"
     cmd = [str(LOOMX_SCRIPT), *map(str, args)]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+
+
+def python_process(code: str, *args: str, **kwargs) -> subprocess.Popen:
+    """Start ``python -c code args`` with text pipes for stdin, stdout and stderr."""
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kwargs,
+    )
 
 
 def temp_links(path: str | Path) -> list[str]:

@@ -9,6 +9,7 @@ import warnings
 import h5py
 import numpy as np
 import pytest
+import xarray as xr
 from conftest import WILD_FILES, sha256
 
 import loomx
@@ -93,6 +94,12 @@ def test_scope_file_compound_and_legacy_edges(wild_file):
     assert ds["Embedding"].dims == ("col", "Embedding_dim_1")
     assert list(ds["Embedding_dim_1"].values) == ["_X", "_Y"]
     assert ds["Embedding"].encoding["loom_compound_fields"] == ["_X", "_Y"]
+    # the field names are a dimension coordinate: open_loom indexes it as xarray would
+    assert "Embedding_dim_1" in ds.xindexes
+    assert ds.sel(Embedding_dim_1="_Y")["Embedding"].dims == ("col",)
+    with pytest.warns(LoomFormatWarning):
+        plain = xr.open_dataset(wild_file, engine="loom")
+    assert list(plain.xindexes) == list(ds.xindexes)
     assert ds["CellID"].values[0] == "cell_1"  # vlen UTF-8 in a file without a version
     assert ds.attrs["Genome"] == "Mouse"
     with h5py.File(wild_file, "r") as f:

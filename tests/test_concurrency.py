@@ -3,9 +3,7 @@ of other processes, and a Dataset opened before a write never mixes old and new 
 
 from __future__ import annotations
 
-import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -13,6 +11,7 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import python_process
 
 import loomx
 from loomx._spec import TEMPORARY_TAG
@@ -45,20 +44,9 @@ except loomx.LoomxError as err:  # the file is locked by the other writer
 """
 
 
-def python(code: str, *args: str, **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(code), *args],
-        stdout=subprocess.PIPE,
-        stdin=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kwargs,
-    )
-
-
 def test_many_readers_at_once(tmp_path):
     path = small_loom(str(tmp_path / "a.loom"))
-    readers = [python(READ, path) for _ in range(4)]
+    readers = [python_process(READ, path) for _ in range(4)]
     done = [r.communicate(timeout=120) for r in readers]
     assert [r.returncode for r in readers] == [0] * 4, [err[-2000:] for _, err in done]
     out = [stdout.strip() for stdout, _ in done]
@@ -67,7 +55,7 @@ def test_many_readers_at_once(tmp_path):
 
 def test_writer_meets_a_reader_of_another_process(tmp_path):
     path = small_loom(str(tmp_path / "a.loom"))
-    reader = python(READ, path, "hold")
+    reader = python_process(READ, path, "hold")
     try:
         assert reader.stdout.readline().strip() == "holding"
         ds = xr.Dataset(coords={"New": ("col", np.arange(20))})
@@ -86,7 +74,7 @@ def test_racing_writers_never_both_write(tmp_path, round_):
     path = small_loom(str(tmp_path / "a.loom"))
     start = f"{time.time() + 3.0}"  # after every writer has imported loomx
     names = ["Alpha", "Beta", "Gamma"]
-    writers = [python(WRITE, path, name, start) for name in names]
+    writers = [python_process(WRITE, path, name, start) for name in names]
     outputs = [w.communicate(timeout=180)[0].strip() for w in writers]  # stderr: kept
     results = dict(zip(names, outputs, strict=True))
     assert all(w.returncode == 0 for w in writers), results

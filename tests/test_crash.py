@@ -7,9 +7,13 @@ or deleted, flush, fsync and rename, it prints the step and waits for a line on 
 parent kills the child's whole process group (its dask worker processes too) with SIGKILL
 when the chosen step is reached, so each kill point is deterministic.  Blocks are computed
 by the sync scheduler, by worker processes (``-processes``) or by a ``LocalCluster``
-(``-distributed``).  After each kill the file must read as all old or all new, say the
-same after ``loomx.recover``, and take the next write.  ``LOOMX_CRASH_ROUNDS`` sets how many
-kill points each scenario tries (default 4, spread over the whole write; 0 means every step).
+(``-distributed``).  ``-inside`` scenarios also step at every single write, truncation,
+fsync and removal of the rollback layer below HDF5 (``loomx._rollback``), so that kills
+fall inside HDF5's flushes.  A kill that leaves a rollback journal leaves a file readers
+refuse until ``loomx.recover`` restores the old bytes.  After each kill the file must read
+as all old or all new, say the same after ``loomx.recover``, and take the next write.
+``LOOMX_CRASH_ROUNDS`` sets how many kill points each scenario tries (default 4, spread
+over the whole write; 0 means every step).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import h5py
@@ -27,6 +32,7 @@ import xarray as xr
 from conftest import temp_links
 
 import loomx
+from loomx._rollback import journal_path
 from loomx._spec import TEMPORARY_TAG
 from loomx._writer import to_loom
 from loomx.testing import assert_loom_identical
@@ -80,6 +86,12 @@ for owner, attr in [
 ]:
     wrap(owner, attr, f"{getattr(owner, '__name__', owner)}.{attr}")
 
+if scenario.endswith("-inside"):  # kill points between the writes of HDF5's flushes
+    from loomx import _rollback
+
+    for attr in ("write", "truncate", "sync", "remove"):
+        wrap(_rollback.Disk, attr, f"Disk.{attr}")
+    scenario = scenario[: -len("-inside")]
 if scenario.endswith("-flushed"):  # a test build: every link swap reaches the file at once
     for attr in ("move", "__delitem__"):
         swap = getattr(h5py.Group, attr)
@@ -257,6 +269,8 @@ def kill_points(steps: list[str], around: tuple[str, ...] = ("os.replace",)) -> 
         "append-distributed",
         "region-processes",
         "a-flushed",
+        "a-inside",
+        "append-inside",
     ],
 )
 def test_sigkill_keeps_previous_data(tmp_path, scenario):
@@ -277,11 +291,22 @@ def test_sigkill_keeps_previous_data(tmp_path, scenario):
     flushed = scenario.endswith("-flushed")  # kill between swaps that each reached the file
     around = ("os.replace", "Group.move", "Group.__delitem__") if flushed else ("os.replace",)
     points = kill_points(steps, around)
-    rolled_forward = 0  # kills after which readers applied a journal left in the file
+    if scenario.endswith("-inside"):  # kills between single writes of the file and journal
+        writes = [i + 1 for i, step in enumerate(steps) if step == "before Disk.write"]
+        stride = 1 if ROUNDS <= 0 else max(1, len(writes) // ROUNDS)
+        points = sorted(set(points) | set(writes[::stride]))
+    rolled_back = Counter()  # kills that left a rollback journal, by the step killed at
     for kill_at in points:
         path.write_bytes(pristine)
         seen, killed = run_child(path, scenario, kill_at)
         assert killed and seen == steps[:kill_at]
+        if os.path.exists(journal_path(path)):  # killed mid-write: maybe half written
+            with pytest.raises(loomx.LoomFileError, match="loomx recover"):
+                loomx.open_loom(path)  # readers refuse it and never change it
+            loomx.recover(path)  # the journal's bytes back: the old file
+            assert not os.path.exists(journal_path(path))
+            assert_loom_identical(path, before)
+            rolled_back[steps[kill_at - 1].split(" ", 1)[-1]] += 1
         if kind not in ("region", "append"):
             read_everything(path)  # every object on disk readable with h5py
         # killed while a committed patch (region write, appended columns) is copied in, the
@@ -309,7 +334,7 @@ def test_sigkill_keeps_previous_data(tmp_path, scenario):
                 np.testing.assert_array_equal(ds["Score"].values, np.arange(M) / 7)
                 np.testing.assert_array_equal(ds["norm"].values, np.log1p(matrix))
             outcomes.add(replaced)
-            rolled_forward += journal_left and replaced
+            assert not (journal_left and replaced)  # rolled back below HDF5 instead
         elif kind == "region":
             written = not np.array_equal(ds["Score"].values, score)
             expected, expected_score = matrix.copy(), score.copy()
@@ -345,7 +370,8 @@ def test_sigkill_keeps_previous_data(tmp_path, scenario):
         path.write_bytes(pristine)
         run_child(path, scenario, kill_at)
         later = original_ds().assign(matrix=base["matrix"] * 3).assign_coords(Score=("col", -score))
-        if kind == "append" and loomx.open_loom(path).sizes["col"] > M:
+        hot = os.path.exists(journal_path(path))  # then the next write restores it first
+        if kind == "append" and not hot and loomx.open_loom(path).sizes["col"] > M:
             later = later.isel(col=np.arange(M + M // 2) % M)
         to_loom(later, path, mode="a")  # a later write succeeds and cleans up after the dead
         assert temp_files(tmp_path) == []
@@ -354,7 +380,10 @@ def test_sigkill_keeps_previous_data(tmp_path, scenario):
             np.testing.assert_array_equal(back["matrix"].values, later["matrix"].values)
             np.testing.assert_array_equal(back["Score"].values, later["Score"].values)
     assert len(outcomes) >= (2 if len(points) >= 4 else 1), outcomes
-    if flushed:  # half-swapped files were really met, and read as all new
-        assert rolled_forward >= 2, rolled_forward
+    print(scenario, f"{len(points)} kill points, rolled back after", dict(rolled_back))
+    if flushed:  # half-swapped files were really met, and rolled back to the old content
+        assert rolled_back["Group.move"] + rolled_back["Group.__delitem__"] >= 2, rolled_back
+    if scenario.endswith("-inside"):  # killed between the writes of a flush
+        assert rolled_back["Disk.write"] >= 2, rolled_back
     if scenario == "w":
         assert {i for i, step in enumerate(steps, 1) if "os.replace" in step} <= set(points)

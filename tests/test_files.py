@@ -3,6 +3,7 @@ errors."""
 
 from __future__ import annotations
 
+import io
 import pickle
 import shutil
 
@@ -47,7 +48,9 @@ def opens(monkeypatch):
     original = h5py.File.__init__
 
     def recording(self, name, mode="r", *args, **kwargs):
-        if not isinstance(name, h5py.h5f.FileID | h5py.h5g.GroupID):  # File(id): no open
+        # File(id) opens nothing; a file object is loomx's rollback layer, which locks
+        # (or not) as ``locking`` says itself
+        if not isinstance(name, h5py.h5f.FileID | h5py.h5g.GroupID | io.IOBase):
             seen.append((str(name), mode, kwargs.get("locking", "default")))
         original(self, name, mode, *args, **kwargs)
 

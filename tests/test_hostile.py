@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import os
 import warnings
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
+import xarray as xr
 from conftest import temp_links
 
 import loomx
@@ -131,6 +133,61 @@ def test_links_out_of_the_file_are_refused_by_name(corpus):
             _open(corpus[name].path)
     with pytest.raises(loomx.LoomFormatError, match="external or virtual"):
         _open(corpus["external-storage-layer"].path)
+
+
+@pytest.fixture
+def linked(tmp_path):
+    """A Loom file with three layers stored elsewhere: an external link to a dataset of
+    another HDF5 file, a dataset with external raw storage, a virtual dataset."""
+    from loomx.testing.hostile import small_loom
+
+    path = small_loom(str(tmp_path / "linked.loom"))
+    with h5py.File(path, "r") as f:
+        n, m = f["matrix"].shape
+    values = np.arange(n * m, dtype="f4").reshape(n, m)
+    other, raw = tmp_path / "other.h5", tmp_path / "raw.bin"
+    with h5py.File(other, "w") as g:
+        g["x"] = values
+    values.tofile(raw)
+    with h5py.File(path, "r+") as f:
+        f["layers/ext"] = h5py.ExternalLink(str(other), "/x")
+        f.create_dataset(
+            "layers/raw", shape=(n, m), dtype="f4", external=[(str(raw), 0, n * m * 4)]
+        )
+        layout = h5py.VirtualLayout(shape=(n, m), dtype="f4")
+        layout[:] = h5py.VirtualSource(str(other), "/x", shape=(n, m))
+        f.create_virtual_dataset("layers/virtual", layout)
+    return path, values, [other, raw]
+
+
+def test_following_data_stored_elsewhere_is_an_explicit_read_only_opt_in(linked):
+    path, values, elsewhere = linked
+    with pytest.raises(
+        loomx.LoomFormatError, match=r"ExternalLink to .*other\.h5.*follow_external"
+    ):
+        loomx.open_loom(path)
+    with h5py.File(path, "r+") as f:
+        del f["layers/ext"]  # the next refusal by name
+    with pytest.raises(loomx.LoomFormatError, match="external or virtual") as info:
+        loomx.open_loom(path)
+    assert info.value.h5path in ("/layers/raw", "/layers/virtual")
+    with h5py.File(path, "r+") as f:
+        f["layers/ext"] = h5py.ExternalLink(str(elsewhere[0]), "/x")
+    for chunks in ("auto", None):
+        with loomx.open_loom(path, follow_external=True, chunks=chunks) as ds:
+            for name in ("ext", "raw", "virtual"):
+                np.testing.assert_array_equal(ds[name].values, values, err_msg=name)
+                np.testing.assert_array_equal(ds[name][2:5, 3:9].values, values[2:5, 3:9])
+            assert ds["ext"].encoding["loom_path"] == "/layers/ext"
+    # writers never write through them: appends and region writes refuse the file
+    before = [Path(p).read_bytes() for p in (path, *elsewhere)]
+    more = xr.Dataset({"matrix": (("row", "col"), np.ones((values.shape[0], 3), "f4"))})
+    with pytest.raises(loomx.LoomFormatError, match="ExternalLink"):
+        loomx.append(path, more, fill_values="auto")
+    part = xr.Dataset({"raw": (("row", "col"), np.ones((values.shape[0], 2), "f4"))})
+    with pytest.raises(loomx.LoomFormatError, match="ExternalLink"):
+        loomx.to_loom(part, path, mode="r+", region={"col": slice(0, 2)})
+    assert [Path(p).read_bytes() for p in (path, *elsewhere)] == before
 
 
 def test_journals_loomx_did_not_write_are_ignored_and_touch_nothing(corpus, tmp_path):

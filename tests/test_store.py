@@ -162,3 +162,45 @@ def test_unfinished_writer_objects_are_hidden(tmp_path):
     ds = loomx.open_loom(path)
     assert list(ds.data_vars) == ["matrix"]
     assert not any("loomx-tmp" in str(name) for name in ds.variables)
+
+
+STORAGE = {
+    "contiguous": {},
+    "gzip": {"chunks": (2, 3), "compression": "gzip", "compression_opts": 7},
+    "gzip_shuffle_fletcher": {
+        "chunks": (3, 2),
+        "compression": "gzip",
+        "shuffle": True,
+        "fletcher32": True,
+    },
+    "shuffle": {"chunks": (4, 4), "shuffle": True},
+    "fletcher32": {"chunks": (1, 5), "fletcher32": True},
+    "lzf": {"chunks": (2, 2), "compression": "lzf"},
+    "scaleoffset": {"chunks": (2, 2), "scaleoffset": 0},
+}
+
+
+@pytest.mark.parametrize("storage", list(STORAGE), ids=str)
+@pytest.mark.parametrize("dtype", ["f4", "i8", "S4"])
+def test_dataset_facts_without_h5py_dataset_match_h5py(tmp_path, storage, dtype):
+    """The low-level layout reading gives what h5py.Dataset gives, or leaves it to it."""
+    from loomx._store import DatasetInfo, link_address
+
+    with h5py.File(tmp_path / "f.h5", "w") as f:
+        values = np.arange(20).reshape(4, 5).astype(dtype)
+        if dtype != "f4" and storage == "scaleoffset":
+            pytest.skip("scaleoffset here is for floats")
+        f.create_dataset("d", data=values, **STORAGE[storage])
+        f.create_dataset("g/counted", data=values, **STORAGE[storage])
+        f["g/counted"].attrs["loomx_generation"] = 3
+        for group, name in ((f, "d"), (f["g"], "counted")):
+            slow = DatasetInfo.of(group[name], link_address(group, name))
+            fast = DatasetInfo.of_plain(group, name, group[name].name)
+            plain = storage not in ("lzf", "scaleoffset") and name == "d"
+            assert fast == (slow if plain else None)
+            if name == "counted":
+                assert slow.generation == 3
+        f["soft"] = h5py.SoftLink("/d")
+        assert DatasetInfo.of_plain(f, "soft", "/soft") is None
+        assert DatasetInfo.of_plain(f, "g", "/g") is None
+        assert DatasetInfo.of_plain(f, "missing", "/missing") is None

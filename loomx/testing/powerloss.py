@@ -1,14 +1,16 @@
 """Simulated power loss: record a writer's file operations, then rebuild the files as a
 crash at any recorded step could leave them.
 
-:func:`record` runs a write function with every HDF5 file loomx opens for writing
-(``"r+"`` and ``"w"``) opened through h5py's file-object driver on a
-:class:`RecordingFile`, and with loomx's ``fsync`` and ``os.replace`` logged: the result
-is the list of operations in the order the operating system saw them.  :func:`crash_states`
-replays a prefix of that list onto the original bytes the way a power cut would: what
-was fsynced is on disk; writes issued since the last fsync of their file are lost, all
-kept, kept in part (any subset) or torn (the last one half written); a rename is durable
-once its folder is fsynced and may or may not have happened before.
+:func:`record` runs a write function with every new HDF5 file loomx writes (mode
+``"w"``) opened through h5py's file-object driver on a :class:`RecordingFile`, with the
+operations of the rollback layer that in-place writers go through (the file's writes
+and those of its rollback journal, see ``loomx._rollback``) and loomx's ``fsync`` and
+``os.replace`` logged: the result is the list of operations, on every file, in the order
+the operating system saw them.  :func:`crash_states` replays a prefix of that list onto
+the original bytes the way a power cut would: what was fsynced is on disk; writes
+issued since the last fsync of their file are lost, all kept, kept in part (any subset)
+or torn (the last one of each file half written); a new name (create, rename, removal)
+is durable once its folder is fsynced and may or may not have happened before.
 
 Examples
 --------
@@ -20,26 +22,25 @@ Examples
 from __future__ import annotations
 
 import contextlib
-import io
 import os
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from unittest import mock
 
 import h5py
 
-from .. import _files, _journal
+from .. import _files, _journal, _rollback
 
-__all__ = ["CrashState", "Op", "RecordingFile", "crash_states", "record"]
+__all__ = ["CrashState", "Op", "RecordingDisk", "RecordingFile", "crash_states", "record"]
 
 
 @dataclass(frozen=True)
 class Op:
     """One file operation: ``kind`` is ``"create"``, ``"write"`` (``offset``, ``data``),
     ``"truncate"`` (``offset`` is the size), ``"sync"`` (of ``path``, a file or a
-    folder) or ``"rename"`` (``path`` to ``target``)."""
+    folder), ``"rename"`` (``path`` to ``target``) or ``"remove"``."""
 
     kind: str
     path: str
@@ -48,34 +49,17 @@ class Op:
     target: str = ""
 
 
-class RecordingFile(io.RawIOBase):
+class RecordingFile(_rollback.PositionedFile):
     """A binary file that logs every write and truncation (h5py's ``fileobj`` driver
     uses it in place of its own file)."""
 
     def __init__(self, path: str, mode: str, log: list[Op]) -> None:
-        super().__init__()
         self.path = os.path.abspath(path)
         self.log = log
         flags = os.O_RDWR | (os.O_CREAT | os.O_TRUNC if mode == "w" else 0)
         if mode == "w":
             log.append(Op("create", self.path))
-        self.fd = os.open(self.path, flags, 0o644)
-        self.pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def writable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: Any) -> int:
-        data = os.pread(self.fd, len(buffer), self.pos)
-        buffer[: len(data)] = data
-        self.pos += len(data)
-        return len(data)
+        super().__init__(os.open(self.path, flags, 0o644))
 
     def write(self, data: Any) -> int:
         data = bytes(data)
@@ -83,14 +67,6 @@ class RecordingFile(io.RawIOBase):
         os.pwrite(self.fd, data, self.pos)
         self.pos += len(data)
         return len(data)
-
-    def seek(self, offset: int, whence: int = 0) -> int:
-        base = {0: 0, 1: self.pos, 2: os.fstat(self.fd).st_size}[whence]
-        self.pos = base + offset
-        return self.pos
-
-    def tell(self) -> int:
-        return self.pos
 
     def truncate(self, size: int | None = None) -> int:
         size = self.pos if size is None else size
@@ -105,6 +81,57 @@ class RecordingFile(io.RawIOBase):
         if not self.closed:
             os.close(self.fd)
         super().close()
+
+
+_REAL_REPLACE = os.replace
+
+
+class RecordingDisk(_rollback.Disk):
+    """The rollback layer's file operations, logged (see ``loomx._rollback.Disk``)."""
+
+    def __init__(self, log: list[Op]) -> None:
+        self.log = log
+        self.paths: dict[int, str] = {}
+
+    def open(self, path: str, flags: int) -> int:
+        path = os.path.abspath(path)
+        if flags & os.O_CREAT:
+            self.log.append(Op("create", path))
+        fd = super().open(path, flags)
+        self.paths[fd] = path
+        return fd
+
+    def close(self, fd: int) -> None:
+        self.paths.pop(fd, None)
+        super().close(fd)
+
+    def write(self, fd: int, data: bytes, offset: int) -> None:
+        self.log.append(Op("write", self.paths[fd], offset, bytes(data)))
+        super().write(fd, data, offset)
+
+    def truncate(self, fd: int, size: int) -> None:
+        self.log.append(Op("truncate", self.paths[fd], size))
+        super().truncate(fd, size)
+
+    def sync(self, fd: int) -> None:
+        self.log.append(Op("sync", self.paths[fd]))
+        super().sync(fd)
+
+    def sync_folder(self, path: str) -> None:
+        self.log.append(Op("sync", os.path.dirname(os.path.abspath(path))))
+        super().sync_folder(path)
+
+    def rename(self, src: str, dst: str) -> None:
+        src, dst = os.path.abspath(src), os.path.abspath(dst)
+        self.log.append(Op("rename", src, target=dst))
+        _REAL_REPLACE(src, dst)  # not os.replace: record() logs that one itself
+        for fd, name in self.paths.items():
+            if name == src:
+                self.paths[fd] = dst
+
+    def remove(self, path: str) -> None:
+        self.log.append(Op("remove", os.path.abspath(path)))
+        super().remove(path)
 
 
 def record(write: Callable[[], Any]) -> list[Op]:
@@ -126,6 +153,7 @@ def record(write: Callable[[], Any]) -> list[Op]:
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(_files.write_opener(opener))
+        stack.enter_context(_rollback.use_disk(RecordingDisk(log)))
         stack.enter_context(mock.patch.object(_files, "fsync", fsync))
         stack.enter_context(mock.patch.object(_journal, "fsync", fsync))
         stack.enter_context(mock.patch.object(_files.os, "replace", replace))
@@ -136,11 +164,13 @@ def record(write: Callable[[], Any]) -> list[Op]:
 @dataclass(frozen=True)
 class CrashState:
     """The bytes ``path`` holds after a crash at operation ``step`` (``0``: before the
-    first), with the unsynced writes treated as ``variant`` says."""
+    first), with the unsynced writes treated as ``variant`` says; ``files`` holds every
+    file asked for (``None``: it does not exist)."""
 
     step: int
     variant: str
     data: bytes | None  # None: the file does not exist
+    files: dict[str, bytes | None] = field(default_factory=dict)
 
 
 def _apply(buf: bytearray, op: Op, torn: bool = False) -> None:
@@ -178,6 +208,8 @@ class _Disk:
             self.pending[self.names[op.path]].append(op)
         elif op.kind == "rename":
             self.names[op.target] = self.names.pop(op.path)
+        elif op.kind == "remove":
+            del self.names[op.path]
         elif op.path in self.names:  # fsync of a file
             inode = self.names[op.path]
             for pending in self.pending[inode]:
@@ -192,10 +224,10 @@ class _Disk:
                 if name.startswith(folder):
                     del self.durable_names[name]
 
-    def contents(self, inode: int, keep: Callable[[int, Op], str]) -> bytes:
+    def contents(self, inode: int, keep: Callable[[int, int, Op], str]) -> bytes:
         buf = bytearray(self.durable[inode])
         for i, op in enumerate(self.pending[inode]):
-            how = keep(i, op)
+            how = keep(inode, i, op)
             if how != "lost":
                 _apply(buf, op, torn=how == "torn")
         return bytes(buf)
@@ -208,8 +240,10 @@ def crash_states(
     steps: list[int] | None = None,
     subsets: int = 2,
     seed: int = 0,
+    also: tuple[str, ...] = (),
 ) -> Iterator[CrashState]:
-    """The contents of ``path`` after a crash at each of ``steps`` (default: before every
+    """The contents of ``path`` (and of the files ``also`` names, in
+    :attr:`CrashState.files`) after a crash at each of ``steps`` (default: before every
     operation and after the last).
 
     Parameters
@@ -226,8 +260,10 @@ def crash_states(
         How many random subsets of the unsynced writes to keep, per crash point.
     seed
         For the subsets.
+    also
+        More files rebuilt with the same crash (a rollback journal next to ``path``).
     """
-    path = os.path.abspath(path)
+    paths = [os.path.abspath(p) for p in (path, *also)]
     wanted = sorted(set(range(len(ops) + 1) if steps is None else steps))
     disk = _Disk(files)
     done = 0
@@ -236,25 +272,31 @@ def crash_states(
         for op in ops[done:step]:
             disk.do(op)
         done = step
-        candidates = {disk.names.get(path), disk.durable_names.get(path)}
-        for inode in candidates:
-            renamed = "" if inode == disk.durable_names.get(path) else "+rename"
-            if inode is None:
-                yield CrashState(step, "missing" + renamed, None)
-                continue
-            n = len(disk.pending[inode])
-            variants: dict[str, Callable[[int, Op], str]] = {
-                "lost": lambda i, op: "lost",
-                "kept": lambda i, op: "kept",
+        views = [("", disk.durable_names)]
+        if any(disk.names.get(p) != disk.durable_names.get(p) for p in paths):
+            views.append(("+rename", disk.names))  # names not yet durable, on disk anyway
+        inodes = {i for _, view in views for p in paths if (i := view.get(p)) is not None}
+        counts = {inode: len(disk.pending[inode]) for inode in inodes}
+        variants: dict[str, Callable[[int, int, Op], str]] = {
+            "lost": lambda inode, i, op: "lost",
+            "kept": lambda inode, i, op: "kept",
+        }
+        if any(counts.values()):
+            variants["torn"] = lambda k, i, op, n=counts: "torn" if i == n[k] - 1 else "kept"
+        for s in range(subsets if sum(counts.values()) > 1 else 0):
+            mask = {
+                (inode, i): rng.random() < 0.5 for inode in inodes for i in range(counts[inode])
             }
-            if n:
-                variants["torn"] = lambda i, op, n=n: "torn" if i == n - 1 else "kept"
-            for s in range(subsets if n > 1 else 0):
-                mask = [rng.random() < 0.5 for _ in range(n)]
-                variants[f"subset{s}"] = lambda i, op, mask=mask: "kept" if mask[i] else "lost"
-            seen: set[bytes] = set()
+            variants[f"subset{s}"] = lambda inode, i, op, mask=mask: (
+                "kept" if mask[inode, i] else "lost"
+            )
+        seen: set[tuple[bytes | None, ...]] = set()
+        for suffix, view in views:
             for name, keep in variants.items():
-                data = disk.contents(inode, keep)
-                if data not in seen:
-                    seen.add(data)
-                    yield CrashState(step, name + renamed, data)
+                state = {
+                    p: None if view.get(p) is None else disk.contents(view[p], keep) for p in paths
+                }
+                key = tuple(state.values())
+                if key not in seen:
+                    seen.add(key)
+                    yield CrashState(step, name + suffix, state[paths[0]], state)

@@ -1,0 +1,122 @@
+"""The physical limit of reading a layer on this machine: the batch kernel inflating every
+chunk of ``/matrix`` (nothing placed, nothing summed) in 1 process and in one process per
+core, with the per-chunk Python path (``ChunkIndex.read(..., inflater="libdeflate")``) and
+the batch kernel's full read (``ChunkIndex.read``) beside it, in the same run.
+
+Usage::
+
+    python benchmarks/inflate_ceiling.py /work/bench-data/pbmc_20000x30000.loom
+
+Prints MB/s of decompressed data (best of 3 rounds per row, after one warm-up round).  Each
+inflate-only task checks that every chunk decoded to the chunk's size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import multiprocessing
+import os
+import subprocess
+import time
+
+import h5py
+import numpy as np
+
+from benchmarks.operations import ncores
+from benchmarks.reference import BAND_ROWS
+
+_STATE: dict[str, object] = {}
+
+
+def _init(path: str) -> None:
+    from loomx._chunks import ChunkIndex, local_reader
+
+    with h5py.File(path, "r") as f:
+        _STATE.update(index=ChunkIndex.from_dataset(f["matrix"]), reader=local_reader(path))
+
+
+def _inflate_only(band: tuple[int, int]) -> int:
+    """Inflate every chunk of rows ``band`` with the batch kernel; return the bytes made."""
+    from loomx import _chunks, _kernels
+
+    index, reader = _STATE["index"], _STATE["reader"]
+    rows = slice(band[0] // index.chunks[0], -(-band[1] // index.chunks[0]))
+    offs = index.offsets[rows].ravel()
+    sizes = index.sizes[rows].ravel()
+    keep = offs >= 0
+    order = np.argsort(offs[keep], kind="stable")
+    offs, sizes = offs[keep][order], sizes[keep][order]
+    bounds = _chunks._run_bounds(offs, sizes)
+    first, last = bounds[:-1], bounds[1:] - 1
+    run_offsets, run_sizes = offs[first], offs[last] + sizes[last] - offs[first]
+    src = _chunks._gather(
+        reader,
+        list(zip(run_offsets.tolist(), run_sizes.tolist(), strict=True)),
+        int(run_sizes.sum()),
+    )
+    run_of = np.repeat(np.arange(first.size), np.diff(bounds))
+    starts = (np.cumsum(run_sizes) - run_sizes)[run_of] + offs - run_offsets[run_of]
+    item = index.dtype.itemsize
+    status = np.zeros(3, np.int64)
+    nothing = np.zeros(0, np.int64)
+    codes = np.array([c for c, _ in index.filters], np.int64)
+    params = np.array([v[0] if v else item for _, v in index.filters], np.int64)
+    _kernels.decode_chunks(
+        src, starts, sizes, np.zeros(offs.size, np.int64), codes, params, index.chunks[0],
+        index.chunks[1] * item, item, np.zeros((offs.size, 6), np.int64),
+        np.zeros((1, 1), np.uint8), status, 0, nothing, nothing, nothing, nothing,
+    )  # fmt: skip
+    if status[0]:
+        raise RuntimeError(f"chunk {status[1]} failed to decode: {status}")
+    return offs.size * math.prod(index.chunks) * item
+
+
+def _full_read(band: tuple[int, int], inflater: str | None = None) -> int:
+    block = _STATE["index"].read(_STATE["reader"], (slice(*band),), inflater=inflater)
+    return block.nbytes
+
+
+def _python_read(band: tuple[int, int]) -> int:
+    return _full_read(band, "libdeflate")
+
+
+def _measure(path: str, procs: int, task, bands) -> float:
+    with multiprocessing.get_context("spawn").Pool(procs, _init, (path,)) as pool:
+        pool.map(task, bands[:procs])
+        best = math.inf
+        for _ in range(4):
+            start = time.perf_counter()
+            made = sum(pool.map(task, bands, chunksize=1))
+            best = min(best, time.perf_counter() - start)
+    return made / best / 1e6
+
+
+def _uptime() -> str:
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("file")
+    args = parser.parse_args()
+    with h5py.File(args.file, "r") as f:
+        n_rows = f["matrix"].shape[0]
+    bands = [(s, min(s + BAND_ROWS, n_rows)) for s in range(0, n_rows, BAND_ROWS)]
+    print(f"`uptime` before: `{_uptime()}`")
+    print(
+        "| processes | kernel, inflate only MB/s | kernel, full read MB/s "
+        "| per-chunk Python path, full read MB/s |"
+    )
+    print("| ---: | ---: | ---: | ---: |")
+    for procs in sorted({1, ncores()}):
+        row = [
+            _measure(args.file, procs, t, bands) for t in (_inflate_only, _full_read, _python_read)
+        ]
+        print(f"| {procs} | " + " | ".join(f"{x:.0f}" for x in row) + " |", flush=True)
+    print(f"`uptime` after: `{_uptime()}`")
+    print(f"(pid {os.getpid()}; {len(bands)} bands of {BAND_ROWS} rows)")
+
+
+if __name__ == "__main__":
+    main()
