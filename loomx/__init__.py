@@ -30,6 +30,7 @@ from .errors import (
 )
 from .interop import from_anndata, to_anndata
 from .qc import assign_qc, calculate_qc_metrics
+from .references import to_kerchunk
 from .validate import validate_loom
 
 __version__ = "0.1.0"
@@ -56,6 +57,7 @@ __all__ = [
     "recover",
     "repack",
     "to_anndata",
+    "to_kerchunk",
     "to_loom",
     "validate_loom",
 ]

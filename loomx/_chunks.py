@@ -753,6 +753,7 @@ def read_through_handle(
     h5path: str,
     key: tuple[slice, ...],
     label: str = "",
+    remote: Any = None,
     picks: tuple[int, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Return ``dset[key]`` from the file an open h5py handle refers to, fast when possible.
@@ -774,11 +775,22 @@ def read_through_handle(
         Step-1 slices, as for :meth:`ChunkIndex.read`.
     label : str
         File name for error messages.
+    remote : loomx.remote.RemoteSource, optional
+        The remote file the handle reads: chunks are fetched with its ``read_ranges``, and
+        the chunk index comes from its ``chunk_index(h5path, build)``.
     picks : tuple of (int, numpy.ndarray), optional
         ``(axis, positions)``: take these positions along ``axis`` of a 2-D dataset
         (:meth:`ChunkIndex.read_picks`: only the chunks that hold them are read); ``key``
         gives the other axis's range.
     """
+    if remote is not None:
+        with open_file() as f:
+            index = remote.chunk_index(h5path, lambda: _index_in(f, h5path))
+            if index is None:
+                return take_picks(_read_h5py(f[h5path], box_of_picks(key, picks)), picks)
+        if picks is not None and len(index.shape) == 2 and _kernels.available():
+            return index.read_picks(remote, key, *picks)
+        return take_picks(index.read(remote, box_of_picks(key, picks)), picks)
     with open_file() as f:
         try:
             fd = f.id.get_vfd_handle()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import threading
 import uuid
@@ -33,6 +34,7 @@ __all__ = [
     "HDF5_SIGNATURE",
     "CachedFile",
     "fsync",
+    "is_url",
     "locking_enforced",
     "locking_in_use",
     "move_into_place",
@@ -51,6 +53,15 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
 # --------------------------------------------------------------------------- opening
+
+_URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+)://")
+
+
+def is_url(path: str) -> bool:
+    """Whether ``path`` is a URL (``scheme://...``) other than ``file://``: a remote file,
+    read through :mod:`loomx.remote`."""
+    match = _URL.match(path)
+    return match is not None and match.group(1).lower() not in ("file", "local")
 
 
 WriteOpener = Callable[[str, str], h5py.File]
@@ -87,6 +98,12 @@ def open_h5(path: str, mode: str = "r", locking: bool | None = None) -> h5py.Fil
     """
     if mode not in ("r", "r+", "w"):
         raise ValueError(f"mode must be 'r', 'r+' or 'w'; found {mode!r}")
+    if is_url(path):
+        from .remote import RemoteSource, refuse_remote
+
+        if mode != "r":
+            refuse_remote(path, f"open in mode {mode!r}")
+        return RemoteSource(path).open_h5()
     kwargs: dict[str, Any] = {} if locking is None else {"locking": locking}
     if _write_opener is not None and mode != "r" and (mode == "w" or os.path.isfile(path)):
         return _write_opener(path, mode)
@@ -288,6 +305,10 @@ def open_for_writing(
     closing the file commits.  A journal an interrupted writer left is restored first.
     ``mode="r"`` holds the writer's lock without writing.
     """
+    if is_url(path):
+        from .remote import refuse_remote
+
+        refuse_remote(path, "open for writing")
     if not os.path.isfile(path):
         raise LoomFileNotFoundError("no such file; expected an existing Loom file", path=path)
     if client is not None:
@@ -356,6 +377,10 @@ def locking_enforced(locking: bool | None = None) -> bool:
 
 def temp_path(path: str, kind: str) -> str:
     """A new temporary file name next to ``path``; removes those of writers that are gone."""
+    if is_url(path):
+        from .remote import refuse_remote
+
+        refuse_remote(path, "write")
     folder, base = os.path.split(os.path.abspath(path))
     prefix = f".{base}{TEMPORARY_TAG}"
     for stale in os.listdir(folder):

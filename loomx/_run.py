@@ -9,6 +9,7 @@ from typing import Any
 
 import dask
 
+from ._stream import lost_scheduler
 from .errors import LoomxError
 
 
@@ -63,13 +64,19 @@ def compute(*collections: Any, client: Any = None, progress: bool = False) -> tu
     """``dask.compute(*collections)`` in one graph, with a progress bar on stderr when
     ``progress`` (dask's ``ProgressBar`` locally, ``distributed.progress`` on a Client)."""
     if client is not None:
-        futures = client.compute(list(collections))
-        if progress:
-            from distributed import progress as show_progress
+        try:
+            futures = client.compute(list(collections))
+            if progress:
+                from distributed import progress as show_progress
 
-            show_progress(futures)
-            print(file=sys.stderr)
-        return tuple(client.gather(futures))
+                show_progress(futures)
+                print(file=sys.stderr)
+            return tuple(client.gather(futures))
+        except Exception as err:
+            lost = lost_scheduler(client, err)
+            if lost is not None:
+                raise SchedulerError(str(lost)) from err
+            raise
     if progress:
         from dask.diagnostics import ProgressBar
 

@@ -27,6 +27,7 @@ from . import _spec
 from ._files import CachedFile
 from ._journal import GENERATION, Patch, committed_path, read_journals
 from .errors import LoomFileError, LoomFormatError, LoomFormatWarning, LoomxError, describe
+from .remote import RemoteFile, RemoteSource, is_remote, refuse_remote
 
 H5_ERRORS = (
     OSError,
@@ -252,14 +253,17 @@ class LoomStore:
     Parameters
     ----------
     path
-        Path of the ``.loom`` file.
+        Path of the ``.loom`` file, or a remote file (a URL or an open binary file object,
+        read-only, see :mod:`loomx.remote`).
     mode
-        ``"r"`` (default) or ``"r+"``.
+        ``"r"`` (default) or ``"r+"`` (local files only).
     locking
         Passed to :class:`h5py.File`; ``False`` for filesystems without HDF5 file locking.
     allow_filter_plugins
         Read datasets whose HDF5 filters are plugins (code HDF5 loads from disk); by
         default such datasets are refused when the layout is read.
+    storage_options
+        fsspec options for a URL (credentials, endpoint, ...).
     follow_external
         Follow external links and read datasets with external raw storage or virtual
         datasets (data in other files); by default they are refused.
@@ -267,20 +271,30 @@ class LoomStore:
 
     def __init__(
         self,
-        path: str | os.PathLike,
+        path: Any,
         *,
         mode: str = "r",
         locking: bool | None = None,
         allow_filter_plugins: bool = False,
+        storage_options: dict[str, Any] | None = None,
         follow_external: bool = False,
     ):
-        self.path = os.fspath(path)
         self.allow_filter_plugins = allow_filter_plugins
         self.follow_external = follow_external
         self.mode = mode
         self.locking = locking
         self.lock = HDF5_LOCK
-        self.handle = CachedFile(self.path, mode, locking)
+        self.remote: RemoteSource | None = None
+        self.handle: CachedFile | RemoteFile
+        if is_remote(path):
+            if mode != "r":
+                refuse_remote(path, f"open in mode {mode!r}")
+            self.remote = RemoteSource(path, storage_options)
+            self.path = self.remote.name
+            self.handle = RemoteFile(self.remote)
+        else:
+            self.path = os.fspath(path)
+            self.handle = CachedFile(self.path, mode, locking)
         self.pending: dict[str, str] = {}  # objects of a commit not yet carried out
         self.identity: tuple[str, int, int] | None = None  # (host, device, inode) read
         self.patches: dict[str, list[Patch]] = {}  # region writes, appended columns

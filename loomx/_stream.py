@@ -32,6 +32,7 @@ __all__ = [
     "Sink",
     "aligned",
     "current_client",
+    "lost_scheduler",
     "queue_columns",
     "run_queue",
     "scheduler",
@@ -137,6 +138,23 @@ def current_client() -> Any:
     return get.__self__ if get is not None and scheduler_kind(get) == "distributed" else None
 
 
+def lost_scheduler(client: Any, err: BaseException) -> ConnectionError | None:
+    """The error to raise when ``err`` (from waiting on ``client``) means the client lost
+    its scheduler (killed, network gone), else None: distributed then cancels every
+    future ("scheduler-connection-lost") or fails a connection."""
+    from distributed.comm.core import CommClosedError
+
+    connected = getattr(client, "status", "running") in ("running", "newly-created")
+    cancelled = isinstance(err, concurrent.futures.CancelledError) and "connection-lost" in str(err)
+    if connected and not cancelled and not isinstance(err, CommClosedError):
+        return None
+    address = getattr(getattr(client, "scheduler", None), "address", None) or "?"
+    return ConnectionError(
+        f"lost the connection to the dask scheduler at {address} ({type(err).__name__}: "
+        f"{err}); expected a running scheduler: start it again and retry"
+    )
+
+
 def scheduler_kind(get: Callable[..., Any]) -> str:
     owner = getattr(get, "__self__", None)
     if owner is not None and type(owner).__name__ == "Client":
@@ -169,13 +187,19 @@ def stream(
                 running[future.key] = (i, region)
                 queue.add(future)
 
-        for _ in range(window):
-            submit()
-        for future in queue:
-            i, region = running.pop(future.key)
-            sinks[i][region] = future.result()
-            future.release()
-            submit()
+        try:
+            for _ in range(window):
+                submit()
+            for future in queue:
+                i, region = running.pop(future.key)
+                sinks[i][region] = future.result()
+                future.release()
+                submit()
+        except Exception as err:
+            lost = lost_scheduler(client, err)
+            if lost is not None:
+                raise lost from err
+            raise
         return
     workers = int(dask.config.get("num_workers", None) or os.cpu_count() or 1)
     extra: dict[str, Any] = {}

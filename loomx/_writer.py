@@ -34,6 +34,7 @@ from ._journal import recover_pending, transaction
 from ._plan import WritePlan, plan_dataset
 from ._region import write_region
 from ._storage import create_attr, create_graph, create_layer, make_storage
+from .remote import refuse_remote
 
 __all__ = ["execute", "to_loom", "write_content", "write_new_file"]
 
@@ -235,6 +236,7 @@ def to_loom(
     >>> part = ds.isel(col=slice(0, 1)).drop_vars("Gene") * 2
     >>> to_loom(part, "example.loom", mode="r+", region={"col": slice(0, 1)})  # doctest: +SKIP
     """
+    refuse_remote(path, "write")
     path = os.fspath(path)
     if mode not in ("w", "a", "r+"):
         raise ValueError(f"mode must be 'w', 'a' or 'r+'; got {mode!r}")

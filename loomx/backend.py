@@ -29,6 +29,8 @@ from ._journal import Patch
 from ._layer import as_layer_array
 from ._store import H5_ERRORS, AttrInfo, DatasetInfo, LoomLayout, LoomStore
 from .errors import LoomFileError, LoomFormatError, LoomxError
+from .references import use_references
+from .remote import is_remote
 
 
 class LoomBackendArray(BackendArray):
@@ -132,7 +134,12 @@ class LoomBackendArray(BackendArray):
                 block = self._read_patched(h5path, box, patches)
                 return _chunks.take_picks(block, picks)
             return _chunks.read_through_handle(
-                self.store.open, h5path, tuple(slices), self.store.path, picks
+                self.store.open,
+                h5path,
+                tuple(slices),
+                self.store.path,
+                picks=picks,
+                remote=self.store.remote,
             )
         except LoomxError as err:
             if err.h5path is not None:
@@ -172,7 +179,7 @@ class LoomBackendArray(BackendArray):
                 for i, s in zip(inner, slices, strict=True)
             ]
             out[tuple(dest)] = _chunks.read_through_handle(
-                self.store.open, staged, source, self.store.path
+                self.store.open, staged, source, self.store.path, remote=self.store.remote
             )
             rest = patches[k + 1 :]
             for axis in range(len(slices)):  # the parts outside the patch, one axis at a time
@@ -189,7 +196,9 @@ class LoomBackendArray(BackendArray):
                         ]
                         out[tuple(where)] = self._read_patched(h5path, part, rest)
             return out
-        return _chunks.read_through_handle(self.store.open, h5path, tuple(slices), self.store.path)
+        return _chunks.read_through_handle(
+            self.store.open, h5path, tuple(slices), self.store.path, remote=self.store.remote
+        )
 
     def _cast(self, values: np.ndarray) -> np.ndarray:
         if self.cast is None:
@@ -439,22 +448,29 @@ class LoomBackendEntrypoint(BackendEntrypoint):
         "mode",
         "locking",
         "allow_filter_plugins",
+        "storage_options",
+        "chunk_index",
         "follow_external",
     )
 
     def open_dataset(  # type: ignore[override]
         self,
-        filename_or_obj: str | os.PathLike,
+        filename_or_obj: Any,
         *,
         drop_variables: str | Iterable[str] | None = None,
         dims: Sequence[str] = conv.DEFAULT_DIMS,
         mode: str = "r",
         locking: bool | None = None,
         allow_filter_plugins: bool = False,
+        storage_options: dict[str, Any] | None = None,
+        chunk_index: Any = None,
         follow_external: bool = False,
     ) -> xr.Dataset:
-        if not isinstance(filename_or_obj, (str, os.PathLike)):
-            raise TypeError(f"engine='loom' opens paths, found {type(filename_or_obj).__name__}")
+        if not isinstance(filename_or_obj, (str, os.PathLike)) and not is_remote(filename_or_obj):
+            raise TypeError(
+                "engine='loom' opens paths, URLs and binary file objects, found "
+                f"{type(filename_or_obj).__name__}"
+            )
         if mode not in ("r", "r+"):
             raise ValueError(f"mode must be 'r' or 'r+', found {mode!r}")
         if isinstance(drop_variables, str):
@@ -464,10 +480,13 @@ class LoomBackendEntrypoint(BackendEntrypoint):
             mode=mode,
             locking=locking,
             allow_filter_plugins=allow_filter_plugins,
+            storage_options=storage_options,
             follow_external=follow_external,
         )
         try:
             layout = store.read_layout()
+            if chunk_index is not None:
+                use_references(store, layout, chunk_index)
             ds = build_dataset(store, layout, dims=dims, drop_variables=drop_variables)
         except BaseException:
             store.close()
@@ -495,13 +514,15 @@ variable, to find none missing (0.4 s for 1000 attributes).
 
 
 def open_loom(
-    path: str | os.PathLike,
+    path: Any,
     *,
     chunks: int | str | dict[str, Any] | None = "auto",
     dims: Sequence[str] = conv.DEFAULT_DIMS,
     mode: str = "r",
     locking: bool | None = None,
     allow_filter_plugins: bool = False,
+    storage_options: dict[str, Any] | None = None,
+    chunk_index: Any = None,
     follow_external: bool = False,
 ) -> xr.Dataset:
     """Open a Loom file as a lazy :class:`xarray.Dataset`.
@@ -512,7 +533,9 @@ def open_loom(
     Parameters
     ----------
     path
-        The ``.loom`` file.
+        The ``.loom`` file: a local path, a URL (``https://...``, ``s3://bucket/key``, any
+        fsspec URL) or an open binary file object.  Remote files are read-only; reads
+        fetch only the byte ranges they need (see :mod:`loomx.remote`).
     chunks
         ``"auto"`` or ``{}`` (default): dask chunks that are whole multiples of each layer's
         HDF5 chunks, about 64 MiB each.  ``None``: no dask; layers are lazily indexed
@@ -532,6 +555,12 @@ def open_loom(
         code HDF5 loads from disk) are refused by default with a
         :class:`~loomx.errors.LoomFormatError`; ``True`` reads them (with the plugins
         installed, e.g. ``import hdf5plugin``).
+    storage_options
+        fsspec options for a URL: credentials, ``client_kwargs={"endpoint_url": ...}``.
+    chunk_index
+        A reference index of this file made by :func:`loomx.to_kerchunk` (the dict, or
+        the path or URL of its JSON): remote reads then take every layer's chunk offsets
+        from it instead of reading HDF5's chunk index over the network.
     follow_external
         Layers, attributes and graphs stored in other files (external links, datasets with
         external raw storage, virtual datasets) are refused by default with a
@@ -551,6 +580,7 @@ def open_loom(
     --------
     >>> ds = loomx.open_loom("pbmc.loom", dims=("gene", "cell"))  # doctest: +SKIP
     >>> ds["matrix"].sum("cell").compute()  # doctest: +SKIP
+    >>> s3 = loomx.open_loom("s3://bkt/pbmc.loom", storage_options={"anon": True})  # doctest: +SKIP
     >>> linked = loomx.open_loom("atlas.loom", follow_external=True)  # doctest: +SKIP
     """
     ds = xr.open_dataset(
@@ -563,6 +593,8 @@ def open_loom(
         mode=mode,
         locking=locking,
         allow_filter_plugins=allow_filter_plugins,
+        storage_options=storage_options,
+        chunk_index=chunk_index,
         follow_external=follow_external,
     )
     if chunks is None:

@@ -9,9 +9,10 @@ import numpy as np
 
 from . import _conventions as conv
 from . import _spec
-from ._files import open_h5
+from ._files import is_url, open_h5
 from .backend import open_loom
 from .graphs import graph_names
+from .remote import RemoteSource
 
 __all__ = ["describe_file", "format_description"]
 
@@ -33,7 +34,7 @@ def describe_file(path: str | os.PathLike[str], locking: bool | None = None) -> 
         paths = conv.variable_paths(ds, (row_dim, col_dim))
         out: dict[str, Any] = {
             "file": path,
-            "file_bytes": os.path.getsize(path),
+            "file_bytes": RemoteSource(path).size if is_url(path) else os.path.getsize(path),
             "shape": [ds.sizes[row_dim], ds.sizes[col_dim]],
             "spec_version": ds.encoding.get("loom_spec_version"),
             "layers": {},

@@ -1,0 +1,256 @@
+"""Loopback servers that serve files the way object stores do, counting what they serve.
+
+:class:`RangeHTTPServer` serves a folder over HTTP with ``Range`` requests (the standard
+library's ``http.server`` ignores ``Range``); :class:`S3Server` runs moto's S3 API (package
+``moto[server]``) behind the same counters.  Both listen on ``127.0.0.1`` on a free port, in
+a thread of this process, and stop when their ``with`` block ends.  Tests and benchmarks
+use the counters to check how many requests and bytes a read costs.
+
+Examples
+--------
+>>> with RangeHTTPServer(folder) as server:  # doctest: +SKIP
+...     ds = loomx.open_loom(server.url("pbmc.loom"))
+...     ds["matrix"][:, 0].values
+...     print(server.requests, server.bytes_sent)
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import re
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RangeHTTPServer", "S3Server", "ServedCounts"]
+
+_RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
+
+
+@dataclass
+class ServedCounts:
+    """Requests answered and body bytes sent, per request method; thread-safe."""
+
+    requests: int = 0
+    bytes_sent: int = 0
+    by_method: dict[str, int] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def add(self, method: str, nbytes: int = 0) -> None:
+        """Count a request.  Servers count a request and its bytes *before* sending them:
+        a client that has its answer finds it counted."""
+        with self.lock:
+            self.requests += 1
+            self.bytes_sent += nbytes
+            self.by_method[method] = self.by_method.get(method, 0) + 1
+
+    def add_bytes(self, nbytes: int) -> None:
+        with self.lock:
+            self.bytes_sent += nbytes
+
+    def reset(self) -> tuple[int, int]:
+        """Zero the counters; returns the ``(requests, bytes_sent)`` they held."""
+        with self.lock:
+            held = (self.requests, self.bytes_sent)
+            self.requests = self.bytes_sent = 0
+            self.by_method = {}
+            return held
+
+
+class _Server:
+    """Common part: a threading HTTP server on a free loopback port, and its counters."""
+
+    counts: ServedCounts
+    _httpd: Any
+
+    def start(self) -> _Server:
+        """Start serving (in a daemon thread); :meth:`close` stops."""
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def __enter__(self) -> _Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Stop serving and release the port."""
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=10)
+
+    @property
+    def port(self) -> int:
+        return int(self._httpd.server_address[1])
+
+    @property
+    def endpoint(self) -> str:
+        """``http://127.0.0.1:PORT``."""
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def requests(self) -> int:
+        return self.counts.requests
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.counts.bytes_sent
+
+
+class _RangeHandler(http.server.BaseHTTPRequestHandler):
+    """GET and HEAD of files under ``server.root`` with single-range ``Range`` support."""
+
+    protocol_version = "HTTP/1.1"  # keep-alive: clients reuse connections
+    disable_nagle_algorithm = True  # no 40 ms delayed-ACK stall between header and body
+    server: Any
+
+    def log_message(self, format: str, *args: Any) -> None:  # quiet
+        pass
+
+    def _target(self) -> str | None:
+        name = self.path.split("?", 1)[0].lstrip("/")
+        full = os.path.realpath(os.path.join(self.server.root, name))
+        root = os.path.realpath(self.server.root)
+        if not full.startswith(root + os.sep) or not os.path.isfile(full):
+            return None
+        return full
+
+    def do_HEAD(self) -> None:
+        self._serve(body=False)
+
+    def do_GET(self) -> None:
+        self._serve(body=True)
+
+    def _serve(self, body: bool) -> None:
+        target = self._target()
+        if target is None:
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.server.counts.add(self.command)
+            self.end_headers()
+            return
+        size = os.path.getsize(target)
+        start, stop, status = 0, size, 200
+        header = self.headers.get("Range")
+        if header:
+            match = _RANGE.match(header.strip())
+            if match is None or not any(match.groups()):
+                self.send_response(416)
+                self.send_header("Content-Range", f"bytes */{size}")
+                self.send_header("Content-Length", "0")
+                self.server.counts.add(self.command)
+                self.end_headers()
+                return
+            first, last = match.groups()
+            if first:
+                start, stop = int(first), min(size, int(last) + 1 if last else size)
+            else:  # the last N bytes
+                start, stop = max(0, size - int(last)), size
+            status = 206
+        self.send_response(status)
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Type", "application/octet-stream")
+        self.send_header("ETag", f'"{os.stat(target).st_mtime_ns:x}-{size:x}"')
+        if status == 206:
+            self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{size}")
+        self.send_header("Content-Length", str(max(0, stop - start)))
+        self.server.counts.add(self.command)
+        self.end_headers()
+        if body and stop > start:
+            with open(target, "rb") as fh:
+                fh.seek(start)
+                left = stop - start
+                while left:
+                    block = fh.read(min(left, 1 << 20))
+                    if not block:
+                        break
+                    self.server.counts.add_bytes(len(block))
+                    self.wfile.write(block)
+                    left -= len(block)
+
+
+class RangeHTTPServer(_Server):
+    """Serve the files of ``root`` at ``http://127.0.0.1:PORT/NAME``, with ``Range``.
+
+    Parameters
+    ----------
+    root
+        The folder served (files only; nothing outside it).
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.counts = ServedCounts()
+        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
+        self._httpd.daemon_threads = True
+        self._httpd.root = os.fspath(root)
+        self._httpd.counts = self.counts
+
+    def url(self, name: str) -> str:
+        """The URL of the file ``name`` of the served folder."""
+        return f"{self.endpoint}/{name}"
+
+
+class _CountingApp:
+    """WSGI middleware counting the requests and body bytes an application answers."""
+
+    def __init__(self, app: Callable[..., Iterable[bytes]], counts: ServedCounts) -> None:
+        self.app = app
+        self.counts = counts
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        self.counts.add(environ.get("REQUEST_METHOD", "?"))
+        for part in self.app(environ, start_response):
+            self.counts.add_bytes(len(part))
+            yield part
+
+
+class S3Server(_Server):
+    """moto's S3 API at ``http://127.0.0.1:PORT`` (needs ``moto[server]``), counted.
+
+    :meth:`storage_options` gives what ``s3fs`` needs to reach it; :meth:`upload` puts
+    local files into a bucket.
+    """
+
+    def __init__(self) -> None:
+        from moto.moto_server.werkzeug_app import (
+            DomainDispatcherApplication,
+            MotoRequestHandler,
+            create_backend_app,
+        )
+        from werkzeug.serving import make_server
+
+        self.counts = ServedCounts()
+        app = _CountingApp(DomainDispatcherApplication(create_backend_app), self.counts)
+
+        class QuietHandler(MotoRequestHandler):
+            def log_request(self, *args: Any, **kwargs: Any) -> None:
+                pass
+
+        self._httpd = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
+
+    def storage_options(self) -> dict[str, Any]:
+        """``storage_options`` for ``s3fs`` (fake credentials, this endpoint)."""
+        return {
+            "key": "testing",
+            "secret": "testing",
+            "client_kwargs": {"endpoint_url": self.endpoint, "region_name": "us-east-1"},
+            "skip_instance_cache": True,
+        }
+
+    def upload(self, bucket: str, files: dict[str, str | os.PathLike[str]]) -> None:
+        """Create ``bucket`` (if needed) and put each local file at its key."""
+        import s3fs
+
+        fs = s3fs.S3FileSystem(**self.storage_options())
+        if not fs.exists(bucket):
+            fs.call_s3("create_bucket", Bucket=bucket)
+        for key, local in files.items():
+            data = Path(local).read_bytes()
+            # one PUT (up to 5 GB): moto loses parts of large multipart uploads under load
+            fs.pipe_file(f"{bucket}/{key}", data, chunksize=max(len(data), 5 << 20))
+        self.counts.reset()
