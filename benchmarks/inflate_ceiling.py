@@ -47,16 +47,7 @@ def _inflate_only(band: tuple[int, int]) -> int:
     keep = offs >= 0
     order = np.argsort(offs[keep], kind="stable")
     offs, sizes = offs[keep][order], sizes[keep][order]
-    bounds = _chunks._run_bounds(offs, sizes)
-    first, last = bounds[:-1], bounds[1:] - 1
-    run_offsets, run_sizes = offs[first], offs[last] + sizes[last] - offs[first]
-    src = _chunks._gather(
-        reader,
-        list(zip(run_offsets.tolist(), run_sizes.tolist(), strict=True)),
-        int(run_sizes.sum()),
-    )
-    run_of = np.repeat(np.arange(first.size), np.diff(bounds))
-    starts = (np.cumsum(run_sizes) - run_sizes)[run_of] + offs - run_offsets[run_of]
+    src, starts = _chunks.gather_chunks(reader, offs, sizes)
     item = index.dtype.itemsize
     status = np.zeros(3, np.int64)
     nothing = np.zeros(0, np.int64)

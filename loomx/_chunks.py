@@ -349,12 +349,10 @@ class ChunkIndex:
         in_keys: list[list[slice]] = []
         cells: list[slice] = []
         for a, b, c in zip(starts, stops, self.chunks, strict=True):
-            first, last = a // c, (b - 1) // c + 1
+            first, last, out_at, in_at, count = _axis_geometry(a, b, c)
             cells.append(slice(first, last))
-            corner = np.arange(first, last) * c
-            lo, hi = np.maximum(corner, a), np.minimum(corner + c, b)
-            out_keys.append(list(map(slice, (lo - a).tolist(), (hi - a).tolist())))
-            in_keys.append(list(map(slice, (lo - corner).tolist(), (hi - corner).tolist())))
+            out_keys.append(list(map(slice, out_at.tolist(), (out_at + count).tolist())))
+            in_keys.append(list(map(slice, in_at.tolist(), (in_at + count).tolist())))
         cell = tuple(cells)
         offsets = self.offsets[cell].ravel()
         grid_shape = self.offsets[cell].shape
@@ -518,14 +516,7 @@ class ChunkIndex:
         sizes = at(self.sizes).ravel()[order]
         masks = at(self.masks).ravel()[order].astype(np.int64)
         placed = place(*np.divmod(order, offsets.shape[1]))
-        bounds = _run_bounds(offs, sizes)
-        first, last = bounds[:-1], bounds[1:] - 1
-        run_offsets, run_sizes = offs[first], offs[last] + sizes[last] - offs[first]
-        in_buffer = np.cumsum(run_sizes) - run_sizes
-        run_of = np.repeat(np.arange(first.size), np.diff(bounds))
-        chunk_starts = in_buffer[run_of] + offs - run_offsets[run_of]
-        runs = list(zip(run_offsets.tolist(), run_sizes.tolist(), strict=True))
-        src = _gather(read_at, runs, int(run_sizes.sum()))
+        src, chunk_starts = gather_chunks(read_at, offs, sizes)
         item = self.dtype.itemsize
         codes = np.array([code for code, _ in self.filters], np.int64)
         params = np.array([v[0] if v else item for _, v in self.filters], np.int64)
@@ -589,6 +580,22 @@ def _kernel_error(status: np.ndarray, offset: int, nbytes: int) -> LoomFileError
     return LoomFileError(f"chunk at byte {offset} cannot be decoded: {reason}")
 
 
+def gather_chunks(
+    read_at: ReadAt, offsets: np.ndarray, sizes: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The stored bytes of chunks at ``offsets`` (increasing) of ``sizes`` bytes, read in
+    runs of file-adjacent chunks into one array, and where each chunk starts in it."""
+    bounds = _run_bounds(offsets, sizes)
+    first, last = bounds[:-1], bounds[1:] - 1
+    run_offsets = offsets[first]
+    run_sizes = offsets[last] + sizes[last] - run_offsets
+    in_buffer = np.cumsum(run_sizes) - run_sizes
+    run_of = np.repeat(np.arange(first.size), np.diff(bounds))
+    runs = list(zip(run_offsets.tolist(), run_sizes.tolist(), strict=True))
+    src = _gather(read_at, runs, int(run_sizes.sum()))
+    return src, in_buffer[run_of] + offsets - run_offsets[run_of]
+
+
 def _gather(read_at: ReadAt, runs: list[tuple[int, int]], total: int) -> np.ndarray:
     """The bytes of every ``(offset, nbytes)`` run, concatenated into one array."""
     buf = np.empty(total, np.uint8)
@@ -633,7 +640,9 @@ def _file_key(path: str | os.PathLike[str]) -> tuple[Any, ...]:
     return (os.getpid(), real, st.st_mtime_ns, st.st_size, st.st_ino)
 
 
-def _cached(cache: OrderedDict, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+def cached(cache: OrderedDict, key: tuple[Any, ...], make: Callable[[], Any]) -> Any:
+    """``cache[key]``, made with ``make()`` on a miss; the cache keeps the
+    :data:`_MAX_CACHED` most recently used entries."""
     with _lock:
         if key in cache:
             cache.move_to_end(key)
@@ -654,7 +663,7 @@ class _LocalReader:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         key = _file_key(self.path)
-        self._handle = _cached(_handles, key, lambda: _FileHandle(key[1]))
+        self._handle = cached(_handles, key, lambda: _FileHandle(key[1]))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_LocalReader, (self.path,))
@@ -672,15 +681,20 @@ class _LocalReader:
         _pread_into(self._fd(), runs, buffer, self.path)
 
 
-def _pread_exact(fd: int, offset: int, nbytes: int, label: str) -> bytes:
-    """``nbytes`` bytes at ``offset`` of ``fd``; a short file raises :class:`LoomFileError`."""
-    size = os.fstat(fd).st_size
+def _check_extent(offset: int, nbytes: int, size: int, label: str) -> None:
+    """Raise :class:`LoomFileError` unless bytes ``offset..offset + nbytes`` lie in a file
+    of ``size`` bytes."""
     if offset < 0 or nbytes < 0 or offset + nbytes > size:
         raise LoomFileError(
             f"the chunk index points at bytes {offset}..{offset + nbytes} of a file of "
             f"{size} bytes; the file is truncated or corrupt",
             path=label,
         )
+
+
+def _pread_exact(fd: int, offset: int, nbytes: int, label: str) -> bytes:
+    """``nbytes`` bytes at ``offset`` of ``fd``; a short file raises :class:`LoomFileError`."""
+    _check_extent(offset, nbytes, os.fstat(fd).st_size, label)
     parts = [os.pread(fd, nbytes, offset)]
     done = len(parts[0])
     while done < nbytes:
@@ -707,12 +721,7 @@ def _pread_into(fd: int, runs: list[tuple[int, int]], buffer: np.ndarray, label:
     view = memoryview(buffer)
     pos = 0
     for offset, nbytes in runs:
-        if offset < 0 or nbytes < 0 or offset + nbytes > size:
-            raise LoomFileError(
-                f"the chunk index points at bytes {offset}..{offset + nbytes} of a file of "
-                f"{size} bytes; the file is truncated or corrupt",
-                path=label,
-            )
+        _check_extent(offset, nbytes, size, label)
         done = 0
         while done < nbytes:
             got = os.preadv(fd, [view[pos + done : pos + nbytes]], offset + done)
@@ -800,11 +809,11 @@ def read_through_handle(
             return take_picks(_read_h5py(f[h5path], box_of_picks(key, picks)), picks)
         st = os.fstat(fd)
         fkey = (os.getpid(), "fd", st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-        index = _cached(_indexes, (*fkey, h5path), lambda: _index_in(f, h5path))
+        index = cached(_indexes, (*fkey, h5path), lambda: _index_in(f, h5path))
         if index is None:
             return take_picks(_read_h5py(f[h5path], box_of_picks(key, picks)), picks)
         label = label or f.filename
-        handle = _cached(_handles, fkey, lambda: _FileHandle(f.filename))
+        handle = cached(_handles, fkey, lambda: _FileHandle(f.filename))
         own = os.fstat(handle.fd)
         if (own.st_dev, own.st_ino) != (st.st_dev, st.st_ino):
             with _lock:  # the path now names another file
@@ -893,7 +902,7 @@ def read_region(
         with opener() as f:
             return _index_in(f, h5path)
 
-    index = _cached(_indexes, (*fkey, h5path), build)
+    index = cached(_indexes, (*fkey, h5path), build)
     if index is None:
         with opener() as f:
             return _read_h5py(f[h5path], key)

@@ -40,6 +40,7 @@ from typing import Any
 
 import h5py
 
+from ._chunks import cached
 from ._files import HDF5_SIGNATURE, is_url
 from .errors import LoomFileError, LoomFileNotFoundError, LoomWriteError
 
@@ -252,17 +253,7 @@ class RemoteSource:
         if given is not None:
             return given
         mine = id(self.fileobj) if self.fileobj is not None else None
-        key = (self.name, mine, self.version, h5path)
-        with _HANDLES_LOCK:
-            if key in _INDEXES:
-                _INDEXES.move_to_end(key)
-                return _INDEXES[key]
-        index = build()
-        with _HANDLES_LOCK:
-            _INDEXES[key] = index
-            while len(_INDEXES) > _MAX_INDEXES:
-                _INDEXES.popitem(last=False)
-        return index
+        return cached(_INDEXES, (self.name, mine, self.version, h5path), build)
 
     def open_h5(self) -> h5py.File:
         """An :class:`h5py.File` reading this file through a :class:`RangeFile`."""
@@ -433,4 +424,3 @@ class RemoteFile:
 
 
 _INDEXES: OrderedDict[tuple[Any, ...], Any] = OrderedDict()
-_MAX_INDEXES = 64

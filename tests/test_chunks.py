@@ -622,3 +622,15 @@ def test_random_regions_match_h5py(case: tuple[np.ndarray, dict[str, Any], tuple
     reader = _CountingReader(image)
     _assert_identical(index.read(reader, key), expected)
     _assert_identical(index.read(reader), data)
+
+
+@pytest.mark.parametrize("inflater", [None, DEFAULT_INFLATER])
+def test_chunk_offsets_past_the_end_of_the_file_name_the_file(tmp_path, inflater) -> None:
+    path = _write(tmp_path / "t.h5", _data((64, 64), "float32"), chunks=(16, 16), compression=2)
+    with h5py.File(path, "r") as f:
+        index = ChunkIndex.from_dataset(f["matrix"])
+    assert index is not None
+    index.offsets = index.offsets + os.path.getsize(path)  # an index of a longer file
+    with pytest.raises(LoomFileError, match="truncated or corrupt") as err:
+        index.read(local_reader(path), inflater=inflater)
+    assert str(path) in str(err.value)
