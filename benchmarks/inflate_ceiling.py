@@ -30,15 +30,16 @@ _STATE: dict[str, object] = {}
 
 
 def _init(path: str) -> None:
-    from loomx._chunks import ChunkIndex, local_reader
+    from loomx._hdf5.chunks import ChunkIndex, FileReader
 
     with h5py.File(path, "r") as f:
-        _STATE.update(index=ChunkIndex.from_dataset(f["matrix"]), reader=local_reader(path))
+        _STATE.update(index=ChunkIndex.from_dataset(f["matrix"]), reader=FileReader.of(path))
 
 
 def _inflate_only(band: tuple[int, int]) -> int:
     """Inflate every chunk of rows ``band`` with the batch kernel; return the bytes made."""
-    from loomx import _chunks, _kernels
+    from loomx._hdf5 import chunks as _chunks
+    from loomx._hdf5 import kernels as _kernels
 
     index, reader = _STATE["index"], _STATE["reader"]
     rows = slice(band[0] // index.chunks[0], -(-band[1] // index.chunks[0]))

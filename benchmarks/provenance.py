@@ -116,7 +116,7 @@ def machine_facts() -> dict[str, str]:
     import xarray
 
     import loomx
-    from loomx._chunks import DEFAULT_INFLATER
+    from loomx._hdf5.chunks import DEFAULT_INFLATER
 
     model = "unknown"
     try:

@@ -47,8 +47,8 @@ def _loomx_full_pass(path: str) -> dict[str, np.ndarray]:
 
 def _loomx_qc(path: str) -> dict[str, np.ndarray]:
     import loomx
-    from loomx.backend import chunk_layers
-    from loomx.qc import band_width
+    from loomx._read.backend import chunk_layers
+    from loomx.ops.qc import band_width
 
     lazy = loomx.open_loom(path, chunks=None)
     var = lazy["matrix"]
@@ -65,7 +65,7 @@ def _loomx_qc(path: str) -> dict[str, np.ndarray]:
 def _loomx_qc_cli(path: str) -> dict[str, np.ndarray]:
     import h5py
 
-    from loomx.qc import qc_file
+    from loomx.ops.qc import qc_file
 
     qc_file(path)
     with h5py.File(path, "r") as f:

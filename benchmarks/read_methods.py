@@ -5,7 +5,7 @@ loomx methods open the file with ``loomx.open_loom`` in their setup and compute 
 default scheduler (threads), ``scheduler="synchronous"``, ``"processes"`` or a
 ``LocalCluster`` started beforehand; loompy methods ``loompy.connect`` the file.  The
 ceilings compute the per-row sums over a spawned ``multiprocessing`` pool: row bands read
-with plain h5py, or through ``loomx._chunks.ChunkIndex`` (positional reads and inflate, no
+with plain h5py, or through ``loomx._hdf5.chunks.ChunkIndex`` (positional reads and inflate, no
 h5py, no HDF5 lock).  :func:`read_methods` lists them all (see ``operations.py`` for the
 operations and the :class:`~benchmarks.operations.Method` shape).
 """
@@ -245,13 +245,13 @@ _CEILING: dict[str, Any] = {}
 
 def _ceiling_init(path: str) -> None:
     """Pool initializer: build ``/matrix``'s chunk index once in this worker."""
-    from loomx._chunks import ChunkIndex, local_reader
+    from loomx._hdf5.chunks import ChunkIndex, FileReader
 
     with h5py.File(path, "r") as f:
         index = ChunkIndex.from_dataset(f["matrix"])
     if index is None:
         raise RuntimeError(f"{path}: /matrix cannot be read through the chunk index")
-    _CEILING.update(index=index, read_at=local_reader(path))
+    _CEILING.update(index=index, read_at=FileReader.of(path))
 
 
 def ceiling_band_row_sums(task: tuple[str, int, int]) -> np.ndarray:

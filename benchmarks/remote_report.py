@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import loomx
 from benchmarks.provenance import uptime
-from loomx._chunks import read_region
+from loomx._hdf5.chunks import ChunkIndex, FileReader
 from loomx.testing.servers import RangeHTTPServer, S3Server
 
 MB = 1e6
@@ -240,9 +240,16 @@ def throughput_table(path: str, layer: str, rounds: int) -> list[str]:
     return rows
 
 
+@functools.lru_cache(maxsize=8)
+def _chunk_index(path: str, h5path: str) -> ChunkIndex:
+    with h5py.File(path, "r") as f:
+        return ChunkIndex.from_dataset(f[h5path])
+
+
 def _ceiling_band(args: tuple[str, str, int, int]) -> np.ndarray:
     path, h5path, r0, r1 = args
-    return read_region(path, h5path, (slice(r0, r1),)).sum(axis=1, dtype=np.float64)
+    block = _chunk_index(path, h5path).read(FileReader.of(path), (slice(r0, r1),))
+    return block.sum(axis=1, dtype=np.float64)
 
 
 def scaling_table(path: str, layer: str, workers: list[int], rounds: int) -> list[str]:

@@ -9,16 +9,16 @@ Examples
 
 from __future__ import annotations
 
-from . import accessor as _accessor  # noqa: F401  (registers ds.loom)
-from ._append import append
-from ._combine import combine
-from ._create import from_arrays
-from ._journal import recover
-from ._maintain import delete, repack
-from ._spec import LOOM_SPEC_VERSION
-from ._writer import to_loom
-from .backend import open_loom
-from .errors import (
+from loomx._format.spec import LOOM_SPEC_VERSION
+from loomx._read.backend import open_loom
+from loomx._read.references import to_kerchunk
+from loomx._read.validate import validate_loom
+from loomx._write.append import append
+from loomx._write.combine import combine
+from loomx._write.maintain import delete, repack
+from loomx._write.transaction import recover
+from loomx._write.writer import to_loom
+from loomx.errors import (
     LoomFileError,
     LoomFileNotFoundError,
     LoomFormatError,
@@ -28,10 +28,10 @@ from .errors import (
     LoomWriteError,
     LoomxError,
 )
-from .interop import from_anndata, to_anndata
-from .qc import assign_qc, calculate_qc_metrics
-from .references import to_kerchunk
-from .validate import validate_loom
+from loomx.interop.anndata import from_anndata, to_anndata
+from loomx.interop.arrays import from_arrays
+from loomx.ops import accessor as _accessor  # noqa: F401  (registers ds.loom)
+from loomx.ops.qc import assign_qc, calculate_qc_metrics
 
 __version__ = "0.1.0"
 

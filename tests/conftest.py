@@ -8,6 +8,7 @@ import sys
 import textwrap
 import warnings
 from pathlib import Path
+from typing import Any
 
 import h5py
 import numpy as np
@@ -15,6 +16,8 @@ import pytest
 import scipy.sparse as sp
 from hypothesis import HealthCheck, settings
 
+from loomx._hdf5.chunks import read_through_handle
+from loomx._hdf5.files import open_h5
 from loomx.testing import make_example_loom
 
 settings.register_profile(
@@ -67,7 +70,7 @@ def python_process(code: str, *args: str, **kwargs) -> subprocess.Popen:
 
 def temp_links(path: str | Path) -> list[str]:
     """Objects of a file named as loomx's unfinished writes name them."""
-    from loomx._spec import TEMPORARY_TAG
+    from loomx._hdf5.filesystem import TEMPORARY_TAG
 
     found: list[str] = []
     with h5py.File(path, "r") as f:
@@ -147,3 +150,20 @@ def anndata_read_loom(*args, **kwargs):
 
     reader = getattr(getattr(anndata, "io", None), "read_loom", None) or anndata.read_loom
     return reader(*args, **kwargs)
+
+
+def read_region(
+    path: str | os.PathLike[str],
+    h5path: str,
+    key: Any = (),
+    locking: bool | None = None,
+) -> np.ndarray:
+    """``h5py.File(path)[h5path][key]`` through loomx's chunk reader (the path every lazy
+    read of a local layer takes: cached chunk index, ``pread``, batch kernel)."""
+    key = key if isinstance(key, tuple) else (key,)
+    with open_h5(os.fspath(path), "r", locking) as f:
+        shape = f[h5path].shape
+    key = key + (slice(None),) * (len(shape) - len(key))
+    return read_through_handle(
+        lambda: open_h5(os.fspath(path), "r", locking), h5path, key, os.fspath(path)
+    )

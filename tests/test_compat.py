@@ -14,7 +14,7 @@ from conftest import WILD_FILES, sha256
 
 import loomx
 from loomx import LoomFormatWarning
-from loomx._conventions import xml_unescape
+from loomx._format.values import xml_unescape
 
 
 def open_quietly(path, **kwargs):

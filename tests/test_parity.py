@@ -16,8 +16,8 @@ import sparse
 import xarray as xr
 
 import loomx
-from loomx import _create
 from loomx.errors import LoomFormatError, LoomNameError
+from loomx.interop import arrays as _create
 from loomx.testing import assert_loom_identical
 
 LOOMPY_GLOBALS = ("CreationDate", "last_modified")

@@ -1,7 +1,7 @@
 """Compare two Loom files object by object, reading them with h5py alone.
 
 The comparison is independent of loomx's reader (it uses only the path names of
-:mod:`loomx._spec`), so a reader bug cannot hide a writer bug or the other way round.
+:mod:`loomx._format.spec`), so a reader bug cannot hide a writer bug or the other way round.
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .. import _spec
+from loomx._format import spec as _spec
+from loomx._hdf5 import filesystem as _filesystem
 
 _BLOCK_BYTES = 64 * 2**20
 """Layers are compared in row slabs of about this many bytes."""
@@ -118,7 +119,7 @@ def _is_text(value: Any) -> bool:
 
 
 def _visible(name: str) -> bool:
-    return _spec.TEMPORARY_TAG not in name
+    return _filesystem.TEMPORARY_TAG not in name
 
 
 def _members(group: h5py.Group | None) -> dict[str, Any]:

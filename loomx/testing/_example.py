@@ -9,7 +9,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .. import _spec
+from loomx._format import spec as _spec
 
 
 def write_loom_h5py(

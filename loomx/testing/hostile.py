@@ -22,10 +22,11 @@ from dataclasses import dataclass
 import h5py
 import numpy as np
 
-from .. import _spec
-from .._store import object_address
-from ..errors import LoomFileError, LoomFormatError, LoomxError
-from ._example import write_loom_h5py
+from loomx._format import spec as _spec
+from loomx._hdf5 import filesystem as _filesystem
+from loomx._read.layout import object_address
+from loomx.errors import LoomFileError, LoomFormatError, LoomxError
+from loomx.testing._example import write_loom_h5py
 
 __all__ = ["DEAD_PID", "HostileCase", "hostile_corpus", "small_loom", "stage_commit"]
 
@@ -83,7 +84,7 @@ def stage_commit(
     """Add to ``path`` what an interrupted loomx write leaves: the staged ``objects``
     (``{"/col_attrs/.loomx-tmp-...-Name": values}``) and a journal with ``rows`` of
     ``(group, staged link, final name)``.  Returns the journal's HDF5 path."""
-    name = f"{_spec.TEMPORARY_TAG}{pid}-{token}.journal"
+    name = f"{_filesystem.TEMPORARY_TAG}{pid}-{token}.journal"
     with h5py.File(path, "r+") as f:
         for h5path, values in (objects or {}).items():
             f.create_dataset(h5path, data=values)
@@ -482,14 +483,14 @@ def _graph_cases(add) -> None:  # type: ignore[no-untyped-def]
 
 
 def _journal_cases(add) -> None:  # type: ignore[no-untyped-def]
-    tag = f"{_spec.TEMPORARY_TAG}{DEAD_PID}-0badf00d-"
+    tag = f"{_filesystem.TEMPORARY_TAG}{DEAD_PID}-0badf00d-"
     score = np.arange(N, dtype=float)
 
     def journal(rows, pid: int | str = DEAD_PID, objects=None):  # type: ignore[no-untyped-def]
         def make(path: str) -> None:
             small_loom(path)
             token = "0badf00d"
-            prefix = f"{_spec.TEMPORARY_TAG}{pid}-{token}-"
+            prefix = f"{_filesystem.TEMPORARY_TAG}{pid}-{token}-"
             staged = {k.replace(tag, prefix): v for k, v in (objects or {}).items()}
             fixed = [(p, s.replace(tag, prefix), n) for p, s, n in rows]
             stage_commit(path, fixed, pid=pid, token=token, objects=staged)

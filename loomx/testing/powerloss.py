@@ -4,7 +4,7 @@ crash at any recorded step could leave them.
 :func:`record` runs a write function with every new HDF5 file loomx writes (mode
 ``"w"``) opened through h5py's file-object driver on a :class:`RecordingFile`, with the
 operations of the rollback layer that in-place writers go through (the file's writes
-and those of its rollback journal, see ``loomx._rollback``) and loomx's ``fsync`` and
+and those of its rollback journal, see ``loomx._hdf5.rollback``) and loomx's ``fsync`` and
 ``os.replace`` logged: the result is the list of operations, on every file, in the order
 the operating system saw them.  :func:`crash_states` replays a prefix of that list onto
 the original bytes the way a power cut would: what was fsynced is on disk; writes
@@ -31,7 +31,10 @@ from unittest import mock
 
 import h5py
 
-from .. import _files, _journal, _rollback
+from loomx._hdf5 import files as _files
+from loomx._hdf5 import filesystem as _filesystem
+from loomx._hdf5 import rollback as _rollback
+from loomx._write import transaction as _journal
 
 __all__ = ["CrashState", "Op", "RecordingDisk", "RecordingFile", "crash_states", "record"]
 
@@ -87,7 +90,7 @@ _REAL_REPLACE = os.replace
 
 
 class RecordingDisk(_rollback.Disk):
-    """The rollback layer's file operations, logged (see ``loomx._rollback.Disk``)."""
+    """The rollback layer's file operations, logged (see ``loomx._hdf5.rollback.Disk``)."""
 
     def __init__(self, log: list[Op]) -> None:
         self.log = log
@@ -138,7 +141,7 @@ def record(write: Callable[[], Any]) -> list[Op]:
     """Run ``write()`` and return the file operations of every file it opens for writing
     through loomx, with loomx's fsyncs and renames, in order."""
     log: list[Op] = []
-    real_fsync, real_replace = _files.fsync, os.replace
+    real_fsync, real_replace = _filesystem.fsync, os.replace
 
     def opener(path: str, mode: str) -> h5py.File:
         return h5py.File(RecordingFile(path, mode, log), mode)

@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from .. import _spec
+from loomx._format import spec as _spec
 
 
 @dataclass

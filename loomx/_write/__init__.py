@@ -1,0 +1,3 @@
+"""Writing: plans, storage, new files and write-back, region writes, append, combine,
+delete and repack, all committed through one transaction.
+"""

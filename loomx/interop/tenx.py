@@ -1,0 +1,222 @@
+"""10x Genomics matrices (Cell Ranger ``.h5`` and the MEX folder) as lazy Loom Datasets.
+
+Nothing here densifies the whole matrix: each dask block of ``matrix`` is a band of whole
+cells made dense from the sparse data only when that block is computed (from the ``.h5``
+file, a band's slice of ``data``/``indices`` is read then).  Attributes are named as loompy
+names them: ``CellID`` (the barcode), ``Gene`` (the symbol) and ``Accession`` (the
+Ensembl id) and, where the file has them, ``FeatureType`` and ``Genome``.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Callable
+from typing import Any
+
+import dask
+import dask.array as da
+import h5py
+import numpy as np
+import scipy.io
+import scipy.sparse
+import xarray as xr
+
+from loomx._format import names as conv
+from loomx._hdf5.files import open_h5
+from loomx._read import chunking as _chunking
+from loomx.errors import LoomFormatError
+
+
+def dense_bands(
+    read: Callable[[int, int], np.ndarray], shape: tuple[int, int], dtype: Any
+) -> da.Array:
+    """A ``(rows, cols)`` dask array whose blocks are full-height bands of columns,
+    ``read(start, stop)`` giving the dense band of columns ``start:stop`` when computed.
+
+    Bands hold about :func:`~loomx._read.chunking.block_bytes` each.
+    """
+    n_rows, n_cols = shape
+    dtype = np.dtype(dtype)
+    width = max(1, _chunking.block_bytes() // max(1, n_rows * dtype.itemsize))
+    reader = dask.delayed(read, pure=False)  # one key: sent once to a cluster, not per band
+    parts = [
+        da.from_delayed(
+            dask.delayed(_call, pure=True)(reader, start, min(start + width, n_cols)),
+            (n_rows, min(start + width, n_cols) - start),
+            dtype=dtype,
+        )
+        for start in range(0, n_cols, width)
+    ]
+    if not parts:
+        return da.zeros((n_rows, 0), dtype=dtype)
+    return da.concatenate(parts, axis=1)
+
+
+def _call(read: Callable[[int, int], np.ndarray], start: int, stop: int) -> np.ndarray:
+    return read(start, stop)
+
+
+def is_10x_h5(path: str) -> bool:
+    """Whether ``path`` is an HDF5 file laid out as Cell Ranger's (v3 ``/matrix`` group with
+    ``data``, ``indices``, ``indptr``; or v2, one such group per genome)."""
+    try:
+        with h5py.File(path, "r") as f:
+            return _matrix_group(f) is not None
+    except OSError:
+        return False
+
+
+def _matrix_group(f: h5py.File) -> str | None:
+    for name, item in f.items():
+        if isinstance(item, h5py.Group) and {"data", "indices", "indptr", "shape"} <= set(item):
+            return name
+    return None
+
+
+def _text(values: np.ndarray) -> np.ndarray:
+    return np.array(
+        [v.decode("utf-8") if isinstance(v, bytes) else str(v) for v in values], dtype=object
+    )
+
+
+class _H5Band:
+    """Reads columns ``start:stop`` (cells) of a Cell Ranger ``.h5`` as a dense band; a
+    picklable recipe (path and group), so that it runs in worker processes too."""
+
+    def __init__(self, path: str, group: str, n_genes: int, dtype: np.dtype) -> None:
+        self.path, self.group, self.n_genes, self.dtype = path, group, n_genes, dtype
+
+    def __call__(self, start: int, stop: int) -> np.ndarray:
+        with open_h5(self.path, "r") as f:
+            g = f[self.group]
+            indptr = g["indptr"][start : stop + 1].astype(np.int64)
+            lo, hi = int(indptr[0]), int(indptr[-1])
+            data, indices = g["data"][lo:hi], g["indices"][lo:hi]
+        band = scipy.sparse.csc_matrix(
+            (data, indices, indptr - lo), shape=(self.n_genes, stop - start)
+        )
+        return band.toarray().astype(self.dtype, copy=False)
+
+
+def read_10x_h5(path: str | os.PathLike[str]) -> xr.Dataset:
+    """A Cell Ranger ``filtered_feature_bc_matrix.h5`` (v3, or v2 with one genome) as a
+    lazy Loom Dataset (genes x cells).
+
+    Examples
+    --------
+    >>> ds = read_10x_h5("filtered_feature_bc_matrix.h5")  # doctest: +SKIP
+    >>> loomx.to_loom(ds, "sample.loom")  # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    with open_h5(path, "r") as f:
+        group = _matrix_group(f)
+        if group is None:
+            raise LoomFormatError(
+                "no group holding data, indices, indptr and shape; expected a Cell Ranger "
+                ".h5 matrix (/matrix in v3, /<genome> in v2)",
+                path=path,
+                h5path="/",
+            )
+        g = f[group]
+        n_genes, n_cells = (int(x) for x in g["shape"][()])
+        dtype = g["data"].dtype
+        if len(g["indptr"]) != n_cells + 1:
+            raise LoomFormatError(
+                f"{len(g['indptr'])} entries; expected shape[1] + 1 = {n_cells + 1} (CSC)",
+                path=path,
+                h5path=f"/{group}/indptr",
+            )
+        row_attrs: dict[str, np.ndarray] = {}
+        if "features" in g:  # v3
+            features = g["features"]
+            row_attrs["Accession"] = _text(features["id"][()])
+            row_attrs["Gene"] = _text(features["name"][()])
+            for key, name in (("feature_type", "FeatureType"), ("genome", "Genome")):
+                if key in features:
+                    row_attrs[name] = _text(features[key][()])
+        else:  # v2
+            row_attrs["Accession"] = _text(g["genes"][()])
+            row_attrs["Gene"] = _text(g["gene_names"][()])
+        barcodes = _text(g["barcodes"][()])
+    matrix = dense_bands(_H5Band(path, group, n_genes, dtype), (n_genes, n_cells), dtype)
+    return _dataset(matrix, row_attrs, barcodes)
+
+
+def _dataset(matrix: Any, row_attrs: dict[str, np.ndarray], barcodes: np.ndarray) -> xr.Dataset:
+    row, col = conv.DEFAULT_DIMS
+    coords = {name: (row, values) for name, values in row_attrs.items()}
+    coords["CellID"] = (col, barcodes)
+    ds = xr.Dataset({"matrix": ((row, col), matrix)}, coords=coords)
+    ds.encoding["loom_dims"] = (row, col)
+    return ds
+
+
+def _open_text(folder: str, names: tuple[str, ...]) -> tuple[str, list[str]]:
+    for name in names:
+        candidate = os.path.join(folder, name)
+        if os.path.exists(candidate):
+            opener = gzip.open if name.endswith(".gz") else open
+            with opener(candidate, "rt", encoding="utf-8") as fh:
+                return candidate, [line.rstrip("\n") for line in fh if line.strip()]
+    raise LoomFormatError(f"none of {', '.join(names)}; expected a 10x MEX folder", path=folder)
+
+
+def read_10x_mex(folder: str | os.PathLike[str]) -> xr.Dataset:
+    """A 10x MEX folder (``matrix.mtx.gz``, ``features.tsv.gz``, ``barcodes.tsv.gz``; or
+    the v2 layout with ``matrix.mtx``, ``genes.tsv``, ``barcodes.tsv``) as a Loom Dataset.
+
+    The non-zeros are held in memory as a sparse matrix; ``matrix`` is made dense one band
+    of cells at a time.
+
+    Examples
+    --------
+    >>> ds = read_10x_mex("filtered_feature_bc_matrix")  # doctest: +SKIP
+    """
+    folder = os.fspath(folder)
+    mtx = None
+    for name in ("matrix.mtx.gz", "matrix.mtx"):
+        if os.path.exists(os.path.join(folder, name)):
+            mtx = os.path.join(folder, name)
+            break
+    if mtx is None:
+        raise LoomFormatError(
+            "no matrix.mtx.gz or matrix.mtx; expected a 10x MEX folder", path=folder
+        )
+    _, features = _open_text(
+        folder, ("features.tsv.gz", "features.tsv", "genes.tsv.gz", "genes.tsv")
+    )
+    _, barcodes = _open_text(folder, ("barcodes.tsv.gz", "barcodes.tsv"))
+    try:
+        matrix = scipy.sparse.csc_matrix(scipy.io.mmread(mtx))
+    except (ValueError, OSError) as exc:
+        raise LoomFormatError(f"not a Matrix Market file: {exc}", path=mtx) from None
+    n_genes, n_cells = matrix.shape
+    columns = [line.split("\t") for line in features]
+    if len(columns) != n_genes or len(barcodes) != n_cells:
+        raise LoomFormatError(
+            f"{len(columns)} features and {len(barcodes)} barcodes; expected {n_genes} and "
+            f"{n_cells} (the shape of {os.path.basename(mtx)})",
+            path=folder,
+        )
+    row_attrs = {
+        "Accession": np.array([c[0] for c in columns], dtype=object),
+        "Gene": np.array([c[1] if len(c) > 1 else c[0] for c in columns], dtype=object),
+    }
+    if all(len(c) > 2 for c in columns):
+        row_attrs["FeatureType"] = np.array([c[2] for c in columns], dtype=object)
+    dtype = np.dtype(np.int32) if matrix.dtype.kind in "iu" else np.dtype(np.float32)
+    if matrix.dtype.kind == "f" and np.any(matrix.data != np.round(matrix.data)):
+        dtype = np.dtype(np.float64)
+    bands = dense_bands(_SparseBand(matrix, dtype), matrix.shape, dtype)
+    return _dataset(bands, row_attrs, np.array(barcodes, dtype=object))
+
+
+class _SparseBand:
+    """Columns ``start:stop`` of a CSC matrix, dense."""
+
+    def __init__(self, matrix: scipy.sparse.csc_matrix, dtype: np.dtype) -> None:
+        self.matrix, self.dtype = matrix, dtype
+
+    def __call__(self, start: int, stop: int) -> np.ndarray:
+        return self.matrix[:, start:stop].toarray().astype(self.dtype, copy=False)

@@ -1,0 +1,28 @@
+"""Operations on Loom Datasets: loompy's scan, map, permute and aggregate as dask graphs
+(:mod:`loomx.ops.operations`), scanpy's quality-control metrics in one read
+(:mod:`loomx.ops.qc`), and the ``ds.loom`` accessor that exposes them
+(:mod:`loomx.ops.accessor`).
+
+Examples
+--------
+>>> import loomx
+>>> from loomx.ops import aggregate
+>>> ds = loomx.open_loom("pbmc.loom")  # doctest: +SKIP
+>>> means = aggregate(ds, by="ClusterID", func="mean")  # doctest: +SKIP
+"""
+
+from loomx.ops import accessor as _accessor  # noqa: F401  (registers ds.loom)
+from loomx.ops.operations import AGGREGATIONS, aggregate, map_vectors, permute, scan, to_scipy
+from loomx.ops.qc import assign_qc, calculate_qc_metrics, qc_file
+
+__all__ = [
+    "AGGREGATIONS",
+    "aggregate",
+    "assign_qc",
+    "calculate_qc_metrics",
+    "map_vectors",
+    "permute",
+    "qc_file",
+    "scan",
+    "to_scipy",
+]

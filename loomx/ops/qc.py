@@ -1,0 +1,533 @@
+"""Quality-control metrics of scanpy's ``calculate_qc_metrics``, both axes in one read.
+
+A layer is read once, as full-height column bands (every gene of a few hundred cells):
+each band gives the per-cell metrics whole, and per-gene sums, sums of squares and
+non-zero counts that add up across bands.  One ``dask.compute`` runs the whole graph, on
+any scheduler (threads, processes, ``dask.distributed``).
+
+Names and definitions are scanpy's (:func:`scanpy.pp.calculate_qc_metrics` with
+``qc_vars=["mt"]``): per cell ``n_genes_by_counts``, ``total_counts``,
+``pct_counts_in_top_{n}_genes``, ``total_counts_mt``, ``pct_counts_mt`` and ``log1p_``
+variants; per gene ``n_cells_by_counts``, ``mean_counts``, ``pct_dropout_by_counts``,
+``total_counts`` and ``log1p_`` variants, plus ``variance_counts`` (sample variance,
+``ddof=1``, as scanpy's highly-variable-gene selection uses).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import dask
+import dask.array as da
+import numba
+import numpy as np
+import xarray as xr
+
+from loomx._format import names as conv
+from loomx._format import spec as _spec
+from loomx._hdf5.filesystem import move_into_place, temporary_file
+from loomx._read import chunking as _chunking
+from loomx._read.backend import chunk_layers, open_loom
+from loomx._write.writer import to_loom
+from loomx.errors import LoomFormatError, LoomNameError
+
+MITO_PREFIXES = ("MT-", "mt-")
+"""Gene symbol prefixes of mitochondrial genes (human, mouse)."""
+
+PERCENT_TOP = (50, 100, 200, 500)
+"""Ranks of ``pct_counts_in_top_{n}_genes``, as scanpy's default ``percent_top``."""
+
+GENE_SYMBOL_ATTRS = ("Gene", "gene", "Genes", "GeneName", "gene_name", "gene_symbols", "Symbol")
+"""Row attributes searched, in order, for gene symbols (loompy's convention first)."""
+
+
+def band_width(n_rows: int, itemsize: int, hdf5_cols: int | None = None) -> int:
+    """Columns per full-height band: about :func:`~loomx._read.chunking.block_bytes` raw,
+    a whole multiple of the HDF5 chunk width ``hdf5_cols``."""
+    step = max(int(hdf5_cols or 1), 1)
+    width = _chunking.block_bytes() // max(1, n_rows * itemsize)
+    return max(step, (width // step) * step)
+
+
+def _symbol_attr(ds: xr.Dataset, row_dim: str) -> str | None:
+    """Name of the Dataset variable holding gene symbols, or ``None``."""
+    paths = conv.variable_paths(ds, conv.dataset_dims(ds))
+    by_path = {h5path: name for name, h5path in paths.items()}
+    for attr in GENE_SYMBOL_ATTRS:
+        name = by_path.get(f"/{_spec.ROW_ATTRS}/{attr}")
+        if name is not None and ds[name].dims == (row_dim,):
+            return name
+    return None
+
+
+def mito_mask(symbols: Any, prefixes: Sequence[str]) -> np.ndarray:
+    """``True`` for each gene symbol that starts with one of ``prefixes``."""
+    values = np.asarray(symbols)
+    text = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
+    return np.array([t.startswith(tuple(prefixes)) for t in text], dtype=bool)
+
+
+@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _accumulate(block, mito):  # pragma: no cover - compiled
+    """Per cell (total, non-zeros, mitochondrial total) and per gene (sum, sum of squares,
+    non-zeros) of a band ``block`` (genes x cells), in one row-major sweep without
+    branches (so that it vectorises)."""
+    n_genes, n_cells = block.shape
+    total = np.zeros(n_cells)
+    nnz = np.zeros(n_cells, dtype=np.int64)
+    mt = np.zeros(n_cells)
+    gsum = np.zeros(n_genes)
+    gsq = np.zeros(n_genes)
+    gnnz = np.zeros(n_genes, dtype=np.int64)
+    for g in range(n_genes):
+        row = block[g]
+        s = 0.0
+        q = 0.0
+        k = 0
+        for c in range(n_cells):
+            x = np.float64(row[c])
+            nz = x != 0
+            total[c] += x
+            nnz[c] += nz
+            s += x
+            q += x * x
+            k += nz
+        if mito[g]:
+            for c in range(n_cells):
+                mt[c] += np.float64(row[c])
+        gsum[g] = s
+        gsq[g] = q
+        gnnz[g] = k
+    return total, nnz, mt, gsum, gsq, gnnz
+
+
+@numba.njit(nogil=True, cache=True)
+def _select(a, lo, hi, k):  # pragma: no cover - compiled
+    """Rearrange ``a[lo:hi]`` in place so that ``a[k]`` holds the value of rank ``k``
+    (ascending), values before it no greater and values after it no smaller (3-way
+    quickselect, median-of-three pivots: fast with the many ties of counts)."""
+    while hi - lo > 1:
+        x, y, z = a[lo], a[(lo + hi) // 2], a[hi - 1]
+        pivot = max(min(x, y), min(max(x, y), z))
+        lt = lo
+        i = lo
+        gt = hi
+        while i < gt:
+            v = a[i]
+            if v < pivot:
+                a[i] = a[lt]
+                a[lt] = v
+                lt += 1
+                i += 1
+            elif v > pivot:
+                gt -= 1
+                a[i] = a[gt]
+                a[gt] = v
+            else:
+                i += 1
+        if k < lt:
+            hi = lt
+        elif k >= gt:
+            lo = gt
+        else:
+            return
+
+
+@numba.njit(nogil=True, cache=True)
+def _top_sums(block, nnz, ns):  # pragma: no cover - compiled
+    """Sum of the ``n`` largest values of each cell (column) for each ``n`` in ``ns``
+    (ascending), zeros included: the non-zeros of each cell are compacted, padded with
+    enough zeros, then selected rank by rank from the largest ``n`` down."""
+    n_genes, n_cells = block.shape
+    top = np.zeros((ns.size, n_cells))
+    if ns.size == 0:
+        return top
+    top_n = ns[-1]
+    offsets = np.zeros(n_cells + 1, dtype=np.int64)
+    for c in range(n_cells):
+        offsets[c + 1] = offsets[c] + nnz[c] + min(n_genes - nnz[c], top_n)
+    values = np.zeros(offsets[-1])  # the padding zeros are already there
+    fill = offsets[:-1].copy()
+    for g in range(n_genes):
+        row = block[g]
+        for c in range(n_cells):
+            v = row[c]
+            if v != 0:
+                values[fill[c]] = v
+                fill[c] += 1
+    for c in range(n_cells):
+        lo = offsets[c]
+        hi = offsets[c + 1]
+        for i in range(ns.size - 1, -1, -1):
+            start = max(lo, hi - ns[i])
+            if start > lo:
+                _select(values, lo, hi, start)
+                lo = start
+            acc = 0.0
+            for j in range(lo, hi):
+                acc += values[j]
+            top[i, c] = acc
+    return top
+
+
+_KERNEL_DTYPES = frozenset("bBhHiIlLqQfd")
+
+
+def _band_stats(block: np.ndarray, mito: np.ndarray, ns: np.ndarray) -> dict[str, np.ndarray]:
+    block = np.asarray(block)
+    if block.dtype.char not in _KERNEL_DTYPES:
+        block = block.astype(np.float64)
+    block = np.ascontiguousarray(block)
+    total, nnz, mt, gsum, gsq, gnnz = _accumulate(block, mito)
+    top = _top_sums(block, nnz, ns)
+    return {
+        "cells": np.vstack((total, nnz, mt, top)),
+        "sum": gsum,
+        "sumsq": gsq,
+        "nnz": gnnz,
+    }
+
+
+def _add_genes(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {key: a[key] + b[key] for key in ("sum", "sumsq", "nnz")}
+
+
+def _tree_sum(parts: list[Any]) -> Any:
+    """Pairwise sum of per-band gene partials, as a dask graph of depth log2(bands)."""
+    add = dask.delayed(_add_genes, pure=True)
+    while len(parts) > 1:
+        pairs = [add(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
+        parts = pairs + ([parts[-1]] if len(parts) % 2 else [])
+    return parts[0]
+
+
+def _genes_only(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {key: stats[key] for key in ("sum", "sumsq", "nnz")}
+
+
+def _cells_only(stats: dict[str, np.ndarray]) -> np.ndarray:
+    return stats["cells"]
+
+
+def _bands(var: xr.DataArray, row_dim: str, col_dim: str) -> da.Array:
+    """The layer as a dask array of full-height column bands (each HDF5 chunk read once)."""
+    var = var.transpose(row_dim, col_dim)
+    data = var.data
+    n = var.shape[0]
+    if not isinstance(data, da.Array) or len(data.chunks[0]) > 1:
+        hdf5 = (var.encoding.get("chunksizes") or (None, None))[1]
+        current = data.chunks[1][0] if isinstance(data, da.Array) and data.chunks[1] else None
+        width = band_width(n, var.dtype.itemsize, hdf5 or current)
+        data = (
+            data.rechunk({0: -1, 1: width})
+            if isinstance(data, da.Array)
+            else da.from_array(data, chunks=(max(n, 1), width))
+        )
+    return data
+
+
+def calculate_qc_metrics(
+    ds: xr.Dataset,
+    layer: str = "matrix",
+    *,
+    mito_prefixes: Sequence[str] | None = MITO_PREFIXES,
+    percent_top: Sequence[int] | None = PERCENT_TOP,
+    gene_symbols: str | None = None,
+    compute: bool = True,
+) -> tuple[xr.Dataset, xr.Dataset]:
+    """Per-cell and per-gene QC metrics under scanpy's names, from one read of ``layer``.
+
+    Parameters
+    ----------
+    ds
+        A Loom Dataset (rows are genes, columns cells, as in Loom files).
+    layer
+        The layer holding counts.
+    mito_prefixes
+        Gene symbols starting with one of these are mitochondrial (``total_counts_mt``,
+        ``pct_counts_mt``); ``None`` or empty leaves those metrics out.
+    percent_top
+        Ranks of ``pct_counts_in_top_{n}_genes``; ranks above the gene count are left out.
+    gene_symbols
+        Row attribute holding gene symbols; default the first of :data:`GENE_SYMBOL_ATTRS`
+        present.  Without one the mitochondrial metrics are left out.
+    compute
+        False: return the metrics as lazy dask arrays (one graph; computing them together
+        with :func:`dask.compute` still reads the layer once).
+
+    Returns
+    -------
+    (cells, genes) : tuple of xarray.Dataset
+        Metrics on the column dim (scanpy's ``obs`` metrics) and on the row dim (``var``
+        metrics, plus ``variance_counts``), as in ``scanpy.pp.calculate_qc_metrics(adata,
+        qc_vars=["mt"], percent_top=percent_top)``.
+
+    Examples
+    --------
+    >>> ds = loomx.open_loom("pbmc.loom")  # doctest: +SKIP
+    >>> cells, genes = loomx.calculate_qc_metrics(ds)  # doctest: +SKIP
+    >>> cells["pct_counts_mt"].median()  # doctest: +SKIP
+    """
+    row_dim, col_dim = conv.dataset_dims(ds)
+    if layer not in ds.data_vars or set(ds[layer].dims) != {row_dim, col_dim}:
+        raise LoomNameError(f"no layer {layer!r}; layers are {_layer_names(ds, row_dim, col_dim)}")
+    var = ds[layer]
+    if var.dtype.kind not in "biuf":
+        raise LoomFormatError(f"layer {layer!r} has dtype {var.dtype}; expected numbers")
+    n_genes, n_cells = ds.sizes[row_dim], ds.sizes[col_dim]
+    ns = np.array(sorted({int(n) for n in (percent_top or ()) if 0 < int(n) <= n_genes}))
+    ns = ns.astype(np.int64)
+    symbols = gene_symbols or _symbol_attr(ds, row_dim)
+    with_mito = bool(mito_prefixes) and symbols is not None
+    if gene_symbols is not None and gene_symbols not in ds.variables:
+        raise LoomNameError(f"no gene symbol attribute {gene_symbols!r}")
+    mito = (
+        mito_mask(ds[symbols].values, mito_prefixes or ())
+        if with_mito
+        else np.zeros(n_genes, dtype=bool)
+    )
+    data = _bands(var, row_dim, col_dim)
+    band_stats = [
+        dask.delayed(_band_stats, pure=True)(block, mito, ns) for block in data.to_delayed()[0]
+    ]
+    if band_stats:
+        cell_parts = [dask.delayed(_cells_only, pure=True)(s) for s in band_stats]
+        cells_raw = dask.delayed(np.hstack, pure=True)(cell_parts)
+        genes_raw = _tree_sum([dask.delayed(_genes_only, pure=True)(s) for s in band_stats])
+    else:
+        cells_raw = np.zeros((3 + ns.size, 0))
+        genes_raw = {
+            "sum": np.zeros(n_genes),
+            "sumsq": np.zeros(n_genes),
+            "nnz": np.zeros(n_genes, np.int64),
+        }
+    integer = var.dtype.kind in "biu"
+    if compute:
+        cells_raw, genes_raw = dask.compute(cells_raw, genes_raw)
+        cells = _cell_metrics(cells_raw, ns, with_mito, integer)
+        genes = _gene_metrics(genes_raw, n_cells, integer)
+    else:
+        empty = {"sum": np.zeros(0), "sumsq": np.zeros(0), "nnz": np.zeros(0, np.int64)}
+        cells = _lazy(
+            dask.delayed(_cell_metrics)(cells_raw, ns, with_mito, integer),
+            _cell_metrics(np.zeros((3 + ns.size, 0)), ns, with_mito, integer),
+            n_cells,
+        )
+        genes = _lazy(
+            dask.delayed(_gene_metrics)(genes_raw, n_cells, integer),
+            _gene_metrics(empty, n_cells, integer),
+            n_genes,
+        )
+    cell_ds = xr.Dataset({k: (col_dim, v) for k, v in cells.items()})
+    gene_ds = xr.Dataset({k: (row_dim, v) for k, v in genes.items()})
+    cell_ds.attrs = {"layer": layer, "mito_genes": int(mito.sum()) if with_mito else None}
+    gene_ds.attrs = {"layer": layer}
+    return cell_ds, gene_ds
+
+
+def _layer_names(ds: xr.Dataset, row_dim: str, col_dim: str) -> list[str]:
+    return [str(n) for n, v in ds.data_vars.items() if set(v.dims) == {row_dim, col_dim}]
+
+
+def _lazy(metrics: Any, template: dict[str, np.ndarray], length: int) -> dict[str, da.Array]:
+    """Dask arrays of the delayed dict ``metrics`` (one task computes them all), with the
+    names and dtypes of ``template``."""
+    return {
+        name: da.from_delayed(metrics[name], (length,), dtype=value.dtype, meta=value)
+        for name, value in template.items()
+    }
+
+
+@np.errstate(divide="ignore", invalid="ignore")  # NaN and log1p(<-1) as scanpy gives them
+def _cell_metrics(
+    raw: np.ndarray, ns: np.ndarray, with_mito: bool, integer: bool
+) -> dict[str, np.ndarray]:
+    total, nnz, mt = raw[0], raw[1].astype(np.int64), raw[2]
+    if integer:
+        total, mt = total.astype(np.int64), mt.astype(np.int64)
+    out = {
+        "n_genes_by_counts": nnz,
+        "log1p_n_genes_by_counts": np.log1p(nnz),
+        "total_counts": total,
+        "log1p_total_counts": np.log1p(total),
+    }
+    for i, n in enumerate(ns):
+        out[f"pct_counts_in_top_{n}_genes"] = raw[3 + i] / raw[0] * 100
+    if with_mito:
+        out["total_counts_mt"] = mt
+        out["log1p_total_counts_mt"] = np.log1p(mt)
+        out["pct_counts_mt"] = raw[2] / raw[0] * 100
+    return out
+
+
+@np.errstate(divide="ignore", invalid="ignore")
+def _gene_metrics(raw: dict[str, np.ndarray], n_cells: int, integer: bool) -> dict[str, Any]:
+    total, sumsq, nnz = raw["sum"], raw["sumsq"], raw["nnz"]
+    mean = total / n_cells if n_cells else total * math.nan
+    variance = (sumsq - total * mean) / (n_cells - 1) if n_cells > 1 else mean * math.nan
+    return {
+        "n_cells_by_counts": nnz,
+        "mean_counts": mean,
+        "log1p_mean_counts": np.log1p(mean),
+        "pct_dropout_by_counts": (1 - nnz / n_cells) * 100 if n_cells else mean * math.nan,
+        "total_counts": total.astype(np.int64) if integer else total,
+        "log1p_total_counts": np.log1p(total),
+        "variance_counts": np.maximum(variance, 0) if n_cells > 1 else variance,
+    }
+
+
+def assign_qc(ds: xr.Dataset, cells: xr.Dataset, genes: xr.Dataset) -> xr.Dataset:
+    """``ds`` with the metrics as column and row attributes, named by loomx's naming rule.
+
+    A metric that exists on both axes (``total_counts``) or clashes with another name
+    is qualified (``col_attrs:total_counts``, ``row_attrs:total_counts``), as
+    :func:`loomx.open_loom` names it when the file is read again; existing attributes
+    of the same names are replaced and other variables renamed where the rule says so.
+    The result writes back with ``loomx.to_loom(out, path, mode="a")``, which writes
+    only the metrics.
+
+    Examples
+    --------
+    >>> out = loomx.assign_qc(ds, *loomx.calculate_qc_metrics(ds))  # doctest: +SKIP
+    >>> loomx.to_loom(out, "pbmc.loom", mode="a")  # doctest: +SKIP
+    """
+    dims = conv.dataset_dims(ds)
+    paths = conv.variable_paths(ds, dims)
+    spaces: dict[str, dict[str, str]] = {_spec.LAYERS: {}, _spec.ROW_ATTRS: {}, _spec.COL_ATTRS: {}}
+    for name, h5path in paths.items():
+        kind = conv.path_kind(h5path)
+        raw = "" if h5path == f"/{_spec.MATRIX}" else h5path.rsplit("/", 1)[1]
+        spaces[_spec.LAYERS if kind == "layer" else kind][raw] = name
+    new = {_spec.COL_ATTRS: cells, _spec.ROW_ATTRS: genes}
+    replaced = [
+        spaces[space].pop(str(key))
+        for space, metrics in new.items()
+        for key in metrics
+        if str(key) in spaces[space]
+    ]
+    names = conv.assign_names(
+        spaces[_spec.LAYERS],
+        [*spaces[_spec.ROW_ATTRS], *map(str, genes)],
+        [*spaces[_spec.COL_ATTRS], *map(str, cells)],
+        dims,
+    )
+    out = ds.drop_vars(replaced)
+    renames = {
+        old: names[(space, raw)]
+        for space, members in spaces.items()
+        for raw, old in members.items()
+        if names[(space, raw)] != old
+    }
+    out = out.rename_vars(renames) if renames else out
+    coords = {}
+    for space, metrics in new.items():
+        for key, value in metrics.items():
+            coords[names[(space, str(key))]] = value.variable
+    out = out.assign_coords(coords)
+    out.encoding = dict(ds.encoding)
+    return out
+
+
+def qc_file(
+    path: str | os.PathLike[str],
+    *,
+    layer: str = "matrix",
+    mito_prefixes: Sequence[str] | None = MITO_PREFIXES,
+    percent_top: Sequence[int] | None = PERCENT_TOP,
+    output: str | os.PathLike[str] | None = None,
+    compute: Callable[..., tuple[Any, ...]] = dask.compute,
+    locking: bool | None = None,
+) -> dict[str, Any]:
+    """Compute the QC metrics of a Loom file in one read and store them in the file.
+
+    The metrics become column and row attributes (see :func:`assign_qc`), written back
+    into ``path`` (nothing else is rewritten; the write is all-or-nothing) or, with
+    ``output``, into a copy of ``path`` at ``output``, which is left untouched.
+
+    Parameters
+    ----------
+    path
+        The Loom file.
+    layer, mito_prefixes, percent_top
+        As for :func:`calculate_qc_metrics`.
+    output
+        Write a copy with the metrics here instead of changing ``path``.
+    compute
+        Computes dask collections, like :func:`dask.compute` (the default); the command
+        line passes one that shows progress or runs on a cluster.
+    locking
+        HDF5 file locking (``False`` on filesystems without it).
+
+    Returns
+    -------
+    dict
+        Summary: ``file``, ``cells``, ``genes``, ``median_total_counts``,
+        ``median_n_genes_by_counts``, ``median_pct_counts_mt`` (None without gene
+        symbols), ``mito_genes``, ``seconds``.
+
+    Examples
+    --------
+    >>> summary = qc_file("pbmc.loom", mito_prefixes=["MT-"])  # doctest: +SKIP
+    """
+    start = time.perf_counter()
+    path = os.fspath(path)
+    if output is None:
+        return _qc_into(path, path, layer, mito_prefixes, percent_top, compute, locking, start)
+    output = os.fspath(output)
+    if not os.path.isfile(path):
+        open_loom(path, locking=locking).close()  # the reader's error for a missing file
+    with temporary_file(output, "qc", f"writing {output}") as tmp:
+        shutil.copyfile(path, tmp)
+        summary = _qc_into(tmp, output, layer, mito_prefixes, percent_top, compute, locking, start)
+        move_into_place(tmp, output)
+    return summary
+
+
+def _qc_into(
+    path: str,
+    shown: str,
+    layer: str,
+    mito_prefixes: Sequence[str] | None,
+    percent_top: Sequence[int] | None,
+    compute: Callable[..., tuple[Any, ...]],
+    locking: bool | None,
+    start: float,
+) -> dict[str, Any]:
+    with open_loom(path, chunks=None, locking=locking) as lazy:
+        row_dim, col_dim = conv.dataset_dims(lazy)
+        if layer not in lazy.data_vars:
+            raise LoomNameError(
+                f"no layer {layer!r}; layers are {_layer_names(lazy, row_dim, col_dim)}",
+                path=shown,
+            )
+        var = lazy[layer]
+        hdf5 = (var.encoding.get("chunksizes") or (None, None))[1]
+        width = band_width(lazy.sizes[row_dim], var.dtype.itemsize, hdf5)
+        ds = chunk_layers(lazy, {row_dim: -1, col_dim: width})
+        cells, genes = calculate_qc_metrics(
+            ds, layer, mito_prefixes=mito_prefixes, percent_top=percent_top, compute=False
+        )
+        cells, genes = compute(cells, genes)
+        to_loom(assign_qc(ds, cells, genes), path, mode="a", locking=locking)
+    mito = cells.attrs.get("mito_genes")
+    return {
+        "file": shown,
+        "layer": layer,
+        "cells": int(cells.sizes[col_dim]),
+        "genes": int(genes.sizes[row_dim]),
+        "median_total_counts": _median(cells["total_counts"]),
+        "median_n_genes_by_counts": _median(cells["n_genes_by_counts"]),
+        "median_pct_counts_mt": _median(cells["pct_counts_mt"]) if mito is not None else None,
+        "mito_genes": mito,
+        "seconds": time.perf_counter() - start,
+    }
+
+
+def _median(values: xr.DataArray) -> float:
+    data = np.asarray(values, dtype=np.float64)
+    return float(np.nanmedian(data)) if data.size and not np.isnan(data).all() else math.nan
