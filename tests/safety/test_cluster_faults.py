@@ -35,7 +35,7 @@ from loomx.testing.servers import RangeHTTPServer
 distributed = pytest.importorskip("distributed")
 
 DASK = Path(sys.executable).with_name("dask")
-TESTS = Path(__file__).parents[1]
+TESTS = Path(__file__).parent
 START_TIMEOUT = 120  # seconds for processes to come up on a loaded machine
 
 
