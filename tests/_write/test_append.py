@@ -12,8 +12,8 @@ import xarray as xr
 from conftest import chunk_places, sha256
 
 import loomx
-from loomx._read import chunking
 from loomx._hdf5.filesystem import TEMPORARY_TAG as TMP_TAG
+from loomx._read import chunking
 from loomx._write import append as _append
 from loomx._write import combine as cb
 from loomx._write import stream as _stream
