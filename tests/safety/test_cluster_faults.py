@@ -36,6 +36,7 @@ distributed = pytest.importorskip("distributed")
 
 DASK = Path(sys.executable).with_name("dask")
 TESTS = Path(__file__).parent
+"""Workers import this module (the tasks' functions) and ``tests/conftest.py`` it uses."""
 START_TIMEOUT = 120  # seconds for processes to come up on a loaded machine
 
 
@@ -44,7 +45,7 @@ class Cluster:
 
     def __init__(self, folder: Path, n_workers: int, env: dict[str, str]) -> None:
         self.procs: list[subprocess.Popen] = []
-        self.env = {**os.environ, **env, "PYTHONPATH": str(TESTS)}
+        self.env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(map(str, (TESTS, TESTS.parent)))}
         file = folder / "scheduler.json"
         where = ["--host", "127.0.0.1", "--port", "0", "--scheduler-file", str(file)]
         self.scheduler = self._start("scheduler", *where, "--no-dashboard")
