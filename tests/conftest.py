@@ -10,15 +10,19 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import dask.array as da
 import h5py
 import numpy as np
 import pytest
 import scipy.sparse as sp
+import xarray as xr
 from hypothesis import HealthCheck, settings
 
+import loomx
 from loomx._hdf5.chunks import read_through_handle
 from loomx._hdf5.files import open_h5
-from loomx.testing import make_example_loom
+from loomx._hdf5.filesystem import TEMPORARY_TAG
+from loomx.testing import make_example_loom, write_loom_h5py
 
 settings.register_profile(
     "ci",
@@ -70,8 +74,6 @@ def python_process(code: str, *args: str, **kwargs) -> subprocess.Popen:
 
 def temp_links(path: str | Path) -> list[str]:
     """Objects of a file named as loomx's unfinished writes name them."""
-    from loomx._hdf5.filesystem import TEMPORARY_TAG
-
     found: list[str] = []
     with h5py.File(path, "r") as f:
         f.visit(lambda name: found.append(name) if TEMPORARY_TAG in name else None)
@@ -167,3 +169,196 @@ def read_region(
     return read_through_handle(
         lambda: open_h5(os.fspath(path), "r", locking), h5path, key, os.fspath(path)
     )
+
+
+def temp_files(folder: Path) -> list[str]:
+    """Files in ``folder`` named as loomx's unfinished writes name them."""
+    return [p for p in os.listdir(folder) if TEMPORARY_TAG in p]
+
+
+def assert_loompy_valid(path: str | Path) -> None:
+    """loompy's ``LoomValidator`` accepts the file."""
+    import loompy
+
+    validator = loompy.LoomValidator()
+    assert validator.validate(str(path)), validator.errors
+
+
+def data_offsets(path: str | Path) -> dict[str, int]:
+    """File offset of every dataset's data (first chunk when chunked), by HDF5 path."""
+    out: dict[str, int] = {}
+    with h5py.File(path, "r") as f:
+
+        def visit(name: str, obj: object) -> None:
+            if isinstance(obj, h5py.Dataset) and obj.size:
+                info = obj.id.get_chunk_info(0) if obj.chunks else None
+                out[name] = info.byte_offset if info else obj.id.get_offset()
+
+        f.visititems(visit)
+    return out
+
+
+# --------------------------------------------------------------------------- a Dataset to write
+
+GENES = np.array([f"g{i}-{'éβ日本'[i % 4]}" for i in range(70)], dtype=object)
+CELLS = np.array([f"c{j}{'xé日本'[j % 4]}" for j in range(130)])
+KNN_A = np.array([0, 1, 1, 5, 129, 3], dtype=np.int32)
+KNN_B = np.array([1, 2, 2, 6, 0, 3], dtype=np.int32)
+KNN_W = np.array([1.0, 2.0, 2.0, 3.0, 0.5, 1.5])
+
+
+def make_ds(seed: int = 0, chunks: tuple[int, int] = (30, 50)) -> xr.Dataset:
+    """A 70 x 130 Dataset in loomx's model, built by hand: two layers, attributes of every
+    kind (strings with non-ASCII characters, bools, 2-D, the same name on both axes), a
+    column graph with duplicate edges and global attributes."""
+    n, m = len(GENES), len(CELLS)
+    rng = np.random.default_rng(seed)
+    matrix = rng.random((n, m)).astype(np.float32)
+    return xr.Dataset(
+        {
+            "matrix": (("row", "col"), da.from_array(matrix, chunks=chunks)),
+            "spliced": (("row", "col"), rng.integers(0, 5, (n, m)).astype(np.int32)),
+            "row_attrs:Score": ("row", rng.normal(size=n)),
+        },
+        coords={
+            "Gene": ("row", GENES),
+            "CellID": ("col", CELLS),
+            "Valid": ("col", rng.random(m) < 0.5),
+            "PCA": (("col", "PCA_dim_1"), rng.normal(size=(m, 3))),
+            "col_attrs:Score": ("col", rng.normal(size=m).astype(np.float32)),
+            "col_graphs:KNN": ("col", np.arange(m)),
+            "col_graphs:KNN:a": ("col_graphs:KNN:edge", KNN_A),
+            "col_graphs:KNN:b": ("col_graphs:KNN:edge", KNN_B),
+            "col_graphs:KNN:w": ("col_graphs:KNN:edge", KNN_W),
+        },
+        attrs={"Title": "β-test é", "Year": 2024, "Weights": np.arange(3.0), "Flag": True},
+    )
+
+
+# --------------------------------------------------------------------------- cells to append
+
+ACCESSIONS = np.array([f"ENSG{i:05d}-{'éβ日本'[i % 4]}" for i in range(70)], dtype=object)
+
+
+def cells_content(seed: int, m: int, offset: int = 0) -> dict:
+    """Layers, row and column attributes and a column graph for ``m`` cells of the 70 genes
+    of ``ACCESSIONS``."""
+    n = len(ACCESSIONS)
+    rng = np.random.default_rng(seed)
+    matrix = rng.poisson(0.7, (n, m)).astype(np.float32)
+    a = rng.integers(0, m, 3 * m)
+    b = rng.integers(0, m, 3 * m)
+    return {
+        "layers": {"": matrix, "spliced": (matrix * 2).astype(np.uint16)},
+        "row_attrs": {"Accession": ACCESSIONS, "Gene": np.array([f"G{i}β" for i in range(n)])},
+        "col_attrs": {
+            "CellID": np.array([f"c{j + offset}-{'xé日本'[j % 4]}" for j in range(m)], object),
+            "ClusterID": rng.integers(0, 9, m),
+            "Valid": rng.random(m) < 0.5,
+            "PCA": rng.normal(size=(m, 3)),
+        },
+        "col_graphs": {"KNN": (a, b, rng.random(3 * m))},
+    }
+
+
+def write_cells(path: Path, c: dict, **kwargs) -> Path:
+    """Write a :func:`cells_content` with h5py as a Loom file."""
+    write_loom_h5py(
+        path,
+        c["layers"],
+        c["row_attrs"],
+        c["col_attrs"],
+        col_graphs=c.get("col_graphs"),
+        global_attrs={"Title": "βeta"},
+        **kwargs,
+    )
+    return path
+
+
+def adjacency(a, b, w, n: int) -> np.ndarray:
+    """Dense ``n`` x ``n`` adjacency of an edge list (multigraph edges summed)."""
+    out = np.zeros((n, n))
+    np.add.at(out, (np.asarray(a), np.asarray(b)), np.asarray(w))
+    return out
+
+
+def dense_graph(path: Path, name: str) -> np.ndarray:
+    """A column graph of a Loom file as loomx reads it, dense."""
+    return np.asarray(loomx.open_loom(path).loom.col_graphs[name].data.todense())
+
+
+# --------------------------------------------------------------------------- files to change
+
+REGION_SHAPE = (150, 300)
+
+
+def region_file(path: Path, chunks: tuple[int, int] | None = (64, 64)) -> Path:
+    """A 150 x 300 Loom file written by h5py: two layers, row and column attributes and a
+    column graph (a chain)."""
+    n, m = REGION_SHAPE
+    rng = np.random.default_rng(0)
+    write_loom_h5py(
+        path,
+        {"": rng.poisson(2.0, (n, m)).astype(np.float32), "spliced": rng.poisson(1.0, (n, m))},
+        {"Gene": np.array([f"g{i}" for i in range(n)], dtype=object), "Len": np.arange(n)},
+        {"CellID": np.array([f"c{j}" for j in range(m)], dtype=object), "Score": rng.random(m)},
+        col_graphs={"KNN": (np.arange(m - 1), np.arange(1, m), np.ones(m - 1))},
+        chunks=chunks,
+    )
+    return path
+
+
+def region_ds(rows: slice, cols: slice, seed: int = 5) -> xr.Dataset:
+    """New values of both layers of :func:`region_file` over ``rows`` x ``cols``."""
+    rng = np.random.default_rng(seed)
+    n, m = rows.stop - rows.start, cols.stop - cols.start
+    return xr.Dataset(
+        {
+            "matrix": (("row", "col"), rng.random((n, m)).astype(np.float32)),
+            "spliced": (("row", "col"), rng.integers(0, 9, (n, m))),
+        }
+    )
+
+
+SMALL_SHAPE = (30, 40)
+MORE_CELLS = 25
+
+
+def small_file(path: Path, version: str = "3.0.0") -> Path:
+    """A 30 x 40 Loom file written by h5py: two layers, Gene, CellID and a Title."""
+    n, m = SMALL_SHAPE
+    rng = np.random.default_rng(0)
+    write_loom_h5py(
+        path,
+        {"": rng.random((n, m)).astype(np.float32), "spliced": rng.random((n, m))},
+        {"Gene": np.array([f"g{i}" for i in range(n)], dtype=object)},
+        {"CellID": np.array([f"c{j}" for j in range(m)], dtype=object)},
+        global_attrs={"Title": "before"},
+        version=version,
+    )
+    return path
+
+
+def more_cells(offset: int = SMALL_SHAPE[1]) -> xr.Dataset:
+    """``MORE_CELLS`` new cells for :func:`small_file`."""
+    n, k = SMALL_SHAPE[0], MORE_CELLS
+    rng = np.random.default_rng(1)
+    return xr.Dataset(
+        {
+            "matrix": (("row", "col"), rng.random((n, k)).astype(np.float32)),
+            "spliced": (("row", "col"), rng.random((n, k))),
+        },
+        coords={"CellID": ("col", np.array([f"c{offset + j}" for j in range(k)], dtype=object))},
+    )
+
+
+def assert_appended(path: Path) -> None:
+    """The file reads as :func:`small_file` with :func:`more_cells` appended."""
+    (n, m), k = SMALL_SHAPE, MORE_CELLS
+    ds = loomx.open_loom(path)
+    new = more_cells()
+    assert ds.sizes == {"row": n, "col": m + k}
+    np.testing.assert_array_equal(ds["matrix"].values[:, m:], new["matrix"].values)
+    np.testing.assert_array_equal(ds["spliced"].values[:, m:], new["spliced"].values)
+    np.testing.assert_array_equal(ds["CellID"].values[m:], new["CellID"].values)
+    ds.close()

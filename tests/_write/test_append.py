@@ -1,4 +1,6 @@
-"""append and combine: append columns to a file, combine files; data safety on errors."""
+"""loomx._write.append: columns appended to a Loom file equal the concatenation (numpy,
+and loompy's ``add_columns``), rows aligned by a key, graphs offset, fill values; errors and
+failures midway leave the file byte for byte as it was."""
 
 from __future__ import annotations
 
@@ -9,51 +11,25 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import chunk_places, sha256
+from conftest import (
+    ACCESSIONS,
+    adjacency,
+    cells_content,
+    chunk_places,
+    dense_graph,
+    sha256,
+    write_cells,
+)
 
 import loomx
 from loomx._hdf5.filesystem import TEMPORARY_TAG as TMP_TAG
 from loomx._read import chunking
 from loomx._write import append as _append
-from loomx._write import combine as cb
 from loomx._write import stream as _stream
 from loomx.errors import LoomFormatError, LoomNameError, LoomWriteError
-from loomx.testing import assert_loom_identical, write_loom_h5py
+from loomx.testing import assert_loom_identical
 
-N, M, K = 70, 90, 50
-ACC = np.array([f"ENSG{i:05d}-{'éβ日本'[i % 4]}" for i in range(N)], dtype=object)
-
-
-def content(seed: int, m: int, offset: int = 0) -> dict:
-    """Layers, row and column attributes and a column graph for ``m`` cells."""
-    rng = np.random.default_rng(seed)
-    matrix = rng.poisson(0.7, (N, m)).astype(np.float32)
-    a = rng.integers(0, m, 3 * m)
-    b = rng.integers(0, m, 3 * m)
-    return {
-        "layers": {"": matrix, "spliced": (matrix * 2).astype(np.uint16)},
-        "row_attrs": {"Accession": ACC, "Gene": np.array([f"G{i}β" for i in range(N)])},
-        "col_attrs": {
-            "CellID": np.array([f"c{j + offset}-{'xé日本'[j % 4]}" for j in range(m)], object),
-            "ClusterID": rng.integers(0, 9, m),
-            "Valid": rng.random(m) < 0.5,
-            "PCA": rng.normal(size=(m, 3)),
-        },
-        "col_graphs": {"KNN": (a, b, rng.random(3 * m))},
-    }
-
-
-def write(path: Path, c: dict, **kwargs) -> Path:
-    write_loom_h5py(
-        path,
-        c["layers"],
-        c["row_attrs"],
-        c["col_attrs"],
-        col_graphs=c.get("col_graphs"),
-        global_attrs={"Title": "βeta"},
-        **kwargs,
-    )
-    return path
+N, M, K = len(ACCESSIONS), 90, 50
 
 
 def as_dataset(c: dict) -> xr.Dataset:
@@ -70,16 +46,6 @@ def as_dataset(c: dict) -> xr.Dataset:
     return ds
 
 
-def adjacency(a, b, w, n: int) -> np.ndarray:
-    out = np.zeros((n, n))
-    np.add.at(out, (np.asarray(a), np.asarray(b)), np.asarray(w))
-    return out
-
-
-def dense_graph(path: Path, name: str) -> np.ndarray:
-    return np.asarray(loomx.open_loom(path).loom.col_graphs[name].data.todense())
-
-
 def temp_objects(path: Path) -> list[str]:
     found: list[str] = []
     with h5py.File(path, "r") as f:
@@ -92,8 +58,8 @@ def temp_objects(path: Path) -> list[str]:
     [("3.0.0", (64, 64)), ("3.0.0", (16, 24)), ("2.0.1", (64, 64)), ("3.0.0", None)],
 )
 def test_append_equals_concatenation(tmp_path: Path, version: str, chunks) -> None:
-    c1, c2 = content(1, M), content(2, K, offset=M)
-    path = write(tmp_path / "a.loom", c1, version=version, chunks=chunks)
+    c1, c2 = cells_content(1, M), cells_content(2, K, offset=M)
+    path = write_cells(tmp_path / "a.loom", c1, version=version, chunks=chunks)
     loomx.append(path, as_dataset(c2))
     ds = loomx.open_loom(path)
     for name, values in c1["layers"].items():
@@ -124,9 +90,9 @@ def test_append_equals_concatenation(tmp_path: Path, version: str, chunks) -> No
 
 
 def test_append_twice_and_from_open_file(tmp_path: Path) -> None:
-    c1, c2 = content(1, M), content(2, K)
-    path = write(tmp_path / "a.loom", c1)
-    other = write(tmp_path / "b.loom", c2)
+    c1, c2 = cells_content(1, M), cells_content(2, K)
+    path = write_cells(tmp_path / "a.loom", c1)
+    other = write_cells(tmp_path / "b.loom", c2)
     alive = loomx.open_loom(path)
     assert float(alive["matrix"].sum()) == c1["layers"][""].sum()
     source = loomx.open_loom(other)
@@ -139,8 +105,8 @@ def test_append_twice_and_from_open_file(tmp_path: Path) -> None:
 
 
 def test_append_aligned_by_key(tmp_path: Path) -> None:
-    c1, c2 = content(1, M), content(2, K)
-    path = write(tmp_path / "a.loom", c1)
+    c1, c2 = cells_content(1, M), cells_content(2, K)
+    path = write_cells(tmp_path / "a.loom", c1)
     order = np.random.default_rng(5).permutation(N)
     shuffled = as_dataset(c2).isel(row=order).drop_vars("Gene")
     before = sha256(path)
@@ -153,20 +119,20 @@ def test_append_aligned_by_key(tmp_path: Path) -> None:
         raw = "" if name == "matrix" else name
         expected = np.hstack([c1["layers"][raw], c2["layers"][raw]])
         np.testing.assert_array_equal(ds[name].values, expected)
-    np.testing.assert_array_equal(ds["Accession"].values, ACC)
+    np.testing.assert_array_equal(ds["Accession"].values, ACCESSIONS)
 
 
 def test_append_from_loompy_file_by_key(tmp_path: Path) -> None:
     import loompy
 
-    c1, c2 = content(1, M), content(2, K)
-    path = write(tmp_path / "a.loom", c1)
+    c1, c2 = cells_content(1, M), cells_content(2, K)
+    path = write_cells(tmp_path / "a.loom", c1)
     order = np.random.default_rng(6).permutation(N)
     other = str(tmp_path / "b.loom")
     loompy.create(
         other,
         {k: v[order] for k, v in c2["layers"].items()},
-        {"Accession": ACC[order]},
+        {"Accession": ACCESSIONS[order]},
         {k: v for k, v in c2["col_attrs"].items()},
     )
     loomx.append(path, loomx.open_loom(other), key="Accession")
@@ -177,9 +143,9 @@ def test_append_from_loompy_file_by_key(tmp_path: Path) -> None:
 
 
 def test_graphs_offset(tmp_path: Path) -> None:
-    c1, c2 = content(1, M), content(2, K)
+    c1, c2 = cells_content(1, M), cells_content(2, K)
     c1["col_graphs"]["OnlyOld"] = (np.array([0, M - 1]), np.array([1, 0]), np.array([2.0, 3.0]))
-    path = write(tmp_path / "a.loom", c1)
+    path = write_cells(tmp_path / "a.loom", c1)
     new = as_dataset(c2)
     new = new.loom.assign_graph("OnlyNew", adjacency([0, K - 1], [K - 1, 2], [4.0, 5.0], K), "col")
     loomx.append(path, new)
@@ -195,8 +161,8 @@ def test_graphs_offset(tmp_path: Path) -> None:
 
 
 def test_append_fill_values(tmp_path: Path) -> None:
-    c1, c2 = content(1, M), content(2, K)
-    path = write(tmp_path / "a.loom", c1)
+    c1, c2 = cells_content(1, M), cells_content(2, K)
+    path = write_cells(tmp_path / "a.loom", c1)
     new = (
         as_dataset(c2).drop_vars(["spliced", "ClusterID"]).assign_coords(Batch=("col", ["b2"] * K))
     )
@@ -210,13 +176,13 @@ def test_append_fill_values(tmp_path: Path) -> None:
     assert list(ds["Batch"].values) == ["b1"] * M + ["b2"] * K
     np.testing.assert_array_equal(ds["extra"].values[:, :M], 0.5)
     np.testing.assert_array_equal(ds["extra"].values[:, M:], c2["layers"][""] + 1)
-    path2 = write(tmp_path / "b.loom", c1)
+    path2 = write_cells(tmp_path / "b.loom", c1)
     loomx.append(path2, as_dataset(c2).drop_vars("ClusterID"), fill_values="auto")
     np.testing.assert_array_equal(loomx.open_loom(path2)["ClusterID"].values[M:], 0)
 
 
 def _bad_inputs() -> dict:
-    c2 = content(2, K)
+    c2 = cells_content(2, K)
     good = as_dataset(c2)
     other_genes = good.assign_coords(Gene=("row", np.array([f"X{i}" for i in range(N)])))
     return {
@@ -238,7 +204,7 @@ def _bad_inputs() -> dict:
 
 @pytest.mark.parametrize("case", list(_bad_inputs()))
 def test_errors_leave_file_identical(tmp_path: Path, case: str) -> None:
-    path = write(tmp_path / "a.loom", content(1, M))
+    path = write_cells(tmp_path / "a.loom", cells_content(1, M))
     bad, error, match = _bad_inputs()[case]
     before = sha256(path)
     with pytest.raises(error, match=match):
@@ -255,11 +221,11 @@ def test_errors_leave_file_identical(tmp_path: Path, case: str) -> None:
     ],
 )
 def test_bad_key_leaves_file_identical(tmp_path: Path, key: str, change, error) -> None:
-    c1 = content(1, M)
+    c1 = cells_content(1, M)
     if change == "dup":
         c1["row_attrs"]["Gene"] = np.array(["same"] * N)
-    path = write(tmp_path / "a.loom", c1)
-    new = as_dataset(content(2, K)).drop_vars("Gene")
+    path = write_cells(tmp_path / "a.loom", c1)
+    new = as_dataset(cells_content(2, K)).drop_vars("Gene")
     if change == "missing":
         new = new.assign_coords(Accession=("row", np.array([f"Z{i}" for i in range(N)])))
     elif change == "dup":
@@ -294,8 +260,8 @@ def _raise_after(monkeypatch, target, attr: str, calls: int) -> list:
 )
 def test_failure_midway_keeps_original(tmp_path: Path, monkeypatch, target, attr, calls) -> None:
     monkeypatch.setattr(chunking, "BLOCK_BYTES", 4096)  # many small blocks
-    c1, c2 = content(1, M), content(2, K)
-    path = write(tmp_path / "a.loom", c1, chunks=(16, 16))
+    c1, c2 = cells_content(1, M), cells_content(2, K)
+    path = write_cells(tmp_path / "a.loom", c1, chunks=(16, 16))
     before = tmp_path / "before.loom"
     shutil.copy(path, before)
     seen = _raise_after(monkeypatch, target, attr, calls)
@@ -313,7 +279,7 @@ def test_failure_midway_keeps_original(tmp_path: Path, monkeypatch, target, attr
 
 
 def test_append_creates_missing_file(tmp_path: Path) -> None:
-    c2 = content(2, K)
+    c2 = cells_content(2, K)
     path = tmp_path / "new.loom"
     loomx.append(path, as_dataset(c2))
     np.testing.assert_array_equal(loomx.open_loom(path)["matrix"].values, c2["layers"][""])
@@ -325,7 +291,7 @@ def test_batches_appended_in_place_like_loompy_add_columns(tmp_path: Path) -> No
     import loompy
 
     ours, theirs = tmp_path / "ours.loom", tmp_path / "theirs.loom"
-    batches = [content(30 + i, w, offset=100 * i) for i, w in enumerate((50, 70, 64, 1, 90))]
+    batches = [cells_content(30 + i, w, offset=100 * i) for i, w in enumerate((50, 70, 64, 1, 90))]
     for i, c in enumerate(batches):  # ASCII: loompy's add_columns drops other characters
         del c["col_graphs"]
         c["row_attrs"] = {"Accession": np.array([f"ENSG{j:05d}" for j in range(N)])}
@@ -354,142 +320,3 @@ def test_batches_appended_in_place_like_loompy_add_columns(tmp_path: Path) -> No
             assert f["matrix"].shape == (N, width)
             assert not [k for k in f["layers"] if TMP_TAG in k]
     assert_loom_identical(ours, theirs, ignore_globals=("CreationDate", "last_modified"))
-
-
-# --------------------------------------------------------------------------- combine
-
-
-def loompy_files(tmp_path: Path, sizes=(60, 45, 80)) -> tuple[list[str], list[dict], list]:
-    """Files written by loompy, rows of the second and later ones shuffled."""
-    import loompy
-
-    paths, contents, orders = [], [], []
-    for i, m in enumerate(sizes):
-        c = content(10 + i, m, offset=sum(sizes[:i]))
-        order = np.arange(N) if i == 0 else np.random.default_rng(i).permutation(N)
-        path = str(tmp_path / f"in{i}.loom")
-        loompy.create(
-            path,
-            {k: v[order] for k, v in c["layers"].items()},
-            {k: v[order] for k, v in c["row_attrs"].items()},
-            {k: v for k, v in c["col_attrs"].items() if v.ndim == 1},
-        )
-        paths.append(path)
-        contents.append(c)
-        orders.append(order)
-    return paths, contents, orders
-
-
-def test_combine_vs_numpy_and_loompy(tmp_path: Path) -> None:
-    import loompy
-
-    paths, contents, _ = loompy_files(tmp_path)
-    out = tmp_path / "out.loom"
-    cb.combine(paths, out, key="Accession", batch_size=64)
-    ds = loomx.open_loom(out)
-    for raw, name in (("", "matrix"), ("spliced", "spliced")):
-        expected = np.hstack([c["layers"][raw] for c in contents])
-        np.testing.assert_array_equal(ds[name].values, expected)
-    for name in ("CellID", "ClusterID", "Valid"):
-        expected = np.concatenate([c["col_attrs"][name] for c in contents])
-        np.testing.assert_array_equal(ds[name].values, expected.astype(ds[name].dtype))
-    np.testing.assert_array_equal(ds["Accession"].values, ACC)
-    assert loompy.LoomValidator().validate(str(out))
-
-    reference = str(tmp_path / "loompy.loom")
-    loompy.combine(paths, reference, key="Accession")
-    with loompy.connect(reference, "r") as ref:
-        ref_ds = loomx.open_loom(reference)
-        np.testing.assert_array_equal(ds["matrix"].values, ref[:, :])
-        np.testing.assert_array_equal(ds["spliced"].values, ref.layers["spliced"][:, :])
-        np.testing.assert_array_equal(ds["ClusterID"].values, ref.ca["ClusterID"])
-        ascii_only = [s.encode("ascii", "ignore").decode() for s in ds["CellID"].values]
-        np.testing.assert_array_equal(ascii_only, ref_ds["CellID"].values)  # loompy drops the rest
-        np.testing.assert_array_equal(ds["Accession"].values, ref_ds["Accession"].values)
-
-
-def test_combine_graphs_and_loomx_files(tmp_path: Path) -> None:
-    sizes = (M, K, 30)
-    contents = [content(20 + i, m) for i, m in enumerate(sizes)]
-    del contents[1]["col_graphs"]
-    paths = [write(tmp_path / f"g{i}.loom", c) for i, c in enumerate(contents)]
-    out = tmp_path / "out.loom"
-    cb.combine(paths, out)
-    total = sum(sizes)
-    expected = np.zeros((total, total))
-    for c, start in zip(contents, np.cumsum((0, *sizes[:-1])), strict=True):
-        if "col_graphs" in c:
-            a, b, w = c["col_graphs"]["KNN"]
-            expected += adjacency(a + start, b + start, w, total)
-    np.testing.assert_allclose(dense_graph(out, "KNN"), expected)
-    ds = loomx.open_loom(out)
-    np.testing.assert_array_equal(
-        ds["PCA"].values, np.vstack([c["col_attrs"]["PCA"] for c in contents])
-    )
-    assert ds.attrs["Title"] == "βeta"
-
-
-def test_combine_errors(tmp_path: Path) -> None:
-    paths, _, _ = loompy_files(tmp_path, sizes=(20, 30))
-    out = tmp_path / "out.loom"
-    with pytest.raises(LoomNameError, match="Nope"):
-        cb.combine(paths, out, key="Nope")
-    with pytest.raises(LoomFormatError, match="also an input"):
-        cb.combine(paths, paths[1])
-    write(tmp_path / "x.loom", {**content(3, 10), "layers": {"": np.ones((N, 10), "f4")}})
-    with pytest.raises(LoomFormatError, match="spliced"):
-        cb.combine([*paths, str(tmp_path / "x.loom")], out)
-    assert not out.exists()
-
-
-@pytest.mark.parametrize("key", [None, "Accession"])
-def test_combine_copies_aligned_chunks_raw(tmp_path: Path, monkeypatch, key) -> None:
-    """Inputs at chunk-aligned offsets with the same storage are copied raw, others streamed."""
-    sizes, chunks = (128, 64, 70, 64), [(64, 64), (64, 64), (64, 64), (32, 32)]
-    contents = [content(30 + i, m) for i, m in enumerate(sizes)]
-    paths = [
-        write(tmp_path / f"r{i}.loom", c, chunks=ch)
-        for i, (c, ch) in enumerate(zip(contents, chunks, strict=True))
-    ]
-    copied: list = []
-    original = cb.raw_copy
-
-    def spy(src, dst, col0):
-        copied.append(original(src, dst, col0))
-        return copied[-1]
-
-    monkeypatch.setattr(cb, "raw_copy", spy)
-    out = tmp_path / "out.loom"
-    cb.combine(paths, out, key=key, batch_size=48)
-    # per layer: files 0, 1, 2 (offsets 0, 128, 192) raw; file 3 (offset 262, other chunks)
-    # streamed, also over the part of file 2's last chunk that lies beyond its columns
-    assert copied == [True, True, True, False] * 2
-    ds = loomx.open_loom(out)
-    for raw, name in (("", "matrix"), ("spliced", "spliced")):
-        expected = np.hstack([c["layers"][raw] for c in contents])
-        np.testing.assert_array_equal(ds[name].values, expected)
-    with h5py.File(out, "r") as f:
-        assert f["matrix"].chunks == (64, 64) and f["matrix"].compression == "gzip"
-        assert f["matrix"].maxshape == (N, None)
-
-
-@pytest.mark.parametrize(
-    ("col0", "k"), [(0, 64), (0, 100), (10, 200), (60, 4), (64, 190), (30, 224), (0, 254)]
-)
-def test_only_whole_chunks_are_packed(tmp_path: Path, col0: int, k: int) -> None:
-    """Chunks shared with a neighbouring input go through h5py (read-modify-write); only
-    chunks wholly inside the input's columns (or ending at the layer's end) are packed."""
-    import dask.array as da
-
-    with h5py.File(tmp_path / "t.h5", "w") as f:
-        dset = f.create_dataset("x", (N, 254), "f4", chunks=(64, 64), compression="gzip")
-        jobs: list = []
-        _stream.queue_columns(jobs, dset, da.ones((N, k), "f4", chunks=(N, 48)), col0, None)
-    starts = [sink.col0 for _, sink in jobs]
-    assert starts == sorted(starts) and starts[0] == col0
-    packed = [piece.dtype == object for piece, _ in jobs]
-    for start, stop, pack in zip(starts, [*starts[1:], col0 + k], packed, strict=True):
-        assert stop > start
-        if pack:
-            assert start % 64 == 0 and (stop % 64 == 0 or stop == 254), (start, stop)
-    assert any(packed) == (k - (-col0 % 64) >= 64 or (col0 + k == 254 and col0 % 64 == 0))

@@ -210,3 +210,24 @@ def test_append_takes_layers_with_dims_in_either_order(source, tmp_path):
     loomx.append(target, flipped)
     np.testing.assert_array_equal(values(target, "/matrix")[:, M:], matrix[:, :50])
     np.testing.assert_array_equal(values(target, "/layers/fast")[:, M:], matrix[:, :50] * 2)
+
+
+def test_lzf_compression_needs_no_level(tmp_path):
+    ds = xr.Dataset({"matrix": (("row", "col"), np.arange(12.0).reshape(3, 4))})
+    loomx.to_loom(ds, tmp_path / "lzf.loom", compression="lzf")
+    with h5py.File(tmp_path / "lzf.loom", "r") as f:
+        assert f["matrix"].compression == "lzf"
+    np.testing.assert_array_equal(
+        loomx.open_loom(tmp_path / "lzf.loom")["matrix"].values, ds["matrix"].values
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"compression": "foo"}, {"compression_opts": 12}, {"chunks": (0, 64)}, {"chunks": (64,)}],
+)
+def test_bad_storage_options_refused_before_writing(tmp_path, kwargs):
+    ds = xr.Dataset({"matrix": (("row", "col"), np.ones((3, 4)))})
+    with pytest.raises(ValueError, match=r"compression|chunks"):
+        loomx.to_loom(ds, tmp_path / "x.loom", **kwargs)
+    assert list(tmp_path.iterdir()) == []

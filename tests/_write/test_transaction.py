@@ -8,8 +8,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import xarray as xr
-from conftest import temp_links
+from conftest import MORE_CELLS, SMALL_SHAPE, assert_appended, more_cells, small_file, temp_links
 
 import loomx
 from loomx._hdf5.filesystem import TEMPORARY_TAG
@@ -18,34 +17,9 @@ from loomx._write import append as _append
 from loomx._write import transaction as _journal
 from loomx.cli import main as cli_main
 from loomx.errors import LoomWriteError
-from loomx.testing import write_loom_h5py
 
-N, M, K = 30, 40, 25
+(N, M), K = SMALL_SHAPE, MORE_CELLS
 DEAD_PID = 999_999_999
-
-
-def base_file(path: Path, version: str = "3.0.0") -> Path:
-    rng = np.random.default_rng(0)
-    write_loom_h5py(
-        path,
-        {"": rng.random((N, M)).astype(np.float32), "spliced": rng.random((N, M))},
-        {"Gene": np.array([f"g{i}" for i in range(N)], dtype=object)},
-        {"CellID": np.array([f"c{j}" for j in range(M)], dtype=object)},
-        global_attrs={"Title": "before"},
-        version=version,
-    )
-    return path
-
-
-def more_cells(offset: int = M) -> xr.Dataset:
-    rng = np.random.default_rng(1)
-    return xr.Dataset(
-        {
-            "matrix": (("row", "col"), rng.random((N, K)).astype(np.float32)),
-            "spliced": (("row", "col"), rng.random((N, K))),
-        },
-        coords={"CellID": ("col", np.array([f"c{offset + j}" for j in range(K)], dtype=object))},
-    )
 
 
 def fail_moves_after(monkeypatch, calls: int, times: int | None = None) -> list:
@@ -64,18 +38,8 @@ def fail_moves_after(monkeypatch, calls: int, times: int | None = None) -> list:
     return seen
 
 
-def assert_appended(path: Path) -> None:
-    ds = loomx.open_loom(path)
-    new = more_cells()
-    assert ds.sizes == {"row": N, "col": M + K}
-    np.testing.assert_array_equal(ds["matrix"].values[:, M:], new["matrix"].values)
-    np.testing.assert_array_equal(ds["spliced"].values[:, M:], new["spliced"].values)
-    np.testing.assert_array_equal(ds["CellID"].values[M:], new["CellID"].values)
-    ds.close()
-
-
 def test_error_during_swap_is_retried_and_the_append_completes(tmp_path, monkeypatch):
-    path = base_file(tmp_path / "a.loom")
+    path = small_file(tmp_path / "a.loom")
     seen = fail_moves_after(monkeypatch, calls=1, times=1)  # the journal's rename, then one
     loomx.append(path, more_cells())
     monkeypatch.undo()
@@ -84,67 +48,8 @@ def test_error_during_swap_is_retried_and_the_append_completes(tmp_path, monkeyp
     assert temp_links(path) == []
 
 
-def test_commit_recorded_but_not_finished_reads_as_new_and_recovers(tmp_path, monkeypatch):
-    path = base_file(tmp_path / "a.loom")
-    applied: list = []
-
-    def resized_only(target, patch, origin, extent=None):  # grows the layer, copies nothing
-        applied.append(target.name)
-        target.resize(extent)
-        raise OSError("disk on fire")
-
-    monkeypatch.setattr(_journal, "apply_patch", resized_only)
-    with pytest.raises(LoomWriteError, match=r"commit is recorded.*loomx\.recover"):
-        loomx.append(path, more_cells())
-    monkeypatch.undo()
-    assert len(applied) == 2 and applied[0] == applied[1]  # tried, then retried once
-    grown, other = applied[0], {"/matrix", "/layers/spliced"} - {applied[0]}
-    with h5py.File(path, "r") as f:  # on disk: one grown, new columns not copied in yet
-        assert f[grown].shape == (N, M + K)
-        np.testing.assert_array_equal(f[grown][:, M:], 0)
-        assert f[other.pop()].shape == (N, M)
-        assert len(_pending.read_journals(f)) == 1
-    assert_appended(path)  # readers apply the journal (grown, patched) without changing it
-    assert len(temp_links(path)) > 1
-    assert loomx.recover(path) == 1
-    assert temp_links(path) == []
-    assert_appended(path)
-    with h5py.File(path, "r") as f:
-        assert f["matrix"].shape == f["layers/spliced"].shape == (N, M + K)
-        np.testing.assert_array_equal(f["matrix"][:, M:], more_cells()["matrix"].values)
-
-
-def test_pending_patches_of_layers_and_attributes_read_as_appended(tmp_path, monkeypatch):
-    path = tmp_path / "a.loom"
-    with loomx.open_loom(base_file(tmp_path / "h5py.loom")) as ds:
-        ds = ds.load()
-        for var in ds.variables.values():
-            var.encoding = {}  # loomx's storage: chunked attributes that grow in place
-        loomx.to_loom(ds, path)
-    calls: list = []
-
-    def resized_only(target, patch, origin, extent=None):
-        calls.append(target.name)
-        target.resize(extent)
-        raise OSError("disk on fire")
-
-    monkeypatch.setattr(_journal, "apply_patch", resized_only)
-    with pytest.raises(LoomWriteError, match="commit is recorded"):
-        loomx.append(path, more_cells())
-    monkeypatch.undo()
-    with h5py.File(path, "r") as f:
-        patched = {
-            p.h5path for j in _pending.read_journals(f) for ps in j.patches(f).values() for p in ps
-        }
-        assert any("CellID" in p for p in patched) and any("matrix" in p for p in patched)
-    assert_appended(path)  # grown attributes and layers, read through their patches
-    assert loomx.recover(path) == 1
-    assert_appended(path)
-    assert temp_links(path) == []
-
-
 def test_next_write_finishes_a_dead_writers_commit_before_comparing(tmp_path, monkeypatch):
-    path = base_file(tmp_path / "a.loom")
+    path = small_file(tmp_path / "a.loom")
     fail_moves_after(monkeypatch, calls=1)
     with pytest.raises(LoomWriteError, match="commit is recorded"):
         loomx.append(path, more_cells())
@@ -178,7 +83,7 @@ def _rename_owner(path: Path, pid: int, new_pid: int) -> None:
 
 
 def test_staged_objects_without_journal_are_rolled_back(tmp_path):
-    path = base_file(tmp_path / "a.loom")
+    path = small_file(tmp_path / "a.loom")
     tag = f"{TEMPORARY_TAG}{DEAD_PID}-0badcafe-"
     with h5py.File(path, "r+") as f:  # a dead writer staged a replacement and a new object
         f["col_attrs"].create_dataset(tag + "CellID", data=np.arange(M))
@@ -193,7 +98,7 @@ def test_staged_objects_without_journal_are_rolled_back(tmp_path):
 
 
 def test_legacy_root_attributes_are_part_of_the_commit(tmp_path, monkeypatch):
-    path = base_file(tmp_path / "old.loom", version="2.0.1")
+    path = small_file(tmp_path / "old.loom", version="2.0.1")
     ds = loomx.open_loom(path)
     assert ds.encoding["loom_spec_version"] == "2.0.1"
     changed = ds.assign_coords(Score=("col", np.arange(M) * 1.0))
@@ -218,7 +123,7 @@ def test_legacy_root_attributes_are_part_of_the_commit(tmp_path, monkeypatch):
 
 
 def test_keyboard_interrupt_while_staging_rolls_back(tmp_path, monkeypatch):
-    path = base_file(tmp_path / "a.loom")
+    path = small_file(tmp_path / "a.loom")
 
     original = _append.create_attr
 
@@ -235,7 +140,7 @@ def test_keyboard_interrupt_while_staging_rolls_back(tmp_path, monkeypatch):
 
 
 def test_keyboard_interrupt_after_the_commit_point_finishes_it(tmp_path, monkeypatch):
-    path = base_file(tmp_path / "a.loom")
+    path = small_file(tmp_path / "a.loom")
     original = h5py.Group.move
     calls: list = []
 
@@ -254,7 +159,7 @@ def test_keyboard_interrupt_after_the_commit_point_finishes_it(tmp_path, monkeyp
 
 
 def test_leftovers_of_this_process_are_stale_once_their_write_has_ended(tmp_path):
-    path = base_file(tmp_path / "a.loom")
+    path = small_file(tmp_path / "a.loom")
     tag = f"{TEMPORARY_TAG}{os.getpid()}-feedf00d-"
     with h5py.File(path, "r+") as f:
         f["col_attrs"].create_dataset(tag + "Fresh", data=np.arange(M))
@@ -264,7 +169,7 @@ def test_leftovers_of_this_process_are_stale_once_their_write_has_ended(tmp_path
 
 def test_without_file_locking_a_live_writers_links_are_left_alone(tmp_path, monkeypatch):
     monkeypatch.setenv("HDF5_USE_FILE_LOCKING", "FALSE")  # then only pids tell who is alive
-    path = base_file(tmp_path / "a.loom")
+    path = small_file(tmp_path / "a.loom")
     parent = os.getppid()  # alive, and not this process
     tag = f"{TEMPORARY_TAG}{parent}-feedf00d-"
     with h5py.File(path, "r+") as f:
@@ -283,7 +188,7 @@ def _pending_score(path: Path, pid: int, value: float) -> None:
 
 
 def test_with_file_locking_any_other_writers_commit_is_finished_first(tmp_path):
-    path = base_file(tmp_path / "a.loom")
+    path = small_file(tmp_path / "a.loom")
     _pending_score(path, 1, 111.0)  # pid 1 is alive, but it cannot hold the file: locking
     ds = loomx.open_loom(path)
     np.testing.assert_array_equal(ds["Score"].values, 111.0)
@@ -298,7 +203,7 @@ def test_with_file_locking_any_other_writers_commit_is_finished_first(tmp_path):
 
 
 def test_a_failure_before_the_journal_is_renamed_leaves_nothing_applied(tmp_path, monkeypatch):
-    path = base_file(tmp_path / "old.loom", version="2.0.1")
+    path = small_file(tmp_path / "old.loom", version="2.0.1")
     ds = loomx.open_loom(path)
     changed = ds.assign_coords(Score=("col", np.arange(M) * 1.0))
     changed.attrs = {**ds.attrs, "Title": "after"}
@@ -320,7 +225,7 @@ def test_a_failure_before_the_journal_is_renamed_leaves_nothing_applied(tmp_path
 
 
 def test_missing_groups_are_staged_too(tmp_path, monkeypatch):
-    path = base_file(tmp_path / "a.loom")
+    path = small_file(tmp_path / "a.loom")
     with h5py.File(path, "r+") as f:
         del f["layers"]  # a file without the group
     ds = loomx.open_loom(path).assign(norm=lambda d: d["matrix"] * 2)
@@ -337,7 +242,7 @@ def test_missing_groups_are_staged_too(tmp_path, monkeypatch):
 
 
 def test_globals_stay_where_the_file_keeps_them(tmp_path):
-    path = base_file(tmp_path / "a.loom")
+    path = small_file(tmp_path / "a.loom")
     with h5py.File(path, "r+") as f:  # a 3.0.0 file with globals as root attributes
         del f["attrs"]
         f.attrs["LOOM_SPEC_VERSION"] = "3.0.0"
@@ -355,7 +260,7 @@ def test_globals_stay_where_the_file_keeps_them(tmp_path):
 
 
 def test_unreadable_journal_and_unreadable_files_give_loomx_errors(tmp_path):
-    path = base_file(tmp_path / "a.loom")
+    path = small_file(tmp_path / "a.loom")
     with h5py.File(path, "r+") as f:
         f.create_dataset(f"{TEMPORARY_TAG}{DEAD_PID}-0badf00d.journal", data=np.arange(4))
     with pytest.warns(loomx.LoomFormatWarning, match="ignored a loomx commit journal"):

@@ -1,0 +1,126 @@
+"""loomx._format.values: how strings, bools and global attributes are stored per spec
+version, compared byte for byte with what loompy writes (3.0.0: vlen UTF-8; older
+versions: ASCII with XML character references) and with what h5py reads from the files
+from the wild in tests/data.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import h5py
+import loompy
+import numpy as np
+import pytest
+from conftest import DATA
+
+from loomx._format import values as _values
+
+TEXTS = np.array(["café", "日本", "", "plain", "a & b", "β-actin"], dtype=object)
+
+
+@pytest.fixture(scope="module")
+def loompy_written(tmp_path_factory):
+    """A 3.0.0 file written by loompy, with non-ASCII attribute and global strings."""
+    path = tmp_path_factory.mktemp("values") / "lp.loom"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        loompy.create(
+            str(path),
+            np.ones((len(TEXTS), 2), "float32"),
+            {"Gene": TEXTS.astype(str)},
+            {"CellID": np.array(["x", "y"])},
+            file_attrs={"Title": "Tëst"},
+        )
+    return path
+
+
+def test_3_0_0_strings_are_stored_as_loompy_stores_them(tmp_path, loompy_written):
+    encoded = _values.encode_attr_values(TEXTS, legacy=False)
+    with h5py.File(tmp_path / "x.h5", "w") as f:
+        f.create_dataset("Gene", data=encoded, dtype=_values.STRING_DTYPE)
+    with h5py.File(tmp_path / "x.h5", "r") as mine, h5py.File(loompy_written, "r") as theirs:
+        ours, loompys = mine["Gene"], theirs["row_attrs/Gene"]
+        assert h5py.check_string_dtype(ours.dtype) == h5py.check_string_dtype(loompys.dtype)
+        assert h5py.check_string_dtype(ours.dtype).length is None  # variable length
+        assert ours[()].tolist() == loompys[()].tolist()  # the same UTF-8 bytes
+        decoded = _values.decode_strings(loompys[()], fixed_length=False, legacy=False)
+        assert decoded.tolist() == loompys.asstr()[()].tolist() == TEXTS.tolist()
+
+
+def test_legacy_strings_are_loompys_escaped_ascii():
+    ours = _values.encode_strings(TEXTS, legacy=True)
+    theirs = loompy.normalize_attr_values(TEXTS, False)  # loompy before 3.0.0 files
+    assert ours.dtype == theirs.dtype and ours.dtype.kind == "S"
+    assert ours.tolist() == theirs.tolist()
+    assert ours[0] == b"caf&#233;"
+
+
+def test_legacy_strings_decode_as_loompy_materializes_them():
+    raw = loompy.normalize_attr_values(TEXTS, False)
+    ours = _values.decode_strings(raw, fixed_length=True, legacy=True)
+    assert ours.tolist() == loompy.materialize_attr_values(raw).tolist() == TEXTS.tolist()
+    # 3.0.0 strings are UTF-8 and never unescaped (loompy would drop the non-ASCII bytes)
+    modern = np.array([b"caf&#233;", "日本".encode()], dtype=object)
+    assert _values.decode_strings(modern, fixed_length=False, legacy=False).tolist() == [
+        "caf&#233;",
+        "日本",
+    ]
+
+
+def test_bools_are_stored_as_uint8_as_loompy_stores_them():
+    flags = np.array([True, False, True])
+    ours = _values.encode_attr_values(flags, legacy=False)
+    theirs = loompy.normalize_attr_values(flags)
+    assert ours.dtype == theirs.dtype == np.uint8
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_global_strings_are_stored_as_loompy_stores_them(tmp_path, loompy_written):
+    with h5py.File(tmp_path / "g.h5", "w") as f:
+        f.create_dataset("Title", data=_values.encode_global("Tëst", legacy=False))
+    with h5py.File(tmp_path / "g.h5", "r") as mine, h5py.File(loompy_written, "r") as theirs:
+        ours, loompys = mine["Title"], theirs["attrs/Title"]
+        assert ours.shape == loompys.shape == ()
+        assert h5py.check_string_dtype(ours.dtype) == h5py.check_string_dtype(loompys.dtype)
+        assert ours[()] == loompys[()] == "Tëst".encode()
+        assert _values.decode_value(loompys[()], legacy=False) == "Tëst"
+    legacy = _values.encode_global("ça", legacy=True)
+    assert legacy.shape == () and legacy[()] == loompy.normalize_attr_values("ça", False)
+
+
+@pytest.mark.parametrize(
+    "name", ["LoomExperiment_L1_DRG_20_example.loom", "SCopeLoomR_example.loom"]
+)
+def test_root_globals_of_files_from_the_wild_decode_as_h5py_reads_them(name):
+    with h5py.File(DATA / name, "r") as f:
+        assert len(f.attrs)
+        for key, value in f.attrs.items():
+            decoded = _values.decode_value(value, legacy=True)
+            if isinstance(value, np.ndarray):  # LoomExperiment: 1-element byte arrays
+                assert value.shape == (1,)
+                assert decoded == value[0].decode() == loompy.materialize_attr_values(value)[0]
+            else:  # SCope: vlen UTF-8 strings, which h5py decodes itself
+                assert decoded == value, key
+
+
+def test_global_of_another_type_is_refused():
+    with pytest.raises(TypeError, match="dict"):
+        _values.encode_global({"a": 1}, legacy=False)
+
+
+@pytest.mark.parametrize(
+    ("values", "whole"),
+    [
+        (np.array([0.0, 3.0, 129.0]), True),
+        (np.array([0, 3], np.int32), True),
+        (np.array([1.0, 2.5]), False),
+        (np.array([1.0, np.nan]), False),
+        (np.array([np.inf]), False),
+        (np.array(["1"]), False),
+    ],
+)
+def test_float_vertices_are_whole_numbers_only_when_integral(values, whole):
+    assert _values.whole_numbers(values) == whole
+    if whole:  # then exactly the integers they hold
+        np.testing.assert_array_equal(values.astype(np.int64), values)
