@@ -1,10 +1,10 @@
+"""The one reversible mapping between Loom paths and xarray names (loomx._format.names)."""
+
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from loomx._format import names as conv
-from loomx._format import values as _values
 
 
 def test_assign_names_qualifies_every_occurrence_of_a_clash():
@@ -47,40 +47,3 @@ def test_graph_names_round_trip():
     for part, var in names.items():
         assert conv.parse_graph_var(var) == ("col_graphs", "KNN", part)
     assert conv.parse_graph_var("row_attrs:KNN") is None
-
-
-@pytest.mark.parametrize(
-    ("raw", "text"),
-    [
-        ("caf&#233;", "café"),
-        ("&#x3B2;-actin", "β-actin"),
-        ("&#145;", "\x91"),  # XML, not HTML's Windows-1252 rule
-        ("a &amp; b", "a & b"),
-        ("&copy;", "&copy;"),  # not an XML entity
-        ("&#0;", "&#0;"),
-    ],
-)
-def test_xml_unescape(raw, text):
-    assert _values.xml_unescape(raw) == text
-
-
-def test_string_encoding_round_trips_per_version():
-    values = np.array(["café", "日本", "", "plain"], dtype=object)
-    legacy = _values.encode_strings(values, legacy=True)
-    assert legacy.dtype.kind == "S" and legacy[0] == b"caf&#233;"
-    back = _values.decode_strings(legacy, fixed_length=True, legacy=True)
-    assert list(back) == list(values)
-    modern = _values.encode_strings(values, legacy=False)
-    raw = np.array([v.encode() for v in modern], dtype=object)
-    assert list(_values.decode_strings(raw, fixed_length=False, legacy=False)) == list(values)
-    with pytest.raises(UnicodeDecodeError):
-        _values.decode_strings(np.array([b"\xff"], dtype=object), fixed_length=False, legacy=False)
-
-
-def test_compound_to_array():
-    raw = np.array([(1.0, 2), (3.0, 4)], dtype=[("_X", "f8"), ("_Y", "i4")])
-    values, fields = _values.compound_to_array(raw)
-    assert fields == ["_X", "_Y"]
-    np.testing.assert_array_equal(values, [[1.0, 2.0], [3.0, 4.0]])
-    with pytest.raises(TypeError):
-        _values.compound_to_array(np.array([(b"a",)], dtype=[("s", "S1")]))

@@ -124,3 +124,40 @@ def test_float_vertices_are_whole_numbers_only_when_integral(values, whole):
     assert _values.whole_numbers(values) == whole
     if whole:  # then exactly the integers they hold
         np.testing.assert_array_equal(values.astype(np.int64), values)
+
+
+@pytest.mark.parametrize(
+    ("raw", "text"),
+    [
+        ("caf&#233;", "café"),
+        ("&#x3B2;-actin", "β-actin"),
+        ("&#145;", "\x91"),  # XML, not HTML's Windows-1252 rule
+        ("a &amp; b", "a & b"),
+        ("&copy;", "&copy;"),  # not an XML entity
+        ("&#0;", "&#0;"),
+    ],
+)
+def test_xml_unescape(raw, text):
+    assert _values.xml_unescape(raw) == text
+
+
+def test_string_encoding_round_trips_per_version():
+    values = np.array(["café", "日本", "", "plain"], dtype=object)
+    legacy = _values.encode_strings(values, legacy=True)
+    assert legacy.dtype.kind == "S" and legacy[0] == b"caf&#233;"
+    back = _values.decode_strings(legacy, fixed_length=True, legacy=True)
+    assert list(back) == list(values)
+    modern = _values.encode_strings(values, legacy=False)
+    raw = np.array([v.encode() for v in modern], dtype=object)
+    assert list(_values.decode_strings(raw, fixed_length=False, legacy=False)) == list(values)
+    with pytest.raises(UnicodeDecodeError):
+        _values.decode_strings(np.array([b"\xff"], dtype=object), fixed_length=False, legacy=False)
+
+
+def test_compound_to_array():
+    raw = np.array([(1.0, 2), (3.0, 4)], dtype=[("_X", "f8"), ("_Y", "i4")])
+    values, fields = _values.compound_to_array(raw)
+    assert fields == ["_X", "_Y"]
+    np.testing.assert_array_equal(values, [[1.0, 2.0], [3.0, 4.0]])
+    with pytest.raises(TypeError):
+        _values.compound_to_array(np.array([(b"a",)], dtype=[("s", "S1")]))

@@ -45,7 +45,11 @@ class Cluster:
 
     def __init__(self, folder: Path, n_workers: int, env: dict[str, str]) -> None:
         self.procs: list[subprocess.Popen] = []
-        self.env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(map(str, (TESTS, TESTS.parent)))}
+        self.env = {
+            **os.environ,
+            **env,
+            "PYTHONPATH": os.pathsep.join(map(str, (TESTS, TESTS.parent))),
+        }
         file = folder / "scheduler.json"
         where = ["--host", "127.0.0.1", "--port", "0", "--scheduler-file", str(file)]
         self.scheduler = self._start("scheduler", *where, "--no-dashboard")
