@@ -1,10 +1,11 @@
 """Errors and warnings raised by loomx.
 
 Every error subclasses :class:`LoomxError` *and* the builtin exception a caller would
-naturally catch (``ValueError``, ``KeyError``, ``OSError``, ``FileNotFoundError``), so code
-written against plain Python exceptions keeps working.  Messages name the file, the HDF5
-path, what was found and what was expected; the file and the HDF5 path are also attributes
-(:attr:`LoomxError.path`, :attr:`LoomxError.h5path`), ``None`` where they do not apply.
+naturally catch (``ValueError``, ``TypeError``, ``KeyError``, ``OSError``,
+``FileNotFoundError``), so code written against plain Python exceptions keeps working.
+Messages name the file, the HDF5 path, what was found and what was expected; the file and
+the HDF5 path are also attributes (:attr:`LoomxError.path`, :attr:`LoomxError.h5path`),
+``None`` where they do not apply.
 
 Examples
 --------
@@ -27,6 +28,7 @@ __all__ = [
     "LoomFormatWarning",
     "LoomInvalidNameError",
     "LoomNameError",
+    "LoomTypeError",
     "LoomWriteError",
     "LoomxError",
 ]
@@ -92,6 +94,11 @@ class LoomFormatError(LoomxError, ValueError):
 class LoomInvalidNameError(LoomFormatError):
     """A name that cannot be stored (not an HDF5 link name, or two variables mapping to
     one HDF5 path): a ``ValueError``, unlike :class:`LoomNameError` for names not found."""
+
+
+class LoomTypeError(LoomxError, TypeError):
+    """Values of a dtype an operation cannot take together, such as string and numeric
+    attributes asked for as one stacked array."""
 
 
 class LoomFileError(LoomxError, OSError):

@@ -69,7 +69,7 @@ def test_loomexperiment_legacy_file(wild_file):
     with h5py.File(wild_file, "r") as f:
         a, b, w = (f[f"col_graphs/KNN/{p}"][:] for p in "abw")
     assert knn.shape == (20, 20)
-    edges = ds.loom.edges("KNN")
+    edges = ds.loom.col_graphs.edges("KNN")
     np.testing.assert_array_equal(edges["a"].values, a.astype(np.int64))
     np.testing.assert_array_equal(edges["b"].values, b.astype(np.int64))
     np.testing.assert_array_equal(edges["w"].values, w)

@@ -240,7 +240,7 @@ def test_map_with_several_functions_matches_loompy(loompy_file, dim):
 
     funcs = [np.mean, np.std, np.max, np.count_nonzero]
     ds = loomx.open_loom(loompy_file["path"], chunks={"row": 64, "col": 64})
-    ours = ds.loom.map(funcs, dim=dim)
+    ours = ds.loom.map_vectors(funcs, dim=dim)
     with loompy.connect(loompy_file["path"], "r") as lp:
         theirs = lp.map(funcs, axis=1 if dim == "row" else 0)
     for a, b in zip(ours, theirs, strict=True):

@@ -63,7 +63,7 @@ def test_h5py_written_content_reads_back_identically(content, chunks):
                 np.testing.assert_array_equal(var.values, expected_attr(values))
         for space, graphs in (("row", content.row_graphs), ("col", content.col_graphs)):
             for name, (a, b, w) in graphs.items():
-                edges = ds.loom.edges(name, dim=space)
+                edges = ds.loom.graphs(space).edges(name)
                 np.testing.assert_array_equal(edges["a"].values, a)
                 np.testing.assert_array_equal(edges["b"].values, b)
                 np.testing.assert_array_equal(edges["w"].values, w)

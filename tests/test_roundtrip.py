@@ -335,7 +335,7 @@ def read_loomx(written: Written, chunks: Any) -> None:
     graphs = {str(k).split(":")[1] for k in ds.coords if str(k).startswith("col_graphs:")}
     assert graphs == set(c.col_graphs)
     for name, (a, b, w) in c.col_graphs.items():
-        edges = ds.loom.edges(name, dim="col")
+        edges = ds.loom.col_graphs.edges(name)
         for part, values in zip("abw", (a, b, w), strict=True):
             np.testing.assert_array_equal(edges[part].values, values, err_msg=part)
     attrs = {k: v for k, v in ds.attrs.items() if k not in (*LOOMPY_STAMPS, "LOOM_SPEC_VERSION")}

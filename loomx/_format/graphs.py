@@ -11,7 +11,6 @@ subgraph of the current rows or columns, renumbered.  Nothing is read until a gr
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -22,6 +21,18 @@ import xarray as xr
 from loomx._format import names as conv
 from loomx._format import spec as _spec
 from loomx.errors import LoomFormatError, LoomNameError
+
+__all__ = [
+    "assign_graph",
+    "check_edges",
+    "graph_dataarray",
+    "graph_edge_list",
+    "graph_edges",
+    "graph_names",
+    "graph_space",
+    "induced_edges",
+    "to_scipy_graph",
+]
 
 
 def induced_edges(
@@ -97,7 +108,7 @@ def graph_edges(ds: xr.Dataset, space: str, name: str) -> tuple[np.ndarray, ...]
         raise LoomFormatError(
             f"graph side-variables are not 1-D edge lists (found shapes "
             f"{ids.shape}, {a.shape}, {b.shape}, {w.shape}); xarray operations such as "
-            "concat do not combine graphs: use loomx.combine or ds.loom.assign_graph",
+            "concat do not combine graphs: use loomx.combine or ds.loom.col_graphs.assign",
             path=source,
             h5path=h5path,
         )
@@ -117,6 +128,31 @@ def graph_names(ds: xr.Dataset, space: str) -> list[str]:
             if all(names[p] in ds.variables for p in conv.GRAPH_PARTS):
                 out.append(parsed[1])
     return out
+
+
+def graph_space(ds: xr.Dataset, dim: str) -> str:
+    """The graph space (``"row_graphs"`` or ``"col_graphs"``) of ``dim``, the row or column
+    dim of ``ds``: the one check of the dim a graph is asked for or assigned on.
+
+    Raises
+    ------
+    LoomNameError
+        ``dim`` is neither the row nor the column dim; the message names both.
+
+    Examples
+    --------
+    >>> graph_space(ds, "cell")  # ds opened with dims=("gene", "cell")  # doctest: +SKIP
+    'col_graphs'
+    """
+    row_dim, col_dim = conv.dataset_dims(ds)
+    if dim == row_dim:
+        return _spec.ROW_GRAPHS
+    if dim == col_dim:
+        return _spec.COL_GRAPHS
+    raise LoomNameError(
+        f"no graphs on dim {dim!r}: graphs live on the row dim {row_dim!r} "
+        f"or the column dim {col_dim!r}"
+    )
 
 
 def axis_dim(ds: xr.Dataset, space: str, name: str) -> str:
@@ -189,11 +225,8 @@ def assign_graph(ds: xr.Dataset, name: str, matrix: Any, dim: str) -> xr.Dataset
     dim
         The row or column dim of ``ds``.
     """
+    space = graph_space(ds, dim)
     conv.check_link_name(name)
-    row_dim, col_dim = conv.dataset_dims(ds)
-    if dim not in (row_dim, col_dim):
-        raise LoomNameError(f"dim {dim!r} is neither the row dim {row_dim!r} nor {col_dim!r}")
-    space = _spec.ROW_GRAPHS if dim == row_dim else _spec.COL_GRAPHS
     n = ds.sizes[dim]
     a, b, w = edges_from_matrix(matrix, n)
     names = conv.graph_var_names(space, name)
@@ -207,27 +240,3 @@ def assign_graph(ds: xr.Dataset, name: str, matrix: Any, dim: str) -> xr.Dataset
     out = out.assign_coords(coords)
     out.encoding = dict(ds.encoding)
     return out
-
-
-class GraphMapping(Mapping[str, xr.DataArray]):
-    """Read-only mapping ``name -> graph DataArray``; each graph is loaded when looked up."""
-
-    def __init__(self, ds: xr.Dataset, space: str):
-        self._ds = ds
-        self._space = space
-
-    def __getitem__(self, name: str) -> xr.DataArray:
-        if name not in graph_names(self._ds, self._space):
-            raise LoomNameError(
-                f"no graph {name!r} in {self._space}; found {graph_names(self._ds, self._space)}"
-            )
-        return graph_dataarray(self._ds, self._space, name)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(graph_names(self._ds, self._space))
-
-    def __len__(self) -> int:
-        return len(graph_names(self._ds, self._space))
-
-    def __repr__(self) -> str:
-        return f"<{self._space}: {graph_names(self._ds, self._space)}>"

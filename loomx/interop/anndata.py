@@ -172,7 +172,7 @@ def from_anndata(adata: Any, dims: tuple[str, str] = conv.DEFAULT_DIMS) -> xr.Da
     ds.encoding["loom_dims"] = (row, col)
     for mapping, dim in ((adata.obsp, col), (adata.varp, row)):
         for name, matrix in mapping.items():
-            ds = ds.loom.assign_graph(str(name), scipy.sparse.coo_matrix(matrix), dim)
+            ds = ds.loom.graphs(dim).assign(str(name), scipy.sparse.coo_matrix(matrix))
     skipped = []
     for key, value in adata.uns.items():
         if isinstance(value, str | int | float | np.number | np.ndarray | list | tuple):

@@ -1,7 +1,7 @@
-"""Operations on Loom Datasets: loompy's scan, map, permute and aggregate as dask graphs
-(:mod:`loomx.ops.operations`), scanpy's quality-control metrics in one read
-(:mod:`loomx.ops.qc`), and the ``ds.loom`` accessor that exposes them
-(:mod:`loomx.ops.accessor`).
+"""Operations on Loom Datasets: loompy's scan, map (:func:`map_vectors`), permute and
+aggregate as dask graphs (:mod:`loomx.ops.operations`), scanpy's quality-control metrics in
+one read (:mod:`loomx.ops.qc`), and the ``ds.loom`` accessor that exposes them and the
+graphs (:mod:`loomx.ops.accessor`).
 
 Examples
 --------

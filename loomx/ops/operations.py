@@ -1,7 +1,8 @@
 """loompy's operations (scan, map, view, permute, aggregate, sparse) as dask graph operations.
 
 Each function takes a Loom Dataset (from :func:`loomx.open_loom`) and returns lazy
-results or an iterator; ``ds.loom`` exposes them as methods.
+results or an iterator; ``ds.loom`` exposes them as methods of the same names
+(loompy's ``map`` is :func:`map_vectors`, ``ds.loom.map_vectors``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,16 @@ import xarray as xr
 from loomx._format import names as conv
 from loomx._read import chunking as _chunking
 from loomx.errors import LoomNameError
+
+__all__ = [
+    "AGGREGATIONS",
+    "aggregate",
+    "layer_names",
+    "map_vectors",
+    "permute",
+    "scan",
+    "to_scipy",
+]
 
 AGGREGATIONS = (
     "sum",
@@ -189,7 +200,8 @@ def map_vectors(
 
     Examples
     --------
-    >>> mean, sd = ds.loom.map([np.mean, np.std], dim="col")  # doctest: +SKIP
+    >>> mean, sd = map_vectors(ds, [np.mean, np.std], dim="col")  # doctest: +SKIP
+    >>> mean, sd = ds.loom.map_vectors([np.mean, np.std], dim="col")  # the same  # doctest: +SKIP
     """
     other = _other(ds, dim)
     var = _dask_layer(_layer(ds, layer))

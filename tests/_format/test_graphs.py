@@ -47,7 +47,7 @@ def test_duplicate_edges_are_kept(loompy_file):
     np.testing.assert_allclose(knn.data.todense(), loompy_file["knn"].toarray())
     assert knn.data.todense()[0, 1] == 3.0  # parallel edges (0, 1) add up
     assert to_scipy_graph(knn, "csr")[0, 1] == 3.0
-    edges = ds.loom.edges("KNN")  # the multigraph itself: duplicates and order kept
+    edges = ds.loom.col_graphs.edges("KNN")  # the multigraph itself: duplicates and order kept
     np.testing.assert_array_equal(edges["a"].values, loompy_file["knn"].row)
     np.testing.assert_array_equal(edges["b"].values, loompy_file["knn"].col)
     np.testing.assert_array_equal(edges["w"].values, loompy_file["knn"].data)
@@ -89,10 +89,10 @@ def test_assign_graph(example_loom, kind):
         "scipy": adj.tocsr(),
         "dense": adj.toarray(),
     }[kind]
-    out = ds.loom.assign_graph("SNN", matrix)
+    out = ds.loom.col_graphs.assign("SNN", matrix)
     assert "SNN" in out.loom.col_graphs and "SNN" not in ds.loom.col_graphs
     np.testing.assert_allclose(out.loom.col_graphs["SNN"].data.todense(), adj.toarray())
     with pytest.raises(LoomFormatError, match="shape"):
-        ds.loom.assign_graph("bad", np.ones((3, 3)))
+        ds.loom.col_graphs.assign("bad", np.ones((3, 3)))
     with pytest.raises(LoomInvalidNameError, match="without '/'"):
-        ds.loom.assign_graph("a/b", adj)
+        ds.loom.col_graphs.assign("a/b", adj)

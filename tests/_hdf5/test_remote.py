@@ -68,7 +68,7 @@ def test_http_url_reads_what_h5py_reads(served, local):
     )
     assert list(ds["CellID"].values) == list(arrays["CellID"])
     assert list(ds["Gene"].values) == list(arrays["Gene"])
-    knn = ds.loom.edges("KNN")
+    knn = ds.loom.col_graphs.edges("KNN")
     with h5py.File(path, "r") as f:
         np.testing.assert_array_equal(knn["a"], f["col_graphs/KNN/a"][()])
     assert ds.encoding["source"] == served.url("example.loom")

@@ -93,7 +93,7 @@ def test_map_matches_loompy_and_numpy(example_loom, arrays):
     import loompy
 
     ds = loomx.open_loom(example_loom)
-    mean, sd = ds.loom.map([np.mean, np.std], dim="col")
+    mean, sd = ds.loom.map_vectors([np.mean, np.std], dim="col")
     assert mean.name == "mean" and mean.dims == ("row",)
     m = arrays["matrix"].astype(np.float64)
     np.testing.assert_allclose(mean.values, m.mean(axis=1), rtol=1e-6)
@@ -105,7 +105,7 @@ def test_map_matches_loompy_and_numpy(example_loom, arrays):
             (lp_col_max,) = lp.map([np.max], axis=1)
     np.testing.assert_allclose(mean.values, lp_mean, rtol=1e-6)
     np.testing.assert_allclose(sd.values, lp_sd, rtol=1e-6)
-    (col_max,) = ds.loom.map([np.max], dim="row")
+    (col_max,) = ds.loom.map_vectors([np.max], dim="row")
     assert col_max.dims == ("col",)
     np.testing.assert_allclose(col_max.values, lp_col_max)
 
@@ -178,15 +178,15 @@ def test_ops_do_not_depend_on_chunks(example_loom, rows, cols, func):
         a.loom.aggregate("ClusterID", func, layers=["spliced"])["spliced"].values,
         b.loom.aggregate("ClusterID", func, layers=["spliced"])["spliced"].values,
     )
-    (x,) = a.loom.map([np.max], dim="col", layer="spliced")
-    (y,) = b.loom.map([np.max], dim="col", layer="spliced")
+    (x,) = a.loom.map_vectors([np.max], dim="col", layer="spliced")
+    (y,) = b.loom.map_vectors([np.max], dim="col", layer="spliced")
     np.testing.assert_array_equal(x.values, y.values)
     assert (a.loom.to_scipy("spliced") != b.loom.to_scipy("spliced")).nnz == 0
 
 
 def test_ops_on_renamed_dims_and_lazy_layers(example_loom, arrays):
     ds = loomx.open_loom(example_loom, dims=("gene", "cell"), chunks=None)
-    (row_max,) = ds.loom.map([np.max], dim="cell")
+    (row_max,) = ds.loom.map_vectors([np.max], dim="cell")
     assert row_max.dims == ("gene",)
     np.testing.assert_array_equal(row_max.values, arrays["matrix"].max(axis=1))
     assert ds["matrix"].chunks is None  # map did not load the layer into the Dataset
