@@ -25,6 +25,7 @@ from loomx.errors import (
     LoomFormatWarning,
     LoomInvalidNameError,
     LoomNameError,
+    LoomTypeError,
     LoomWriteError,
     LoomxError,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "LoomFormatWarning",
     "LoomInvalidNameError",
     "LoomNameError",
+    "LoomTypeError",
     "LoomWriteError",
     "LoomxError",
     "__version__",

@@ -42,7 +42,7 @@ def as_dataset(c: dict) -> xr.Dataset:
         coords[k] = ("col", v) if v.ndim == 1 else (("col", f"{k}_dim_1"), v)
     ds = xr.Dataset(layers, coords=coords)
     for name, (a, b, w) in c.get("col_graphs", {}).items():
-        ds = ds.loom.assign_graph(name, adjacency(a, b, w, len(c["col_attrs"]["CellID"])), "col")
+        ds = ds.loom.col_graphs.assign(name, adjacency(a, b, w, len(c["col_attrs"]["CellID"])))
     return ds
 
 
@@ -147,7 +147,7 @@ def test_graphs_offset(tmp_path: Path) -> None:
     c1["col_graphs"]["OnlyOld"] = (np.array([0, M - 1]), np.array([1, 0]), np.array([2.0, 3.0]))
     path = write_cells(tmp_path / "a.loom", c1)
     new = as_dataset(c2)
-    new = new.loom.assign_graph("OnlyNew", adjacency([0, K - 1], [K - 1, 2], [4.0, 5.0], K), "col")
+    new = new.loom.col_graphs.assign("OnlyNew", adjacency([0, K - 1], [K - 1, 2], [4.0, 5.0], K))
     loomx.append(path, new)
     total = M + K
     a0, b0, w0 = c1["col_graphs"]["KNN"]
