@@ -1,4 +1,3 @@
-"""Report scripts: each measures in fresh processes, checks every result and prints
-markdown tables."""
+"""Report scripts: each checks every result and prints markdown tables."""
 
 __all__: list[str] = []
