@@ -507,7 +507,7 @@ def open_loom(
         fetch only the byte ranges they need (see :mod:`loomx._hdf5.remote`).
     chunks
         ``"auto"`` or ``{}`` (default): dask chunks that are whole multiples of each layer's
-        HDF5 chunks, about 64 MiB each.  ``None``: no dask; layers are lazily indexed
+        HDF5 chunks, about 16 MiB each.  ``None``: no dask; layers are lazily indexed
         arrays.  An int (``-1`` for whole dims) or a dict ``{dim: size}`` chunks layers
         like :meth:`xarray.Dataset.chunk`; dims left out get the default.
     dims

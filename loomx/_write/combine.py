@@ -55,7 +55,7 @@ def combine(
         Row attribute (e.g. ``"Accession"``) with unique values in every file: rows of each
         file are permuted to the first file's order.  None: files are taken row by row.
     batch_size
-        Columns per dask block; default about 64 MiB of full-height columns.
+        Columns per dask block; default about 16 MiB of full-height columns.
 
     Notes
     -----

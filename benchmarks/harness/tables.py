@@ -20,6 +20,24 @@ from .operations import BASELINES, OP_TITLES, READ_OPS, Method, scaling_cores, s
 from .reference import FileFacts, input_files
 from .timer import Measurement
 
+__all__ = [
+    "COMBINE_METHODS",
+    "MEMORY_METHODS",
+    "OPEN_METHODS",
+    "WRITE_ATTR_METHODS",
+    "WRITE_LAYER_METHODS",
+    "Key",
+    "Results",
+    "combine_table",
+    "file_line",
+    "memory_table",
+    "open_table",
+    "ops_table",
+    "scaling_table",
+    "write_attr_table",
+    "write_table",
+]
+
 MEMORY_METHODS = ("loomx_threads", "loomx_sync")
 """Full passes whose peak memory is compared on two file sizes."""
 

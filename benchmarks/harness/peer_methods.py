@@ -36,6 +36,8 @@ import numpy as np
 from .operations import Method
 from .reference import random_columns
 
+__all__ = ["PEER_SUFFIXES", "peer_methods"]
+
 PEER_SUFFIXES = {"h5ad": ".h5ad", "zarr": ".zarr"}
 """The AnnData copies of a Loom file: format -> suffix of the copy next to it."""
 
@@ -67,7 +69,7 @@ def _setup(fmt: str) -> Callable[[str], PeerContext]:
         copy = peer_path(path, fmt)
         if not copy.exists():
             raise FileNotFoundError(
-                f"no {copy}: write it with `python benchmarks/make_data.py {copy} "
+                f"no {copy}: write it with `python -m benchmarks.data.make_data {copy} "
                 f"--from-loom {path}`"
             )
         adata = read_lazy(str(copy))

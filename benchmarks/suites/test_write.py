@@ -13,10 +13,11 @@ from typing import Any
 
 import pytest
 
+from benchmarks.harness.operations import methods
+from benchmarks.harness.reference import Reference, check
+from benchmarks.harness.timer import measure_in_subprocess
+
 from .conftest import BenchMethod
-from .operations import methods
-from .reference import Reference, check
-from .timer import measure_in_subprocess
 
 WRITE_METHODS = [name for name, m in methods().items() if m.op in ("write_layer", "write_attr")]
 """Methods benchmarked by :func:`test_write`."""

@@ -22,13 +22,22 @@ import numpy as np
 
 from .operations import ncores
 
+__all__ = [
+    "loomx_fingerprint",
+    "loomx_source_dir",
+    "loomx_sources",
+    "machine_facts",
+    "snapshot_loomx",
+    "uptime",
+]
+
 
 def _git(args: list[str]) -> str:
     """Output of a read-only git command in this repository ('' without git)."""
     try:
         return subprocess.run(
             ["git", *args],
-            cwd=Path(__file__).resolve().parent.parent,
+            cwd=Path(__file__).resolve().parents[2],
             capture_output=True,
             text=True,
             check=False,

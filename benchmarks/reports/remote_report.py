@@ -1,7 +1,7 @@
 """Remote Loom files: bytes and requests over loopback HTTP and S3, full-pass throughput
 against the local disk, and worker scaling against the lock-free process ceiling.
 
-    python -m benchmarks.remote_report /work/bench-data/big_20000x30000.loom
+    python -m benchmarks.reports.remote_report /work/bench-data/big_20000x30000.loom
 
 serves the file from a loopback HTTP server with Range requests and a loopback S3 API
 server (moto), both counting requests and bytes (:mod:`loomx.testing.servers`), and prints
@@ -37,12 +37,14 @@ from typing import Any
 import h5py
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import loomx
-from benchmarks.provenance import uptime
+from benchmarks.harness.provenance import uptime
 from loomx._hdf5.chunks import ChunkIndex, FileReader
 from loomx.testing.servers import RangeHTTPServer, S3Server
+
+__all__: list[str] = []
 
 MB = 1e6
 

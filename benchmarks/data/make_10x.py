@@ -1,7 +1,7 @@
 """Write a Cell Ranger v3 ``.h5`` matrix (CSC in ``/matrix``, features, barcodes) of random
 counts, for measuring ``loomx convert``.
 
-    python benchmarks/make_10x.py OUT.h5 --genes 10000 --cells 100000 --density 0.03
+    python -m benchmarks.data.make_10x OUT.h5 --genes 10000 --cells 100000 --density 0.03
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import time
 import h5py
 import numpy as np
 
+__all__: list[str] = []
+
 
 def make_10x_h5(path: str, n_genes: int, n_cells: int, density: float, seed: int = 0) -> int:
     """Write the file; returns the number of non-zeros (each ``1 + Poisson(1.5)``)."""
@@ -21,7 +23,8 @@ def make_10x_h5(path: str, n_genes: int, n_cells: int, density: float, seed: int
     nnz = int(indptr[-1])
     with h5py.File(path, "w") as f:
         g = f.create_group("matrix")
-        opts = {"chunks": (1 << 20,), "compression": "gzip", "compression_opts": 4}
+        chunk = max(1, min(1 << 20, nnz))  # 1 Mi values, or the whole array when smaller
+        opts = {"chunks": (chunk,), "compression": "gzip", "compression_opts": 4}
         data = g.create_dataset("data", (nnz,), dtype="i4", **opts)
         indices = g.create_dataset("indices", (nnz,), dtype="i8", **opts)
         for start in range(0, n_cells, 5000):

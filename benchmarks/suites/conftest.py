@@ -4,7 +4,7 @@ By default the benchmarks use small files generated into the session's temporary
 loompy-written 2000 x 3000 matrix and its AnnData copies ``bench.h5ad`` and ``bench.zarr``,
 a 2000 x 3000 file with 100 layers and 1000 attributes, and folders of 4 loompy-written
 500 x 800 files to combine), so ``pytest`` runs them as plain tests in CI.  Set
-``LOOMX_BENCH_FILE=/path/to/file.loom`` (e.g. written by ``python benchmarks/make_data.py``;
+``LOOMX_BENCH_FILE=/path/to/file.loom`` (e.g. written by ``python -m benchmarks.data.make_data``;
 the AnnData peers need its copies, ``--from-loom``),
 ``LOOMX_BENCH_WIDE_FILE=/path/to/wide.loom`` (``make_data.py --wide``) and
 ``LOOMX_BENCH_COMBINE=ROWSxCOLS`` (the shape of each file to combine) to use big files
@@ -19,10 +19,25 @@ from typing import Any
 
 import pytest
 
-from .make_data import make_combine_inputs, make_loompy_file, make_wide_file, write_anndata_copy
-from .operations import OP_TITLES, READ_OPS, methods
-from .peer_methods import PEER_SUFFIXES
-from .reference import FileFacts, Reference, check, digest, file_facts, reference, warm_page_cache
+from benchmarks.data.make_data import (
+    make_combine_inputs,
+    make_loompy_file,
+    make_wide_file,
+    write_anndata_copy,
+)
+from benchmarks.harness.operations import OP_TITLES, READ_OPS, methods
+from benchmarks.harness.peer_methods import PEER_SUFFIXES
+from benchmarks.harness.reference import (
+    FileFacts,
+    Reference,
+    check,
+    digest,
+    file_facts,
+    reference,
+    warm_page_cache,
+)
+
+__all__ = ["ROUNDS", "BenchMethod"]
 
 BENCH_FILE_ENV = "LOOMX_BENCH_FILE"
 """Environment variable naming a Loom file to benchmark instead of the small default."""

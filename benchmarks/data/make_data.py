@@ -16,19 +16,19 @@ rows of all but the first in random orders.  With ``--from-loom LOOM`` the path 
 
 Usage::
 
-    python benchmarks/make_data.py /work/bench-data/pbmc_20000x30000.loom \\
+    python -m benchmarks.data.make_data /work/bench-data/pbmc_20000x30000.loom \\
         --rows 20000 --cols 30000 --density 0.07 --seed 0
-    python benchmarks/make_data.py /work/bench-data/wide_20000x30000.loom --wide \\
+    python -m benchmarks.data.make_data /work/bench-data/wide_20000x30000.loom --wide \\
         --rows 20000 --cols 30000 --layers 100 --attrs 1000 --seed 0
-    python benchmarks/make_data.py /work/bench-data/big_20000x30000.loom --noise-layer \\
+    python -m benchmarks.data.make_data /work/bench-data/big_20000x30000.loom --noise-layer \\
         --rows 20000 --cols 30000 --density 0.07 --seed 0
-    python benchmarks/make_data.py /work/bench-data/combine_5000x8000 --combine \\
+    python -m benchmarks.data.make_data /work/bench-data/combine_5000x8000 --combine \\
         --rows 5000 --cols 8000 --files 4
-    python benchmarks/make_data.py /work/bench-data/combine_5000x8000_shuffled --combine \\
+    python -m benchmarks.data.make_data /work/bench-data/combine_5000x8000_shuffled --combine \\
         --shuffle --rows 5000 --cols 8000 --files 4
-    python benchmarks/make_data.py /work/bench-data/pbmc_20000x30000.h5ad \\
+    python -m benchmarks.data.make_data /work/bench-data/pbmc_20000x30000.h5ad \\
         --from-loom /work/bench-data/pbmc_20000x30000.loom
-    python benchmarks/make_data.py /work/bench-data/pbmc_20000x30000.zarr \\
+    python -m benchmarks.data.make_data /work/bench-data/pbmc_20000x30000.zarr \\
         --from-loom /work/bench-data/pbmc_20000x30000.loom
 """
 
@@ -41,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+__all__ = ["make_combine_inputs", "make_loompy_file", "make_wide_file", "write_anndata_copy"]
 
 BAND_ROWS = 1000
 """Rows generated at a time (bounds the float64 scratch memory)."""

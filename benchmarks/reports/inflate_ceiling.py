@@ -5,10 +5,11 @@ the batch kernel's full read (``ChunkIndex.read``) beside it, in the same run.
 
 Usage::
 
-    python benchmarks/inflate_ceiling.py /work/bench-data/pbmc_20000x30000.loom
+    python -m benchmarks.reports.inflate_ceiling /work/bench-data/pbmc_20000x30000.loom
 
-Prints MB/s of decompressed data (best of 3 rounds per row, after one warm-up round).  Each
-inflate-only task checks that every chunk decoded to the chunk's size.
+Prints MB/s of decompressed data (best of 4 rounds per row, after one warm-up round).  Each
+inflate-only task checks the kernel's status (every chunk decoded); before the timed rounds,
+both full reads of every band are checked equal to h5py's read of the same rows.
 """
 
 from __future__ import annotations
@@ -18,13 +19,20 @@ import math
 import multiprocessing
 import os
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
 
-from benchmarks.operations import ncores
-from benchmarks.reference import BAND_ROWS
+if __package__ in (None, ""):  # run as a script: this checkout's benchmarks and loomx
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from benchmarks.harness.operations import ncores
+from benchmarks.harness.reference import BAND_ROWS
+
+__all__: list[str] = []
 
 _STATE: dict[str, object] = {}
 
@@ -33,7 +41,9 @@ def _init(path: str) -> None:
     from loomx._hdf5.chunks import ChunkIndex, FileReader
 
     with h5py.File(path, "r") as f:
-        _STATE.update(index=ChunkIndex.from_dataset(f["matrix"]), reader=FileReader.of(path))
+        _STATE.update(
+            index=ChunkIndex.from_dataset(f["matrix"]), reader=FileReader.of(path), path=path
+        )
 
 
 def _inflate_only(band: tuple[int, int]) -> int:
@@ -73,6 +83,25 @@ def _python_read(band: tuple[int, int]) -> int:
     return _full_read(band, "libdeflate")
 
 
+def _check_band(band: tuple[int, int]) -> int:
+    """Read rows ``band`` with the batch kernel and with the per-chunk Python path; both must
+    equal h5py's read of the same rows.  Returns the rows checked."""
+    with h5py.File(_STATE["path"], "r") as f:
+        want = f["matrix"][band[0] : band[1]]
+    for inflater in (None, "libdeflate"):
+        got = _STATE["index"].read(_STATE["reader"], (slice(*band),), inflater=inflater)
+        np.testing.assert_array_equal(got, want, err_msg=f"rows {band}, inflater {inflater}")
+    return band[1] - band[0]
+
+
+def check_reads(path: str, bands: list[tuple[int, int]]) -> None:
+    """Check both full reads of every band against h5py (untimed, before the measurements)."""
+    with multiprocessing.get_context("spawn").Pool(ncores(), _init, (path,)) as pool:
+        checked = sum(pool.map(_check_band, bands))
+    if checked != bands[-1][1]:
+        raise AssertionError(f"{path}: checked {checked} rows of {bands[-1][1]}")
+
+
 def _measure(path: str, procs: int, task, bands) -> float:
     with multiprocessing.get_context("spawn").Pool(procs, _init, (path,)) as pool:
         pool.map(task, bands[:procs])
@@ -95,6 +124,7 @@ def main() -> None:
     with h5py.File(args.file, "r") as f:
         n_rows = f["matrix"].shape[0]
     bands = [(s, min(s + BAND_ROWS, n_rows)) for s in range(0, n_rows, BAND_ROWS)]
+    check_reads(args.file, bands)
     print(f"`uptime` before: `{_uptime()}`")
     print(
         "| processes | kernel, inflate only MB/s | kernel, full read MB/s "

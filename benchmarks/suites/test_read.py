@@ -17,11 +17,11 @@ import dask.array as da
 import pytest
 
 import loomx
+from benchmarks.harness.operations import READ_OPS, methods
+from benchmarks.harness.reference import FileFacts, Reference, check, file_facts
+from benchmarks.harness.timer import measure_in_subprocess
 
 from .conftest import ROUNDS, BenchMethod
-from .operations import READ_OPS, methods
-from .reference import FileFacts, Reference, check, file_facts
-from .timer import measure_in_subprocess
 
 MEASURED = [name for name, m in methods().items() if m.op in READ_OPS and m.op != "open"]
 """Read methods benchmarked by :func:`test_method` (``open`` has its own tests)."""

@@ -21,6 +21,22 @@ import numpy as np
 
 from .operations import N_RANDOM_COLS, READ_OPS
 
+__all__ = [
+    "ATTR_NAME",
+    "BAND_ROWS",
+    "LAYER_NAME",
+    "FileFacts",
+    "Reference",
+    "check",
+    "digest",
+    "file_facts",
+    "input_files",
+    "random_columns",
+    "reference",
+    "score_values",
+    "warm_page_cache",
+]
+
 BAND_ROWS = 256
 """Rows per band of the reference passes (a multiple of loompy's 64-row chunks)."""
 

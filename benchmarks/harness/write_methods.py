@@ -32,6 +32,8 @@ from .operations import Method, ncores
 from .read_methods import start_cluster
 from .reference import ATTR_NAME, LAYER_NAME, input_files, score_values, warm_page_cache
 
+__all__ = ["SCRATCH_ENV", "write_methods"]
+
 SCRATCH_ENV = "LOOMX_BENCH_SCRATCH"
 """Environment variable: folder for the write methods' copies (default: the input's folder)."""
 

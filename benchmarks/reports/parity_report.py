@@ -23,7 +23,7 @@ Every measurement runs in a fresh process; results are checked with h5py.
 
 Usage::
 
-    python benchmarks/parity_report.py --file /work/bench-data/pbmc_20000x30000.loom \\
+    python -m benchmarks.reports.parity_report --file /work/bench-data/pbmc_20000x30000.loom \\
         --big-file /work/bench-data/big_20000x30000.loom --scratch /work/bench-data/tmp
 """
 
@@ -41,12 +41,14 @@ import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: this checkout's benchmarks and loomx
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import h5py
 import numpy as np
 
-from benchmarks.provenance import uptime
+from benchmarks.harness.provenance import uptime
+
+__all__: list[str] = []
 
 TABLES = ("create", "memory", "batches", "region", "repack")
 
@@ -76,7 +78,7 @@ PRELUDE = textwrap.dedent(
 
 def run_child(code: str, *args: str, timeout: float = 3600) -> dict:
     """Run ``PRELUDE + code`` in a fresh interpreter; return what it reported."""
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     proc = subprocess.run(
         [sys.executable, "-c", PRELUDE + textwrap.dedent(code), *args],
         capture_output=True,

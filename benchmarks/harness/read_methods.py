@@ -7,7 +7,7 @@ default scheduler (threads), ``scheduler="synchronous"``, ``"processes"`` or a
 ceilings compute the per-row sums over a spawned ``multiprocessing`` pool: row bands read
 with plain h5py, or through ``loomx._hdf5.chunks.ChunkIndex`` (positional reads and inflate, no
 h5py, no HDF5 lock).  :func:`read_methods` lists them all (see ``operations.py`` for the
-operations and the :class:`~benchmarks.operations.Method` shape).
+operations and the :class:`~benchmarks.harness.operations.Method` shape).
 """
 
 from __future__ import annotations
@@ -27,6 +27,8 @@ import numpy as np
 from .operations import Method, ncores, scaling_cores
 from .peer_methods import peer_methods
 from .reference import BAND_ROWS, random_columns
+
+__all__ = ["read_methods", "start_cluster"]
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,15 +1,17 @@
 """``loomx qc`` against one loomx full pass, loompy and anndata + scanpy, in one run.
 
-Each method runs in a fresh process (``python -m benchmarks.qc_report --child METHOD FILE
-OUT``) while the parent samples the summed RSS of the process tree; loomx methods run twice
+Each method runs in a fresh process (``python -m benchmarks.reports.qc_report --child METHOD
+FILE OUT``) while the parent samples the summed RSS of the process tree; loomx methods run twice
 and report the second run (the first pays one-time costs: imports, thread pools, the
 compiled kernel loaded from numba's cache), loompy and anndata once.  Every method's cell
 and gene totals are checked against numpy on row bands read with h5py.
 
-    python -m benchmarks.qc_report /work/bench-data/pbmc_20000x30000.loom
+    python -m benchmarks.reports.qc_report /work/bench-data/pbmc_20000x30000.loom
 
 prints a markdown table (wall seconds, ratio to the loomx full pass, peak RSS) and the
-machine load (``uptime``) before and after.
+machine load (``uptime``) before and after.  With ``--methods interleaved`` it runs a loomx
+full pass and the qc metrics alternately in one process (7 rounds after a warm-up) and
+prints the ratio of their medians; the last round's results are checked the same way.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from typing import Any
 
 import numpy as np
 
+__all__: list[str] = []
+
 METHODS = {
     "loomx_full_pass": 'loomx one full pass, `m.sum("col", skipna=False)` (threads)',
     "loomx_qc": "loomx `calculate_qc_metrics(ds)`: both axes, one read (threads)",
@@ -36,6 +40,8 @@ METHODS = {
     "anndata_scanpy": "`anndata.read_loom` + `scanpy.pp.calculate_qc_metrics`",
 }
 MITO = ("MT-", "mt-")
+CHILD_MODULE = "benchmarks.reports.qc_report"
+"""This script as a module: each method runs in ``python -P -m CHILD_MODULE --child ...``."""
 
 
 def _loomx_full_pass(path: str) -> dict[str, np.ndarray]:
@@ -140,14 +146,15 @@ def interleaved(path: str, rounds: int = 7) -> dict[str, np.ndarray]:
     passes, qcs = [], []
     for k in range(rounds + 1):
         start = time.perf_counter()
-        ds["matrix"].sum("col", skipna=False).compute()
+        gene_totals = ds["matrix"].sum("col", skipna=False).values
         middle = time.perf_counter()
-        _loomx_qc(path)
+        metrics = _loomx_qc(path)
         end = time.perf_counter()
         if k:  # round 0 is the warm-up
             passes.append(middle - start)
             qcs.append(end - middle)
-    return {"pass_times": np.array(passes), "qc_times": np.array(qcs)}
+    checked = {"pass_gene_totals": gene_totals, **{f"qc_{k}": v for k, v in metrics.items()}}
+    return {"pass_times": np.array(passes), "qc_times": np.array(qcs), **checked}
 
 
 def child(method: str, path: str, out: str) -> None:
@@ -188,8 +195,8 @@ def measure(method: str, path: str, scratch: str) -> dict[str, Any]:
     if method == "loomx_qc_cli":
         target = os.path.join(scratch, "copy.loom")
         shutil.copyfile(path, target)
-    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parent.parent))
-    cmd = [sys.executable, "-P", "-m", "benchmarks.qc_report", "--child", method, target, out]
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
+    cmd = [sys.executable, "-P", "-m", CHILD_MODULE, "--child", method, target, out]
     proc = subprocess.Popen(cmd, env=env)
     peak = 0.0
     while proc.poll() is None:
@@ -218,6 +225,14 @@ def reference(path: str) -> dict[str, np.ndarray]:
     return {"gene_totals": gene_totals, "cell_totals": cell_totals, "n_genes": n_genes}
 
 
+def check_interleaved(result: dict[str, np.ndarray], expected: dict[str, np.ndarray]) -> None:
+    """The last round's full pass (``pass_gene_totals``) and qc metrics (``qc_*``) of
+    :func:`interleaved` must match the h5py reference."""
+    np.testing.assert_allclose(result["pass_gene_totals"], expected["gene_totals"], rtol=1e-5)
+    for key in ("cell_totals", "gene_totals", "n_genes"):
+        np.testing.assert_allclose(result[f"qc_{key}"], expected[key], rtol=1e-5, err_msg=key)
+
+
 def _uptime() -> str:
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
@@ -242,7 +257,8 @@ def main(argv: list[str] | None = None) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             res = measure("interleaved", args.path, tmp)["result"]
         loads.append(("after", _uptime()))
-        passes, qcs = res["pass_times"], res["qc_times"]
+        passes, qcs = res.pop("pass_times"), res.pop("qc_times")
+        check_interleaved(res, reference(args.path))
         print(f"file: {args.path}, {len(passes)} rounds after a warm-up, alternating\n")
         print(f"full pass s: {np.round(passes, 2).tolist()}, median {np.median(passes):.2f}")
         print(f"qc metrics s: {np.round(qcs, 2).tolist()}, median {np.median(qcs):.2f}")

@@ -42,6 +42,18 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+__all__ = [
+    "BASELINES",
+    "N_RANDOM_COLS",
+    "OP_TITLES",
+    "READ_OPS",
+    "Method",
+    "methods",
+    "ncores",
+    "scaling_cores",
+    "scaling_name",
+]
+
 N_RANDOM_COLS = 1000
 """Columns picked by ``reference.random_columns``."""
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import pytest
 
+from benchmarks.harness.operations import methods
+from benchmarks.harness.reference import Reference
+
 from .conftest import BenchMethod
-from .operations import methods
-from .reference import Reference
 
 COMBINE_METHODS = [name for name, m in methods().items() if m.op == "combine"]
 """Methods benchmarked by :func:`test_combine`."""

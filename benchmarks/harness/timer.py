@@ -1,7 +1,7 @@
 """The fresh-process timer and memory sampler.
 
 :func:`measure_in_subprocess` runs one method in a fresh child process
-(``python -P -m benchmarks.timer METHOD PATH OUT``): the child pins itself to
+(``python -P -m benchmarks.harness.timer METHOD PATH OUT``): the child pins itself to
 ``Method.cores`` cores if set, sets the method up, reports ``READY``, waits for ``GO`` on
 stdin, runs the method twice (``prepare`` untimed before each run; the first run pays the
 one-time costs of a fresh process: lazy imports, thread pools, workers importing loomx, HDF5
@@ -37,10 +37,12 @@ from .operations import methods
 from .provenance import loomx_source_dir
 from .reference import digest
 
+__all__ = ["Measurement", "measure_in_subprocess"]
+
 SAMPLE_INTERVAL_S = 0.005
 """How often the parent samples the RSS of the measured process tree."""
 
-BENCHMARKS_PARENT = Path(__file__).resolve().parent.parent
+BENCHMARKS_PARENT = Path(__file__).resolve().parents[2]
 """Folder holding the ``benchmarks`` package (put on the child's ``PYTHONPATH``, last)."""
 
 
@@ -194,7 +196,7 @@ def measure_in_subprocess(name: str, path: str | os.PathLike, timeout: float = 9
 
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "digest.npz")
-        cmd = [sys.executable, "-P", "-m", "benchmarks.timer", name, str(path), out]
+        cmd = [sys.executable, "-P", "-m", "benchmarks.harness.timer", name, str(path), out]
         child = subprocess.Popen(
             cmd,
             env=child_env(),

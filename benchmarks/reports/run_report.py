@@ -28,11 +28,11 @@ copies made in ``--scratch`` (default: next to the input).
 
 Usage::
 
-    python benchmarks/run_report.py --file /work/bench-data/pbmc_20000x30000.loom \\
+    python -m benchmarks.reports.run_report --file /work/bench-data/pbmc_20000x30000.loom \\
         --small-file /work/bench-data/pbmc_10000x15000.loom \\
         --wide-file /work/bench-data/wide_20000x30000.loom \\
         --tables ops scaling memory open
-    python benchmarks/run_report.py --file /work/bench-data/pbmc_20000x30000.loom \\
+    python -m benchmarks.reports.run_report --file /work/bench-data/pbmc_20000x30000.loom \\
         --small-file /work/bench-data/pbmc_10000x15000.loom \\
         --big-file /work/bench-data/big_20000x30000.loom \\
         --combine-inputs /work/bench-data/combine_5000x8000 \\
@@ -51,10 +51,10 @@ import time
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as a script: this checkout's benchmarks and loomx
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from benchmarks.operations import READ_OPS, methods, ncores, scaling_cores, scaling_name
-from benchmarks.provenance import (
+from benchmarks.harness.operations import READ_OPS, methods, ncores, scaling_cores, scaling_name
+from benchmarks.harness.provenance import (
     loomx_fingerprint,
     loomx_source_dir,
     loomx_sources,
@@ -62,8 +62,8 @@ from benchmarks.provenance import (
     snapshot_loomx,
     uptime,
 )
-from benchmarks.reference import Reference, check, file_facts, reference, warm_page_cache
-from benchmarks.tables import (
+from benchmarks.harness.reference import Reference, check, file_facts, reference, warm_page_cache
+from benchmarks.harness.tables import (
     COMBINE_METHODS,
     MEMORY_METHODS,
     OPEN_METHODS,
@@ -80,8 +80,10 @@ from benchmarks.tables import (
     write_attr_table,
     write_table,
 )
-from benchmarks.timer import Measurement, measure_in_subprocess
-from benchmarks.write_methods import SCRATCH_ENV
+from benchmarks.harness.timer import Measurement, measure_in_subprocess
+from benchmarks.harness.write_methods import SCRATCH_ENV
+
+__all__: list[str] = []
 
 TABLES = ("ops", "scaling", "memory", "open", "write", "combine")
 """Tables this script can print, in order."""

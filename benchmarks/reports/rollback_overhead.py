@@ -6,7 +6,7 @@ Each timed run is a child process that imports loomx from the tree it is given, 
 into a fresh copy of the input (made, fsynced and read once before the run, not timed),
 and checks what it wrote against numpy and h5py before it reports its time.
 
-    python benchmarks/rollback_overhead.py --file /work/bench-data/pbmc_10000x15000.loom \\
+    python -m benchmarks.reports.rollback_overhead --file /work/bench-data/pbmc_10000x15000.loom \\
         --scratch /work/bench-data/tmp --before /tmp/loomx-before --rounds 3
 """
 
@@ -21,6 +21,8 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+__all__: list[str] = []
 
 CHILD = r"""
 import json, os, sys, time
@@ -82,7 +84,7 @@ def main() -> None:
     parser.add_argument("--file", required=True)
     parser.add_argument("--scratch", required=True)
     parser.add_argument("--before", required=True, help="a loomx tree without the journal")
-    parser.add_argument("--after", default=str(Path(__file__).resolve().parents[1]))
+    parser.add_argument("--after", default=str(Path(__file__).resolve().parents[2]))
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     target = os.path.join(args.scratch, "rollback-overhead.loom")

@@ -1,0 +1,3 @@
+"""Report scripts: each checks every result and prints markdown tables."""
+
+__all__: list[str] = []
