@@ -147,7 +147,7 @@ def _loomx_map_mean_std(ctx: LoomxContext) -> tuple[np.ndarray, np.ndarray]:
     import dask
 
     with ctx.dask_config():
-        mean, std = dask.compute(*ctx.ds.loom.map([np.mean, np.std], dim="col"))
+        mean, std = dask.compute(*ctx.ds.loom.map_vectors([np.mean, np.std], dim="col"))
     return mean.values, std.values
 
 
@@ -392,9 +392,9 @@ def read_methods() -> list[Method]:
                run=_loomx_mean_std, **lx),
         Method("loomx_meanstd_sync", f"loomx `{meanstd}`, synchronous", "row_mean_std",
                run=_loomx_mean_std, **sync),
-        Method("loomx_map_meanstd", 'loomx `ds.loom.map([np.mean, np.std], dim="col")`, '
+        Method("loomx_map_meanstd", 'loomx `ds.loom.map_vectors([np.mean, np.std], dim="col")`, '
                "default threads", "row_mean_std", run=_loomx_map_mean_std, **lx),
-        Method("loomx_map_meanstd_sync", "loomx `ds.loom.map(...)`, synchronous",
+        Method("loomx_map_meanstd_sync", "loomx `ds.loom.map_vectors(...)`, synchronous",
                "row_mean_std", run=_loomx_map_mean_std, **sync),
         Method("loompy_map_meanstd", "loompy `ds.map([np.mean, np.std], axis=0)`",
                "row_mean_std", run=_loompy_mean_std, **lp),
