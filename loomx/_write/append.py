@@ -3,12 +3,13 @@
 A layer that is chunked and growable along columns (loompy's and loomx's layers are) grows in
 place: the new columns, with the old chunk column they share, are written as a *patch*
 staged in the file (the file's storage; chunks compressed block by block in parallel), which
-the commit copies in after resizing the layer (``_journal``).  Earlier columns are never
-rewritten, so appending batch after batch costs what the batches cost.  Other layers are
-rebuilt at the new width under a temporary name (old chunks copied raw).  Column attributes
-and column graphs are written complete under temporary names, and everything is committed
-at once (an fsynced journal, then the link swaps and patch copies), so the file reads as all
-old or all new whatever the moment of an error or an interruption (SIGKILL, power loss).
+the commit copies in after resizing the layer (:mod:`loomx._write.transaction`).  Earlier
+columns are never rewritten, so appending batch after batch costs what the batches cost.
+Other layers are rebuilt at the new width under a temporary name (old chunks copied raw).
+Column attributes and column graphs are written complete under temporary names, and
+everything is committed at once (an fsynced pending commit, then the link swaps and patch
+copies), so the file reads as all old or all new whatever the moment of an error or an
+interruption (SIGKILL, power loss).
 
 The alignment helpers here (rows by a key, full-height column bands) serve
 :func:`loomx.combine` too.

@@ -1,6 +1,7 @@
 """Deleting objects from a Loom file, and repacking a file to reclaim their space.
 
-:func:`delete` unlinks layers, attributes and graphs in one transaction (see ``_journal``).
+:func:`delete` unlinks layers, attributes and graphs in one transaction
+(see :mod:`loomx._write.transaction`).
 HDF5 does not give the space of unlinked or replaced objects back to the file system;
 :func:`repack` copies every live object, as stored (chunks and filters kept, chunk by
 chunk), into a new file that atomically replaces the old one (or goes elsewhere).

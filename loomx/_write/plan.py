@@ -1,12 +1,12 @@
 """What a Dataset becomes on disk: validated, encoded, with its storage; nothing is written.
 
 :func:`plan_dataset` turns a Dataset in loomx's model into a :class:`WritePlan`: each layer
-with its HDF5 path (named by ``_conventions``), data (numpy or dask) and storage (from its
-``encoding`` and the writer's ``encoding=``, see ``_storage``); attributes, graphs and
-global attributes encoded for the target's spec version.  For write-back, what is the same
-as on disk is dropped: a layer that still is the dask array :func:`loomx.open_loom` made
-from this very dataset (``encoding["loom_dask_name"]``) without reading anything, other
-variables by comparing values.
+with its HDF5 path (named by :mod:`loomx._format.names`), data (numpy or dask) and storage
+(from its ``encoding`` and the writer's ``encoding=``, see :mod:`loomx._write.storage`);
+attributes, graphs and global attributes encoded for the target's spec version.  For
+write-back, what is the same as on disk is dropped: a layer that still is the dask array
+:func:`loomx.open_loom` made from this very dataset (``encoding["loom_dask_name"]``)
+without reading anything, other variables by comparing values.
 """
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ def plan_dataset(
     """Validate ``ds`` completely and turn it into what to write (nothing touches disk).
 
     With ``target`` (the existing file, mode "a"), only what differs from it is kept.
-    ``encoding`` is the writer's per-variable storage (see ``_storage``).
+    ``encoding`` is the writer's per-variable storage (see :mod:`loomx._write.storage`).
     """
     dims = resolve_dims(ds, dims, path)
     explicit = check_encoding_names(encoding, {str(k) for k in ds.variables}, path)

@@ -276,7 +276,7 @@ ATTR_CHUNK_ROWS = 4096
 
 
 def create_attr(parent: h5py.Group, name: str, values: np.ndarray, storage: Storage) -> None:
-    """A row, column or global attribute of encoded ``values`` (see ``_conventions``)."""
+    """A row, column or global attribute of encoded ``values`` (see :mod:`loomx._format.values`)."""
     dtype = _values.STRING_DTYPE if values.dtype.kind == "O" else values.dtype
     kwargs: dict[str, Any] = {}
     if values.ndim >= 1 and values.size > 0 and storage.compression is not None:

@@ -5,11 +5,11 @@ fsyncs it and renames it into place.  ``mode="a"`` writes what is new or differs
 into an existing file, following its spec version: new data first goes to a spool file next
 to the target (the target is not held for writing while blocks are computed), then one ``r+``
 transaction copies each object in under a temporary link and commits them all at once
-(see ``_journal``).
-Everything is validated before the first byte is written (``_plan``); layers are computed
-block by block, and gzip layers are compressed into finished HDF5 chunks in the same tasks
-(threads, processes or workers in parallel, see ``_compress``); the one process that holds
-the output open only writes the chunks' bytes.
+(see :mod:`loomx._write.transaction`).
+Everything is validated before the first byte is written (:mod:`loomx._write.plan`); layers
+are computed block by block, and gzip layers are compressed into finished HDF5 chunks in the
+same tasks (threads, processes or workers in parallel, see :mod:`loomx._write.packing`); the
+one process that holds the output open only writes the chunks' bytes.
 """
 
 from __future__ import annotations

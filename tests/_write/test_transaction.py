@@ -103,7 +103,7 @@ def test_commit_recorded_but_not_finished_reads_as_new_and_recovers(tmp_path, mo
         assert f[grown].shape == (N, M + K)
         np.testing.assert_array_equal(f[grown][:, M:], 0)
         assert f[other.pop()].shape == (N, M)
-        assert len(_pending.read_journals(f)) == 1
+        assert len(_pending.read_pending_commits(f)) == 1
     assert_appended(path)  # readers apply the journal (grown, patched) without changing it
     assert len(temp_links(path)) > 1
     assert loomx.recover(path) == 1
@@ -134,7 +134,10 @@ def test_pending_patches_of_layers_and_attributes_read_as_appended(tmp_path, mon
     monkeypatch.undo()
     with h5py.File(path, "r") as f:
         patched = {
-            p.h5path for j in _pending.read_journals(f) for ps in j.patches(f).values() for p in ps
+            p.h5path
+            for j in _pending.read_pending_commits(f)
+            for ps in j.patches(f).values()
+            for p in ps
         }
         assert any("CellID" in p for p in patched) and any("matrix" in p for p in patched)
     assert_appended(path)  # grown attributes and layers, read through their patches
@@ -165,7 +168,7 @@ def _rename_owner(path: Path, pid: int, new_pid: int) -> None:
     """Make every temporary link of ``pid`` look as if ``new_pid`` had left it."""
     old, new = f"{TEMPORARY_TAG}{pid}-", f"{TEMPORARY_TAG}{new_pid}-"
     with h5py.File(path, "r+") as f:
-        for journal in _pending.read_journals(f):
+        for journal in _pending.read_pending_commits(f):
             rows = np.array(
                 [[p, s.replace(old, new), n] for p, s, n in journal.entries], dtype=object
             )
@@ -358,7 +361,7 @@ def test_unreadable_journal_and_unreadable_files_give_loomx_errors(tmp_path):
     path = base_file(tmp_path / "a.loom")
     with h5py.File(path, "r+") as f:
         f.create_dataset(f"{TEMPORARY_TAG}{DEAD_PID}-0badf00d.journal", data=np.arange(4))
-    with pytest.warns(loomx.LoomFormatWarning, match="ignored a loomx commit journal"):
+    with pytest.warns(loomx.LoomFormatWarning, match="ignored a pending loomx commit"):
         loomx.open_loom(path).close()  # an unreadable journal is not applied
     with pytest.warns(loomx.LoomFormatWarning, match="journal"):
         loomx.recover(path)  # and is removed
