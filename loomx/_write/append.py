@@ -32,11 +32,11 @@ from loomx._format import names as conv
 from loomx._format import spec as _spec
 from loomx._format.graphs import graph_edges, graph_names
 from loomx._hdf5.files import locking_in_use, open_h5
+from loomx._read import chunking as _chunking
 from loomx._read.backend import open_loom
 from loomx._write.plan import encode_attr, layer_data, resolve_dims
 from loomx._write.storage import (
     LOOMPY_STORAGE,
-    band_width,
     copy_columns,
     create_attr,
     create_graph,
@@ -127,7 +127,7 @@ def full_height(
             continue
         var = var.transpose(*dims)
         step = (var.encoding.get("chunksizes") or (64, 64))[1]
-        cols = width or band_width(var.shape[0], var.dtype.itemsize, step)
+        cols = width or _chunking.band_width(var.shape[0], var.dtype.itemsize, step)
         lazy = var.variable
         if lazy.chunks is None and not lazy._in_memory:  # read in bands: no rechunk
             lazy = lazy.chunk({dims[0]: -1, dims[1]: cols})
@@ -376,7 +376,7 @@ def _write_append(plan: _AppendPlan, txn: Transaction) -> None:
                 continue
             rows = plan.rows if part is data else None
             if not isinstance(part, da.Array | np.ndarray):
-                band = band_width(n, np.dtype(dtype).itemsize, step[1])
+                band = _chunking.band_width(n, np.dtype(dtype).itemsize, step[1])
                 part, rows = da.full((n, cols), part, dtype=dtype, chunks=(-1, band)), None
             queue_columns(jobs, dset, da.asarray(part).astype(dtype), start, lock, rows=rows)
     run_queue(jobs)

@@ -35,9 +35,6 @@ from loomx._write.storage import (
 )
 from loomx.errors import LoomFormatError
 
-_ATTR_AXES = {_spec.ROW_ATTRS: 0, _spec.COL_ATTRS: 1}
-_GRAPH_AXES = {_spec.ROW_GRAPHS: 0, _spec.COL_GRAPHS: 1}
-
 
 @dataclasses.dataclass
 class LayerPlan:
@@ -282,7 +279,7 @@ def plan_dataset(
                 data = data.astype(dtype)
             plan.layers.append(LayerPlan(h5path, name, data, storage))
             continue
-        axis = _ATTR_AXES[kind]
+        axis = _spec.AXIS_OF_ATTRS[kind]
         if not var.ndim or var.dims[0] != dims[axis]:
             raise LoomFormatError(
                 f"found dims {var.dims}; expected the first dim to be {dims[axis]!r}",
@@ -309,7 +306,7 @@ def plan_dataset(
         if parsed is not None and parsed[2] != "edge":
             graph_parts.setdefault(parsed[:2], {})[parsed[2]] = var
     for (space, graph), parts in sorted(graph_parts.items()):
-        n = plan.shape[_GRAPH_AXES[space]]
+        n = plan.shape[_spec.AXIS_OF_GRAPHS[space]]
         h5path, edges = _plan_graph(path, space, graph, parts, n, target)
         if edges is not None:
             plan.graphs[h5path] = edges

@@ -303,13 +303,6 @@ def grows_along(dset: h5py.Dataset, axis: int) -> bool:
     return dset.chunks is not None and dset.maxshape[axis] is None
 
 
-def band_width(n_rows: int, itemsize: int, step: int) -> int:
-    """Columns per full-height block: about :func:`~loomx._read.chunking.block_bytes`,
-    a multiple of ``step``."""
-    width = _chunking.block_bytes() // max(1, n_rows * itemsize)
-    return max(step, width // step * step)
-
-
 def _storage_key(dset: h5py.Dataset) -> tuple:
     fill = np.asarray(dset.fillvalue).tobytes()
     return (
@@ -345,7 +338,7 @@ def copy_columns(src: h5py.Dataset, dst: h5py.Dataset, col0: int) -> None:
     if raw_copy(src, dst, col0):
         return
     n, m = src.shape
-    step = band_width(n, src.dtype.itemsize, (dst.chunks or (1, 64))[1])
+    step = _chunking.band_width(n, src.dtype.itemsize, (dst.chunks or (1, 64))[1])
     for c in range(0, m, step):
         stop = min(c + step, m)
         dst[:, col0 + c : col0 + stop] = src[:, c:stop]

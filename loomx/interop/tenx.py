@@ -34,11 +34,12 @@ def dense_bands(
     """A ``(rows, cols)`` dask array whose blocks are full-height bands of columns,
     ``read(start, stop)`` giving the dense band of columns ``start:stop`` when computed.
 
-    Bands hold about :func:`~loomx._read.chunking.block_bytes` each.
+    Bands hold about :func:`~loomx._read.chunking.block_bytes` each
+    (:func:`~loomx._read.chunking.band_width`).
     """
     n_rows, n_cols = shape
     dtype = np.dtype(dtype)
-    width = max(1, _chunking.block_bytes() // max(1, n_rows * dtype.itemsize))
+    width = _chunking.band_width(n_rows, dtype.itemsize)
     reader = dask.delayed(read, pure=False)  # one key: sent once to a cluster, not per band
     parts = [
         da.from_delayed(

@@ -12,7 +12,7 @@ from conftest import sha256
 
 import loomx
 from loomx._read.backend import LoomBackendArray
-from loomx._read.chunking import default_chunks
+from loomx._read.chunking import band_width, block_bytes, default_chunks
 from loomx.testing import write_loom_h5py
 
 
@@ -86,6 +86,26 @@ def test_default_chunks_are_multiples_and_large(shape, hdf5_chunks):
         n_tasks = np.prod([-(-s // c) for s, c in zip(shape, chunks, strict=True)])
         assert n_tasks < 200  # vs 147k HDF5 chunks
         assert np.prod(chunks) * 4 <= 64 * 2**20
+
+
+@pytest.mark.parametrize("length", [1, 50, 1000, 30_000, 2**22, 10**8])
+@pytest.mark.parametrize("itemsize", [1, 4, 8])
+@pytest.mark.parametrize("step", [None, 1, 7, 64, 4096])
+def test_band_width_is_the_widest_band_of_whole_steps_within_a_block(length, itemsize, step):
+    line = length * itemsize
+    unit = step or 1
+    width = band_width(length, itemsize, step)
+    assert width >= unit and width % unit == 0  # whole HDF5 chunks, at least one
+    if width > unit:
+        assert width * line <= block_bytes()
+    assert (width + unit) * line > block_bytes()  # one more step would not fit
+    split = band_width(length, itemsize, step, split_step=True)
+    if unit * line <= block_bytes():
+        assert split == width
+    else:  # one step alone is too large: whole lines up to a block, at least one
+        assert 1 <= split <= unit
+        assert split * line <= block_bytes() or split == 1
+        assert (split + 1) * line > block_bytes()
 
 
 def test_dask_chunks_are_multiples_of_hdf5_chunks(tmp_path):
