@@ -58,6 +58,29 @@ def test_open_dataset_engine_gives_same_dataset(loompy_file):
     assert a["matrix"].chunks == b["matrix"].chunks
 
 
+def test_open_dataset_engine_takes_open_loom_options(loompy_file):
+    import inspect
+
+    options = [p for p in inspect.signature(loomx.open_loom).parameters if p != "path"]
+    entrypoint = xr.backends.list_engines()["loom"]
+    assert set(entrypoint.open_dataset_parameters) == {
+        "filename_or_obj",
+        "drop_variables",
+        *options,
+    } - {"chunks"}
+    kwargs = {"dims": ("gene", "cell"), "mode": "r", "follow_external": True}
+    a = loomx.open_loom(loompy_file["path"], chunks=None, **kwargs)
+    b = xr.open_dataset(loompy_file["path"], engine="loom", **kwargs)
+    xr.testing.assert_identical(a, b)
+    assert b["matrix"].dims == ("gene", "cell")
+    dropped = xr.open_dataset(loompy_file["path"], engine="loom", drop_variables="Gene")
+    assert "Gene" not in dropped.variables and "CellID" in dropped.variables
+    with pytest.raises(TypeError, match="chunk_size"):
+        xr.open_dataset(loompy_file["path"], engine="loom", chunk_size=10)
+    with pytest.raises(ValueError, match="mode"):
+        xr.open_dataset(loompy_file["path"], engine="loom", mode="w")
+
+
 def test_dims_rename_and_encoding(loompy_file):
     ds = loomx.open_loom(loompy_file["path"], dims=("gene", "cell"))
     assert ds["matrix"].dims == ("gene", "cell")
