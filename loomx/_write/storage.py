@@ -21,8 +21,8 @@ import numpy as np
 from loomx._format import names as conv
 from loomx._format import spec as _spec
 from loomx._format import values as _values
+from loomx._hdf5.codecs import deflate_level
 from loomx._read import chunking as _chunking
-from loomx._write.packing import deflate_level
 from loomx.errors import LoomFormatError
 
 VALID_ENCODINGS = frozenset(
@@ -56,7 +56,7 @@ class Storage:
     @property
     def deflate_level(self) -> int | None:
         """The deflate level when chunks can be compressed outside HDF5 (gzip alone, as
-        :mod:`loomx._write.packing` writes them), else None (through h5py's filters)."""
+        :mod:`loomx._hdf5.codecs` packs them), else None (through h5py's filters)."""
         if self.shuffle or self.fletcher32:
             return None
         return deflate_level(self.compression, self.compression_opts)

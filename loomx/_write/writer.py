@@ -31,7 +31,7 @@ from loomx._format import spec as _spec
 from loomx._format import values as _values
 from loomx._hdf5.files import locking_in_use, open_h5
 from loomx._hdf5.filesystem import move_into_place, refuse_remote, temporary_file
-from loomx._write import packing as _compress
+from loomx._write import packing as _packing
 from loomx._write import stream as _stream
 from loomx._write.plan import WritePlan, plan_dataset
 from loomx._write.region import write_region
@@ -81,12 +81,12 @@ def write_content(f: h5py.File, plan: WritePlan, reference: h5py.File | None, cl
         sinks.append((layer, sink))
         data, level = layer.data, layer.storage.deflate_level
         if level is not None and not isinstance(data, da.Array) and data.size:
-            data = _compress.in_blocks(data, dset.chunks)
+            data = _packing.in_blocks(data, dset.chunks)
         if not isinstance(data, da.Array):
             sink[(slice(None), slice(None))] = data
         elif data.size and level is not None:
             aligned = _stream.aligned(data, dset.chunks)
-            lazy.append((_compress.packed(aligned, dset, level, keep_raw=ref is not None), sink))
+            lazy.append((_packing.packed(aligned, dset, level, keep_raw=ref is not None), sink))
         elif data.size:
             lazy.append((_stream.aligned(data, dset.chunks or dset.shape), sink))
     _stream.run_queue(lazy, client)
