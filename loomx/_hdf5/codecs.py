@@ -26,7 +26,6 @@ from loomx._hdf5 import kernels as _kernels
 __all__ = [
     "CODECS",
     "DEFAULT_CODEC",
-    "PackedBlock",
     "compressor",
     "deflate_level",
     "pack_block",

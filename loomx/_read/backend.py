@@ -34,6 +34,14 @@ from loomx._read.references import use_references
 from loomx._read.store import LoomStore
 from loomx.errors import LoomFileError, LoomFormatError, LoomxError
 
+__all__ = [
+    "LoomBackendArray",
+    "LoomBackendEntrypoint",
+    "chunk_layers",
+    "open_loom",
+    "unchanged_source",
+]
+
 
 class LoomBackendArray(BackendArray):
     """Lazy array over one HDF5 dataset of a Loom file.

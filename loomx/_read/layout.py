@@ -23,6 +23,18 @@ from loomx._hdf5 import filters as _filters
 from loomx._read.pending import GENERATION, Patch, committed_path, read_pending_commits
 from loomx.errors import LoomFileError, LoomFormatError, LoomFormatWarning, LoomxError, describe
 
+__all__ = [
+    "H5_ERRORS",
+    "AttrInfo",
+    "DatasetInfo",
+    "LoomLayout",
+    "_LayoutReader",
+    "generation_of",
+    "h5_errors",
+    "link_address",
+    "object_address",
+]
+
 H5_ERRORS = (
     OSError,
     KeyError,

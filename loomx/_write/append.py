@@ -50,6 +50,8 @@ from loomx._write.transaction import Transaction, recover_pending, transaction
 from loomx._write.writer import to_loom
 from loomx.errors import LoomFormatError, LoomNameError
 
+__all__ = ["append", "full_height", "key_order", "loom_objects"]
+
 FillValues = Mapping[str, Any] | Literal["auto"] | None
 ATTR_STORAGE = dataclasses.replace(LOOMPY_STORAGE, chunks=None)
 

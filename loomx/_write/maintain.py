@@ -23,6 +23,8 @@ from loomx._write.stream import current_client
 from loomx._write.transaction import recover_pending, transaction
 from loomx.errors import LoomFileNotFoundError, LoomNameError
 
+__all__ = ["delete", "repack"]
+
 
 def _h5paths_of(path: str, names: list[str], locking: bool | None) -> list[str]:
     """HDF5 paths of ``names`` (variable names or HDF5 paths), the file opened once."""

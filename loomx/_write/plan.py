@@ -35,6 +35,8 @@ from loomx._write.storage import (
 )
 from loomx.errors import LoomFormatError
 
+__all__ = ["LayerPlan", "WritePlan", "encode_attr", "layer_data", "plan_dataset", "resolve_dims"]
+
 
 @dataclasses.dataclass
 class LayerPlan:

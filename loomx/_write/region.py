@@ -33,6 +33,8 @@ from loomx._write.storage import create_attr, grows_along, storage_of_dataset
 from loomx._write.transaction import recover_pending, transaction
 from loomx.errors import LoomFileNotFoundError, LoomFormatError, LoomNameError
 
+__all__ = ["write_region"]
+
 
 @dataclass
 class _LayerPatch:

@@ -25,6 +25,22 @@ from loomx._hdf5.codecs import deflate_level
 from loomx._read import chunking as _chunking
 from loomx.errors import LoomFormatError
 
+__all__ = [
+    "LOOMPY_STORAGE",
+    "Storage",
+    "check_encoding_names",
+    "copy_columns",
+    "create_attr",
+    "create_graph",
+    "create_layer",
+    "create_layer_like",
+    "grows_along",
+    "make_storage",
+    "raw_copy",
+    "storage_of",
+    "storage_of_dataset",
+]
+
 VALID_ENCODINGS = frozenset(
     {"chunksizes", "chunks", "compression", "compression_opts", "shuffle", "fletcher32", "dtype"}
 )

@@ -29,6 +29,17 @@ from loomx._hdf5 import codecs as _codecs
 from loomx._write import packing as _packing
 from loomx._write.storage import storage_of_dataset
 
+__all__ = [
+    "Sink",
+    "aligned",
+    "current_client",
+    "lost_scheduler",
+    "queue_columns",
+    "run_queue",
+    "scheduler",
+    "scheduler_kind",
+]
+
 
 class Sink:
     """Target for ``dask.array.store``: writes blocks into an open HDF5 dataset under a lock.

@@ -38,6 +38,8 @@ from loomx._write.region import write_region
 from loomx._write.storage import create_attr, create_graph, create_layer, make_storage
 from loomx._write.transaction import recover_pending, transaction
 
+__all__ = ["to_loom", "write_new_file"]
+
 
 def _commit(plan: WritePlan, spool_path: str, objects: list[str], client: Any) -> None:
     """Copy ``objects`` from the spool into the target and commit them all at once."""

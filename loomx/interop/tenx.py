@@ -27,6 +27,8 @@ from loomx._hdf5.files import open_h5
 from loomx._read import chunking as _chunking
 from loomx.errors import LoomFormatError
 
+__all__ = ["dense_bands", "is_10x_h5", "read_10x_h5", "read_10x_mex"]
+
 
 def dense_bands(
     read: Callable[[int, int], np.ndarray], shape: tuple[int, int], dtype: Any

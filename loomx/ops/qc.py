@@ -36,6 +36,8 @@ from loomx._read.backend import chunk_layers, open_loom
 from loomx._write.writer import to_loom
 from loomx.errors import LoomFormatError, LoomNameError
 
+__all__ = ["assign_qc", "calculate_qc_metrics", "qc_file"]
+
 MITO_PREFIXES = ("MT-", "mt-")
 """Gene symbol prefixes of mitochondrial genes (human, mouse)."""
 
