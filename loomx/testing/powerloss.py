@@ -157,9 +157,9 @@ def record(write: Callable[[], Any]) -> list[Op]:
     with contextlib.ExitStack() as stack:
         stack.enter_context(_files.write_opener(opener))
         stack.enter_context(_rollback.use_disk(RecordingDisk(log)))
-        stack.enter_context(mock.patch.object(_files, "fsync", fsync))
+        stack.enter_context(mock.patch.object(_filesystem, "fsync", fsync))
         stack.enter_context(mock.patch.object(_transaction, "fsync", fsync))
-        stack.enter_context(mock.patch.object(_files.os, "replace", replace))
+        stack.enter_context(mock.patch.object(_filesystem.os, "replace", replace))
         write()
     return log
 
