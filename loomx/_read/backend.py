@@ -34,6 +34,14 @@ from loomx._read.references import use_references
 from loomx._read.store import LoomStore
 from loomx.errors import LoomFileError, LoomFormatError, LoomxError
 
+__all__ = [
+    "LoomBackendArray",
+    "LoomBackendEntrypoint",
+    "chunk_layers",
+    "open_loom",
+    "unchanged_source",
+]
+
 
 class LoomBackendArray(BackendArray):
     """Lazy array over one HDF5 dataset of a Loom file.
@@ -278,6 +286,29 @@ _WRAPPERS = tuple(
 )
 
 
+def _whole_backend(data: Any) -> LoomBackendArray | AttrBackendArray | None:
+    """The loomx backend array that a variable's lazy ``data`` reads whole, or None.
+
+    Looks through xarray's lazy-indexing wrappers; a ``LazilyIndexedArray`` must select
+    everything.  In-memory data, a part of a dataset, and wrappers this does not know give
+    None (should xarray's wrappers change, callers take their slower path, never a wrong one).
+    """
+    for _ in range(8):
+        if isinstance(data, LoomBackendArray | AttrBackendArray):
+            return data
+        if isinstance(data, indexing.LazilyIndexedArray):
+            shape, key = data.array.shape, data.key.tuple
+            if len(key) != len(shape) or not all(
+                isinstance(k, slice) and k.indices(n) == (0, n, 1)
+                for k, n in zip(key, shape, strict=True)
+            ):
+                return None
+        elif not isinstance(data, _WRAPPERS):
+            return None
+        data = data.array
+    return None
+
+
 def unchanged_source(var: xr.Variable) -> tuple[str, str] | None:
     """``(file, HDF5 path)`` of the dataset ``var`` still reads whole and unmodified, or None.
 
@@ -285,31 +316,17 @@ def unchanged_source(var: xr.Variable) -> tuple[str, str] | None:
     the name :func:`open_loom` gave them (``encoding["loom_dask_name"]``; every operation
     on a dask array gives a new name), and lazily indexed arrays (``chunks=None``, attribute
     coordinates) that select everything of a loomx backend array and were never loaded (an
-    attribute whose values were read may have been changed in place).  The second looks
-    through xarray's lazy-indexing wrappers: should they change, the answer is None, and
-    writers compare values with the disk instead (slower, never wrong).
+    attribute whose values were read may have been changed in place).  Anything else gives
+    None, and writers compare values with the disk instead (slower, never wrong).
     """
     data = getattr(var, "_data", None)
+    backend: LoomBackendArray | AttrBackendArray | None = None
     if isinstance(data, da.Array):
         if data.name != var.encoding.get("loom_dask_name"):
             return None
-        backend: Any = None
     else:
-        for _ in range(4):
-            if not isinstance(data, _WRAPPERS):
-                break
-            data = data.array
-        if not isinstance(data, indexing.LazilyIndexedArray) or data.shape != data.array.shape:
-            return None
-        if not all(
-            isinstance(k, slice) and k.indices(n) == (0, n, 1)
-            for k, n in zip(data.key.tuple, data.array.shape, strict=True)
-        ):
-            return None
-        backend = data.array
-        if isinstance(backend, AttrBackendArray) and backend.loaded:
-            return None
-        if not isinstance(backend, LoomBackendArray | AttrBackendArray):
+        backend = _whole_backend(data)
+        if backend is None or (isinstance(backend, AttrBackendArray) and backend.loaded):
             return None
     source, h5path = var.encoding.get("source"), var.encoding.get("loom_path")
     if not source or not h5path:
@@ -400,75 +417,6 @@ def _check_dims(dims: Sequence[str]) -> tuple[str, str]:
     return dims[0], dims[1]
 
 
-class LoomBackendEntrypoint(BackendEntrypoint):
-    """Open Loom files with ``xr.open_dataset(path, engine="loom")``.
-
-    Examples
-    --------
-    >>> ds = xr.open_dataset("pbmc.loom", engine="loom", chunks={})  # doctest: +SKIP
-    """
-
-    description = "Open Loom (.loom) single-cell HDF5 files as lazy Datasets"
-    url = "https://linnarsson-lab.org/loompy/format/index.html"
-    open_dataset_parameters: ClassVar[tuple[str, ...]] = (
-        "filename_or_obj",
-        "drop_variables",
-        "dims",
-        "mode",
-        "locking",
-        "allow_filter_plugins",
-        "storage_options",
-        "chunk_index",
-        "follow_external",
-    )
-
-    def open_dataset(  # type: ignore[override]
-        self,
-        filename_or_obj: Any,
-        *,
-        drop_variables: str | Iterable[str] | None = None,
-        dims: Sequence[str] = conv.DEFAULT_DIMS,
-        mode: str = "r",
-        locking: bool | None = None,
-        allow_filter_plugins: bool = False,
-        storage_options: dict[str, Any] | None = None,
-        chunk_index: Any = None,
-        follow_external: bool = False,
-    ) -> xr.Dataset:
-        if not isinstance(filename_or_obj, (str, os.PathLike)) and not is_remote(filename_or_obj):
-            raise TypeError(
-                "engine='loom' opens paths, URLs and binary file objects, found "
-                f"{type(filename_or_obj).__name__}"
-            )
-        if mode not in ("r", "r+"):
-            raise ValueError(f"mode must be 'r' or 'r+', found {mode!r}")
-        if isinstance(drop_variables, str):
-            drop_variables = [drop_variables]
-        store = LoomStore(
-            filename_or_obj,
-            mode=mode,
-            locking=locking,
-            allow_filter_plugins=allow_filter_plugins,
-            storage_options=storage_options,
-            follow_external=follow_external,
-        )
-        try:
-            layout = store.read_layout()
-            if chunk_index is not None:
-                use_references(store, layout, chunk_index)
-            ds = build_dataset(store, layout, dims=dims, drop_variables=drop_variables)
-        except BaseException:
-            store.close()
-            raise
-        ds.set_close(store.close)
-        return ds
-
-    def guess_can_open(self, filename_or_obj: Any) -> bool:
-        if not isinstance(filename_or_obj, (str, os.PathLike)):
-            return False
-        return os.fspath(filename_or_obj).endswith(".loom")
-
-
 _NO_INDEX_PASS = (
     {"create_default_indexes": False}
     if "create_default_indexes" in inspect.signature(xr.open_dataset).parameters
@@ -507,9 +455,10 @@ def open_loom(
         fetch only the byte ranges they need (see :mod:`loomx._hdf5.remote`).
     chunks
         ``"auto"`` or ``{}`` (default): dask chunks that are whole multiples of each layer's
-        HDF5 chunks, about 16 MiB each.  ``None``: no dask; layers are lazily indexed
-        arrays.  An int (``-1`` for whole dims) or a dict ``{dim: size}`` chunks layers
-        like :meth:`xarray.Dataset.chunk`; dims left out get the default.
+        HDF5 chunks, about :data:`~loomx._read.chunking.BLOCK_BYTES` (16 MiB) each.
+        ``None``: no dask; layers are lazily indexed arrays.  An int (``-1`` for whole
+        dims) or a dict ``{dim: size}`` chunks layers like :meth:`xarray.Dataset.chunk`;
+        dims left out get the default.
     dims
         Names of the row and column dims, ``("row", "col")`` by default.
     mode
@@ -552,23 +501,91 @@ def open_loom(
     >>> s3 = loomx.open_loom("s3://bkt/pbmc.loom", storage_options={"anon": True})  # doctest: +SKIP
     >>> linked = loomx.open_loom("atlas.loom", follow_external=True)  # doctest: +SKIP
     """
+    given = locals()  # this signature is the one list of the backend's options
+    options = {name: given[name] for name in _OPTIONS}
     ds = xr.open_dataset(
-        path,
-        engine=LoomBackendEntrypoint,
-        chunks=None,
-        cache=True,
-        **_NO_INDEX_PASS,
-        dims=tuple(dims),
-        mode=mode,
-        locking=locking,
-        allow_filter_plugins=allow_filter_plugins,
-        storage_options=storage_options,
-        chunk_index=chunk_index,
-        follow_external=follow_external,
+        path, engine=LoomBackendEntrypoint, chunks=None, cache=True, **_NO_INDEX_PASS, **options
     )
     if chunks is None:
         return ds
     return chunk_layers(ds, chunks)
+
+
+_OPTIONS = {
+    name: parameter.default
+    for name, parameter in inspect.signature(open_loom).parameters.items()
+    if name not in ("path", "chunks")
+}
+"""The backend's options and their defaults: :func:`open_loom`'s keywords but ``chunks``
+(which xarray's ``open_dataset`` handles itself)."""
+_STORE_OPTIONS = tuple(n for n in inspect.signature(LoomStore).parameters if n in _OPTIONS)
+"""The options :class:`LoomStore` takes."""
+
+
+def _options(given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` options checked against :data:`_OPTIONS`, defaults filled in."""
+    unknown = sorted(set(given) - set(_OPTIONS))
+    if unknown:
+        raise TypeError(
+            f"engine='loom' got unexpected arguments {unknown}; it takes {sorted(_OPTIONS)} "
+            "(see loomx.open_loom)"
+        )
+    return {**_OPTIONS, **given}
+
+
+class LoomBackendEntrypoint(BackendEntrypoint):
+    """Open Loom files with ``xr.open_dataset(path, engine="loom")``.
+
+    Takes the options of :func:`open_loom` (all but ``chunks``, which is xarray's own) and
+    ``drop_variables``.
+
+    Examples
+    --------
+    >>> ds = xr.open_dataset("pbmc.loom", engine="loom", chunks={})  # doctest: +SKIP
+    """
+
+    description = "Open Loom (.loom) single-cell HDF5 files as lazy Datasets"
+    url = "https://linnarsson-lab.org/loompy/format/index.html"
+    open_dataset_parameters: ClassVar[tuple[str, ...]] = (
+        "filename_or_obj",
+        "drop_variables",
+        *_OPTIONS,
+    )
+
+    def open_dataset(  # type: ignore[override]
+        self,
+        filename_or_obj: Any,
+        *,
+        drop_variables: str | Iterable[str] | None = None,
+        **options: Any,
+    ) -> xr.Dataset:
+        options = _options(options)
+        if not isinstance(filename_or_obj, (str, os.PathLike)) and not is_remote(filename_or_obj):
+            raise TypeError(
+                "engine='loom' opens paths, URLs and binary file objects, found "
+                f"{type(filename_or_obj).__name__}"
+            )
+        if options["mode"] not in ("r", "r+"):
+            raise ValueError(f"mode must be 'r' or 'r+', found {options['mode']!r}")
+        if isinstance(drop_variables, str):
+            drop_variables = [drop_variables]
+        store = LoomStore(filename_or_obj, **{name: options[name] for name in _STORE_OPTIONS})
+        try:
+            layout = store.read_layout()
+            if options["chunk_index"] is not None:
+                use_references(store, layout, options["chunk_index"])
+            dims = tuple(options["dims"])
+            ds = build_dataset(store, layout, dims=dims, drop_variables=drop_variables)
+        except BaseException:
+            store.close()
+            raise
+        ds.set_close(store.close)
+        return ds
+
+    def guess_can_open(self, filename_or_obj: Any) -> bool:
+        if not isinstance(filename_or_obj, (str, os.PathLike)):
+            return False
+        return os.fspath(filename_or_obj).endswith(".loom")
 
 
 def chunk_layers(ds: xr.Dataset, chunks: int | str | dict[str, Any]) -> xr.Dataset:
@@ -584,7 +601,9 @@ def chunk_layers(ds: xr.Dataset, chunks: int | str | dict[str, Any]) -> xr.Datas
             continue
         sizes = resolve_chunks(chunks, var.dims, preferred, var.shape)
         chunked[name] = var.chunk(sizes)
-        chunked[name].data = as_layer_array(chunked[name].data, _backend_of(var._data))
+        backend = _whole_backend(var._data)
+        source = backend if isinstance(backend, LoomBackendArray) else None
+        chunked[name].data = as_layer_array(chunked[name].data, source)
         # the writer's proof that a layer is unchanged since open: dask names change with
         # every operation on the array (see loomx._write.plan.is_unchanged)
         chunked[name].encoding["loom_dask_name"] = chunked[name].data.name
@@ -592,21 +611,3 @@ def chunk_layers(ds: xr.Dataset, chunks: int | str | dict[str, Any]) -> xr.Datas
     out.encoding = dict(ds.encoding)
     out.set_close(ds._close)
     return out
-
-
-def _backend_of(data: Any) -> LoomBackendArray | None:
-    """The :class:`LoomBackendArray` a lazily read variable's data reads in full, or None
-    (in memory, or already indexed to part of it)."""
-    for _ in range(8):
-        if isinstance(data, LoomBackendArray):
-            return data
-        key = getattr(data, "key", None)
-        if key is not None:
-            parts = getattr(key, "tuple", ())
-            if not all(
-                isinstance(k, slice) and k.indices(n) == (0, n, 1)
-                for k, n in zip(parts, data.array.shape, strict=False)
-            ):
-                return None
-        data = getattr(data, "array", None)
-    return None

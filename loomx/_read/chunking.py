@@ -12,6 +12,8 @@ import dask
 import numpy as np
 from dask.array.core import normalize_chunks
 
+__all__ = ["BLOCK_BYTES", "band_width", "block_bytes", "default_chunks", "resolve_chunks"]
+
 BLOCK_BYTES = 16 * 2**20
 """Target raw size of one dask block of a layer, read or written (see :func:`block_bytes`).
 
@@ -28,6 +30,31 @@ def block_bytes() -> int:
     return int(min(BLOCK_BYTES, configured))
 
 
+def band_width(
+    length: int, itemsize: int, step: int | None = None, *, split_step: bool = False
+) -> int:
+    """Lines (rows or columns) of ``length`` items per band of whole lines: about
+    :func:`block_bytes` raw, a whole multiple of ``step`` (the HDF5 chunk's or the current
+    block's extent across the lines; default 1).
+
+    When one step alone holds more than :func:`block_bytes`, the band is one step (each
+    HDF5 chunk is still read once), or with ``split_step`` as many lines as fit (at least
+    one: memory stays bounded, chunks may be read more than once).
+
+    Examples
+    --------
+    >>> band_width(1000, 4, 64)  # columns of 1000 float32 values: 4000 bytes each
+    4160
+    >>> band_width(10**7, 8, 64), band_width(10**7, 8, 64, split_step=True)
+    (64, 1)
+    """
+    step = max(int(step or 1), 1)
+    width = max(1, block_bytes() // max(1, int(length) * int(itemsize)))
+    if width < step and split_step:
+        return width
+    return max(step, width // step * step)
+
+
 def default_chunks(
     shape: Sequence[int],
     dtype: np.dtype,
@@ -35,7 +62,7 @@ def default_chunks(
     target_bytes: int | None = None,
 ) -> tuple[int, ...]:
     """Dask chunk shape: whole multiples of the HDF5 chunks, about ``target_bytes`` raw
-    (default :func:`loomx._read.chunking.block_bytes`).
+    (default :func:`block_bytes`).
 
     Contiguous datasets are treated as stored in full rows (bands of whole rows).
     """

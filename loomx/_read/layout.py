@@ -20,8 +20,20 @@ from loomx._format import spec as _spec
 from loomx._format import values as _values
 from loomx._hdf5 import filesystem as _filesystem
 from loomx._hdf5 import filters as _filters
-from loomx._read.pending import GENERATION, Patch, committed_path, read_journals
+from loomx._read.pending import GENERATION, Patch, committed_path, read_pending_commits
 from loomx.errors import LoomFileError, LoomFormatError, LoomFormatWarning, LoomxError, describe
+
+__all__ = [
+    "H5_ERRORS",
+    "AttrInfo",
+    "DatasetInfo",
+    "LoomLayout",
+    "_LayoutReader",
+    "generation_of",
+    "h5_errors",
+    "link_address",
+    "object_address",
+]
 
 H5_ERRORS = (
     OSError,
@@ -98,7 +110,7 @@ class DatasetInfo:
     shuffle: bool
     fletcher32: bool
     address: int | None = None  # of the object header: a write-back makes a new object
-    generation: int = 0  # in-place changes of existing values (see _journal.GENERATION)
+    generation: int = 0  # in-place changes of existing values (see loomx._read.pending.GENERATION)
 
     @classmethod
     def of(cls, dset: h5py.Dataset, address: int | None = None) -> DatasetInfo:
@@ -317,8 +329,8 @@ class _LayoutReader:
     """Reads and checks the layout of one open file (used only by LoomStore).
 
     Objects a writer has not finished (temporary names) are skipped; a commit a writer
-    recorded but did not finish (see ``_journal``) is applied as the file is read,
-    without changing it.
+    recorded but did not finish (a pending commit, :mod:`loomx._read.pending`) is applied
+    as the file is read, without changing it.
     """
 
     def __init__(self, h5file: h5py.File, path: str, where: list[str] | None = None):
@@ -330,12 +342,12 @@ class _LayoutReader:
         self.pending: dict[str, dict[str, str]] = {}
         self.pending_attrs: list[h5py.AttributeManager] = []
         self.patches: dict[str, list[Patch]] = {}
-        for journal in read_journals(h5file):
-            for parent, links in journal.pending(h5file).items():
+        for commit in read_pending_commits(h5file):
+            for parent, links in commit.pending(h5file).items():
                 self.pending.setdefault(parent, {}).update(links)
-            for final, found in journal.patches(h5file).items():
+            for final, found in commit.patches(h5file).items():
                 self.patches.setdefault(final, []).extend(found)
-            self.pending_attrs.append(h5file[journal.name].attrs)
+            self.pending_attrs.append(h5file[commit.name].attrs)
 
     def children(self, group: h5py.Group) -> dict[str, str]:
         """Each child's name and the link it is read through (committed names applied,

@@ -1,11 +1,14 @@
 """Pending commits: objects a writer staged and recorded in the file but has not yet
 linked into place, which readers overlay (the record format is shared with
 :mod:`loomx._write.transaction`, which writes and carries them out).
+
+A pending commit is a table at the root named ``{TEMPORARY_TAG}{pid}-{token}.journal``
+(the on-disk name loomx has always written; not the rollback journal below HDF5,
+:mod:`loomx._hdf5.rollback`), one ``(parent group, staged link, final name)`` row per link.
 """
 
 from __future__ import annotations
 
-import os
 import warnings
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,10 +16,23 @@ from typing import Any
 import h5py
 import numpy as np
 
-from loomx._hdf5.filesystem import TEMPORARY_TAG, owner_alive
+from loomx._hdf5.filesystem import TEMPORARY_TAG
 from loomx.errors import LoomFormatWarning, describe
 
-JOURNAL_SUFFIX = ".journal"
+__all__ = [
+    "COMMIT_SUFFIX",
+    "GENERATION",
+    "PATCH_EXTENT",
+    "PATCH_ORIGIN",
+    "Patch",
+    "PendingCommit",
+    "apply_patch",
+    "committed_path",
+    "read_pending_commits",
+]
+
+COMMIT_SUFFIX = ".journal"
+"""End of the name of a recorded commit at the root (unchanged on disk since loomx began)."""
 PATCH_ORIGIN = "loomx_patch_origin"
 """Attribute of a staged patch: where its first element goes in the final dataset."""
 PATCH_EXTENT = "loomx_patch_extent"
@@ -25,28 +41,9 @@ GENERATION = "loomx_generation"
 """Attribute of a dataset counting the patches that changed its existing values in place:
 readers opened before such a change see it differ and refuse to mix old and new values."""
 
-_H5_ERRORS = (OSError, KeyError, RuntimeError, ValueError, TypeError, IndexError, OverflowError)
-"""What h5py raises on a damaged file."""
-
-_ACTIVE: set[str] = set()
-"""Tags of the transactions running in this process (their links are not stale)."""
-
-
-def _stale(token: str, exclusive: bool) -> bool:
-    """Whether the writer of a link named ``{TEMPORARY_TAG}{pid}-{hex}...`` is gone.
-
-    A transaction running in this process is not; holding the file exclusively (HDF5 file
-    locking), every other one is.  Without locking, a writer is gone when its process is
-    (what an interrupted transaction of this process left behind is stale too).
-    """
-    pid, _, rest = token.partition("-")
-    if f"{TEMPORARY_TAG}{pid}-{rest.split('-', 1)[0]}-" in _ACTIVE:
-        return False
-    return exclusive or pid == str(os.getpid()) or not owner_alive(token)
-
 
 @dataclass
-class Journal:
+class PendingCommit:
     """A commit recorded in a file and not yet carried out completely."""
 
     name: str  # link name at the root
@@ -55,7 +52,7 @@ class Journal:
 
     @property
     def token(self) -> str:
-        return self.name[len(TEMPORARY_TAG) : -len(JOURNAL_SUFFIX)]
+        return self.name[len(TEMPORARY_TAG) : -len(COMMIT_SUFFIX)]
 
     def pending(self, f: h5py.File) -> dict[str, dict[str, str]]:
         """``{parent: {final name: staged link}}`` for the swaps not yet done; an empty
@@ -143,37 +140,37 @@ def apply_patch(
             target[shifted] = patch[box]
 
 
-def read_journals(f: h5py.File) -> list[Journal]:
-    """Every valid journal at the root of ``f`` (normally none).
+def read_pending_commits(f: h5py.File) -> list[PendingCommit]:
+    """Every valid pending commit at the root of ``f`` (normally none).
 
-    A journal loomx could not have written (not a table of strings, a row whose staged
-    link is not the journal's own ``{tag}{final name}`` or ``{tag}patch-{final name}`` or
+    A record loomx could not have written (not a table of strings, a row whose staged
+    link is not the commit's own ``{tag}{final name}`` or ``{tag}patch-{final name}`` or
     empty (a deletion), a final name that is a path or a
     temporary name, a parent that is not an absolute group path) is ignored with a
     :class:`~loomx.errors.LoomFormatWarning`: its commit is not applied, so nothing it
-    names is touched, and :func:`recover` removes it with the other temporary links.
+    names is touched, and :func:`loomx.recover` removes it with the other temporary links.
     """
     found = []
     for name in f:
-        if not (name.startswith(TEMPORARY_TAG) and name.endswith(JOURNAL_SUFFIX)):
+        if not (name.startswith(TEMPORARY_TAG) and name.endswith(COMMIT_SUFFIX)):
             continue
-        journal, problem = _parse_journal(f, name)
-        if journal is None:
+        commit, problem = _parse_pending_commit(f, name)
+        if commit is None:
             warnings.warn(
-                f"{describe(f.filename, '/' + name)}: ignored a loomx commit journal that "
+                f"{describe(f.filename, '/' + name)}: ignored a pending loomx commit that "
                 f"loomx did not write ({problem}); expected rows of (group, temporary link, "
                 "final name) staged by one write. Its commit is not applied",
                 LoomFormatWarning,
                 stacklevel=3,
             )
             continue
-        found.append(journal)
+        found.append(commit)
     return found
 
 
-def _parse_journal(f: h5py.File, name: str) -> tuple[Journal | None, str]:
-    """The journal at ``/name``, or ``None`` and what is wrong with it."""
-    tag = name[: -len(JOURNAL_SUFFIX)] + "-"
+def _parse_pending_commit(f: h5py.File, name: str) -> tuple[PendingCommit | None, str]:
+    """The pending commit recorded at ``/name``, or ``None`` and what is wrong with it."""
+    tag = name[: -len(COMMIT_SUFFIX)] + "-"
     pid = tag[len(TEMPORARY_TAG) :].split("-", 1)[0]
     if not pid.isdigit():
         return None, f"its name has no process id, found {name!r}"
@@ -199,7 +196,7 @@ def _parse_journal(f: h5py.File, name: str) -> tuple[Journal | None, str]:
         attrs = dict(obj.attrs)
     except (OSError, KeyError, RuntimeError, TypeError, ValueError) as exc:
         return None, f"its attributes cannot be read ({exc})"
-    return Journal(name, entries, attrs), ""
+    return PendingCommit(name, entries, attrs), ""
 
 
 def _text(value: Any) -> str:

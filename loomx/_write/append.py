@@ -3,12 +3,13 @@
 A layer that is chunked and growable along columns (loompy's and loomx's layers are) grows in
 place: the new columns, with the old chunk column they share, are written as a *patch*
 staged in the file (the file's storage; chunks compressed block by block in parallel), which
-the commit copies in after resizing the layer (``_journal``).  Earlier columns are never
-rewritten, so appending batch after batch costs what the batches cost.  Other layers are
-rebuilt at the new width under a temporary name (old chunks copied raw).  Column attributes
-and column graphs are written complete under temporary names, and everything is committed
-at once (an fsynced journal, then the link swaps and patch copies), so the file reads as all
-old or all new whatever the moment of an error or an interruption (SIGKILL, power loss).
+the commit copies in after resizing the layer (:mod:`loomx._write.transaction`).  Earlier
+columns are never rewritten, so appending batch after batch costs what the batches cost.
+Other layers are rebuilt at the new width under a temporary name (old chunks copied raw).
+Column attributes and column graphs are written complete under temporary names, and
+everything is committed at once (an fsynced pending commit, then the link swaps and patch
+copies), so the file reads as all old or all new whatever the moment of an error or an
+interruption (SIGKILL, power loss).
 
 The alignment helpers here (rows by a key, full-height column bands) serve
 :func:`loomx.combine` too.
@@ -31,11 +32,11 @@ from loomx._format import names as conv
 from loomx._format import spec as _spec
 from loomx._format.graphs import graph_edges, graph_names
 from loomx._hdf5.files import locking_in_use, open_h5
+from loomx._read import chunking as _chunking
 from loomx._read.backend import open_loom
 from loomx._write.plan import encode_attr, layer_data, resolve_dims
 from loomx._write.storage import (
     LOOMPY_STORAGE,
-    band_width,
     copy_columns,
     create_attr,
     create_graph,
@@ -48,6 +49,8 @@ from loomx._write.stream import current_client, queue_columns, run_queue
 from loomx._write.transaction import Transaction, recover_pending, transaction
 from loomx._write.writer import to_loom
 from loomx.errors import LoomFormatError, LoomNameError
+
+__all__ = ["append", "full_height", "key_order", "loom_objects"]
 
 FillValues = Mapping[str, Any] | Literal["auto"] | None
 ATTR_STORAGE = dataclasses.replace(LOOMPY_STORAGE, chunks=None)
@@ -126,7 +129,7 @@ def full_height(
             continue
         var = var.transpose(*dims)
         step = (var.encoding.get("chunksizes") or (64, 64))[1]
-        cols = width or band_width(var.shape[0], var.dtype.itemsize, step)
+        cols = width or _chunking.band_width(var.shape[0], var.dtype.itemsize, step)
         lazy = var.variable
         if lazy.chunks is None and not lazy._in_memory:  # read in bands: no rechunk
             lazy = lazy.chunk({dims[0]: -1, dims[1]: cols})
@@ -375,7 +378,7 @@ def _write_append(plan: _AppendPlan, txn: Transaction) -> None:
                 continue
             rows = plan.rows if part is data else None
             if not isinstance(part, da.Array | np.ndarray):
-                band = band_width(n, np.dtype(dtype).itemsize, step[1])
+                band = _chunking.band_width(n, np.dtype(dtype).itemsize, step[1])
                 part, rows = da.full((n, cols), part, dtype=dtype, chunks=(-1, band)), None
             queue_columns(jobs, dset, da.asarray(part).astype(dtype), start, lock, rows=rows)
     run_queue(jobs)

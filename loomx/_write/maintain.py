@@ -1,6 +1,7 @@
 """Deleting objects from a Loom file, and repacking a file to reclaim their space.
 
-:func:`delete` unlinks layers, attributes and graphs in one transaction (see ``_journal``).
+:func:`delete` unlinks layers, attributes and graphs in one transaction
+(see :mod:`loomx._write.transaction`).
 HDF5 does not give the space of unlinked or replaced objects back to the file system;
 :func:`repack` copies every live object, as stored (chunks and filters kept, chunk by
 chunk), into a new file that atomically replaces the old one (or goes elsewhere).
@@ -21,6 +22,8 @@ from loomx._read.backend import open_loom
 from loomx._write.stream import current_client
 from loomx._write.transaction import recover_pending, transaction
 from loomx.errors import LoomFileNotFoundError, LoomNameError
+
+__all__ = ["delete", "repack"]
 
 
 def _h5paths_of(path: str, names: list[str], locking: bool | None) -> list[str]:

@@ -1,12 +1,12 @@
 """What a Dataset becomes on disk: validated, encoded, with its storage; nothing is written.
 
 :func:`plan_dataset` turns a Dataset in loomx's model into a :class:`WritePlan`: each layer
-with its HDF5 path (named by ``_conventions``), data (numpy or dask) and storage (from its
-``encoding`` and the writer's ``encoding=``, see ``_storage``); attributes, graphs and
-global attributes encoded for the target's spec version.  For write-back, what is the same
-as on disk is dropped: a layer that still is the dask array :func:`loomx.open_loom` made
-from this very dataset (``encoding["loom_dask_name"]``) without reading anything, other
-variables by comparing values.
+with its HDF5 path (named by :mod:`loomx._format.names`), data (numpy or dask) and storage
+(from its ``encoding`` and the writer's ``encoding=``, see :mod:`loomx._write.storage`);
+attributes, graphs and global attributes encoded for the target's spec version.  For
+write-back, what is the same as on disk is dropped: a layer that still is the dask array
+:func:`loomx.open_loom` made from this very dataset (``encoding["loom_dask_name"]``)
+without reading anything, other variables by comparing values.
 """
 
 from __future__ import annotations
@@ -35,8 +35,7 @@ from loomx._write.storage import (
 )
 from loomx.errors import LoomFormatError
 
-_ATTR_AXES = {_spec.ROW_ATTRS: 0, _spec.COL_ATTRS: 1}
-_GRAPH_AXES = {_spec.ROW_GRAPHS: 0, _spec.COL_GRAPHS: 1}
+__all__ = ["LayerPlan", "WritePlan", "encode_attr", "layer_data", "plan_dataset", "resolve_dims"]
 
 
 @dataclasses.dataclass
@@ -232,7 +231,7 @@ def plan_dataset(
     """Validate ``ds`` completely and turn it into what to write (nothing touches disk).
 
     With ``target`` (the existing file, mode "a"), only what differs from it is kept.
-    ``encoding`` is the writer's per-variable storage (see ``_storage``).
+    ``encoding`` is the writer's per-variable storage (see :mod:`loomx._write.storage`).
     """
     dims = resolve_dims(ds, dims, path)
     explicit = check_encoding_names(encoding, {str(k) for k in ds.variables}, path)
@@ -282,7 +281,7 @@ def plan_dataset(
                 data = data.astype(dtype)
             plan.layers.append(LayerPlan(h5path, name, data, storage))
             continue
-        axis = _ATTR_AXES[kind]
+        axis = _spec.AXIS_OF_ATTRS[kind]
         if not var.ndim or var.dims[0] != dims[axis]:
             raise LoomFormatError(
                 f"found dims {var.dims}; expected the first dim to be {dims[axis]!r}",
@@ -309,7 +308,7 @@ def plan_dataset(
         if parsed is not None and parsed[2] != "edge":
             graph_parts.setdefault(parsed[:2], {})[parsed[2]] = var
     for (space, graph), parts in sorted(graph_parts.items()):
-        n = plan.shape[_GRAPH_AXES[space]]
+        n = plan.shape[_spec.AXIS_OF_GRAPHS[space]]
         h5path, edges = _plan_graph(path, space, graph, parts, n, target)
         if edges is not None:
             plan.graphs[h5path] = edges

@@ -4,8 +4,8 @@ Like ``xarray.Dataset.to_zarr(region=...)``: the Dataset holds the region's valu
 the HDF5 chunks of each layer that intersect the region are rewritten.  The chunks are
 computed into a spool file (old values fill the chunks' parts outside the region), then one
 transaction stages them in the target as a *patch* per layer and commits (see
-``_journal``): killed at any moment, the file reads as all old or all new.  Attributes are
-small and rewritten whole.
+:mod:`loomx._write.transaction`): killed at any moment, the file reads as all old or all
+new.  Attributes are small and rewritten whole.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from loomx._write.plan import encode_attr, layer_data, resolve_dims
 from loomx._write.storage import create_attr, grows_along, storage_of_dataset
 from loomx._write.transaction import recover_pending, transaction
 from loomx.errors import LoomFileNotFoundError, LoomFormatError, LoomNameError
+
+__all__ = ["write_region"]
 
 
 @dataclass

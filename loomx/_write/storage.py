@@ -21,9 +21,25 @@ import numpy as np
 from loomx._format import names as conv
 from loomx._format import spec as _spec
 from loomx._format import values as _values
+from loomx._hdf5.codecs import deflate_level
 from loomx._read import chunking as _chunking
-from loomx._write.packing import deflate_level
 from loomx.errors import LoomFormatError
+
+__all__ = [
+    "LOOMPY_STORAGE",
+    "Storage",
+    "check_encoding_names",
+    "copy_columns",
+    "create_attr",
+    "create_graph",
+    "create_layer",
+    "create_layer_like",
+    "grows_along",
+    "make_storage",
+    "raw_copy",
+    "storage_of",
+    "storage_of_dataset",
+]
 
 VALID_ENCODINGS = frozenset(
     {"chunksizes", "chunks", "compression", "compression_opts", "shuffle", "fletcher32", "dtype"}
@@ -56,7 +72,7 @@ class Storage:
     @property
     def deflate_level(self) -> int | None:
         """The deflate level when chunks can be compressed outside HDF5 (gzip alone, as
-        :mod:`loomx._write.packing` writes them), else None (through h5py's filters)."""
+        :mod:`loomx._hdf5.codecs` packs them), else None (through h5py's filters)."""
         if self.shuffle or self.fletcher32:
             return None
         return deflate_level(self.compression, self.compression_opts)
@@ -276,7 +292,7 @@ ATTR_CHUNK_ROWS = 4096
 
 
 def create_attr(parent: h5py.Group, name: str, values: np.ndarray, storage: Storage) -> None:
-    """A row, column or global attribute of encoded ``values`` (see ``_conventions``)."""
+    """A row, column or global attribute of encoded ``values`` (see :mod:`loomx._format.values`)."""
     dtype = _values.STRING_DTYPE if values.dtype.kind == "O" else values.dtype
     kwargs: dict[str, Any] = {}
     if values.ndim >= 1 and values.size > 0 and storage.compression is not None:
@@ -301,13 +317,6 @@ def create_graph(parent: h5py.Group, name: str, edges: Mapping[str, np.ndarray])
 def grows_along(dset: h5py.Dataset, axis: int) -> bool:
     """Whether ``dset`` can grow along ``axis`` in place: chunked, unlimited there."""
     return dset.chunks is not None and dset.maxshape[axis] is None
-
-
-def band_width(n_rows: int, itemsize: int, step: int) -> int:
-    """Columns per full-height block: about :func:`~loomx._read.chunking.block_bytes`,
-    a multiple of ``step``."""
-    width = _chunking.block_bytes() // max(1, n_rows * itemsize)
-    return max(step, width // step * step)
 
 
 def _storage_key(dset: h5py.Dataset) -> tuple:
@@ -345,7 +354,7 @@ def copy_columns(src: h5py.Dataset, dst: h5py.Dataset, col0: int) -> None:
     if raw_copy(src, dst, col0):
         return
     n, m = src.shape
-    step = band_width(n, src.dtype.itemsize, (dst.chunks or (1, 64))[1])
+    step = _chunking.band_width(n, src.dtype.itemsize, (dst.chunks or (1, 64))[1])
     for c in range(0, m, step):
         stop = min(c + step, m)
         dst[:, col0 + c : col0 + stop] = src[:, c:stop]

@@ -25,15 +25,27 @@ import dask.threaded
 import h5py
 import numpy as np
 
-from loomx._write import packing as _compress
+from loomx._hdf5 import codecs as _codecs
+from loomx._write import packing as _packing
 from loomx._write.storage import storage_of_dataset
+
+__all__ = [
+    "Sink",
+    "aligned",
+    "current_client",
+    "lost_scheduler",
+    "queue_columns",
+    "run_queue",
+    "scheduler",
+    "scheduler_kind",
+]
 
 
 class Sink:
     """Target for ``dask.array.store``: writes blocks into an open HDF5 dataset under a lock.
 
     A block is either values (written through h5py and its filters) or a 1x1 object array
-    holding a :class:`~loomx._write.packing.PackedBlock` (finished chunks, written as they are;
+    holding a :class:`~loomx._hdf5.codecs.PackedBlock` (finished chunks, written as they are;
     its origin says where, so ``key`` is not used).  ``col0`` shifts value blocks right
     (a block of new columns appended at ``col0``).  With ``reference`` (the dataset on
     disk), it also tracks whether every block equals it.  The sink's chunks must never
@@ -54,7 +66,7 @@ class Sink:
         if isinstance(value, np.ndarray) and value.dtype.kind == "O":
             for packed in value.flat:
                 with self.lock:
-                    _compress.write_packed(self.dset, packed)
+                    _codecs.write_packed(self.dset, packed)
                     if self.equal:
                         (r0, c0), raw = packed.origin, packed.raw
                         region = (slice(r0, r0 + raw.shape[0]), slice(c0, c0 + raw.shape[1]))
@@ -231,7 +243,7 @@ def queue_columns(
         if b > a:
             piece = aligned(arr[:, a:b], chunks, col0 + a)
             if pack:
-                piece = _compress.packed(piece, dset, level, origin=(0, col0 + a), rows=rows)
+                piece = _packing.packed(piece, dset, level, origin=(0, col0 + a), rows=rows)
             elif rows is not None:
                 piece = piece[rows]
             jobs.append((piece, Sink(dset, lock, col0=col0 + a)))

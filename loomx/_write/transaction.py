@@ -2,12 +2,13 @@
 
 A writer first stages every new object complete under a temporary link next to its final
 name (``{TEMPORARY_TAG}{pid}-{token}-{name}``; a parent group the file lacks is staged the
-same way, with its content inside).  Then it drafts a *journal* at the root (one ``(parent,
-staged link, final name)`` row per staged link, pending root attributes as its attributes),
-flushes, fsyncs and renames the draft to ``{TEMPORARY_TAG}{pid}-{token}.journal``: that
-rename, flushed and fsynced, is the commit point.  Only then are the links swapped (old
-object unlinked, staged link moved to the final name), the root attributes set and the
-journal deleted.
+same way, with its content inside).  Then it drafts the *pending commit*
+(:mod:`loomx._read.pending`) at the root (one ``(parent, staged link, final name)`` row per
+staged link, pending root attributes as its attributes), flushes, fsyncs and renames the
+draft to ``{TEMPORARY_TAG}{pid}-{token}.journal`` (its name on disk): that rename, flushed
+and fsynced, is the commit point.  Only then are the links swapped (old object unlinked,
+staged link moved to the final name), the root attributes set and the pending commit
+deleted.
 
 Two more kinds of rows: a row whose staged link is empty deletes the final name, and a
 staged *patch* (a dataset with the attribute :data:`PATCH_ORIGIN`) holds whole HDF5 chunks
@@ -17,7 +18,7 @@ it out resizes the dataset if needed, copies the chunks in, as they are, and del
 Readers overlay a pending patch on the dataset it belongs to.
 
 Killed before the commit point, the file holds its old content plus temporary links that
-readers skip and the next commit deletes.  Killed after, the journal says how to finish:
+readers skip and the next commit deletes.  Killed after, the pending commit says how to finish:
 readers apply it as they open the file (without changing it), and the next commit, or
 :func:`loomx.recover`, carries it out.  Either way the file reads as all old or all new.
 Under HDF5 file locking (the default) a writer holding the file ``r+`` is its only user,
@@ -38,56 +39,76 @@ import numpy as np
 
 from loomx._format import spec as _spec
 from loomx._hdf5.files import open_for_writing, open_h5
-from loomx._hdf5.filesystem import TEMPORARY_TAG, fsync, locking_enforced
+from loomx._hdf5.filesystem import TEMPORARY_TAG, fsync, locking_enforced, owner_alive
 from loomx._hdf5.rollback import journal_state
+from loomx._read.layout import H5_ERRORS
 from loomx._read.pending import (
-    _ACTIVE,
-    _H5_ERRORS,
-    JOURNAL_SUFFIX,
+    COMMIT_SUFFIX,
     PATCH_EXTENT,
     PATCH_ORIGIN,
-    Journal,
-    _stale,
+    PendingCommit,
     apply_patch,
-    read_journals,
+    read_pending_commits,
 )
 from loomx._write.stream import current_client
 from loomx.errors import LoomWriteError, LoomxError
 
+__all__ = ["Transaction", "recover", "recover_pending", "transaction"]
 
-def _finish(f: h5py.File, journal: Journal) -> None:
-    """Carry out a journal: copy patches in, swap every staged link in (or delete), set
-    root attributes, drop it.  Each step can be done again after an interruption."""
-    for final, patches in journal.patches(f).items():
+_DRAFT = "journal"
+"""Link name (after the transaction's tag) of a pending commit being drafted (on disk)."""
+
+_ACTIVE: set[str] = set()
+"""Tags of the transactions running in this process (their links are not stale)."""
+
+
+def _stale(token: str, exclusive: bool) -> bool:
+    """Whether the writer of a link named ``{TEMPORARY_TAG}{pid}-{hex}...`` is gone.
+
+    A transaction running in this process is not; holding the file exclusively (HDF5 file
+    locking), every other one is.  Without locking, a writer is gone when its process is
+    (what an interrupted transaction of this process left behind is stale too).
+    """
+    pid, _, rest = token.partition("-")
+    if f"{TEMPORARY_TAG}{pid}-{rest.split('-', 1)[0]}-" in _ACTIVE:
+        return False
+    return exclusive or pid == str(os.getpid()) or not owner_alive(token)
+
+
+def _finish(f: h5py.File, commit: PendingCommit) -> None:
+    """Carry out a pending commit: copy patches in, swap every staged link in (or delete),
+    set root attributes, drop it.  Each step can be done again after an interruption."""
+    for final, patches in commit.patches(f).items():
         for patch in patches:
             apply_patch(f[final], f[patch.h5path], patch.origin, patch.extent)
             del f[patch.h5path]
-    for parent, links in journal.pending(f).items():
+    for parent, links in commit.pending(f).items():
         group = f[parent]
         for name, staged in links.items():
             if name in group:
                 del group[name]
             if staged:
                 group.move(staged, name)
-    for name, value in journal.root_attrs.items():
+    for name, value in commit.root_attrs.items():
         f.attrs[name] = value
-    del f[journal.name]
+    del f[commit.name]
 
 
 def recover_open(
     f: h5py.File, groups: set[str] | frozenset[str] = frozenset(), locking: bool | None = None
 ) -> int:
-    """Finish the journals of writers that are gone, then delete their temporary links.
+    """Finish the pending commits of writers that are gone, then delete their temporary
+    links.
 
     ``groups`` (beyond the root and the spec's groups) are searched for temporary links.
-    Returns the number of journals finished.  ``locking`` is the setting ``f`` was opened
+    Returns the number of commits finished.  ``locking`` is the setting ``f`` was opened
     with: under HDF5 file locking, ``f`` is open nowhere else.
     """
     exclusive = locking_enforced(locking)
     finished = 0
-    for journal in read_journals(f):
-        if _stale(journal.token, exclusive):
-            _finish(f, journal)
+    for commit in read_pending_commits(f):
+        if _stale(commit.token, exclusive):
+            _finish(f, commit)
             finished += 1
     known = {"/", *_spec.REQUIRED_GROUPS_3, *_spec.LEGACY_GRAPH_GROUPS.values(), *groups}
     for path in sorted({"/" + g.strip("/") for g in known}):
@@ -111,7 +132,7 @@ class Transaction:
         self.tag = f"{TEMPORARY_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}-"
         self.staged: list[tuple[str, str, str]] = []
         self.root_attrs: dict[str, Any] = {}
-        self.journal: Journal | None = None
+        self.recorded: PendingCommit | None = None  # set at the commit point
         self._new_groups: dict[str, h5py.Group] = {}  # final path -> staged group
         self._origins: dict[tuple[str, str], tuple] = {}  # staged patches: origin, extent
 
@@ -162,8 +183,8 @@ class Transaction:
         self.root_attrs[name] = value
 
     def commit(self) -> None:
-        """Record the journal (complete, flushed and fsynced, then renamed to its final
-        name: the commit point), then carry it out."""
+        """Record the pending commit (complete, flushed and fsynced, then renamed to its
+        final name: the commit point), then carry it out."""
         f = self.file
         for (parent, staged), (origin, extent) in self._origins.items():
             attrs = f[parent][staged].attrs
@@ -171,27 +192,27 @@ class Transaction:
             if extent is not None:
                 attrs[PATCH_EXTENT] = np.asarray(extent, dtype=np.int64)
         rows = np.array([list(row) for row in self.staged], dtype=object).reshape(-1, 3)
-        draft = f.create_dataset(self.tag + "journal", data=rows, dtype=h5py.string_dtype())
+        draft = f.create_dataset(self.tag + _DRAFT, data=rows, dtype=h5py.string_dtype())
         for key, value in self.root_attrs.items():
             draft.attrs[key] = value
         f.flush()
         fsync(self.path)
-        name = self.tag[:-1] + JOURNAL_SUFFIX
-        f.move(self.tag + "journal", name)
-        self.journal = Journal(name, list(self.staged), dict(self.root_attrs))
+        name = self.tag[:-1] + COMMIT_SUFFIX
+        f.move(self.tag + _DRAFT, name)
+        self.recorded = PendingCommit(name, list(self.staged), dict(self.root_attrs))
         f.flush()
         fsync(self.path)
-        _finish(f, self.journal)
+        _finish(f, self.recorded)
         f.flush()
 
     def abort(self) -> None:
         """Remove what was staged before the commit point; after it, finish the commit."""
         f = self.file
-        if self.journal is not None and self.journal.name in f:
-            _finish(f, self.journal)
+        if self.recorded is not None and self.recorded.name in f:
+            _finish(f, self.recorded)
             return
-        if self.journal is None:
-            for parent, staged, _ in [("/", self.tag + "journal", ""), *self.staged]:
+        if self.recorded is None:
+            for parent, staged, _ in [("/", self.tag + _DRAFT, ""), *self.staged]:
                 group = f.get(parent)
                 if staged and isinstance(group, h5py.Group) and staged in group:
                     del group[staged]
@@ -223,7 +244,7 @@ def transaction(
             yield txn
             txn.commit()
         except BaseException as exc:
-            committed = txn.journal is not None
+            committed = txn.recorded is not None
             try:
                 txn.abort()  # rolls back before the commit point, finishes the commit after it
             except Exception as cleanup:
@@ -292,7 +313,7 @@ def recover(path: str | os.PathLike[str], *, locking: bool | None = None) -> int
             f.close()
     except LoomxError:
         raise
-    except _H5_ERRORS as exc:
+    except H5_ERRORS as exc:
         raise LoomWriteError(
             f"cannot recover: {type(exc).__name__}: {exc}; the file is damaged beyond what "
             "an interrupted loomx write leaves (expected a readable HDF5 file)",
@@ -317,7 +338,7 @@ def recover_pending(path: str, locking: bool | None = None) -> bool:
     except OSError:
         return False
     with f:
-        pending = bool(read_journals(f))
+        pending = bool(read_pending_commits(f))
     if pending:
         recover(path, locking=locking)
     return pending

@@ -5,11 +5,11 @@ fsyncs it and renames it into place.  ``mode="a"`` writes what is new or differs
 into an existing file, following its spec version: new data first goes to a spool file next
 to the target (the target is not held for writing while blocks are computed), then one ``r+``
 transaction copies each object in under a temporary link and commits them all at once
-(see ``_journal``).
-Everything is validated before the first byte is written (``_plan``); layers are computed
-block by block, and gzip layers are compressed into finished HDF5 chunks in the same tasks
-(threads, processes or workers in parallel, see ``_compress``); the one process that holds
-the output open only writes the chunks' bytes.
+(see :mod:`loomx._write.transaction`).
+Everything is validated before the first byte is written (:mod:`loomx._write.plan`); layers
+are computed block by block, and gzip layers are compressed into finished HDF5 chunks in the
+same tasks (threads, processes or workers in parallel, see :mod:`loomx._write.packing`); the
+one process that holds the output open only writes the chunks' bytes.
 """
 
 from __future__ import annotations
@@ -31,12 +31,14 @@ from loomx._format import spec as _spec
 from loomx._format import values as _values
 from loomx._hdf5.files import locking_in_use, open_h5
 from loomx._hdf5.filesystem import move_into_place, refuse_remote, temporary_file
-from loomx._write import packing as _compress
+from loomx._write import packing as _packing
 from loomx._write import stream as _stream
 from loomx._write.plan import WritePlan, plan_dataset
 from loomx._write.region import write_region
 from loomx._write.storage import create_attr, create_graph, create_layer, make_storage
 from loomx._write.transaction import recover_pending, transaction
+
+__all__ = ["to_loom", "write_new_file"]
 
 
 def _commit(plan: WritePlan, spool_path: str, objects: list[str], client: Any) -> None:
@@ -81,12 +83,12 @@ def write_content(f: h5py.File, plan: WritePlan, reference: h5py.File | None, cl
         sinks.append((layer, sink))
         data, level = layer.data, layer.storage.deflate_level
         if level is not None and not isinstance(data, da.Array) and data.size:
-            data = _compress.in_blocks(data, dset.chunks)
+            data = _packing.in_blocks(data, dset.chunks)
         if not isinstance(data, da.Array):
             sink[(slice(None), slice(None))] = data
         elif data.size and level is not None:
             aligned = _stream.aligned(data, dset.chunks)
-            lazy.append((_compress.packed(aligned, dset, level, keep_raw=ref is not None), sink))
+            lazy.append((_packing.packed(aligned, dset, level, keep_raw=ref is not None), sink))
         elif data.size:
             lazy.append((_stream.aligned(data, dset.chunks or dset.shape), sink))
     _stream.run_queue(lazy, client)

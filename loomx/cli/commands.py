@@ -16,6 +16,8 @@ from typing import Any
 
 from loomx.errors import LoomxError
 
+__all__ = ["SUBCOMMANDS", "build_parser", "main"]
+
 
 def _progress_wanted(args: argparse.Namespace) -> bool:
     return not getattr(args, "quiet", False) and sys.stderr.isatty()
@@ -99,13 +101,6 @@ def info_command(args: argparse.Namespace) -> int:
     description = describe_file(args.path)
     print(json.dumps(description, indent=2) if args.json else format_description(description))
     return 0
-
-
-def info(path: str) -> str:
-    """A short text summary of a Loom file: shape, layers, attributes, graphs, globals."""
-    from loomx.cli.summary import describe_file, format_description
-
-    return format_description(describe_file(path))
 
 
 # --------------------------------------------------------------------------- validate

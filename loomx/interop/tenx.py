@@ -27,6 +27,8 @@ from loomx._hdf5.files import open_h5
 from loomx._read import chunking as _chunking
 from loomx.errors import LoomFormatError
 
+__all__ = ["dense_bands", "is_10x_h5", "read_10x_h5", "read_10x_mex"]
+
 
 def dense_bands(
     read: Callable[[int, int], np.ndarray], shape: tuple[int, int], dtype: Any
@@ -34,11 +36,12 @@ def dense_bands(
     """A ``(rows, cols)`` dask array whose blocks are full-height bands of columns,
     ``read(start, stop)`` giving the dense band of columns ``start:stop`` when computed.
 
-    Bands hold about :func:`~loomx._read.chunking.block_bytes` each.
+    Bands hold about :func:`~loomx._read.chunking.block_bytes` each
+    (:func:`~loomx._read.chunking.band_width`).
     """
     n_rows, n_cols = shape
     dtype = np.dtype(dtype)
-    width = max(1, _chunking.block_bytes() // max(1, n_rows * dtype.itemsize))
+    width = _chunking.band_width(n_rows, dtype.itemsize)
     reader = dask.delayed(read, pure=False)  # one key: sent once to a cluster, not per band
     parts = [
         da.from_delayed(

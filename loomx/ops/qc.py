@@ -36,6 +36,8 @@ from loomx._read.backend import chunk_layers, open_loom
 from loomx._write.writer import to_loom
 from loomx.errors import LoomFormatError, LoomNameError
 
+__all__ = ["assign_qc", "calculate_qc_metrics", "qc_file"]
+
 MITO_PREFIXES = ("MT-", "mt-")
 """Gene symbol prefixes of mitochondrial genes (human, mouse)."""
 
@@ -44,14 +46,6 @@ PERCENT_TOP = (50, 100, 200, 500)
 
 GENE_SYMBOL_ATTRS = ("Gene", "gene", "Genes", "GeneName", "gene_name", "gene_symbols", "Symbol")
 """Row attributes searched, in order, for gene symbols (loompy's convention first)."""
-
-
-def band_width(n_rows: int, itemsize: int, hdf5_cols: int | None = None) -> int:
-    """Columns per full-height band: about :func:`~loomx._read.chunking.block_bytes` raw,
-    a whole multiple of the HDF5 chunk width ``hdf5_cols``."""
-    step = max(int(hdf5_cols or 1), 1)
-    width = _chunking.block_bytes() // max(1, n_rows * itemsize)
-    return max(step, (width // step) * step)
 
 
 def _symbol_attr(ds: xr.Dataset, row_dim: str) -> str | None:
@@ -222,7 +216,7 @@ def _bands(var: xr.DataArray, row_dim: str, col_dim: str) -> da.Array:
     if not isinstance(data, da.Array) or len(data.chunks[0]) > 1:
         hdf5 = (var.encoding.get("chunksizes") or (None, None))[1]
         current = data.chunks[1][0] if isinstance(data, da.Array) and data.chunks[1] else None
-        width = band_width(n, var.dtype.itemsize, hdf5 or current)
+        width = _chunking.band_width(n, var.dtype.itemsize, hdf5 or current)
         data = (
             data.rechunk({0: -1, 1: width})
             if isinstance(data, da.Array)
@@ -507,7 +501,7 @@ def _qc_into(
             )
         var = lazy[layer]
         hdf5 = (var.encoding.get("chunksizes") or (None, None))[1]
-        width = band_width(lazy.sizes[row_dim], var.dtype.itemsize, hdf5)
+        width = _chunking.band_width(lazy.sizes[row_dim], var.dtype.itemsize, hdf5)
         ds = chunk_layers(lazy, {row_dim: -1, col_dim: width})
         cells, genes = calculate_qc_metrics(
             ds, layer, mito_prefixes=mito_prefixes, percent_top=percent_top, compute=False

@@ -34,7 +34,7 @@ import h5py
 from loomx._hdf5 import files as _files
 from loomx._hdf5 import filesystem as _filesystem
 from loomx._hdf5 import rollback as _rollback
-from loomx._write import transaction as _journal
+from loomx._write import transaction as _transaction
 
 __all__ = ["CrashState", "Op", "RecordingDisk", "RecordingFile", "crash_states", "record"]
 
@@ -157,9 +157,9 @@ def record(write: Callable[[], Any]) -> list[Op]:
     with contextlib.ExitStack() as stack:
         stack.enter_context(_files.write_opener(opener))
         stack.enter_context(_rollback.use_disk(RecordingDisk(log)))
-        stack.enter_context(mock.patch.object(_files, "fsync", fsync))
-        stack.enter_context(mock.patch.object(_journal, "fsync", fsync))
-        stack.enter_context(mock.patch.object(_files.os, "replace", replace))
+        stack.enter_context(mock.patch.object(_filesystem, "fsync", fsync))
+        stack.enter_context(mock.patch.object(_transaction, "fsync", fsync))
+        stack.enter_context(mock.patch.object(_filesystem.os, "replace", replace))
         write()
     return log
 

@@ -19,16 +19,16 @@ from conftest import read_region
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loomx._hdf5 import codecs as _codecs
 from loomx._hdf5 import kernels as _kernels
 from loomx._hdf5.chunks import ChunkIndex, FileReader
-from loomx._write import packing as _compress
 from loomx.errors import LoomFileError
 
 
 def test_kernels_are_the_default_paths() -> None:
     """numba and deflate are dependencies: the kernels must run wherever loomx installs."""
     assert _kernels.available()
-    assert _compress.DEFAULT_CODEC == "libdeflate"
+    assert _codecs.DEFAULT_CODEC == "libdeflate"
 
 
 def _file(path: Path, data: np.ndarray, **kwargs) -> tuple[ChunkIndex, np.ndarray]:
@@ -168,11 +168,11 @@ def test_decoding_releases_the_gil(tmp_path, monkeypatch) -> None:
 def test_packing_releases_the_gil(monkeypatch) -> None:
     rng = np.random.default_rng(3)
     values = (rng.random((2048, 2048)) * (rng.random((2048, 2048)) < 0.2)).astype("float32")
-    _compress.pack_block(values[:64, :64], (0, 0), (32, 32), values.dtype, 2)
+    _codecs.pack_block(values[:64, :64], (0, 0), (32, 32), values.dtype, 2)
 
     def work() -> None:
         for _ in range(3):
-            _compress.pack_block(values, (0, 0), (32, 32), values.dtype, 2)
+            _codecs.pack_block(values, (0, 0), (32, 32), values.dtype, 2)
 
     assert _share_run_beside(monkeypatch, "encode_chunks", work) >= 0.5
 
@@ -191,8 +191,8 @@ def test_batched_packing_equals_the_chunkwise_codecs(
     rng = np.random.default_rng(seed)
     values = (rng.random(shape) * 9 * (rng.random(shape) < 0.3)).astype(dtype)
     rows = rng.permutation(shape[0])
-    fast = _compress.pack_block(values, (0, 0), chunk_shape, values.dtype, level, rows=rows)
-    slow = _compress.pack_block(
+    fast = _codecs.pack_block(values, (0, 0), chunk_shape, values.dtype, level, rows=rows)
+    slow = _codecs.pack_block(
         values, (0, 0), chunk_shape, values.dtype, level, codec="zlib", rows=rows
     )
     assert fast.grid == slow.grid and fast.zeros == slow.zeros

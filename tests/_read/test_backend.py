@@ -12,7 +12,7 @@ from conftest import sha256
 
 import loomx
 from loomx._read.backend import LoomBackendArray
-from loomx._read.chunking import default_chunks
+from loomx._read.chunking import band_width, block_bytes, default_chunks
 from loomx.testing import write_loom_h5py
 
 
@@ -58,6 +58,29 @@ def test_open_dataset_engine_gives_same_dataset(loompy_file):
     assert a["matrix"].chunks == b["matrix"].chunks
 
 
+def test_open_dataset_engine_takes_open_loom_options(loompy_file):
+    import inspect
+
+    options = [p for p in inspect.signature(loomx.open_loom).parameters if p != "path"]
+    entrypoint = xr.backends.list_engines()["loom"]
+    assert set(entrypoint.open_dataset_parameters) == {
+        "filename_or_obj",
+        "drop_variables",
+        *options,
+    } - {"chunks"}
+    kwargs = {"dims": ("gene", "cell"), "mode": "r", "follow_external": True}
+    a = loomx.open_loom(loompy_file["path"], chunks=None, **kwargs)
+    b = xr.open_dataset(loompy_file["path"], engine="loom", **kwargs)
+    xr.testing.assert_identical(a, b)
+    assert b["matrix"].dims == ("gene", "cell")
+    dropped = xr.open_dataset(loompy_file["path"], engine="loom", drop_variables="Gene")
+    assert "Gene" not in dropped.variables and "CellID" in dropped.variables
+    with pytest.raises(TypeError, match="chunk_size"):
+        xr.open_dataset(loompy_file["path"], engine="loom", chunk_size=10)
+    with pytest.raises(ValueError, match="mode"):
+        xr.open_dataset(loompy_file["path"], engine="loom", mode="w")
+
+
 def test_dims_rename_and_encoding(loompy_file):
     ds = loomx.open_loom(loompy_file["path"], dims=("gene", "cell"))
     assert ds["matrix"].dims == ("gene", "cell")
@@ -86,6 +109,26 @@ def test_default_chunks_are_multiples_and_large(shape, hdf5_chunks):
         n_tasks = np.prod([-(-s // c) for s, c in zip(shape, chunks, strict=True)])
         assert n_tasks < 200  # vs 147k HDF5 chunks
         assert np.prod(chunks) * 4 <= 64 * 2**20
+
+
+@pytest.mark.parametrize("length", [1, 50, 1000, 30_000, 2**22, 10**8])
+@pytest.mark.parametrize("itemsize", [1, 4, 8])
+@pytest.mark.parametrize("step", [None, 1, 7, 64, 4096])
+def test_band_width_is_the_widest_band_of_whole_steps_within_a_block(length, itemsize, step):
+    line = length * itemsize
+    unit = step or 1
+    width = band_width(length, itemsize, step)
+    assert width >= unit and width % unit == 0  # whole HDF5 chunks, at least one
+    if width > unit:
+        assert width * line <= block_bytes()
+    assert (width + unit) * line > block_bytes()  # one more step would not fit
+    split = band_width(length, itemsize, step, split_step=True)
+    if unit * line <= block_bytes():
+        assert split == width
+    else:  # one step alone is too large: whole lines up to a block, at least one
+        assert 1 <= split <= unit
+        assert split * line <= block_bytes() or split == 1
+        assert (split + 1) * line > block_bytes()
 
 
 def test_dask_chunks_are_multiples_of_hdf5_chunks(tmp_path):

@@ -46,7 +46,7 @@ def test_commit_recorded_but_not_finished_reads_as_new_and_recovers(tmp_path, mo
         assert f[grown].shape == (N, M + K)
         np.testing.assert_array_equal(f[grown][:, M:], 0)
         assert f[other.pop()].shape == (N, M)
-        assert len(_pending.read_journals(f)) == 1
+        assert len(_pending.read_pending_commits(f)) == 1
     assert_appended(path)  # readers apply the journal (grown, patched) without changing it
     assert len(temp_links(path)) > 1
     assert loomx.recover(path) == 1
@@ -77,7 +77,10 @@ def test_pending_patches_of_layers_and_attributes_read_as_appended(tmp_path, mon
     monkeypatch.undo()
     with h5py.File(path, "r") as f:
         patched = {
-            p.h5path for j in _pending.read_journals(f) for ps in j.patches(f).values() for p in ps
+            p.h5path
+            for j in _pending.read_pending_commits(f)
+            for ps in j.patches(f).values()
+            for p in ps
         }
         assert any("CellID" in p for p in patched) and any("matrix" in p for p in patched)
     assert_appended(path)  # grown attributes and layers, read through their patches

@@ -25,8 +25,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import loomx
+from loomx._hdf5 import codecs as _codecs
 from loomx._read import chunking as _chunking
-from loomx._write import packing as _compress
+from loomx._write import packing as _packing
 from loomx._write.writer import to_loom
 
 N, M = len(GENES), len(CELLS)
@@ -70,11 +71,11 @@ def _awkward_values(dtype: str, shape: tuple[int, int] = (150, 260)) -> np.ndarr
     return values
 
 
-@pytest.mark.parametrize("codec", _compress.CODECS)
+@pytest.mark.parametrize("codec", _codecs.CODECS)
 @pytest.mark.parametrize("dtype", ["float32", "float64", "int8", "uint16", "int64"])
 @pytest.mark.parametrize("lazy", [True, False])
 def test_compressed_chunks_read_as_h5py_gzip(tmp_path, monkeypatch, codec, dtype, lazy):
-    monkeypatch.setattr(_compress, "DEFAULT_CODEC", codec)
+    monkeypatch.setattr(_codecs, "DEFAULT_CODEC", codec)
     values = _awkward_values(dtype)
     data = da.from_array(values, chunks=(100, 70)) if lazy else values
     path, reference = tmp_path / "out.loom", tmp_path / "h5py.h5"
@@ -135,7 +136,7 @@ def test_compression_settings(tmp_path, compression, opts, level):
     path = tmp_path / "c.loom"
     ds = xr.Dataset({"matrix": (("row", "col"), da.from_array(values, chunks=(64, 128)))})
     to_loom(ds, path, compression=compression, compression_opts=opts)
-    assert _compress.deflate_level(compression, opts) == level
+    assert _codecs.deflate_level(compression, opts) == level
     with h5py.File(path, "r") as f:
         assert f["matrix"].compression == compression
         assert f["matrix"].compression_opts == level
@@ -147,7 +148,7 @@ def test_lzf_layers_go_through_h5py(tmp_path):
     path = tmp_path / "lzf.loom"
     ds = xr.Dataset({"matrix": (("row", "col"), values)})
     to_loom(ds, path, compression="lzf", compression_opts=None)
-    assert _compress.deflate_level("lzf", None) is None
+    assert _codecs.deflate_level("lzf", None) is None
     with h5py.File(path, "r") as f:
         assert f["matrix"].compression == "lzf"
         np.testing.assert_array_equal(f["matrix"][:], values)
@@ -155,7 +156,7 @@ def test_lzf_layers_go_through_h5py(tmp_path):
 
 def test_blocks_are_compressed_where_computed(tmp_path, monkeypatch):
     packed_in, written_in = [], []
-    pack, write = _compress.pack_block, _compress.write_packed
+    pack, write = _codecs.pack_block, _codecs.write_packed
 
     def packing(*args, **kwargs):
         packed_in.append(threading.get_ident())
@@ -166,8 +167,8 @@ def test_blocks_are_compressed_where_computed(tmp_path, monkeypatch):
         written_in.append(threading.get_ident())
         return write(dset, block)
 
-    monkeypatch.setattr(_compress, "pack_block", packing)
-    monkeypatch.setattr(_compress, "write_packed", writing)
+    monkeypatch.setattr(_codecs, "pack_block", packing)
+    monkeypatch.setattr(_codecs, "write_packed", writing)
     values = _awkward_values("float32", (640, 640))
     ds = xr.Dataset({"matrix": (("row", "col"), da.from_array(values, chunks=(128, 128)))})
     with dask.config.set(scheduler="threads", num_workers=4):
@@ -180,7 +181,7 @@ def test_blocks_are_compressed_where_computed(tmp_path, monkeypatch):
 
 def test_in_memory_layers_are_packed_in_bounded_blocks():
     values = np.zeros((5000, 6000), np.float32)
-    arr = _compress.in_blocks(values, (64, 64))
+    arr = _packing.in_blocks(values, (64, 64))
     assert max(arr.chunks[0]) * max(arr.chunks[1]) * 4 <= _chunking.block_bytes()
     assert all(c % 64 == 0 for c in arr.chunks[0][:-1] + arr.chunks[1][:-1])
     assert arr.numblocks[0] * arr.numblocks[1] > 1
@@ -201,7 +202,7 @@ def test_packed_chunks_are_the_blocks_values_in_hdf5_chunk_layout(
     values = (rng.random(shape) * 4 * (rng.random(shape) < 0.4)).astype(dtype)
     rows = rng.permutation(shape[0]) if permute else None
     expected = values if rows is None else values[rows]
-    block = _compress.pack_block(values, (0, 0), chunk_shape, np.dtype(dtype), 2, rows=rows)
+    block = _codecs.pack_block(values, (0, 0), chunk_shape, np.dtype(dtype), 2, rows=rows)
     cr, cc = chunk_shape
     assert block.grid == (-(-shape[0] // cr), -(-shape[1] // cc))
     padded = np.zeros((block.grid[0] * cr, block.grid[1] * cc), dtype)
@@ -214,9 +215,9 @@ def test_packed_chunks_are_the_blocks_values_in_hdf5_chunk_layout(
 def test_pack_block_row_order_must_index_the_block():
     values = np.ones((4, 4), np.float32)
     with pytest.raises(ValueError, match="index the block"):
-        _compress.pack_block(values, (0, 0), (2, 2), values.dtype, 1, rows=np.array([0, 4]))
+        _codecs.pack_block(values, (0, 0), (2, 2), values.dtype, 1, rows=np.array([0, 4]))
     rows = np.array([3, 1])  # a subset is allowed: the block's rows in this order
-    block = _compress.pack_block(
+    block = _codecs.pack_block(
         values * np.arange(4)[:, None], (0, 0), (2, 2), values.dtype, 1, rows=rows, keep_raw=True
     )
     np.testing.assert_array_equal(block.raw[:, 0], [3, 1])
@@ -224,7 +225,7 @@ def test_pack_block_row_order_must_index_the_block():
 
 def test_in_memory_blocks_are_views_not_a_copy():
     values = np.arange(200 * 300, dtype=np.float32).reshape(200, 300)
-    arr = _compress.in_blocks(values, (64, 64))
+    arr = _packing.in_blocks(values, (64, 64))
     graph = dict(arr.__dask_graph__())
     blocks = [v for v in graph.values() if isinstance(v, np.ndarray)]
     assert blocks and all(np.shares_memory(b, values) for b in blocks)
@@ -233,10 +234,10 @@ def test_in_memory_blocks_are_views_not_a_copy():
 
 def test_pack_block_refuses_bad_levels_and_codecs():
     with pytest.raises(ValueError, match="0-9"):
-        _compress.compressor(10)
+        _codecs.compressor(10)
     with pytest.raises(ValueError, match="not installed"):
-        _compress.compressor(2, "snappy")
-    block = _compress.pack_block(np.ones((3, 5), np.uint8), (64, 128), (4, 4), np.uint8, 1)
+        _codecs.compressor(2, "snappy")
+    block = _codecs.pack_block(np.ones((3, 5), np.uint8), (64, 128), (4, 4), np.uint8, 1)
     assert block.grid == (1, 2)
     assert block.offsets((4, 4)) == [(64, 128), (64, 132)]
     assert zlib.decompress(block.chunks[1]) == bytes([1, 0, 0, 0] * 3 + [0] * 4)

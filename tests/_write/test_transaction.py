@@ -70,7 +70,7 @@ def _rename_owner(path: Path, pid: int, new_pid: int) -> None:
     """Make every temporary link of ``pid`` look as if ``new_pid`` had left it."""
     old, new = f"{TEMPORARY_TAG}{pid}-", f"{TEMPORARY_TAG}{new_pid}-"
     with h5py.File(path, "r+") as f:
-        for journal in _pending.read_journals(f):
+        for journal in _pending.read_pending_commits(f):
             rows = np.array(
                 [[p, s.replace(old, new), n] for p, s, n in journal.entries], dtype=object
             )
@@ -263,7 +263,7 @@ def test_unreadable_journal_and_unreadable_files_give_loomx_errors(tmp_path):
     path = small_file(tmp_path / "a.loom")
     with h5py.File(path, "r+") as f:
         f.create_dataset(f"{TEMPORARY_TAG}{DEAD_PID}-0badf00d.journal", data=np.arange(4))
-    with pytest.warns(loomx.LoomFormatWarning, match="ignored a loomx commit journal"):
+    with pytest.warns(loomx.LoomFormatWarning, match="ignored a pending loomx commit"):
         loomx.open_loom(path).close()  # an unreadable journal is not applied
     with pytest.warns(loomx.LoomFormatWarning, match="journal"):
         loomx.recover(path)  # and is removed
