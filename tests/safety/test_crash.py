@@ -46,8 +46,8 @@ CHILD = r"""
 import functools, os, sys, threading
 import dask, h5py, numpy as np, xarray as xr
 import loomx
-from loomx._hdf5 import files as _files
-from loomx._write import transaction as _journal
+from loomx._hdf5 import filesystem as _filesystem
+from loomx._write import transaction as _transaction
 from loomx._write import stream as _stream
 
 path, scenario, n, m = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -81,10 +81,10 @@ for owner, attr in [
     (h5py.Group, "move"),
     (h5py.Group, "__delitem__"),
     (h5py.File, "flush"),
-    (_journal, "fsync"),
-    (_files, "fsync"),
+    (_transaction, "fsync"),
+    (_filesystem, "fsync"),
     (os, "replace"),
-    (_journal, "apply_patch"),
+    (_transaction, "apply_patch"),
 ]:
     wrap(owner, attr, f"{getattr(owner, '__name__', owner)}.{attr}")
 
