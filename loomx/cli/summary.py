@@ -10,17 +10,21 @@ import numpy as np
 from loomx._format import names as conv
 from loomx._format import spec as _spec
 from loomx._format.graphs import graph_names
-from loomx._hdf5.files import open_h5
 from loomx._hdf5.filesystem import is_url
 from loomx._hdf5.remote import RemoteSource
 from loomx._read.backend import open_loom
+from loomx._read.store import LoomStore
+
+__all__ = ["describe_file", "format_description"]
 
 
 def describe_file(path: str | os.PathLike[str], locking: bool | None = None) -> dict[str, Any]:
     """Shape, spec version, layers (dtype, chunks, compression, size on disk), attributes,
     graphs and global attributes of a Loom file, as plain JSON-able data.
 
-    Reads metadata only (and the edge counts of graphs).
+    Reads metadata only (and the edge counts of graphs).  A commit a writer recorded but
+    did not carry out is described as :func:`~loomx.open_loom` reads it: the storage facts
+    of a layer it replaces come from the staged dataset.
 
     Examples
     --------
@@ -43,34 +47,48 @@ def describe_file(path: str | os.PathLike[str], locking: bool | None = None) -> 
             "col_graphs": {},
             "globals": {str(k): _jsonable(v) for k, v in ds.attrs.items()},
         }
-        with open_h5(path, "r", locking) as f:
-            for name, h5path in paths.items():
-                kind = conv.path_kind(h5path)
-                var = ds[name]
-                item = {
-                    "path": h5path,
-                    "variable": name,
-                    "dtype": str(var.dtype),
-                    "shape": list(var.shape),
-                }
-                if kind == "layer":
-                    dataset = f[h5path]
-                    item.update(
-                        chunks=_jsonable(var.encoding.get("chunksizes")),
-                        compression=var.encoding.get("compression"),
-                        compression_opts=_jsonable(var.encoding.get("compression_opts")),
-                        bytes_on_disk=int(dataset.id.get_storage_size()),
-                        bytes_raw=int(np.prod(var.shape, dtype=np.int64)) * var.dtype.itemsize,
-                    )
-                    out["layers"]["" if h5path == f"/{_spec.MATRIX}" else name] = item
-                else:
-                    out[kind][h5path.rsplit("/", 1)[1]] = item
-            for space in (_spec.ROW_GRAPHS, _spec.COL_GRAPHS):
-                for graph in graph_names(ds, space):
-                    names = conv.graph_var_names(space, graph)
-                    edges = ds.sizes.get(names["edge"], 0)
-                    out[space][graph] = {"edges": int(edges)}
+        layer_paths = [p for p in paths.values() if conv.path_kind(p) == "layer"]
+        stored = _bytes_on_disk(path, locking, layer_paths)
+        for name, h5path in paths.items():
+            kind = conv.path_kind(h5path)
+            var = ds[name]
+            item = {
+                "path": h5path,
+                "variable": name,
+                "dtype": str(var.dtype),
+                "shape": list(var.shape),
+            }
+            if kind == "layer":
+                item.update(
+                    chunks=_jsonable(var.encoding.get("chunksizes")),
+                    compression=var.encoding.get("compression"),
+                    compression_opts=_jsonable(var.encoding.get("compression_opts")),
+                    bytes_on_disk=stored[h5path],
+                    bytes_raw=int(np.prod(var.shape, dtype=np.int64)) * var.dtype.itemsize,
+                )
+                out["layers"]["" if h5path == f"/{_spec.MATRIX}" else name] = item
+            else:
+                out[kind][h5path.rsplit("/", 1)[1]] = item
+        for space in (_spec.ROW_GRAPHS, _spec.COL_GRAPHS):
+            for graph in graph_names(ds, space):
+                names = conv.graph_var_names(space, graph)
+                edges = ds.sizes.get(names["edge"], 0)
+                out[space][graph] = {"edges": int(edges)}
     return out
+
+
+def _bytes_on_disk(path: str, locking: bool | None, h5paths: list[str]) -> dict[str, int]:
+    """``{h5path: bytes stored}`` of the datasets :func:`~loomx.open_loom` reads for
+    ``h5paths``: while a recorded commit is not carried out, its staged objects (the
+    pending-commit view of :meth:`LoomStore.resolve`), not the ones they replace."""
+    store = LoomStore(path, locking=locking)
+    try:
+        store.read_layout()  # learns the pending commits, as open_loom's store does
+        links = {h5path: store.resolve(h5path) for h5path in h5paths}
+        with store.open() as f:
+            return {h5path: int(f[link].id.get_storage_size()) for h5path, link in links.items()}
+    finally:
+        store.close()
 
 
 def _jsonable(value: Any) -> Any:

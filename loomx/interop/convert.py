@@ -13,25 +13,46 @@ import xarray as xr
 from loomx._format import names as conv
 from loomx._read.backend import open_loom
 from loomx._write.writer import to_loom
-from loomx.errors import LoomFormatError
+from loomx.errors import LoomFileError, LoomFileNotFoundError, LoomFormatError
 from loomx.interop.anndata import from_anndata, to_anndata
 from loomx.interop.tenx import is_10x_h5, read_10x_h5, read_10x_mex
 
+__all__ = ["aggregate_file", "convert", "read_any"]
+
 
 def read_any(path: str | os.PathLike[str]) -> xr.Dataset:
-    """A Loom Dataset from a ``.loom``, ``.h5ad``, Cell Ranger ``.h5`` or 10x MEX folder."""
+    """A Loom Dataset from a ``.loom``, ``.h5ad``, Cell Ranger ``.h5`` or 10x MEX folder.
+
+    Raises
+    ------
+    LoomFileNotFoundError
+        ``path`` does not exist.
+    LoomFileError
+        An ``.h5ad`` file that is not HDF5.
+
+    Examples
+    --------
+    >>> ds = read_any("filtered_feature_bc_matrix.h5")  # doctest: +SKIP
+    """
     path = os.fspath(path)
     if os.path.isdir(path):
         return read_10x_mex(path)
     if path.endswith(".h5ad"):
-        import anndata
-
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"{path!r}: no such file")
-        return from_anndata(anndata.read_h5ad(path))
+        return from_anndata(_read_h5ad(path))
     if path.endswith(".h5") and is_10x_h5(path):
         return read_10x_h5(path)
     return open_loom(path)
+
+
+def _read_h5ad(path: str) -> Any:
+    import anndata
+
+    if not os.path.isfile(path):
+        raise LoomFileNotFoundError("no such file; expected an AnnData .h5ad file", path=path)
+    try:
+        return anndata.read_h5ad(path)
+    except OSError as err:
+        raise LoomFileError(f"cannot be read as an AnnData .h5ad file ({err})", path=path) from err
 
 
 def convert(

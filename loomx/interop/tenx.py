@@ -25,7 +25,9 @@ import xarray as xr
 from loomx._format import names as conv
 from loomx._hdf5.files import open_h5
 from loomx._read import chunking as _chunking
-from loomx.errors import LoomFormatError
+from loomx.errors import LoomFileNotFoundError, LoomFormatError
+
+__all__ = ["dense_bands", "is_10x_h5", "read_10x_h5", "read_10x_mex"]
 
 __all__ = ["dense_bands", "is_10x_h5", "read_10x_h5", "read_10x_mex"]
 
@@ -71,10 +73,44 @@ def is_10x_h5(path: str) -> bool:
 
 
 def _matrix_group(f: h5py.File) -> str | None:
-    for name, item in f.items():
-        if isinstance(item, h5py.Group) and {"data", "indices", "indptr", "shape"} <= set(item):
-            return name
-    return None
+    groups = _matrix_groups(f)
+    return groups[0] if groups else None
+
+
+def _matrix_groups(f: h5py.File) -> list[str]:
+    """The groups holding a CSC matrix (v3: ``matrix``; v2: one per genome), sorted."""
+    return sorted(
+        name
+        for name, item in f.items()
+        if isinstance(item, h5py.Group) and {"data", "indices", "indptr", "shape"} <= set(item)
+    )
+
+
+def _genome_group(f: h5py.File, path: str, genome: str | None) -> str:
+    """The group to read: v3's ``matrix``, or the v2 group of ``genome`` (which may be left
+    out when the file holds one)."""
+    groups = _matrix_groups(f)
+    if not groups:
+        raise LoomFormatError(
+            "no group holding data, indices, indptr and shape; expected a Cell Ranger "
+            ".h5 matrix (/matrix in v3, /<genome> in v2)",
+            path=path,
+            h5path="/",
+        )
+    if "matrix" in groups and "features" in f["matrix"]:  # v3: genomes are a feature column
+        return "matrix"
+    if genome is None and len(groups) > 1:
+        raise LoomFormatError(
+            f"found the genomes {groups}; expected one, or read_10x_h5(path, genome=...) "
+            "naming the one to read",
+            path=path,
+            h5path="/",
+        )
+    if genome is not None and genome not in groups:
+        raise LoomFormatError(
+            f"no genome {genome!r}; found the genomes {groups}", path=path, h5path="/"
+        )
+    return groups[0] if genome is None else genome
 
 
 def _text(values: np.ndarray) -> np.ndarray:
@@ -87,8 +123,16 @@ class _H5Band:
     """Reads columns ``start:stop`` (cells) of a Cell Ranger ``.h5`` as a dense band; a
     picklable recipe (path and group), so that it runs in worker processes too."""
 
-    def __init__(self, path: str, group: str, n_genes: int, dtype: np.dtype) -> None:
+    def __init__(
+        self,
+        path: str,
+        group: str,
+        n_genes: int,
+        dtype: np.dtype,
+        rows: np.ndarray | None = None,
+    ) -> None:
         self.path, self.group, self.n_genes, self.dtype = path, group, n_genes, dtype
+        self.rows = rows  # the genes kept (those of one genome), None for all
 
     def __call__(self, start: int, stop: int) -> np.ndarray:
         with open_h5(self.path, "r") as f:
@@ -99,28 +143,42 @@ class _H5Band:
         band = scipy.sparse.csc_matrix(
             (data, indices, indptr - lo), shape=(self.n_genes, stop - start)
         )
+        if self.rows is not None:
+            band = band[self.rows]
         return band.toarray().astype(self.dtype, copy=False)
 
 
-def read_10x_h5(path: str | os.PathLike[str]) -> xr.Dataset:
-    """A Cell Ranger ``filtered_feature_bc_matrix.h5`` (v3, or v2 with one genome) as a
-    lazy Loom Dataset (genes x cells).
+def read_10x_h5(path: str | os.PathLike[str], genome: str | None = None) -> xr.Dataset:
+    """A Cell Ranger ``filtered_feature_bc_matrix.h5`` (v3, or v2) as a lazy Loom Dataset
+    (genes x cells).
+
+    Parameters
+    ----------
+    path
+        The ``.h5`` file.
+    genome
+        Read only this genome's features: the v2 group of that name (needed when a v2 file
+        holds several), or the v3 features whose ``genome`` is this.  ``None``: every
+        feature of a v3 file, the only genome of a v2 file.
+
+    Raises
+    ------
+    LoomFileNotFoundError
+        ``path`` does not exist.
+    LoomFormatError
+        Not a Cell Ranger matrix; a v2 file of several genomes and no ``genome``; a
+        ``genome`` the file does not hold.
 
     Examples
     --------
     >>> ds = read_10x_h5("filtered_feature_bc_matrix.h5")  # doctest: +SKIP
     >>> loomx.to_loom(ds, "sample.loom")  # doctest: +SKIP
+    >>> mouse = read_10x_h5("barnyard_v2.h5", genome="mm10")  # doctest: +SKIP
     """
     path = os.fspath(path)
+    rows: np.ndarray | None = None
     with open_h5(path, "r") as f:
-        group = _matrix_group(f)
-        if group is None:
-            raise LoomFormatError(
-                "no group holding data, indices, indptr and shape; expected a Cell Ranger "
-                ".h5 matrix (/matrix in v3, /<genome> in v2)",
-                path=path,
-                h5path="/",
-            )
+        group = _genome_group(f, path, genome)
         g = f[group]
         n_genes, n_cells = (int(x) for x in g["shape"][()])
         dtype = g["data"].dtype
@@ -138,12 +196,36 @@ def read_10x_h5(path: str | os.PathLike[str]) -> xr.Dataset:
             for key, name in (("feature_type", "FeatureType"), ("genome", "Genome")):
                 if key in features:
                     row_attrs[name] = _text(features[key][()])
+            if genome is not None:
+                rows = _genome_rows(row_attrs.get("Genome"), genome, path, f"/{group}")
+                row_attrs = {name: values[rows] for name, values in row_attrs.items()}
         else:  # v2
             row_attrs["Accession"] = _text(g["genes"][()])
             row_attrs["Gene"] = _text(g["gene_names"][()])
         barcodes = _text(g["barcodes"][()])
-    matrix = dense_bands(_H5Band(path, group, n_genes, dtype), (n_genes, n_cells), dtype)
+    band = _H5Band(path, group, n_genes, dtype, rows)
+    n_rows = n_genes if rows is None else len(rows)
+    matrix = dense_bands(band, (n_rows, n_cells), dtype)
     return _dataset(matrix, row_attrs, barcodes)
+
+
+def _genome_rows(genomes: np.ndarray | None, genome: str, path: str, group: str) -> np.ndarray:
+    """The v3 features of ``genome``; a clear error when there are none."""
+    h5path = f"{group}/features/genome"
+    if genomes is None:
+        raise LoomFormatError(
+            f"no genome of each feature; expected one to select genome {genome!r}",
+            path=path,
+            h5path=h5path,
+        )
+    rows = np.flatnonzero(genomes == genome)
+    if not len(rows):
+        raise LoomFormatError(
+            f"no feature of genome {genome!r}; found the genomes {sorted(set(genomes))}",
+            path=path,
+            h5path=h5path,
+        )
+    return rows
 
 
 def _dataset(matrix: Any, row_attrs: dict[str, np.ndarray], barcodes: np.ndarray) -> xr.Dataset:
@@ -172,11 +254,20 @@ def read_10x_mex(folder: str | os.PathLike[str]) -> xr.Dataset:
     The non-zeros are held in memory as a sparse matrix; ``matrix`` is made dense one band
     of cells at a time.
 
+    Raises
+    ------
+    LoomFileNotFoundError
+        ``folder`` does not exist.
+    LoomFormatError
+        A file of the layout is missing, or the files do not fit together.
+
     Examples
     --------
     >>> ds = read_10x_mex("filtered_feature_bc_matrix")  # doctest: +SKIP
     """
     folder = os.fspath(folder)
+    if not os.path.isdir(folder):
+        raise LoomFileNotFoundError("no such folder; expected a 10x MEX folder", path=folder)
     mtx = None
     for name in ("matrix.mtx.gz", "matrix.mtx"):
         if os.path.exists(os.path.join(folder, name)):

@@ -174,3 +174,35 @@ def test_default_sums_skip_nan_in_one_pass_and_equal_numpy(awkward, dim) -> None
     np.testing.assert_allclose(
         m.fillna(0).sum(dim).values, finite.sum(axis=axis, dtype="f8"), rtol=1e-5
     )
+
+
+@pytest.fixture(scope="module")
+def few_nans(tmp_path_factory):
+    """A float32 layer with NaN in a few rows and columns only (their sums are NaN when
+    NaN is not skipped, the others numbers)."""
+    rng = np.random.default_rng(8)
+    values = (rng.random((150, 260)) * 20).astype("float32")
+    values[[4, 90], [30, 200]] = np.nan
+    values[120, 7] = np.nan
+    path = tmp_path_factory.mktemp("sum") / "few_nans.loom"
+    loomx.to_loom(xr.Dataset({"matrix": (("row", "col"), values)}), path)
+    with h5py.File(path, "r") as f:
+        return path, f["matrix"][:]
+
+
+@pytest.mark.parametrize("dim", ["row", "col"])
+def test_sum_without_skipna_keeps_nan_like_numpy(few_nans, dim) -> None:
+    path, values = few_nans
+    m = loomx.open_loom(path, chunks={"row": 64, "col": 128})["matrix"]
+    assert isinstance(m.data, _layer.LayerArray)
+    axis = m.dims.index(dim)
+    expected = values.astype("f8").sum(axis=axis)
+    assert 0 < np.isnan(expected).sum() < 4  # NaN where a NaN is summed, numbers elsewhere
+    got = m.sum(dim, skipna=False)
+    np.testing.assert_array_equal(np.isnan(got.values), np.isnan(expected))
+    np.testing.assert_allclose(got.values, expected, rtol=2e-6)
+    np.testing.assert_allclose(np.sum(m.data, axis=axis).compute(), expected, rtol=2e-6)
+    assert np.isnan(m.sum(skipna=False).values)
+    skipped = m.sum(dim)  # the default skips NaN
+    np.testing.assert_allclose(skipped.values, np.nansum(values.astype("f8"), axis=axis), rtol=2e-6)
+    assert not np.isnan(skipped.values).any()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 
+import dask
 import h5py
 import numpy as np
 import pytest
@@ -222,3 +223,20 @@ def test_graphs_survive_or_fail_clearly_under_xarray_ops(example_loom):
     broken = ds.assign_coords({"col_graphs:KNN:w": two_d})
     with pytest.raises(loomx.LoomFormatError, match="not 1-D edge lists"):
         broken.loom.col_graphs["KNN"]
+
+
+@pytest.mark.parametrize("layer", ["matrix", "spliced"])
+def test_aggregate_median_of_more_columns_than_one_band(example_loom, arrays, layer):
+    """The median needs each group whole in one block: with small blocks the 700 columns
+    span many bands of block size, and each group's median still equals numpy's."""
+    ds = loomx.open_loom(example_loom, chunks={"row": 64, "col": 128})
+    with dask.config.set({"array.chunk-size": "64KiB"}):  # bands of 11 rows x 700 columns
+        out = ds.loom.aggregate("ClusterID", "median", layers=[layer])
+        blocks = out[layer].data.chunks
+        medians = out[layer].transpose("row", "ClusterID").values
+    assert len(blocks[out[layer].dims.index("row")]) > 1  # computed band by band
+    labels, m = arrays["ClusterID"], arrays[layer]
+    groups = np.unique(labels)
+    assert list(out["ClusterID"].values) == list(groups)
+    expected = np.stack([np.median(m[:, labels == g], axis=1) for g in groups], axis=1)
+    np.testing.assert_allclose(medians, expected, rtol=1e-6)

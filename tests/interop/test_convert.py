@@ -1,0 +1,56 @@
+"""Whole-file conversions: what a missing or unreadable source raises, through the API and
+``loomx convert``."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import run_cli
+
+from loomx.errors import LoomFileError, LoomFileNotFoundError
+from loomx.interop.convert import convert, read_any
+from loomx.interop.tenx import read_10x_h5, read_10x_mex
+
+
+@pytest.mark.parametrize("name", ["missing.h5ad", "missing.h5", "missing.loom", "missing_mex"])
+def test_missing_source_is_a_loomx_error_naming_it(tmp_path, name):
+    source = tmp_path / name
+    for call in (
+        lambda: read_any(source),
+        lambda: convert(source, tmp_path / "out.loom"),
+    ):
+        with pytest.raises(LoomFileNotFoundError, match="no such") as info:
+            call()
+        assert isinstance(info.value, FileNotFoundError)
+        assert info.value.path == str(source) and str(source) in str(info.value)
+    assert not (tmp_path / "out.loom").exists()
+
+
+def test_missing_10x_sources_are_loomx_errors_naming_them(tmp_path):
+    for read, source in (
+        (read_10x_mex, tmp_path / "no_folder"),
+        (read_10x_h5, tmp_path / "no_file.h5"),
+    ):
+        with pytest.raises(LoomFileNotFoundError, match="no such") as info:
+            read(source)
+        assert info.value.path == str(source)
+
+
+def test_unreadable_h5ad_is_a_loomx_error_naming_it(tmp_path):
+    source = tmp_path / "junk.h5ad"
+    source.write_bytes(b"not an HDF5 file\n" * 8)
+    with pytest.raises(LoomFileError, match="h5ad") as info:
+        read_any(source)
+    assert info.value.path == str(source)
+
+
+def test_cli_convert_missing_h5ad_is_one_loomx_line(tmp_path):
+    source = tmp_path / "missing.h5ad"
+    done = run_cli("convert", source, tmp_path / "out.loom")
+    assert done.returncode == 1
+    assert done.stderr.startswith("loomx: ") and len(done.stderr.splitlines()) == 1
+    assert str(source) in done.stderr and "no such file" in done.stderr
+    assert "FileNotFoundError" not in done.stderr, done.stderr  # a loomx error, no type name
+    with pytest.raises(LoomFileNotFoundError) as info:
+        read_any(source)
+    assert done.stderr == f"loomx: {info.value}\n"
+    assert not (tmp_path / "out.loom").exists()
