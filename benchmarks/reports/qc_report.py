@@ -54,7 +54,7 @@ def _loomx_full_pass(path: str) -> dict[str, np.ndarray]:
 def _loomx_qc(path: str) -> dict[str, np.ndarray]:
     import loomx
     from loomx._read.backend import chunk_layers
-    from loomx.ops.qc import band_width
+    from loomx._read.chunking import band_width
 
     lazy = loomx.open_loom(path, chunks=None)
     var = lazy["matrix"]

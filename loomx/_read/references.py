@@ -124,7 +124,7 @@ def to_kerchunk(
         layout = store.read_layout()
         if layout.pending or layout.patches:
             raise LoomFileError(
-                "has an unfinished write (a journal in the file); expected a file at rest: "
+                "has an unfinished write (a pending commit in the file); expected a file at rest: "
                 "run loomx.recover on it, then make the references",
                 path=store.path,
             )

@@ -53,7 +53,7 @@ class SparseBlocks:
         """Dask block shape: thin along the cheap axis, about ``block_bytes`` each."""
         n, m = self.shape
         edge = _spec.LOOMPY_LAYER_CHUNKS
-        long = max(edge, _chunking.block_bytes() // (_EDGE_ROWS * itemsize) // edge * edge)
+        long = _chunking.band_width(_EDGE_ROWS, itemsize, edge)
         rows, cols = (long, _EDGE_ROWS) if self.column_major else (_EDGE_ROWS, long)
         return min(rows, max(n, 1)), min(cols, max(m, 1))
 

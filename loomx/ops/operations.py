@@ -206,7 +206,9 @@ def map_vectors(
     other = _other(ds, dim)
     var = _dask_layer(_layer(ds, layer))
     data = var.transpose(other, dim).data
-    data = data.rechunk({1: -1, 0: _rows_per_block(data.shape[1], data.dtype, data.chunks[0])})
+    step = data.chunks[0][0] if data.chunks[0] else None
+    rows = _chunking.band_width(data.shape[1], data.dtype.itemsize, step, split_step=True)
+    data = data.rechunk({1: -1, 0: rows})
     out = []
     for func in funcs:
 
@@ -217,14 +219,6 @@ def map_vectors(
         name = getattr(func, "__name__", "func")
         out.append(xr.DataArray(result, dims=(other,), coords=var[other].coords, name=name))
     return out
-
-
-def _rows_per_block(length: int, dtype: np.dtype, current: tuple[int, ...]) -> int:
-    """Rows per block so that whole rows of ``length`` items take about
-    :func:`~loomx._read.chunking.block_bytes`."""
-    target = max(1, _chunking.block_bytes() // max(1, length * np.dtype(dtype).itemsize))
-    base = current[0] if current else 1
-    return max(base, (target // base) * base) if target >= base else max(1, target)
 
 
 def permute(ds: xr.Dataset, order: Sequence[int] | np.ndarray, dim: str = "col") -> xr.Dataset:
@@ -291,7 +285,7 @@ def aggregate(
         other = _other(ds, dim)
         length = ds.sizes[dim]
         itemsize = max((v.dtype.itemsize for v in data.data_vars.values()), default=8)
-        band = _rows_per_block(length, np.dtype(f"u{min(itemsize, 8)}"), ())
+        band = _chunking.band_width(length, min(itemsize, 8))
         data = data.assign({k: v.chunk({dim: -1, other: band}) for k, v in data.data_vars.items()})
     out = getattr(data.groupby(by), func)()
     return out.transpose(_other(ds, dim), by, ...)

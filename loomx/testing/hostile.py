@@ -82,8 +82,8 @@ def stage_commit(
     objects: dict[str, np.ndarray] | None = None,
 ) -> str:
     """Add to ``path`` what an interrupted loomx write leaves: the staged ``objects``
-    (``{"/col_attrs/.loomx-tmp-...-Name": values}``) and a journal with ``rows`` of
-    ``(group, staged link, final name)``.  Returns the journal's HDF5 path."""
+    (``{"/col_attrs/.loomx-tmp-...-Name": values}``) and a pending commit with ``rows``
+    of ``(group, staged link, final name)``.  Returns the pending commit's HDF5 path."""
     name = f"{_filesystem.TEMPORARY_TAG}{pid}-{token}.journal"
     with h5py.File(path, "r+") as f:
         for h5path, values in (objects or {}).items():
@@ -135,7 +135,7 @@ def hostile_corpus(folder: str | os.PathLike[str], truncations: int = 24) -> lis
     _damage_cases(add, write, data, base, plain)
     _structure_cases(add)
     _graph_cases(add)
-    _journal_cases(add)
+    _pending_commit_cases(add)
     return cases
 
 
@@ -482,11 +482,11 @@ def _graph_cases(add) -> None:  # type: ignore[no-untyped-def]
         add(name, _edit(loom, change), *expect)
 
 
-def _journal_cases(add) -> None:  # type: ignore[no-untyped-def]
+def _pending_commit_cases(add) -> None:  # type: ignore[no-untyped-def]
     tag = f"{_filesystem.TEMPORARY_TAG}{DEAD_PID}-0badf00d-"
     score = np.arange(N, dtype=float)
 
-    def journal(rows, pid: int | str = DEAD_PID, objects=None):  # type: ignore[no-untyped-def]
+    def pending_commit(rows, pid: int | str = DEAD_PID, objects=None):  # type: ignore[no-untyped-def]
         def make(path: str) -> None:
             small_loom(path)
             token = "0badf00d"
@@ -499,19 +499,23 @@ def _journal_cases(add) -> None:  # type: ignore[no-untyped-def]
 
     good = [("/row_attrs", tag + "Score", "Score")]
     staged = {f"/row_attrs/{tag}Score": score}
-    add("journal-valid", journal(good, objects=staged), None)
-    add("journal-missing-object", journal(good), None)
-    add("journal-foreign-object", journal([("/", "matrix", "row_attrs")]), None)
-    add("journal-foreign-row", journal([("/row_attrs", "Gene", "Score")]), None)
-    add("journal-path-final", journal([("/", tag + "x", "row_attrs/Gene")]), None)
-    add("journal-relative-parent", journal([("row_attrs", tag + "Score", "Score")]), None)
-    add("journal-pid-zero", journal(good, pid=0, objects=staged), None)
-    add("journal-pid-huge", journal(good, pid=10**30, objects=staged), None)
-    add("journal-pid-text", journal(good, pid="me", objects=staged), None)
+    add("pending-commit-valid", pending_commit(good, objects=staged), None)
+    add("pending-commit-missing-object", pending_commit(good), None)
+    add("pending-commit-foreign-object", pending_commit([("/", "matrix", "row_attrs")]), None)
+    add("pending-commit-foreign-row", pending_commit([("/row_attrs", "Gene", "Score")]), None)
+    add("pending-commit-path-final", pending_commit([("/", tag + "x", "row_attrs/Gene")]), None)
+    add(
+        "pending-commit-relative-parent",
+        pending_commit([("row_attrs", tag + "Score", "Score")]),
+        None,
+    )
+    add("pending-commit-pid-zero", pending_commit(good, pid=0, objects=staged), None)
+    add("pending-commit-pid-huge", pending_commit(good, pid=10**30, objects=staged), None)
+    add("pending-commit-pid-text", pending_commit(good, pid="me", objects=staged), None)
     wrong = {f"/row_attrs/{tag}Score": np.zeros(N + 5)}
     add(
-        "journal-wrong-shape",
-        journal(good, objects=wrong),
+        "pending-commit-wrong-shape",
+        pending_commit(good, objects=wrong),
         LoomFormatError,
         "open",
         "/row_attrs/Score",
@@ -522,4 +526,4 @@ def _journal_cases(add) -> None:  # type: ignore[no-untyped-def]
         with h5py.File(path, "r+") as f:
             f.create_group(f"{tag[:-1]}.journal")
 
-    add("journal-group", not_a_table, None)
+    add("pending-commit-group", not_a_table, None)

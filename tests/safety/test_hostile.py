@@ -1,5 +1,5 @@
 """Hostile and broken files: each gives a clear loomx error naming the file and HDF5 path,
-at open where possible, otherwise at the read that meets the damage; commit journals
+at open where possible, otherwise at the read that meets the damage; pending commits
 loomx did not write are ignored with a warning and never touch anything else."""
 
 from __future__ import annotations
@@ -21,15 +21,19 @@ from loomx.testing import assert_loom_identical
 from loomx.testing.fuzz import read_everything
 from loomx.testing.hostile import HostileCase, hostile_corpus
 
-JOURNAL_IGNORED = {
-    "journal-foreign-object",
-    "journal-foreign-row",
-    "journal-path-final",
-    "journal-relative-parent",
-    "journal-pid-text",
-    "journal-group",
+IGNORED_PENDING_COMMITS = {
+    "pending-commit-foreign-object",
+    "pending-commit-foreign-row",
+    "pending-commit-path-final",
+    "pending-commit-relative-parent",
+    "pending-commit-pid-text",
+    "pending-commit-group",
 }
-JOURNAL_APPLIED = {"journal-valid", "journal-pid-zero", "journal-pid-huge"}
+APPLIED_PENDING_COMMITS = {
+    "pending-commit-valid",
+    "pending-commit-pid-zero",
+    "pending-commit-pid-huge",
+}
 
 
 @pytest.fixture(scope="module")
@@ -190,28 +194,28 @@ def test_following_data_stored_elsewhere_is_an_explicit_read_only_opt_in(linked)
     assert [Path(p).read_bytes() for p in (path, *elsewhere)] == before
 
 
-def test_journals_loomx_did_not_write_are_ignored_and_touch_nothing(corpus, tmp_path):
+def test_pending_commits_loomx_did_not_write_are_ignored_and_touch_nothing(corpus, tmp_path):
     valid = corpus["valid"].path
-    for name in sorted(JOURNAL_IGNORED):
+    for name in sorted(IGNORED_PENDING_COMMITS):
         case = corpus[name]
         warns = pytest.warns(LoomFormatWarning, match="ignored a pending loomx commit")
         with warns, loomx.open_loom(case.path) as ds, loomx.open_loom(valid) as ref:
             np.testing.assert_array_equal(ds["Gene"].values, ref["Gene"].values)
-        with pytest.warns(LoomFormatWarning, match="journal"):
+        with pytest.warns(LoomFormatWarning, match="ignored a pending loomx commit"):
             assert loomx.recover(case.path) == 0
         assert temp_links(case.path) == [], name
         assert_loom_identical(case.path, valid)
 
 
-def test_journal_naming_a_missing_object_changes_nothing(corpus):
-    case = corpus["journal-missing-object"]
+def test_pending_commit_naming_a_missing_object_changes_nothing(corpus):
+    case = corpus["pending-commit-missing-object"]
     assert loomx.recover(case.path) == 1
     assert temp_links(case.path) == []
     assert_loom_identical(case.path, corpus["valid"].path)
 
 
-def test_valid_journals_of_dead_writers_are_applied(corpus):
-    for name in sorted(JOURNAL_APPLIED):
+def test_valid_pending_commits_of_dead_writers_are_applied(corpus):
+    for name in sorted(APPLIED_PENDING_COMMITS):
         path = corpus[name].path
         with loomx.open_loom(path) as ds:
             np.testing.assert_array_equal(ds["Score"].values, np.arange(ds.sizes["row"]))
