@@ -20,7 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from loomx._hdf5 import kernels as _kernels
-from loomx._hdf5.chunks import ChunkIndex, FileReader
+from loomx._hdf5.chunkio import FileReader
+from loomx._hdf5.chunks import ChunkIndex
 from loomx._write import packing as _compress
 from loomx.errors import LoomFileError
 

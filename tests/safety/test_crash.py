@@ -33,7 +33,7 @@ from conftest import temp_links
 
 import loomx
 from loomx._hdf5.filesystem import TEMPORARY_TAG
-from loomx._hdf5.rollback import journal_path
+from loomx._hdf5.journal import journal_path
 from loomx._write.writer import to_loom
 from loomx.testing import assert_loom_identical
 
@@ -46,7 +46,7 @@ CHILD = r"""
 import functools, os, sys, threading
 import dask, h5py, numpy as np, xarray as xr
 import loomx
-from loomx._hdf5 import files as _files
+from loomx._hdf5 import filesystem as _filesystem
 from loomx._write import transaction as _journal
 from loomx._write import stream as _stream
 
@@ -82,17 +82,17 @@ for owner, attr in [
     (h5py.Group, "__delitem__"),
     (h5py.File, "flush"),
     (_journal, "fsync"),
-    (_files, "fsync"),
+    (_filesystem, "fsync"),
     (os, "replace"),
     (_journal, "apply_patch"),
 ]:
     wrap(owner, attr, f"{getattr(owner, '__name__', owner)}.{attr}")
 
 if scenario.endswith("-inside"):  # kill points between the writes of HDF5's flushes
-    from loomx._hdf5 import rollback as _rollback
+    from loomx._hdf5 import journal as _rollback_journal
 
     for attr in ("write", "truncate", "sync", "remove"):
-        wrap(_rollback.Disk, attr, f"Disk.{attr}")
+        wrap(_rollback_journal.Disk, attr, f"Disk.{attr}")
     scenario = scenario[: -len("-inside")]
 if scenario.endswith("-flushed"):  # a test build: every link swap reaches the file at once
     for attr in ("move", "__delitem__"):
