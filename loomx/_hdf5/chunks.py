@@ -66,7 +66,6 @@ from loomx.errors import LoomFileError
 __all__ = [
     "DEFAULT_INFLATER",
     "INFLATERS",
-    "MAX_GRID_CELLS",
     "ChunkIndex",
     "box_of_picks",
     "read_through_handle",

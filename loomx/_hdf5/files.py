@@ -54,7 +54,7 @@ def write_opener(opener: WriteOpener) -> Iterator[None]:
     """Within the block, :func:`open_h5` opens files in modes ``"r+"`` and ``"w"`` with
     ``opener(path, mode)``: a test harness records a writer's file operations this way
     (:mod:`loomx.testing.powerloss`; :func:`open_for_writing` has its own hook,
-    ``_rollback.use_disk``).  Not thread-safe; for tests."""
+    ``loomx._hdf5.journal.use_disk``).  Not thread-safe; for tests."""
     global _write_opener
     previous, _write_opener = _write_opener, opener
     try:
@@ -143,8 +143,8 @@ class CachedFile:
     ) -> None:
         self.source = target if isinstance(target, RemoteSource) else None
         if self.source is not None:
-            if mode != "r":
-                refuse_remote(self.source.name, f"open in mode {mode!r}")
+            if mode != "r":  # callers refuse writes to remote files first (refuse_remote)
+                raise ValueError(f"remote files open in mode 'r' only; found {mode!r}")
             self.path = self.source.name
         else:
             self.path = os.path.abspath(os.fspath(target))  # workers may run elsewhere

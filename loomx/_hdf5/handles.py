@@ -42,7 +42,6 @@ from loomx.errors import LoomWriteError
 
 __all__ = [
     "CHUNK_INDEXES",
-    "MAX_OPEN_FILES",
     "FileHandle",
     "close",
     "descriptor",

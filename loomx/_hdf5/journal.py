@@ -44,7 +44,6 @@ except ImportError:  # pragma: no cover - Windows: no flock
 
 __all__ = [
     "HEADER_SIZE",
-    "MAGIC",
     "SUFFIX",
     "Disk",
     "check_readable",
@@ -54,7 +53,6 @@ __all__ = [
     "journal_path",
     "journal_state",
     "lock_for_writing",
-    "read_journal",
     "restore",
     "use_disk",
 ]

@@ -46,7 +46,6 @@ from loomx._hdf5.journal import (
 from loomx.errors import LoomWriteError
 
 __all__ = [
-    "JournaledFile",
     "PositionedFile",
     "RollbackFile",
     "forget_writers",
