@@ -247,7 +247,8 @@ _CEILING: dict[str, Any] = {}
 
 def _ceiling_init(path: str) -> None:
     """Pool initializer: build ``/matrix``'s chunk index once in this worker."""
-    from loomx._hdf5.chunks import ChunkIndex, FileReader
+    from loomx._hdf5.chunkio import FileReader
+    from loomx._hdf5.chunks import ChunkIndex
 
     with h5py.File(path, "r") as f:
         index = ChunkIndex.from_dataset(f["matrix"])

@@ -38,7 +38,8 @@ _STATE: dict[str, object] = {}
 
 
 def _init(path: str) -> None:
-    from loomx._hdf5.chunks import ChunkIndex, FileReader
+    from loomx._hdf5.chunkio import FileReader
+    from loomx._hdf5.chunks import ChunkIndex
 
     with h5py.File(path, "r") as f:
         _STATE.update(
@@ -48,7 +49,7 @@ def _init(path: str) -> None:
 
 def _inflate_only(band: tuple[int, int]) -> int:
     """Inflate every chunk of rows ``band`` with the batch kernel; return the bytes made."""
-    from loomx._hdf5 import chunks as _chunks
+    from loomx._hdf5 import chunkio as _chunkio
     from loomx._hdf5 import kernels as _kernels
 
     index, reader = _STATE["index"], _STATE["reader"]
@@ -58,7 +59,7 @@ def _inflate_only(band: tuple[int, int]) -> int:
     keep = offs >= 0
     order = np.argsort(offs[keep], kind="stable")
     offs, sizes = offs[keep][order], sizes[keep][order]
-    src, starts = _chunks.gather_chunks(reader, offs, sizes)
+    src, starts = _chunkio.gather_chunks(reader, offs, sizes)
     item = index.dtype.itemsize
     status = np.zeros(3, np.int64)
     nothing = np.zeros(0, np.int64)

@@ -41,7 +41,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import loomx
 from benchmarks.harness.provenance import uptime
-from loomx._hdf5.chunks import ChunkIndex, FileReader
+from loomx._hdf5.chunkio import FileReader
+from loomx._hdf5.chunks import ChunkIndex
 from loomx.testing.servers import RangeHTTPServer, S3Server
 
 __all__: list[str] = []

@@ -1,10 +1,13 @@
-"""HDF5 chunk index and the fast read path.
+"""HDF5 chunk index and the fast read path: the index of a dataset's chunks, the per-chunk
+Python decode path, and :func:`read_through_handle`, which reads a dataset of an open
+handle through them.
 
 HDF5 runs every call, decompression included, under one global lock, so h5py reads do not
 scale with threads and spend most of their time in library overhead.  This module reads the
 chunk index of a dataset once (:meth:`ChunkIndex.from_dataset`) and afterwards decodes raw
 chunk bytes itself: the only I/O is ``read_at(offset, nbytes)``, so the same code can read a
-local file (:class:`FileReader`) or byte ranges over HTTP/S3 (:mod:`loomx._hdf5.remote`).
+local file (:class:`loomx._hdf5.chunkio.FileReader`) or byte ranges over HTTP/S3
+(:mod:`loomx._hdf5.remote`).
 
 Supported: chunked or contiguous layout, 1-D to n-D, the filters deflate, shuffle and
 fletcher32 (checksum verified) in any pipeline order with per-chunk filter masks, unallocated
@@ -29,8 +32,9 @@ The table above is the per-chunk Python path (``ChunkIndex.read(..., inflater=na
 where copying chunks into the output and the Python work per chunk hold the GIL.  By
 default :meth:`ChunkIndex.read` of 1-D and 2-D datasets gathers the stored bytes of every
 needed chunk into one buffer (``preadv`` straight into it for local files) and decodes and
-places all of them in one compiled call that releases the GIL
-(:func:`loomx._hdf5.kernels.decode_chunks`): threads reading different blocks run in parallel.
+places all of them in one compiled call that releases the GIL (:mod:`loomx._hdf5.batched`,
+:func:`loomx._hdf5.kernels.decode_chunks`): threads reading different blocks run in
+parallel.
 Figures for both paths are in ``benchmarks/README.md``.
 
 The per-chunk path's inflater is the fastest one installed: libdeflate (package
@@ -44,21 +48,32 @@ import itertools
 import math
 import os
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from functools import lru_cache, partial
 from typing import Any
 
+import h5py
 import numpy as np
 
+from loomx._hdf5 import batched as _batched
+from loomx._hdf5 import handles as _handles
 from loomx._hdf5 import kernels as _kernels
-from loomx._hdf5.lru import LRUCache
+from loomx._hdf5.chunkio import FileReader, ReadAt, fetch_runs, run_bounds
+from loomx._hdf5.filters import DECODED_FILTERS, DEFLATE, SHUFFLE
+from loomx._hdf5.grid import axis_geometry, slice_bounds
 from loomx.errors import LoomFileError
 
-ReadAt = Callable[[int, int], bytes]
+__all__ = [
+    "DEFAULT_INFLATER",
+    "INFLATERS",
+    "ChunkIndex",
+    "box_of_picks",
+    "read_through_handle",
+    "take_picks",
+]
+
 _Inflate = Callable[[Any, int], Any]
 
-_DEFLATE, _SHUFFLE, _FLETCHER32 = 1, 2, 3
-_MAX_RUN = 16 << 20  # largest single read_at when coalescing adjacent chunks
 MAX_GRID_CELLS = 1 << 24
 """Datasets with more chunk-grid cells than this (a declared 1e7 x 1e7 matrix) are read
 through h5py: the index keeps one entry per cell."""
@@ -127,46 +142,6 @@ def _check_fletcher32(buf: Any) -> np.ndarray:
     return data
 
 
-def _bounds(shape: tuple[int, ...], key: Any) -> tuple[list[int], list[int]]:
-    """Start and stop per dimension of a key of step-1 slices."""
-    if not isinstance(key, tuple):
-        key = (key,)
-    if len(key) > len(shape):
-        raise IndexError(f"{len(key)} indices for a {len(shape)}-D dataset")
-    key = key + (slice(None),) * (len(shape) - len(key))
-    starts, stops = [], []
-    for k, n in zip(key, shape, strict=True):
-        if not isinstance(k, slice):
-            raise TypeError(f"only slices are supported here, got {k!r}")
-        start, stop, step = k.indices(n)
-        if step != 1:
-            raise ValueError(f"only step-1 slices are supported here, got {k!r}")
-        starts.append(start)
-        stops.append(max(start, stop))
-    return starts, stops
-
-
-def _run_bounds(offsets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """Start indices of runs of file-adjacent chunks (sorted by offset), plus the end."""
-    n = offsets.size
-    new = np.ones(n, bool)
-    if n > 1:
-        new[1:] = offsets[1:] != offsets[:-1] + sizes[:-1]
-        band = np.cumsum(sizes) // _MAX_RUN
-        new[1:] |= band[1:] != band[:-1]
-    return np.append(np.flatnonzero(new), n)
-
-
-def _fetch(read_at: ReadAt, runs: list[tuple[int, int]]) -> Iterable[Any]:
-    """The bytes of each ``(offset, nbytes)`` run: one ``read_at.read_ranges(runs)`` call
-    when the reader has it (remote readers fetch the runs concurrently), else one
-    ``read_at`` call per run, made as the caller consumes them."""
-    read_ranges = getattr(read_at, "read_ranges", None)
-    if read_ranges is not None:
-        return read_ranges(runs)
-    return (read_at(offset, nbytes) for offset, nbytes in runs)
-
-
 class ChunkIndex:
     """Where every chunk of one HDF5 dataset lies in the file.  Picklable, small.
 
@@ -218,8 +193,6 @@ class ChunkIndex:
             external or virtual storage, non-numeric or unusual file types, scalars); the
             caller then reads it with h5py.
         """
-        import h5py
-
         dtype = dset.dtype
         if dtype.kind not in "iuf" or dtype.fields or dtype.subdtype or dtype.itemsize > 8:
             return None
@@ -234,7 +207,7 @@ class ChunkIndex:
         filters = []
         for i in range(plist.get_nfilters()):
             code, _flags, values, _name = plist.get_filter(i)
-            if code not in (_DEFLATE, _SHUFFLE, _FLETCHER32):
+            if code not in DECODED_FILTERS:
                 return None
             filters.append((int(code), tuple(int(v) for v in values)))
         layout = plist.get_layout()
@@ -287,11 +260,11 @@ class ChunkIndex:
         for i, (code, values) in enumerate(self.filters):
             if mask >> i & 1:
                 continue
-            if code == _DEFLATE:
+            if code == DEFLATE:
                 sized = None if size is None else lambda buf, n=size: inflate(buf, n)
                 steps.append(zlib.decompress if sized is None else sized)
                 size = None
-            elif code == _SHUFFLE:
+            elif code == SHUFFLE:
                 steps.append(partial(_unshuffle, values[0] if values else self.dtype.itemsize))
             else:
                 steps.append(_check_fletcher32)
@@ -334,18 +307,18 @@ class ChunkIndex:
         numpy.ndarray
             A new array of dtype :attr:`dtype`.
         """
-        starts, stops = _bounds(self.shape, key)
+        starts, stops = slice_bounds(self.shape, key)
         out = np.empty([b - a for a, b in zip(starts, stops, strict=True)], self.dtype)
         if out.size == 0:
             return out
         if inflater is None and len(self.shape) <= 2 and _kernels.available():
-            return self._read_batched(read_at, starts, stops, out)
+            return _batched.read_box(self, read_at, starts, stops, out)
         inflater = inflater or DEFAULT_INFLATER
         out_keys: list[list[slice]] = []
         in_keys: list[list[slice]] = []
         cells: list[slice] = []
         for a, b, c in zip(starts, stops, self.chunks, strict=True):
-            first, last, out_at, in_at, count = _axis_geometry(a, b, c)
+            first, last, out_at, in_at, count = axis_geometry(a, b, c)
             cells.append(slice(first, last))
             out_keys.append(list(map(slice, out_at.tolist(), (out_at + count).tolist())))
             in_keys.append(list(map(slice, in_at.tolist(), (in_at + count).tolist())))
@@ -368,7 +341,7 @@ class ChunkIndex:
         offs = offsets[order]
         sizes = self.sizes[cell].ravel()[order]
         masks = self.masks[cell].ravel()[order]
-        bounds = _run_bounds(offs, sizes).tolist()
+        bounds = run_bounds(offs, sizes).tolist()
         okeys = region(order, out_keys)
         ikeys = region(order, in_keys)
         ends = (offs + sizes).tolist()
@@ -380,7 +353,7 @@ class ChunkIndex:
         nbytes = int(np.prod(chunks)) * dtype.itemsize
         runs = [(offs_l[r0], ends[r1 - 1] - offs_l[r0]) for r0, r1 in itertools.pairwise(bounds)]
         for (r0, r1), (base, want), got in zip(
-            itertools.pairwise(bounds), runs, _fetch(read_at, runs), strict=True
+            itertools.pairwise(bounds), runs, fetch_runs(read_at, runs), strict=True
         ):
             buf = memoryview(got)
             if buf.nbytes != want:
@@ -398,25 +371,6 @@ class ChunkIndex:
                     )
                 out[okeys[k]] = np.ndarray(chunks, dtype, raw)[ikeys[k]]
         return out
-
-    def _read_batched(
-        self, read_at: ReadAt, starts: list[int], stops: list[int], out: np.ndarray
-    ) -> np.ndarray:
-        """:meth:`read` for 1-D and 2-D datasets: every chunk decoded and placed in one
-        compiled call without the GIL (:func:`loomx._hdf5.kernels.decode_chunks`)."""
-        starts, stops = [0, *starts][-2:], [1, *stops][-2:]  # 1-D: one row
-        chunks = [1, *self.chunks][-2:]
-        geometry = [_axis_geometry(a, b, c) for a, b, c in zip(starts, stops, chunks, strict=True)]
-        cells = tuple(slice(first, last) for first, last, *_ in geometry)
-        (*_, out_row, in_row, n_rows), (*_, out_col, in_col, n_cols) = geometry
-        item = self.dtype.itemsize
-
-        def place(i: np.ndarray, j: np.ndarray) -> np.ndarray:
-            out_at, in_at, width = out_col[j] * item, in_col[j] * item, n_cols[j] * item
-            return np.column_stack([out_row[i], out_at, in_row[i], in_at, n_rows[i], width])
-
-        dst = out.reshape(len(out) if out.ndim > 1 else 1, -1).view(np.uint8)
-        return self._decode_cells(read_at, cells, place, out, dst)
 
     def read_picks(
         self,
@@ -451,274 +405,13 @@ class ChunkIndex:
         n = self.shape[axis]
         if picks.ndim != 1 or (picks.size and (picks.min() < 0 or picks.max() >= n)):
             raise IndexError(f"picks must be positions in 0..{n - 1} along axis {axis}")
-        other = 1 - axis
-        starts, stops = _bounds(self.shape, key)
-        shape = [0, 0]
-        shape[axis], shape[other] = picks.size, stops[other] - starts[other]
-        out = np.empty(shape, self.dtype)
-        if out.size == 0:
-            return out
-        size = self.chunks[axis]
-        order = np.argsort(picks // size, kind="stable")
-        cell_of = picks[order] // size
-        used, first = np.unique(cell_of, return_index=True)
-        pick_ptr = np.append(first, picks.size).astype(np.int64)
-        pick_in = (picks[order] - cell_of * size).astype(np.int64)
-        pick_out = order.astype(np.int64)
-        geometry = _axis_geometry(starts[other], stops[other], self.chunks[other])
-        first_cell, last_cell, out_at, in_at, count = geometry
-        cells: list[Any] = [None, None]
-        cells[axis], cells[other] = used, slice(first_cell, last_cell)
-        item = self.dtype.itemsize
-
-        def place(i: np.ndarray, j: np.ndarray) -> np.ndarray:
-            g, o = (i, j) if axis == 0 else (j, i)
-            zero = np.zeros_like(g)
-            if axis == 1:  # rows as the box says, columns picked
-                fields = [out_at[o], zero, in_at[o], zero, count[o], zero]
-            else:
-                fields = [zero, out_at[o] * item, zero, in_at[o] * item, zero, count[o] * item]
-            return np.column_stack([*fields, g])
-
-        picked = (2 if axis == 0 else 1, pick_ptr, pick_in, pick_out)
-        dst = out.view(np.uint8)
-        return self._decode_cells(read_at, tuple(cells), place, out, dst, picked)
-
-    def _decode_cells(
-        self,
-        read_at: ReadAt,
-        cells: tuple[Any, Any],
-        place: Callable[[np.ndarray, np.ndarray], np.ndarray],
-        out: np.ndarray,
-        dst: np.ndarray,
-        picked: tuple[int, np.ndarray, np.ndarray, np.ndarray] | None = None,
-    ) -> np.ndarray:
-        """Read, decode and place the chunks of grid ``cells`` (slices or index arrays per
-        axis); ``place(i, j)`` gives the kernel's placement rows for cell positions."""
-        grid_shape = self.offsets.shape if self.offsets.ndim == 2 else (1, self.offsets.size)
-
-        def at(table: np.ndarray) -> np.ndarray:
-            return table.reshape(grid_shape)[np.ix_(*map(_positions, cells, grid_shape))]
-
-        offsets = at(self.offsets)
-        flat = offsets.ravel()
-        present = np.flatnonzero(flat >= 0)
-        if present.size < flat.size:
-            out[...] = self.fill_value
-        if not present.size:
-            return out
-        order = present[np.argsort(flat[present], kind="stable")]
-        offs = flat[order]
-        sizes = at(self.sizes).ravel()[order]
-        masks = at(self.masks).ravel()[order].astype(np.int64)
-        placed = place(*np.divmod(order, offsets.shape[1]))
-        src, chunk_starts = gather_chunks(read_at, offs, sizes)
-        item = self.dtype.itemsize
-        codes = np.array([code for code, _ in self.filters], np.int64)
-        params = np.array([v[0] if v else item for _, v in self.filters], np.int64)
-        chunks = [1, *self.chunks][-2:]
-        status = np.zeros(3, np.int64)
-        pick_axis, pick_ptr, pick_in, pick_out = picked or (0, *(_NO_PICKS,) * 3)
-        _kernels.decode_chunks(
-            src,
-            chunk_starts,
-            sizes,
-            masks,
-            codes,
-            params,
-            chunks[0],
-            chunks[1] * item,
-            item,
-            np.ascontiguousarray(placed[:, :6]),
-            dst,
-            status,
-            pick_axis,
-            placed[:, 6].copy() if picked else _NO_PICKS,
-            pick_ptr,
-            pick_in,
-            pick_out,
-        )
-        if status[0]:
-            raise _kernel_error(status, int(offs[status[1]]), math.prod(chunks) * item)
-        return out
-
-
-_NO_PICKS = np.zeros(0, np.int64)
-
-
-def _positions(cells: Any, n: int) -> np.ndarray:
-    """Grid positions of a slice or an index array of cells."""
-    return np.arange(n)[cells] if isinstance(cells, slice) else np.asarray(cells)
-
-
-def _axis_geometry(
-    start: int, stop: int, chunk: int
-) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
-    """For ``start:stop`` along an axis chunked by ``chunk``: the first and last+1 chunk
-    cells, and per cell the output position, position inside the chunk and length."""
-    first, last = start // chunk, (stop - 1) // chunk + 1
-    corner = np.arange(first, last, dtype=np.int64) * chunk
-    lo, hi = np.maximum(corner, start), np.minimum(corner + chunk, stop)
-    return first, last, lo - start, lo - corner, hi - lo
-
-
-def _kernel_error(status: np.ndarray, offset: int, nbytes: int) -> LoomFileError:
-    code, detail = int(status[0]), int(status[2])
-    if code == _kernels.INFLATE_FAILED and detail == _kernels.LIBDEFLATE_INSUFFICIENT_SPACE:
-        return LoomFileError(f"chunk at byte {offset} decodes to more than {nbytes} bytes")
-    if code == _kernels.BAD_SIZE:
-        return LoomFileError(f"chunk at byte {offset} decodes to {detail} bytes, not {nbytes}")
-    reason = {
-        _kernels.INFLATE_FAILED: f"invalid deflate stream (libdeflate result {detail})",
-        _kernels.BAD_CHECKSUM: "data error detected by fletcher32 checksum",
-        _kernels.TOO_SHORT: "chunk too short for its fletcher32 checksum",
-    }[code]
-    return LoomFileError(f"chunk at byte {offset} cannot be decoded: {reason}")
-
-
-def gather_chunks(
-    read_at: ReadAt, offsets: np.ndarray, sizes: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """The stored bytes of chunks at ``offsets`` (increasing) of ``sizes`` bytes, read in
-    runs of file-adjacent chunks into one array, and where each chunk starts in it."""
-    bounds = _run_bounds(offsets, sizes)
-    first, last = bounds[:-1], bounds[1:] - 1
-    run_offsets = offsets[first]
-    run_sizes = offsets[last] + sizes[last] - run_offsets
-    in_buffer = np.cumsum(run_sizes) - run_sizes
-    run_of = np.repeat(np.arange(first.size), np.diff(bounds))
-    runs = list(zip(run_offsets.tolist(), run_sizes.tolist(), strict=True))
-    src = _gather(read_at, runs, int(run_sizes.sum()))
-    return src, in_buffer[run_of] + offsets - run_offsets[run_of]
-
-
-def _gather(read_at: ReadAt, runs: list[tuple[int, int]], total: int) -> np.ndarray:
-    """The bytes of every ``(offset, nbytes)`` run, concatenated into one array."""
-    buf = np.empty(total, np.uint8)
-    read_into = getattr(read_at, "read_into", None)
-    if read_into is not None:
-        read_into(runs, buf)
-        return buf
-    pos = 0
-    for (offset, nbytes), got in zip(runs, _fetch(read_at, runs), strict=True):
-        part = np.frombuffer(got, np.uint8)
-        if part.size != nbytes:
-            raise LoomFileError(f"short read at byte {offset}: {part.size} bytes")
-        buf[pos : pos + nbytes] = part
-        pos += nbytes
-    return buf
-
-
-class FileHandle:
-    """One open file descriptor, closed when the last reader using it goes away."""
-
-    __slots__ = ("fd", "path", "pid")
-
-    def __init__(self, path: str) -> None:
-        self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-        self.path = path
-        self.pid = os.getpid()
-
-    def __del__(self) -> None:
-        if os.getpid() == self.pid:
-            with contextlib.suppress(OSError):
-                os.close(self.fd)
-
-
-_handles: LRUCache[FileHandle] = LRUCache()
-_indexes: LRUCache[ChunkIndex | None] = LRUCache()
-
-
-def _file_key(path: str | os.PathLike[str]) -> tuple[Any, ...]:
-    real = os.path.realpath(path)
-    st = os.stat(real)
-    return (os.getpid(), real, st.st_mtime_ns, st.st_size, st.st_ino)
-
-
-def _check_extent(offset: int, nbytes: int, size: int, label: str) -> None:
-    """Raise :class:`LoomFileError` unless bytes ``offset..offset + nbytes`` lie in a file
-    of ``size`` bytes."""
-    if offset < 0 or nbytes < 0 or offset + nbytes > size:
-        raise LoomFileError(
-            f"the chunk index points at bytes {offset}..{offset + nbytes} of a file of "
-            f"{size} bytes; the file is truncated or corrupt",
-            path=label,
-        )
-
-
-def _pread_exact(fd: int, offset: int, nbytes: int, label: str) -> bytes:
-    """``nbytes`` bytes at ``offset`` of ``fd``; a short file raises :class:`LoomFileError`."""
-    _check_extent(offset, nbytes, os.fstat(fd).st_size, label)
-    parts = [os.pread(fd, nbytes, offset)]
-    done = len(parts[0])
-    while done < nbytes:
-        parts.append(os.pread(fd, nbytes - done, offset + done))
-        if not parts[-1]:
-            raise LoomFileError(f"short read at byte {offset + done}", path=label)
-        done += len(parts[-1])
-    return parts[0] if len(parts) == 1 else b"".join(parts)
-
-
-def _pread_into(fd: int, runs: list[tuple[int, int]], buffer: np.ndarray, label: str) -> None:
-    """Read every ``(offset, nbytes)`` run of ``fd`` into ``buffer``, one after another,
-    without intermediate copies; a run past the end of the file raises
-    :class:`LoomFileError`."""
-    if not hasattr(os, "preadv"):  # pragma: no cover - platforms without preadv
-        pos = 0
-        for offset, nbytes in runs:
-            buffer[pos : pos + nbytes] = np.frombuffer(
-                _pread_exact(fd, offset, nbytes, label), np.uint8
-            )
-            pos += nbytes
-        return
-    size = os.fstat(fd).st_size
-    view = memoryview(buffer)
-    pos = 0
-    for offset, nbytes in runs:
-        _check_extent(offset, nbytes, size, label)
-        done = 0
-        while done < nbytes:
-            got = os.preadv(fd, [view[pos + done : pos + nbytes]], offset + done)
-            if not got:
-                raise LoomFileError(f"short read at byte {offset + done}", path=label)
-            done += got
-        pos += nbytes
-
-
-class FileReader:
-    """``read_at`` on the descriptor of a cached :class:`FileHandle` (kept alive here)."""
-
-    __slots__ = ("handle", "label")
-
-    def __init__(self, handle: FileHandle, label: str) -> None:
-        self.handle, self.label = handle, label
-
-    @classmethod
-    def of(cls, path: str | os.PathLike[str]) -> FileReader:
-        """A reader of the local file ``path`` on a descriptor of its own.
-
-        Examples
-        --------
-        >>> index.read(FileReader.of("pbmc.loom"), (slice(0, 64),))  # doctest: +SKIP
-        """
-        return cls(FileHandle(os.fspath(path)), os.fspath(path))
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        # a descriptor means nothing in another process: pickle as the file's path
-        return (FileReader.of, (self.handle.path,))
-
-    def __call__(self, offset: int, nbytes: int) -> bytes:
-        return _pread_exact(self.handle.fd, offset, nbytes, self.label)
-
-    def read_into(self, runs: list[tuple[int, int]], buffer: np.ndarray) -> None:
-        _pread_into(self.handle.fd, runs, buffer, self.label)
+        starts, stops = slice_bounds(self.shape, key)
+        return _batched.read_picks(self, read_at, starts, stops, axis, picks)
 
 
 def _index_in(f: Any, h5path: str) -> ChunkIndex | None:
     """The chunk index of ``f[h5path]``; None for a dataset stored in another file (an
     external link followed): its chunks are not at offsets of ``f``."""
-    import h5py
-
     dset = f[h5path]
     if h5py.h5f.get_name(dset.id) != h5py.h5f.get_name(f.id):
         return None
@@ -777,14 +470,14 @@ def read_through_handle(
             return take_picks(_read_h5py(f[h5path], box_of_picks(key, picks)), picks)
         st = os.fstat(fd)
         fkey = (os.getpid(), "fd", st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
-        index = _indexes.get((*fkey, h5path), lambda: _index_in(f, h5path))
+        index = _handles.CHUNK_INDEXES.get((*fkey, h5path), lambda: _index_in(f, h5path))
         if index is None:
             return take_picks(_read_h5py(f[h5path], box_of_picks(key, picks)), picks)
         label = label or f.filename
-        handle = _handles.get(fkey, lambda: FileHandle(f.filename))
+        handle = _handles.descriptor(fkey, f.filename)
         own = os.fstat(handle.fd)
         if (own.st_dev, own.st_ino) != (st.st_dev, st.st_ino):
-            _handles.pop(fkey)  # the path now names another file
+            _handles.forget_descriptor(fkey)  # the path now names another file
             return take_picks(_read_h5py(f[h5path], box_of_picks(key, picks)), picks)
 
     reader = FileReader(handle, label)
@@ -813,5 +506,5 @@ def take_picks(block: np.ndarray, picks: tuple[int, np.ndarray] | None) -> np.nd
 
 
 def _read_h5py(dset: Any, key: tuple[slice, ...] | slice) -> np.ndarray:
-    starts, stops = _bounds(dset.shape, key)
+    starts, stops = slice_bounds(dset.shape, key)
     return dset[tuple(map(slice, starts, stops))]

@@ -14,6 +14,24 @@ from typing import Any
 
 from loomx.errors import LoomFileError, LoomWriteError, LoomxError
 
+__all__ = [
+    "TEMPORARY_TAG",
+    "display_name",
+    "fsync",
+    "hdf5_locking",
+    "is_fsspec_file",
+    "is_remote",
+    "is_url",
+    "locking_enforced",
+    "move_into_place",
+    "open_error",
+    "owner_alive",
+    "refuse_remote",
+    "same_file",
+    "signature_error",
+    "temporary_file",
+]
+
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 
 
@@ -62,22 +80,31 @@ def display_name(path_or_file: Any) -> str:
     return str(name) if isinstance(name, str) else f"<{type(path_or_file).__name__}>"
 
 
+def signature_error(head: bytes, name: str) -> LoomFileError | None:
+    """The error for a file whose first bytes are ``head`` when they are not the HDF5
+    signature (a truncated file, or another format), else None."""
+    if head == HDF5_SIGNATURE:
+        return None
+    if head and HDF5_SIGNATURE.startswith(head):
+        return LoomFileError(
+            f"truncated or corrupt: {len(head)} bytes, the start of the HDF5 signature "
+            "and nothing else (expected a Loom (HDF5) file)",
+            path=name,
+        )
+    return LoomFileError(
+        f"not an HDF5 file (found first bytes {head!r}, expected the HDF5 "
+        f"signature {HDF5_SIGNATURE!r}); a Loom file is an HDF5 file",
+        path=name,
+    )
+
+
 def open_error(path: str, mode: str, locking: bool | None, err: OSError) -> LoomxError:
     """The loomx error for h5py's ``err`` on opening ``path`` in ``mode``."""
     with open(path, "rb") as fh:
         head = fh.read(8)
-    if head != HDF5_SIGNATURE and head and HDF5_SIGNATURE.startswith(head):
-        return LoomFileError(
-            f"truncated or corrupt: {len(head)} bytes, the start of the HDF5 signature "
-            "and nothing else (expected a Loom (HDF5) file)",
-            path=path,
-        )
-    if head != HDF5_SIGNATURE:
-        return LoomFileError(
-            f"not an HDF5 file (found first bytes {head!r}, expected the HDF5 "
-            f"signature {HDF5_SIGNATURE!r}); a Loom file is an HDF5 file",
-            path=path,
-        )
+    not_hdf5 = signature_error(head, path)
+    if not_hdf5 is not None:
+        return not_hdf5
     if "locking flag values don't match" in str(err):
         return LoomFileError(
             f"already open in this process with another locking setting (asked for "
@@ -149,13 +176,31 @@ def owner_alive(token: str) -> bool:
     return True
 
 
+def hdf5_locking(locking: bool | None = None) -> str:
+    """How HDF5 locks a file it opens with ``locking``: ``"on"``, ``"off"`` or
+    ``"best-effort"`` (locks where the filesystem has them).  ``None`` follows
+    ``HDF5_USE_FILE_LOCKING`` as HDF5 reads it (``FALSE``/``0``: off, ``BEST_EFFORT``:
+    best effort, anything else: on); ``True`` and ``False`` override it.
+
+    Examples
+    --------
+    >>> hdf5_locking(False)
+    'off'
+    """
+    if locking is not None:
+        return "on" if locking else "off"
+    setting = os.environ.get("HDF5_USE_FILE_LOCKING", "").strip().upper()
+    if setting in ("FALSE", "0"):
+        return "off"
+    if setting in ("BEST_EFFORT", "BEST-EFFORT"):
+        return "best-effort"
+    return "on"
+
+
 def locking_enforced(locking: bool | None = None) -> bool:
     """Whether HDF5 file locking is on for an open with ``locking`` (the default): then a
     file open ``r+`` here is open nowhere else."""
-    if locking is not None:
-        return bool(locking)
-    setting = os.environ.get("HDF5_USE_FILE_LOCKING", "").strip().upper()
-    return setting not in ("FALSE", "0", "BEST_EFFORT", "BEST-EFFORT")
+    return hdf5_locking(locking) == "on"
 
 
 def temp_path(path: str, kind: str) -> str:

@@ -28,6 +28,21 @@ from typing import Any
 
 import numpy as np
 
+from loomx._hdf5.filters import DEFLATE, FLETCHER32
+
+__all__ = [
+    "BAD_CHECKSUM",
+    "BAD_SIZE",
+    "INFLATE_FAILED",
+    "LIBDEFLATE_INSUFFICIENT_SPACE",
+    "TOO_SHORT",
+    "available",
+    "compiled",
+    "decode_chunks",
+    "encode_bound",
+    "encode_chunks",
+]
+
 INFLATE_FAILED, BAD_SIZE, BAD_CHECKSUM, TOO_SHORT = 1, 2, 3, 4
 _SYMBOLS = (
     "alloc_decompressor",
@@ -40,7 +55,6 @@ _SYMBOLS = (
 )
 LIBDEFLATE_INSUFFICIENT_SPACE = 3
 """libdeflate's result when a stream inflates to more bytes than the space given."""
-_DEFLATE, _SHUFFLE, _FLETCHER32 = 1, 2, 3
 
 
 def _load() -> dict[str, Any] | None:
@@ -215,7 +229,7 @@ def decode_chunks(
             if (masks[k] >> f) & 1:
                 continue
             code = codes[f]
-            if code == _FLETCHER32:
+            if code == FLETCHER32:
                 if n < 4:
                     status[0], status[1], status[2] = TOO_SHORT, k, n
                     break
@@ -231,7 +245,7 @@ def decode_chunks(
                     status[0], status[1], status[2] = BAD_CHECKSUM, k, 0
                     break
                 n -= 4
-            elif code == _DEFLATE:
+            elif code == DEFLATE:
                 result = _inflate(
                     decompressor,
                     cur.ctypes.data,

@@ -16,7 +16,9 @@ Two kinds of reads go over the wire:
   :meth:`RemoteSource.read_ranges` fetches every run of file-adjacent chunks of one read
   concurrently (fsspec ``cat_ranges``).
 
-The chunk index of a layer is built once per process from the HDF5 metadata, or taken from
+Each process opens a remote file once, through the handle manager
+(:class:`loomx._hdf5.files.CachedFile` with this module's :class:`RemoteSource`).  The
+chunk index of a layer is built once per process from the HDF5 metadata, or taken from
 a reference index (:func:`loomx.to_kerchunk`) passed to :func:`loomx.open_loom`, which skips
 reading the HDF5 chunk index remotely altogether.
 
@@ -28,21 +30,21 @@ Examples
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import io
 import os
 import threading
-import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import h5py
 
-from loomx._hdf5.filesystem import HDF5_SIGNATURE, display_name, is_fsspec_file
-from loomx._hdf5.lru import LRUCache
+from loomx._hdf5.filesystem import display_name, is_fsspec_file, signature_error
+from loomx._hdf5.handles import CHUNK_INDEXES
 from loomx.errors import LoomFileError, LoomFileNotFoundError, LoomWriteError
+
+__all__ = ["BLOCK_SIZE", "RemoteSource"]
 
 BLOCK_SIZE = 1 << 12
 """Bytes h5py's metadata reads fetch at a time (aligned blocks, the recent ones kept).
@@ -218,18 +220,14 @@ class RemoteSource:
         if given is not None:
             return given
         mine = id(self.fileobj) if self.fileobj is not None else None
-        return _INDEXES.get((self.name, mine, self.version, h5path), build)
+        return CHUNK_INDEXES.get((self.name, mine, self.version, h5path), build)
 
     def open_h5(self) -> h5py.File:
         """An :class:`h5py.File` reading this file through a :class:`RangeFile`."""
         self.check_version()
-        head = self(0, min(8, self.size))
-        if head != HDF5_SIGNATURE:
-            raise LoomFileError(
-                f"not an HDF5 file (found first bytes {head!r}, expected the HDF5 signature "
-                f"{HDF5_SIGNATURE!r}); a Loom file is an HDF5 file",
-                path=self.name,
-            )
+        not_hdf5 = signature_error(self(0, min(8, self.size)), self.name)
+        if not_hdf5 is not None:
+            raise not_hdf5
         try:
             return h5py.File(RangeFile(self), "r")
         except OSError as err:
@@ -324,68 +322,3 @@ class RangeFile(io.RawIOBase):
             self.blocks.popitem(last=False)
         self.pos += done
         return done
-
-
-# ---------------------------------------------------------------------- per-process handles
-
-_HANDLES: dict[str, h5py.File] = {}
-_HANDLES_LOCK = threading.RLock()
-
-
-def _after_fork_in_child() -> None:
-    global _HANDLES_LOCK
-    _HANDLES_LOCK = threading.RLock()
-    _HANDLES.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-@atexit.register
-def _close_all() -> None:
-    """Close the handles before the interpreter tears down the file objects they read."""
-    with _HANDLES_LOCK:
-        handles = list(_HANDLES.values())
-        _HANDLES.clear()
-    for handle in handles:
-        with contextlib.suppress(Exception):
-            handle.close()
-
-
-class RemoteFile:
-    """A picklable recipe for one read-only h5py handle on a remote file, opened lazily
-    once per process (the remote counterpart of :class:`loomx._hdf5.files.CachedFile`).
-
-    Parameters
-    ----------
-    source
-        The remote file.
-    """
-
-    mode = "r"
-
-    def __init__(self, source: RemoteSource, key: str | None = None) -> None:
-        self.source = source
-        self.path = source.name
-        self.key = key or uuid.uuid4().hex
-
-    @contextlib.contextmanager
-    def acquire(self) -> Iterator[h5py.File]:
-        """The open file (opened on first use in this process)."""
-        with _HANDLES_LOCK:
-            handle = _HANDLES.get(self.key)
-            if handle is None or not handle.id.valid:
-                handle = _HANDLES[self.key] = self.source.open_h5()
-        yield handle
-
-    def close(self) -> None:
-        """Close this process's handle (it is reopened on next use)."""
-        with _HANDLES_LOCK:
-            handle = _HANDLES.pop(self.key, None)
-        if handle is not None:
-            with contextlib.suppress(Exception):
-                handle.close()
-
-
-_INDEXES: LRUCache[Any] = LRUCache()

@@ -5,7 +5,8 @@ place when it flushes, so a power cut or SIGKILL in the middle of a flush can le
 of it on disk.  As with SQLite's rollback journal, every loomx writer opens an existing
 file as a :class:`JournaledFile`: HDF5's file-object driver on a :class:`RollbackFile`
 that, before it overwrites any byte of the file's original extent, saves the original
-bytes in a journal next to the file (:func:`journal_path`) and makes that journal durable.
+bytes in a journal next to the file (:func:`loomx._hdf5.journal.journal_path`) and makes
+that journal durable.
 
 1. The first save writes the journal under a temporary name (a header with the file's
    original size, the writer's pid and a random nonce; then a first batch of saved
@@ -17,360 +18,43 @@ bytes in a journal next to the file (:func:`journal_path`) and makes that journa
 3. Commit: once HDF5 has closed the file, the file is fsynced, the journal removed and
    the folder fsynced.  The journal's removal is the commit point.
 
-A journal left by a writer that is gone is *hot*: the file may be half written.
-:func:`restore` writes the saved bytes back, truncates the file to its original size,
-fsyncs it and removes the journal.  Writers (and so :func:`loomx.recover`) do that before
-anything else; readers refuse such a file with an error saying to run ``loomx recover``
-(:func:`check_readable`), since opening a file never modifies it.
-
-The lock: h5py's file-object driver takes no file lock, so :class:`RollbackFile` takes
-the one HDF5 takes (``flock``, exclusive for a writer, which conflicts with the shared
-lock of HDF5 readers in other processes), unless locking is off (``locking=False`` or
-``HDF5_USE_FILE_LOCKING=FALSE``).
-
-Journal format (little-endian): a 64-byte header (:data:`MAGIC`, original size u64, pid
-u64, nonce 16 bytes, crc32 of those u32, zero padding), then batches, each written with
-one write: ``b"LXRB"``, entry count u32, payload length u64, the payload, and the crc32 of
-nonce, batch header and payload (u32).  The payload's entries are ``offset u64, length
-u64, crc32 of the bytes u32, the bytes``.  A batch is fsynced before any byte it saves is
-overwritten, so a last batch that is incomplete or fails its checksum was never relied on
-and is ignored.  Any other damage is an error, and then nothing is written back.
+:func:`open_journaled` opens a file so; the journal's format, its restore and the
+writer's lock are in :mod:`loomx._hdf5.journal`.
 """
 
 from __future__ import annotations
 
 import bisect
-import contextlib
-import errno
 import io
-import itertools
 import os
-import struct
-import zlib
 from collections.abc import Iterator
 from typing import Any
 
 import h5py
 
-from loomx._hdf5.filesystem import open_error, owner_alive
-from loomx.errors import LoomFileError, LoomWriteError
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - Windows: no flock
-    fcntl = None  # type: ignore[assignment]
+from loomx._hdf5.filesystem import open_error
+from loomx._hdf5.journal import (
+    HEADER_SIZE,
+    current_disk,
+    journal_batch,
+    journal_header,
+    journal_path,
+    journal_state,
+    lock_for_writing,
+    restore,
+)
+from loomx.errors import LoomWriteError
 
 __all__ = [
-    "MAGIC",
-    "SUFFIX",
-    "Disk",
-    "JournaledFile",
     "PositionedFile",
     "RollbackFile",
-    "check_readable",
-    "journal_path",
-    "journal_state",
+    "forget_writers",
     "open_journaled",
-    "read_journal",
-    "restore",
     "shared_reader",
-    "use_disk",
 ]
 
-SUFFIX = ".loomx-rollback"
-"""Appended to a file's name to name its rollback journal."""
-MAGIC = b"LOOMXRB1"
-_HEADER = struct.Struct("<8sQQ16s")
-HEADER_SIZE = 64
-_BATCH = struct.Struct("<4sIQ")
-_BATCH_MAGIC = b"LXRB"
-_ENTRY = struct.Struct("<QQI")
-_CRC = struct.Struct("<I")
 PENDING_LIMIT = 64 << 20
 """Bytes of writes held in memory before they are saved and written without a flush."""
-
-
-def journal_path(path: str | os.PathLike[str]) -> str:
-    """The rollback journal of ``path``: ``{path}.loomx-rollback``."""
-    return os.path.abspath(os.fspath(path)) + SUFFIX
-
-
-# --------------------------------------------------------------------------- disk
-
-
-class Disk:
-    """The operations that change files, in one place: :mod:`loomx.testing.powerloss`
-    records them to replay power cuts."""
-
-    def open(self, path: str, flags: int) -> int:
-        return os.open(path, flags, 0o644)
-
-    def close(self, fd: int) -> None:
-        os.close(fd)
-
-    def write(self, fd: int, data: bytes, offset: int) -> None:
-        view = memoryview(data)
-        while view:
-            done = os.pwrite(fd, view, offset)
-            view, offset = view[done:], offset + done
-
-    def truncate(self, fd: int, size: int) -> None:
-        os.ftruncate(fd, size)
-
-    def sync(self, fd: int) -> None:
-        os.fsync(fd)
-
-    def sync_folder(self, path: str) -> None:
-        """fsync the folder holding ``path`` (its names become durable)."""
-        fd = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        except OSError:  # some filesystems cannot fsync a folder
-            pass
-        finally:
-            os.close(fd)
-
-    def rename(self, src: str, dst: str) -> None:
-        os.replace(src, dst)
-
-    def remove(self, path: str) -> None:
-        os.remove(path)
-
-
-_DISK = Disk()
-
-
-@contextlib.contextmanager
-def use_disk(disk: Disk) -> Iterator[None]:
-    """Within the block, rollback files change files through ``disk`` (for tests)."""
-    global _DISK
-    previous, _DISK = _DISK, disk
-    try:
-        yield
-    finally:
-        _DISK = previous
-
-
-# --------------------------------------------------------------------------- locking
-
-
-def _locking_wanted(locking: bool | None) -> tuple[bool, bool]:
-    """(lock at all, ignore a filesystem without locks), as HDF5 decides it."""
-    if fcntl is None or locking is False:
-        return False, False
-    setting = os.environ.get("HDF5_USE_FILE_LOCKING", "").strip().upper()
-    if locking is None and setting in ("FALSE", "0"):
-        return False, False
-    return True, locking is None and setting in ("BEST_EFFORT", "BEST-EFFORT")
-
-
-_NO_LOCKS = (errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP)
-
-
-def _lock(fd: int, path: str, locking: bool | None) -> bool:
-    """Lock ``fd`` exclusively as an HDF5 writer does; False when locking is off."""
-    wanted, best_effort = _locking_wanted(locking)
-    if not wanted:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
-            raise LoomWriteError(
-                "cannot open for writing: another process has this file open (file lock "
-                "held by a reader or writer: a loomx Dataset, h5py, loompy; or a handle "
-                "outside loomx in this process). Close it there or wait for its write to "
-                "finish, then retry; locking=False removes this check, not the danger of "
-                "writing a file others read",
-                path=path,
-            ) from err
-        if best_effort and err.errno in _NO_LOCKS:
-            return False
-        raise LoomWriteError(
-            f"cannot lock the file for writing ({err}); on filesystems without file "
-            "locking pass locking=False",
-            path=path,
-        ) from err
-    return True
-
-
-def _writer_holds(path: str) -> bool:
-    """Whether another open file description holds ``path`` locked exclusively."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as err:
-        return err.errno in (errno.EWOULDBLOCK, errno.EAGAIN)
-    finally:
-        os.close(fd)  # releases the probe's lock
-    return False
-
-
-# --------------------------------------------------------------------------- journal
-
-
-def _crc(data: bytes, start: int = 0) -> int:
-    return zlib.crc32(data, start) & 0xFFFFFFFF
-
-
-def _header(size: int, nonce: bytes) -> bytes:
-    head = _HEADER.pack(MAGIC, size, os.getpid(), nonce)
-    head += _CRC.pack(_crc(head))
-    return head + bytes(HEADER_SIZE - len(head))
-
-
-def _batch(entries: list[tuple[int, bytes]], nonce: bytes) -> bytes:
-    payload = b"".join(_ENTRY.pack(off, len(data), _crc(data)) + data for off, data in entries)
-    head = _BATCH.pack(_BATCH_MAGIC, len(entries), len(payload))
-    return head + payload + _CRC.pack(_crc(payload, _crc(head, _crc(nonce))))
-
-
-class SavedBytes:
-    """What a rollback journal holds: the file's original size and saved ranges."""
-
-    def __init__(self, size: int, pid: int, entries: list[tuple[int, bytes]]) -> None:
-        self.size = size
-        self.pid = pid
-        self.entries = entries
-
-
-def read_journal(path: str) -> SavedBytes:
-    """Parse and check the rollback journal of ``path`` completely.
-
-    Raises
-    ------
-    LoomFileError
-        The journal is damaged or was not written by loomx (a crafted header, a checksum
-        that fails anywhere but in an incomplete last batch, a saved range past the
-        original size, overlapping ranges).
-    """
-    journal = journal_path(path)
-    with open(journal, "rb") as fh:
-        raw = fh.read()
-
-    def damaged(what: str) -> LoomFileError:
-        return LoomFileError(
-            f"its rollback journal {journal!r} (left by an interrupted loomx write) is "
-            f"damaged: {what}. Nothing was written back; if the file is known to be intact, "
-            "move the journal away",
-            path=path,
-        )
-
-    if len(raw) < HEADER_SIZE or raw[: len(MAGIC)] != MAGIC:
-        raise damaged(
-            f"found {len(raw)} bytes starting {raw[:8]!r}, expected a {HEADER_SIZE}-byte "
-            f"header starting {MAGIC!r}"
-        )
-    _, size, pid, nonce = _HEADER.unpack_from(raw)
-    (crc,) = _CRC.unpack_from(raw, _HEADER.size)
-    if crc != _crc(raw[: _HEADER.size]):
-        raise damaged("the header's checksum does not match")
-    entries: list[tuple[int, bytes]] = []
-    pos = HEADER_SIZE
-    while pos < len(raw):
-        rest = raw[pos:]
-        if len(rest) < _BATCH.size or not rest.strip(b"\0"):
-            break  # an incomplete last batch: written, never fsynced, never relied on
-        tag, count, length = _BATCH.unpack_from(rest)
-        if tag != _BATCH_MAGIC:
-            raise damaged(f"at byte {pos} found {rest[:4]!r}, expected a batch ({_BATCH_MAGIC!r})")
-        end = _BATCH.size + length + _CRC.size
-        if end > len(rest):
-            break  # incomplete last batch
-        (crc,) = _CRC.unpack_from(rest, end - _CRC.size)
-        if crc != _crc(rest[_BATCH.size : end - _CRC.size], _crc(rest[: _BATCH.size], _crc(nonce))):
-            if end == len(rest):
-                break  # the last batch, never completely on disk: never relied on
-            raise damaged(f"the batch at byte {pos} fails its checksum and more follow")
-        entries.extend(_entries(rest[_BATCH.size : end - _CRC.size], count, pos, damaged))
-        pos += end
-    spans = sorted((off, off + len(data)) for off, data in entries)
-    for off, end in spans:
-        if end > size:
-            raise damaged(f"a saved range [{off}, {end}) lies past the original size {size}")
-    for (_, end), (nxt, _) in itertools.pairwise(spans):
-        if nxt < end:
-            raise damaged(f"saved ranges overlap at byte {nxt} (loomx saves each byte once)")
-    return SavedBytes(size, pid, entries)
-
-
-def _entries(payload: bytes, count: int, where: int, damaged: Any) -> list[tuple[int, bytes]]:
-    out, pos = [], 0
-    for _ in range(count):
-        if pos + _ENTRY.size > len(payload):
-            raise damaged(f"the batch at byte {where} holds fewer entries than it declares")
-        off, length, crc = _ENTRY.unpack_from(payload, pos)
-        data = payload[pos + _ENTRY.size : pos + _ENTRY.size + length]
-        if len(data) != length or _crc(data) != crc:
-            raise damaged(f"the saved range at offset {off} of the batch at byte {where} is bad")
-        out.append((off, data))
-        pos += _ENTRY.size + length
-    if pos != len(payload):
-        raise damaged(f"the batch at byte {where} holds more bytes than its entries")
-    return out
-
-
-def restore(path: str, fd: int, disk: Disk | None = None) -> bool:
-    """Undo an interrupted write: put the journal's saved bytes back into ``path`` (open
-    as ``fd``, held by the caller), truncate it to its original size, fsync it and remove
-    the journal.  Returns False when there is no journal.  Checks the whole journal before
-    it writes anything (:func:`read_journal`)."""
-    disk = disk or _DISK
-    journal = journal_path(path)
-    if not os.path.exists(journal):
-        return False
-    saved = read_journal(path)
-    for off, data in saved.entries:
-        disk.write(fd, data, off)
-    disk.truncate(fd, saved.size)
-    disk.sync(fd)
-    disk.remove(journal)
-    disk.sync_folder(journal)
-    return True
-
-
-def journal_state(path: str, locking: bool | None = None) -> str:
-    """``"none"`` (no rollback journal), ``"writer"`` (a writer is running) or ``"hot"``
-    (a writer was interrupted: the file may be half written until restored)."""
-    journal = journal_path(path)
-    if not os.path.exists(journal):
-        return "none"
-    if _locking_wanted(locking)[0]:
-        try:
-            if _writer_holds(path):
-                return "writer"
-        except OSError:
-            pass
-        else:  # no writer holds it: the journal's writer is gone, unless it just finished
-            return "hot" if os.path.exists(journal) else "none"
-    with contextlib.suppress(OSError, LoomFileError):
-        pid = read_journal(path).pid
-        if pid and _alive(pid):
-            return "writer"
-    return "hot" if os.path.exists(journal) else "none"
-
-
-def _alive(pid: int) -> bool:
-    return owner_alive(f"{pid}-")
-
-
-def check_readable(path: str, locking: bool | None = None) -> None:
-    """Refuse to read a file that a running writer holds or an interrupted one left half
-    written (a journal exists); reading never changes the file, so it cannot restore it."""
-    state = journal_state(path, locking)
-    if state == "writer":
-        raise LoomFileError(
-            "cannot open for reading: another process is writing this file (its rollback "
-            f"journal {journal_path(path)!r} exists); retry when its write has finished",
-            path=path,
-        )
-    if state == "hot":
-        raise LoomFileError(
-            "a loomx write to this file was interrupted and may have left it half written; "
-            f"its rollback journal {journal_path(path)!r} holds the original bytes. Run "
-            "`loomx recover FILE` (or loomx.recover(path)) to restore them, then open it",
-            path=path,
-        )
 
 
 # --------------------------------------------------------------------------- ranges
@@ -517,7 +201,7 @@ class RollbackFile(PositionedFile):
         self.restored = False  # whether an interrupted write was undone first
         self.path = self.name = os.path.abspath(path)
         self.journal = journal_path(self.path)
-        self.disk = _DISK
+        self.disk = current_disk()
         self.saved = _Ranges()
         self.pending = _Segments()  # writes into the original extent, held until a flush
         self.nonce = os.urandom(16)
@@ -526,7 +210,7 @@ class RollbackFile(PositionedFile):
         self.dirty = False
         super().__init__(self.disk.open(self.path, os.O_RDWR))
         try:
-            locked = _lock(self.fd, self.path, locking)
+            locked = lock_for_writing(self.fd, self.path, locking)
             if os.path.exists(self.journal):
                 if not locked and journal_state(self.path, False) == "writer":
                     raise LoomWriteError(
@@ -644,13 +328,13 @@ class RollbackFile(PositionedFile):
                     path=self.path,
                 )
             entries.append((a, data))
-        batch = _batch(entries, self.nonce) if entries else b""
+        batch = journal_batch(entries, self.nonce) if entries else b""
         disk = self.disk
         if self.journal_fd is None:
             draft = self.journal + ".new"
             fd = disk.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             try:
-                disk.write(fd, _header(self.size0, self.nonce) + batch, 0)
+                disk.write(fd, journal_header(self.size0, self.nonce) + batch, 0)
                 disk.sync(fd)
                 disk.rename(draft, self.journal)
             except BaseException:
@@ -711,8 +395,11 @@ class RollbackFile(PositionedFile):
 _WRITERS: dict[str, JournaledFile] = {}
 """The files this process has open through :func:`open_journaled`, by real path."""
 
-if hasattr(os, "register_at_fork"):  # a forked child does not write its parent's files
-    os.register_at_fork(after_in_child=_WRITERS.clear)
+
+def forget_writers() -> None:
+    """Forget the parent's writers in a forked child (it does not write its parent's
+    files; :mod:`loomx._hdf5.handles` calls this at fork)."""
+    _WRITERS.clear()
 
 
 class JournaledFile(h5py.File):

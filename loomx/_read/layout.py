@@ -13,13 +13,14 @@ from typing import Any
 
 import h5py
 import numpy as np
-from h5py import h5a, h5d, h5l, h5o, h5z
+from h5py import h5a, h5d, h5l, h5o
 
 from loomx._format import names as conv
 from loomx._format import spec as _spec
 from loomx._format import values as _values
 from loomx._hdf5 import filesystem as _filesystem
 from loomx._hdf5 import filters as _filters
+from loomx._hdf5.filters import DECODED_FILTERS, DEFLATE, FLETCHER32, SHUFFLE
 from loomx._read.pending import GENERATION, Patch, committed_path, read_pending_commits
 from loomx.errors import LoomFileError, LoomFormatError, LoomFormatWarning, LoomxError, describe
 
@@ -91,7 +92,6 @@ def object_address(f: h5py.File, h5path: str) -> int | None:
     return link_address(group, name) if isinstance(group, h5py.Group) else None
 
 
-_PLAIN_FILTERS = {h5z.FILTER_DEFLATE, h5z.FILTER_SHUFFLE, h5z.FILTER_FLETCHER32}
 """Filters :meth:`DatasetInfo.of_plain` reads the settings of itself."""
 
 _GENERATION_NAME = GENERATION.encode()
@@ -155,10 +155,10 @@ class DatasetInfo:
             for i in range(dcpl.get_nfilters()):
                 code, _, values, _ = dcpl.get_filter(i)
                 filters[code] = values
-            if set(filters) - _PLAIN_FILTERS or h5a.exists(dsid, _GENERATION_NAME):
+            if set(filters) - DECODED_FILTERS or h5a.exists(dsid, _GENERATION_NAME):
                 return None
             chunks = tuple(dcpl.get_chunk()) if layout == h5d.CHUNKED else None
-            deflate = filters.get(h5z.FILTER_DEFLATE)
+            deflate = filters.get(DEFLATE)
             info = cls(
                 h5path=committed_path(h5path),
                 shape=tuple(dsid.shape),
@@ -166,8 +166,8 @@ class DatasetInfo:
                 chunks=chunks,
                 compression=None if deflate is None else "gzip",
                 compression_opts=None if deflate is None else deflate[0],
-                shuffle=h5z.FILTER_SHUFFLE in filters,
-                fletcher32=h5z.FILTER_FLETCHER32 in filters,
+                shuffle=SHUFFLE in filters,
+                fletcher32=FLETCHER32 in filters,
                 address=int(found.u),
             )
         except H5_ERRORS:

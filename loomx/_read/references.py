@@ -29,17 +29,17 @@ import numpy as np
 from loomx._format import names as conv
 from loomx._format import spec as _spec
 from loomx._hdf5.chunks import ChunkIndex
+from loomx._hdf5.filters import DEFLATE, FLETCHER32, SHUFFLE
 from loomx._read.store import LoomStore
 from loomx.errors import LoomFileError, LoomFormatError
 
-_DEFLATE, _SHUFFLE, _FLETCHER32 = 1, 2, 3
 _FORMAT_KEY = "loom_file_size"
 
 
 def _codec(code: int, values: tuple[int, ...], itemsize: int) -> dict[str, Any]:
-    if code == _DEFLATE:
+    if code == DEFLATE:
         return {"id": "zlib", "level": int(values[0]) if values else 4}
-    if code == _SHUFFLE:
+    if code == SHUFFLE:
         return {"id": "shuffle", "elementsize": int(values[0]) if values else itemsize}
     return {"id": "fletcher32"}
 
@@ -47,11 +47,11 @@ def _codec(code: int, values: tuple[int, ...], itemsize: int) -> dict[str, Any]:
 def _filter(codec: dict[str, Any], where: str) -> tuple[int, tuple[int, ...]]:
     kind = codec.get("id")
     if kind == "zlib":
-        return (_DEFLATE, (int(codec.get("level", 4)),))
+        return (DEFLATE, (int(codec.get("level", 4)),))
     if kind == "shuffle":
-        return (_SHUFFLE, (int(codec["elementsize"]),))
+        return (SHUFFLE, (int(codec["elementsize"]),))
     if kind == "fletcher32":
-        return (_FLETCHER32, ())
+        return (FLETCHER32, ())
     raise LoomFormatError(
         f"reference index names codec {codec!r}; expected zlib, shuffle or fletcher32 "
         "(the filters of an HDF5 Loom file)",

@@ -1,7 +1,7 @@
 """LoomStore: a picklable recipe for one Loom file, and the metadata it holds.
 
 The store never keeps an open handle across pickling: handles live in loomx's per-process
-registry of open handles (:class:`loomx._hdf5.files.CachedFile`) and are reopened lazily in every
+handle manager (:class:`loomx._hdf5.files.CachedFile`) and are reopened lazily in every
 process (threads, processes, ``dask.distributed`` workers).  Reading the layout touches metadata and
 attributes only, never layer data.
 """
@@ -20,7 +20,7 @@ from xarray.backends.locks import HDF5_LOCK
 
 from loomx._hdf5.files import CachedFile
 from loomx._hdf5.filesystem import is_remote, refuse_remote
-from loomx._hdf5.remote import RemoteFile, RemoteSource
+from loomx._hdf5.remote import RemoteSource
 from loomx._read.layout import (
     AttrInfo,
     DatasetInfo,
@@ -72,13 +72,13 @@ class LoomStore:
         self.locking = locking
         self.lock = HDF5_LOCK
         self.remote: RemoteSource | None = None
-        self.handle: CachedFile | RemoteFile
+        self.handle: CachedFile
         if is_remote(path):
             if mode != "r":
                 refuse_remote(path, f"open in mode {mode!r}")
             self.remote = RemoteSource(path, storage_options)
             self.path = self.remote.name
-            self.handle = RemoteFile(self.remote)
+            self.handle = CachedFile(self.remote)
         else:
             self.path = os.fspath(path)
             self.handle = CachedFile(self.path, mode, locking)

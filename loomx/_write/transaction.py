@@ -40,7 +40,7 @@ import numpy as np
 from loomx._format import spec as _spec
 from loomx._hdf5.files import open_for_writing, open_h5
 from loomx._hdf5.filesystem import TEMPORARY_TAG, fsync, locking_enforced, owner_alive
-from loomx._hdf5.rollback import journal_state
+from loomx._hdf5.journal import journal_state
 from loomx._read.layout import H5_ERRORS
 from loomx._read.pending import (
     COMMIT_SUFFIX,

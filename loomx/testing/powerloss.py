@@ -33,6 +33,7 @@ import h5py
 
 from loomx._hdf5 import files as _files
 from loomx._hdf5 import filesystem as _filesystem
+from loomx._hdf5 import journal as _rollback_journal
 from loomx._hdf5 import rollback as _rollback
 from loomx._write import transaction as _transaction
 
@@ -89,8 +90,8 @@ class RecordingFile(_rollback.PositionedFile):
 _REAL_REPLACE = os.replace
 
 
-class RecordingDisk(_rollback.Disk):
-    """The rollback layer's file operations, logged (see ``loomx._hdf5.rollback.Disk``)."""
+class RecordingDisk(_rollback_journal.Disk):
+    """The rollback layer's file operations, logged (see ``loomx._hdf5.journal.Disk``)."""
 
     def __init__(self, log: list[Op]) -> None:
         self.log = log
@@ -156,7 +157,7 @@ def record(write: Callable[[], Any]) -> list[Op]:
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(_files.write_opener(opener))
-        stack.enter_context(_rollback.use_disk(RecordingDisk(log)))
+        stack.enter_context(_rollback_journal.use_disk(RecordingDisk(log)))
         stack.enter_context(mock.patch.object(_filesystem, "fsync", fsync))
         stack.enter_context(mock.patch.object(_transaction, "fsync", fsync))
         stack.enter_context(mock.patch.object(_filesystem.os, "replace", replace))

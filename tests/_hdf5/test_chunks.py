@@ -17,8 +17,11 @@ from conftest import read_region
 from hypothesis import given
 from hypothesis import strategies as st
 
+from loomx._hdf5 import chunkio as _chunkio
 from loomx._hdf5 import chunks as _chunks
-from loomx._hdf5.chunks import DEFAULT_INFLATER, INFLATERS, ChunkIndex, FileReader
+from loomx._hdf5 import handles as _handles
+from loomx._hdf5.chunkio import FileReader
+from loomx._hdf5.chunks import DEFAULT_INFLATER, INFLATERS, ChunkIndex
 from loomx.errors import LoomFileError
 
 DTYPES = [
@@ -415,7 +418,7 @@ def test_adjacent_chunks_are_read_in_bounded_runs(monkeypatch: pytest.MonkeyPatc
     reader = _CountingReader(image)
     _assert_identical(index.read(reader), expected)
     assert len(reader.calls) < index.offsets.size // 4
-    monkeypatch.setattr(_chunks, "_MAX_RUN", 1000)
+    monkeypatch.setattr(_chunkio, "_MAX_RUN", 1000)
     reader = _CountingReader(image)
     _assert_identical(index.read(reader), expected)
     assert sum(n for _, n in reader.calls) == index.sizes.sum()
@@ -449,7 +452,7 @@ def test_contiguous_reads_in_bounded_runs(monkeypatch: pytest.MonkeyPatch) -> No
     image, index, f = _image(_data((50, 9), "float64"))
     with f:
         expected = f["matrix"][7:43, 2:5]
-    monkeypatch.setattr(_chunks, "_MAX_RUN", 3 * 9 * 8)
+    monkeypatch.setattr(_chunkio, "_MAX_RUN", 3 * 9 * 8)
     reader = _CountingReader(image)
     _assert_identical(index.read(reader, (slice(7, 43), slice(2, 5))), expected)
     assert sum(n for _, n in reader.calls) == 36 * 9 * 8
@@ -504,7 +507,7 @@ def test_reader_reopens_after_fork(tmp_path: Path) -> None:
         ok = (
             reader(0, 8) == path.read_bytes()[:8]
             and np.array_equal(read_region(path, "matrix", (slice(3, 30),)), expected)
-            and any(key[0] == os.getpid() for key in _chunks._handles)
+            and any(key[0] == os.getpid() for key in _handles._DESCRIPTORS)
         )
         os._exit(0 if ok else 1)
     _, status = os.waitpid(pid, 0)

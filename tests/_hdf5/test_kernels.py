@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 
 from loomx._hdf5 import codecs as _codecs
 from loomx._hdf5 import kernels as _kernels
-from loomx._hdf5.chunks import ChunkIndex, FileReader
+from loomx._hdf5.chunkio import FileReader
+from loomx._hdf5.chunks import ChunkIndex
 from loomx.errors import LoomFileError
 
 

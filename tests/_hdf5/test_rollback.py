@@ -20,8 +20,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import loomx
-from loomx._hdf5 import rollback as _rollback
-from loomx._hdf5.rollback import RollbackFile, journal_path, open_journaled, restore, use_disk
+from loomx._hdf5.journal import Disk, journal_path, restore, use_disk
+from loomx._hdf5.rollback import RollbackFile, open_journaled
 from loomx.cli import main
 from loomx.testing import assert_loom_identical
 from loomx.testing.hostile import small_loom
@@ -263,7 +263,7 @@ def test_the_layer_against_a_model(tmp_path_factory, ops, commit):
     assert not os.path.exists(journal_path(path))
 
 
-class FailingDisk(_rollback.Disk):
+class FailingDisk(Disk):
     """A disk that fills up after ``n`` writes into ``path``."""
 
     def __init__(self, path: str, n: int) -> None:

@@ -33,7 +33,7 @@ from conftest import temp_links
 
 import loomx
 from loomx._hdf5.filesystem import TEMPORARY_TAG
-from loomx._hdf5.rollback import journal_path
+from loomx._hdf5.journal import journal_path
 from loomx._write.writer import to_loom
 from loomx.testing import assert_loom_identical
 
@@ -89,10 +89,10 @@ for owner, attr in [
     wrap(owner, attr, f"{getattr(owner, '__name__', owner)}.{attr}")
 
 if scenario.endswith("-inside"):  # kill points between the writes of HDF5's flushes
-    from loomx._hdf5 import rollback as _rollback
+    from loomx._hdf5 import journal as _rollback_journal
 
     for attr in ("write", "truncate", "sync", "remove"):
-        wrap(_rollback.Disk, attr, f"Disk.{attr}")
+        wrap(_rollback_journal.Disk, attr, f"Disk.{attr}")
     scenario = scenario[: -len("-inside")]
 if scenario.endswith("-flushed"):  # a test build: every link swap reaches the file at once
     for attr in ("move", "__delitem__"):

@@ -32,7 +32,7 @@ import xarray as xr
 
 import loomx
 from loomx._hdf5.filesystem import TEMPORARY_TAG
-from loomx._hdf5.rollback import SUFFIX, journal_path
+from loomx._hdf5.journal import SUFFIX, journal_path
 from loomx.testing import assert_loom_identical
 from loomx.testing.hostile import small_loom
 from loomx.testing.powerloss import CrashState, crash_states, record
