@@ -31,6 +31,20 @@ from typing import Any
 from loomx._format import spec as _spec
 from loomx.errors import LoomFormatError, LoomInvalidNameError
 
+__all__ = [
+    "DEFAULT_DIMS",
+    "GRAPH_PARTS",
+    "assign_names",
+    "check_link_name",
+    "dataset_dims",
+    "extra_dim_names",
+    "graph_var_names",
+    "parse_graph_var",
+    "path_kind",
+    "split_qualified",
+    "variable_paths",
+]
+
 DEFAULT_DIMS: tuple[str, str] = ("row", "col")
 SEPARATOR = ":"
 NAMESPACES = (_spec.LAYERS, _spec.ROW_ATTRS, _spec.COL_ATTRS, _spec.ROW_GRAPHS, _spec.COL_GRAPHS)

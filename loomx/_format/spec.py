@@ -10,6 +10,30 @@ from typing import Any
 
 import numpy as np
 
+__all__ = [
+    "AXIS_OF_ATTRS",
+    "AXIS_OF_GRAPHS",
+    "COL_ATTRS",
+    "COL_GRAPHS",
+    "GLOBAL_ATTRS",
+    "LAYERS",
+    "LAYER_DTYPES",
+    "LEGACY_GRAPH_GROUPS",
+    "LOOMPY_COMPRESSION_LEVEL",
+    "LOOMPY_LAYER_CHUNKS",
+    "LOOM_SPEC_VERSION",
+    "MATRIX",
+    "REQUIRED_GROUPS_3",
+    "ROW_ATTRS",
+    "ROW_GRAPHS",
+    "VERSION_KEY",
+    "is_layer_dtype",
+    "parse_version",
+    "read_version",
+    "unwrap_scalar",
+    "uses_vlen_utf8",
+]
+
 LOOM_SPEC_VERSION = "3.0.0"
 """The spec version loomx writes into new files."""
 

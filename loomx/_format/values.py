@@ -12,6 +12,19 @@ import numpy as np
 
 from loomx._format import spec as _spec
 
+__all__ = [
+    "STRING_DTYPE",
+    "compound_to_array",
+    "decode_strings",
+    "decode_value",
+    "encode_attr_values",
+    "encode_global",
+    "encode_strings",
+    "is_string_dtype",
+    "whole_numbers",
+    "xml_unescape",
+]
+
 STRING_DTYPE = h5py.string_dtype("utf-8")
 """The HDF5 dtype of 3.0.0 strings: variable-length UTF-8."""
 

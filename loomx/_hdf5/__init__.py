@@ -2,3 +2,5 @@
 sources, the chunk index and reader, the compiled kernels, the filter table.  No xarray,
 no dask.
 """
+
+__all__: list[str] = []

@@ -34,6 +34,11 @@ from dask.array import reductions as dask_reductions
 
 from loomx._hdf5 import kernels as _kernels
 
+__all__ = [
+    "LayerArray",
+    "as_layer_array",
+]
+
 _FLAGS = {"reassoc", "contract"}
 """Sums may be reordered (vectorized); NaN and inf keep their IEEE meaning."""
 

@@ -33,6 +33,13 @@ from loomx._hdf5.filters import DEFLATE, FLETCHER32, SHUFFLE
 from loomx._read.store import LoomStore
 from loomx.errors import LoomFileError, LoomFormatError
 
+__all__ = [
+    "indexes_from_references",
+    "load_references",
+    "to_kerchunk",
+    "use_references",
+]
+
 _FORMAT_KEY = "loom_file_size"
 
 

@@ -33,6 +33,10 @@ from loomx._read.layout import (
 from loomx._read.pending import Patch
 from loomx.errors import LoomFileError
 
+__all__ = [
+    "LoomStore",
+]
+
 
 class LoomStore:
     """Picklable handle recipe for a Loom file.

@@ -19,6 +19,12 @@ import numpy as np
 from loomx._format import spec as _spec
 from loomx._hdf5.files import open_h5
 
+__all__ = [
+    "KNOWN_VERSIONS",
+    "Problem",
+    "validate_loom",
+]
+
 KNOWN_VERSIONS = ("2.0.1", "3.0.0")
 """Spec versions loompy and loomx write."""
 

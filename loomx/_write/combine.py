@@ -34,6 +34,10 @@ from loomx._write.stream import queue_columns, run_queue
 from loomx._write.writer import write_new_file
 from loomx.errors import LoomFormatError, LoomNameError
 
+__all__ = [
+    "combine",
+]
+
 
 def combine(
     files: Sequence[str | os.PathLike[str]],

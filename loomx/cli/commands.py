@@ -144,7 +144,7 @@ def convert_arguments(parser: argparse.ArgumentParser) -> None:
 
 def convert_command(args: argparse.Namespace) -> int:
     from loomx.cli.run import scheduler
-    from loomx.interop.convert import convert
+    from loomx.interop.conversion import convert
 
     start = time.perf_counter()
     with scheduler(args.scheduler, args.processes):
@@ -169,7 +169,7 @@ def aggregate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def aggregate_command(args: argparse.Namespace) -> int:
     from loomx.cli.run import scheduler
-    from loomx.interop.convert import aggregate_file
+    from loomx.interop.conversion import aggregate_file
 
     with scheduler(args.scheduler, args.processes):
         shape = aggregate_file(args.path, args.target, args.by, args.func)

@@ -12,6 +12,12 @@ import dask
 from loomx._write.stream import lost_scheduler
 from loomx.errors import LoomxError
 
+__all__ = [
+    "SchedulerError",
+    "compute",
+    "scheduler",
+]
+
 
 class SchedulerError(LoomxError, RuntimeError):
     """A scheduler address that cannot be reached, or an unusable ``--processes`` value."""

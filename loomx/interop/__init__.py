@@ -1,6 +1,6 @@
 """Loom Datasets to and from other tools: AnnData (:mod:`loomx.interop.anndata`), 10x
 Genomics matrices (:mod:`loomx.interop.tenx`), in-memory arrays
-(:mod:`loomx.interop.arrays`), and whole-file conversions (:mod:`loomx.interop.convert`).
+(:mod:`loomx.interop.arrays`), and whole-file conversions (:mod:`loomx.interop.conversion`).
 
 Examples
 --------
@@ -10,7 +10,7 @@ Examples
 
 from loomx.interop.anndata import from_anndata, to_anndata
 from loomx.interop.arrays import from_arrays
-from loomx.interop.convert import aggregate_file, convert, read_any
+from loomx.interop.conversion import aggregate_file, convert, read_any
 from loomx.interop.tenx import read_10x_h5, read_10x_mex
 
 __all__ = [

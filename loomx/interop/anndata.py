@@ -22,6 +22,11 @@ from loomx._format import spec as _spec
 from loomx.errors import LoomFormatError, LoomFormatWarning
 from loomx.interop.tenx import dense_bands
 
+__all__ = [
+    "from_anndata",
+    "to_anndata",
+]
+
 OBS_NAMES = ("CellID", "obs_names")
 VAR_NAMES = ("Gene", "var_names", "Accession")
 

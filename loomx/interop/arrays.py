@@ -22,6 +22,12 @@ from loomx._format.graphs import assign_graph
 from loomx._read import chunking as _chunking
 from loomx.errors import LoomFormatError
 
+__all__ = [
+    "SparseBlocks",
+    "from_arrays",
+    "layer_array",
+]
+
 _EDGE_ROWS = 8 * _spec.LOOMPY_LAYER_CHUNKS
 """Rows per block of a row-major sparse matrix (columns per block of a column-major one)."""
 

@@ -17,6 +17,10 @@ import numpy as np
 from loomx._format import spec as _spec
 from loomx._hdf5 import filesystem as _filesystem
 
+__all__ = [
+    "assert_loom_identical",
+]
+
 _BLOCK_BYTES = 64 * 2**20
 """Layers are compared in row slabs of about this many bytes."""
 

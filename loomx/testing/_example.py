@@ -11,6 +11,12 @@ import numpy as np
 
 from loomx._format import spec as _spec
 
+__all__ = [
+    "make_counts_loom",
+    "make_example_loom",
+    "write_loom_h5py",
+]
+
 
 def write_loom_h5py(
     path: str | os.PathLike,

@@ -11,6 +11,11 @@ from hypothesis.extra import numpy as hnp
 
 from loomx._format import spec as _spec
 
+__all__ = [
+    "LoomContent",
+    "loom_contents",
+]
+
 
 @dataclass
 class LoomContent:

@@ -19,7 +19,7 @@ from conftest import chunk_places, run_cli
 
 import loomx
 from loomx._hdf5.remote import BLOCK_SIZE
-from loomx._write import transaction as _journal
+from loomx._write import transaction as _transaction
 from loomx.errors import LoomFileError, LoomFileNotFoundError, LoomWriteError
 from loomx.testing import make_example_loom
 from loomx.testing.servers import RangeHTTPServer, S3Server
@@ -214,7 +214,7 @@ def test_pending_region_write_is_read_as_the_local_reader_reads_it(tmp_path, mon
     def fails(target, patch, origin, extent=None):
         raise OSError("power cut")
 
-    monkeypatch.setattr(_journal, "apply_patch", fails)
+    monkeypatch.setattr(_transaction, "apply_patch", fails)
     with pytest.raises(LoomWriteError, match="commit is recorded"):
         loomx.to_loom(new, path, mode="r+", region={"col": slice(60, 140)})
     monkeypatch.undo()

@@ -21,7 +21,7 @@ from conftest import (
 
 import loomx
 from loomx._read import pending as _pending
-from loomx._write import transaction as _journal
+from loomx._write import transaction as _transaction
 from loomx.errors import LoomWriteError
 
 (N, M), K = SMALL_SHAPE, MORE_CELLS
@@ -36,7 +36,7 @@ def test_commit_recorded_but_not_finished_reads_as_new_and_recovers(tmp_path, mo
         target.resize(extent)
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(_journal, "apply_patch", resized_only)
+    monkeypatch.setattr(_transaction, "apply_patch", resized_only)
     with pytest.raises(LoomWriteError, match=r"commit is recorded.*loomx\.recover"):
         loomx.append(path, more_cells())
     monkeypatch.undo()
@@ -71,7 +71,7 @@ def test_pending_patches_of_layers_and_attributes_read_as_appended(tmp_path, mon
         target.resize(extent)
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(_journal, "apply_patch", resized_only)
+    monkeypatch.setattr(_transaction, "apply_patch", resized_only)
     with pytest.raises(LoomWriteError, match="commit is recorded"):
         loomx.append(path, more_cells())
     monkeypatch.undo()
@@ -107,10 +107,10 @@ def test_committed_patch_is_read_through_until_recovered(tmp_path, monkeypatch):
             target.id.write_direct_chunk((offset[0] + origin[0], offset[1] + origin[1]), raw, mask)
         raise OSError("power cut")
 
-    monkeypatch.setattr(_journal, "apply_patch", half_applied)
+    monkeypatch.setattr(_transaction, "apply_patch", half_applied)
     with pytest.raises(LoomWriteError, match="commit is recorded"):
         loomx.to_loom(new[["matrix"]], path, mode="r+", region={"col": slice(60, 140)})
-    monkeypatch.setattr(_journal, "apply_patch", original)
+    monkeypatch.setattr(_transaction, "apply_patch", original)
     assert len(calls) == 2  # tried, then retried once
     with loomx.open_loom(path) as ds:  # readers overlay the pending patch
         np.testing.assert_array_equal(ds["matrix"].values, expected)

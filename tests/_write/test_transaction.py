@@ -14,7 +14,7 @@ import loomx
 from loomx._hdf5.filesystem import TEMPORARY_TAG
 from loomx._read import pending as _pending
 from loomx._write import append as _append
-from loomx._write import transaction as _journal
+from loomx._write import transaction as _transaction
 from loomx.cli import main as cli_main
 from loomx.errors import LoomWriteError
 
@@ -214,7 +214,7 @@ def test_a_failure_before_the_journal_is_renamed_leaves_nothing_applied(tmp_path
         calls.append(name)
         raise OSError("disk on fire")
 
-    monkeypatch.setattr(_journal, "fsync", fsync)
+    monkeypatch.setattr(_transaction, "fsync", fsync)
     with pytest.raises(LoomWriteError, match=r"unchanged.*disk on fire"):
         loomx.to_loom(changed, path, mode="a")
     monkeypatch.undo()

@@ -16,7 +16,7 @@ from conftest import run_cli
 
 import loomx
 from loomx.interop.anndata import from_anndata, to_anndata
-from loomx.interop.convert import aggregate_file, convert
+from loomx.interop.conversion import aggregate_file, convert
 from loomx.interop.tenx import read_10x_h5, read_10x_mex
 from loomx.testing import make_example_loom
 

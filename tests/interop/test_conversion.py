@@ -7,7 +7,7 @@ import pytest
 from conftest import run_cli
 
 from loomx.errors import LoomFileError, LoomFileNotFoundError
-from loomx.interop.convert import convert, read_any
+from loomx.interop.conversion import convert, read_any
 from loomx.interop.tenx import read_10x_h5, read_10x_mex
 
 
