@@ -1,5 +1,5 @@
-"""Files as files: the one opener of HDF5 files, loomx's registry of open handles, fsync,
-temporary names and moving finished files into place.
+"""The one opener of HDF5 files (:func:`open_h5`, :func:`open_for_writing`) and the
+picklable recipe of a read handle (:class:`CachedFile`).
 
 Every HDF5 file loomx reads, and every new file it writes, is opened by :func:`open_h5`,
 which carries the ``locking`` setting: HDF5 refuses two handles on one file with

@@ -118,7 +118,7 @@ class LoomStore:
 
     def read_attr(self, attr: AttrInfo) -> np.ndarray:
         """Read and decode one whole row or column attribute (with the values of pending
-        patches, see ``_journal``)."""
+        patches, see :mod:`loomx._read.pending`)."""
         h5path = self.resolve(attr.info.h5path)
         patches = self.patches_of(attr.info.h5path)
         with self.open() as h5file, h5_errors(self.path, attr.info.h5path, "read the attribute"):
@@ -168,7 +168,7 @@ class LoomStore:
         return layout
 
     def patches_of(self, h5path: str) -> list[Patch]:
-        """The patches recorded for ``h5path`` and not yet copied in (see ``_journal``)."""
+        """The patches recorded for ``h5path`` and not yet copied in (see :mod:`loomx._read.pending`)."""
         found = self.patches.get(h5path)
         if not found:
             return []
