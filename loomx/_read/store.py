@@ -25,11 +25,11 @@ from loomx._read.layout import (
     AttrInfo,
     DatasetInfo,
     LoomLayout,
-    _LayoutReader,
     generation_of,
     h5_errors,
     object_address,
 )
+from loomx._read.layout_reader import LayoutReader
 from loomx._read.pending import Patch
 from loomx.errors import LoomFileError
 
@@ -158,7 +158,7 @@ class LoomStore:
         """Read and check the metadata (never layer, attribute or graph data)."""
         where = ["/"]  # the object being read, for errors
         with self.open() as h5file, h5_errors(self.path, where, "read the file's layout"):
-            reader = _LayoutReader(h5file, self.path, where)
+            reader = LayoutReader(h5file, self.path, where)
             reader.allow_filter_plugins = self.allow_filter_plugins
             reader.follow_external = self.follow_external
             layout = reader.read()
@@ -168,7 +168,8 @@ class LoomStore:
         return layout
 
     def patches_of(self, h5path: str) -> list[Patch]:
-        """The patches recorded for ``h5path`` and not yet copied in (see :mod:`loomx._read.pending`)."""
+        """The patches recorded for ``h5path`` and not yet copied in (see
+        :mod:`loomx._read.pending`)."""
         found = self.patches.get(h5path)
         if not found:
             return []
