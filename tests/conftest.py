@@ -362,3 +362,17 @@ def assert_appended(path: Path) -> None:
     np.testing.assert_array_equal(ds["spliced"].values[:, m:], new["spliced"].values)
     np.testing.assert_array_equal(ds["CellID"].values[m:], new["CellID"].values)
     ds.close()
+
+
+def poisson_loom(path: Path, n: int, m: int) -> Path:
+    """A small Loom file written with h5py: Poisson counts in (16, 16) chunks, ``Gene`` and
+    ``CellID`` attributes."""
+    rng = np.random.default_rng(0)
+    write_loom_h5py(
+        path,
+        {"": rng.poisson(1.0, (n, m)).astype(np.float32)},
+        {"Gene": np.array([f"g{i}" for i in range(n)])},
+        {"CellID": np.array([f"c{j}" for j in range(m)])},
+        chunks=(16, 16),
+    )
+    return path

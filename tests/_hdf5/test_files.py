@@ -10,6 +10,7 @@ import shutil
 import h5py
 import numpy as np
 import pytest
+from conftest import poisson_loom
 
 import loomx
 from loomx._hdf5 import files as _files
@@ -29,16 +30,7 @@ N, M = 40, 70
 
 @pytest.fixture
 def loom(tmp_path):
-    rng = np.random.default_rng(0)
-    path = tmp_path / "f.loom"
-    write_loom_h5py(
-        path,
-        {"": rng.poisson(1.0, (N, M)).astype(np.float32)},
-        {"Gene": np.array([f"g{i}" for i in range(N)])},
-        {"CellID": np.array([f"c{j}" for j in range(M)])},
-        chunks=(16, 16),
-    )
-    return path
+    return poisson_loom(tmp_path / "f.loom", N, M)
 
 
 @pytest.fixture

@@ -14,6 +14,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import poisson_loom
 
 from loomx._hdf5 import handles as _handles
 from loomx._hdf5.files import CachedFile, open_for_writing, release_handles
@@ -21,7 +22,6 @@ from loomx._hdf5.lru import LRUCache
 from loomx._hdf5.remote import RemoteSource
 from loomx._hdf5.rollback import shared_reader
 from loomx.errors import LoomWriteError
-from loomx.testing import write_loom_h5py
 
 N, M = 40, 70
 
@@ -30,16 +30,7 @@ needs_fork = pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 
 @pytest.fixture
 def loom(tmp_path: Path) -> Path:
-    rng = np.random.default_rng(0)
-    path = tmp_path / "f.loom"
-    write_loom_h5py(
-        path,
-        {"": rng.poisson(1.0, (N, M)).astype(np.float32)},
-        {"Gene": np.array([f"g{i}" for i in range(N)])},
-        {"CellID": np.array([f"c{j}" for j in range(M)])},
-        chunks=(16, 16),
-    )
-    return path
+    return poisson_loom(tmp_path / "f.loom", N, M)
 
 
 def _matrix(path: Path) -> np.ndarray:
