@@ -20,7 +20,7 @@ BLOCK_BYTES = 16 * 2**20
 16 MiB rather than dask's 128 MiB default: a block's NaN check, reductions and packing then
 run in cache, and blocks stay below glibc's largest ``mmap`` threshold (32 MiB), so freed
 blocks are reused instead of every new one paying page faults (measured in
-``benchmarks/README.md``: per-row sums 1.4-2.0x faster than with 64 MiB blocks)."""
+``benchmarks/README.md``: reductions 1.27-1.51x faster than with 64 MiB blocks)."""
 
 
 def block_bytes() -> int:
