@@ -13,8 +13,10 @@ from conftest import read_region
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loomx._hdf5.batched import read_box, read_picks
 from loomx._hdf5.chunkio import FileReader
 from loomx._hdf5.chunks import ChunkIndex
+from loomx._hdf5.grid import slice_bounds
 
 
 def _file(path: Path, data: np.ndarray, **kwargs) -> tuple[ChunkIndex, np.ndarray]:
@@ -140,3 +142,84 @@ def test_picks_read_only_the_chunks_that_hold_them(tmp_path) -> None:
     assert sum(n for _, n in calls) == held
     with pytest.raises(IndexError, match=r"positions in 0\.\.639"):
         index.read_picks(reader, (slice(None), slice(None)), 1, np.array([640]))
+
+
+PIPELINES = {
+    "no filter": {"chunks": True},
+    "contiguous": {},
+    "shuffle": {"chunks": True, "shuffle": True},
+    "fletcher32": {"chunks": True, "fletcher32": True},
+    "gzip": {"chunks": True, "compression": "gzip", "compression_opts": 1},
+    "shuffle gzip": {"chunks": True, "compression": "gzip", "shuffle": True},
+    "shuffle gzip fletcher32": {
+        "chunks": True,
+        "compression": "gzip",
+        "compression_opts": 9,
+        "shuffle": True,
+        "fletcher32": True,
+    },
+}
+
+
+def _dataset(
+    path: Path, shape: tuple[int, ...], dtype: str, pipeline: str, partial: bool
+) -> tuple[ChunkIndex, np.ndarray]:
+    """A dataset with one filter pipeline (chunked 7 x 9 or 10), with only its first
+    third written when ``partial`` (a contiguous one: nothing written), the rest reading
+    as the fill value 7; and h5py's read of it."""
+    kwargs = dict(PIPELINES[pipeline])
+    chunked = kwargs.pop("chunks", False)
+    if chunked:
+        kwargs["chunks"] = (7, 9) if len(shape) == 2 else (10,)
+    rng = np.random.default_rng(len(shape))
+    data = (rng.random(shape) * 200 * (rng.random(shape) < 0.6)).astype(dtype)
+    with h5py.File(path, "w") as f:
+        dset = f.create_dataset("x", shape, dtype, fillvalue=7, **kwargs)
+        if partial and chunked:
+            dset[: shape[0] // 3] = data[: shape[0] // 3]
+        elif not partial:
+            dset[...] = data
+    with h5py.File(path, "r") as f:
+        index = ChunkIndex.from_dataset(f["x"])
+        assert index is not None
+        return index, f["x"][...]
+
+
+BOXES_2D = [(slice(None), slice(None)), (slice(3, 40), slice(8, 9)), (slice(60, 61), slice(5, 50))]
+BOXES_1D = [(slice(None),), (slice(9, 11),), (slice(31, 97),)]
+
+
+@pytest.mark.parametrize("partial", [False, True])
+@pytest.mark.parametrize("dtype", ["uint8", "int16", ">f8"])
+@pytest.mark.parametrize("pipeline", sorted(PIPELINES))
+def test_boxes_of_every_pipeline_equal_h5py(
+    tmp_path: Path, pipeline: str, dtype: str, partial: bool
+) -> None:
+    for shape, boxes in [((61, 50), BOXES_2D), ((97,), BOXES_1D)]:
+        index, expected = _dataset(tmp_path / "b.h5", shape, dtype, pipeline, partial)
+        reader = FileReader.of(tmp_path / "b.h5")
+        for key in boxes:
+            starts, stops = slice_bounds(index.shape, key)
+            out = np.empty([b - a for a, b in zip(starts, stops, strict=True)], index.dtype)
+            got = read_box(index, reader, starts, stops, out)
+            assert got is out
+            assert got.dtype == expected.dtype and got.shape == expected[key].shape
+            assert got.tobytes() == expected[key].tobytes(), (shape, key)
+
+
+@pytest.mark.parametrize("partial", [False, True])
+@pytest.mark.parametrize("pipeline", sorted(PIPELINES))
+def test_picks_of_every_pipeline_equal_h5py(tmp_path: Path, pipeline: str, partial: bool) -> None:
+    index, expected = _dataset(tmp_path / "p.h5", (61, 50), "<f4", pipeline, partial)
+    reader = FileReader.of(tmp_path / "p.h5")
+    picks = np.array([60, 0, 13, 13, 6, 7, 44, 2], np.int64)  # unsorted, repeated, edges
+    for axis, other in [(0, slice(4, 47)), (1, slice(2, 61)), (0, slice(None)), (1, slice(0, 1))]:
+        key = (slice(None), other) if axis == 0 else (other, slice(None))
+        starts, stops = slice_bounds(index.shape, key)
+        chosen = picks[picks < index.shape[axis]]
+        got = read_picks(index, reader, starts, stops, axis, chosen)
+        want = expected[key][chosen] if axis == 0 else expected[key][:, chosen]
+        assert got.dtype == want.dtype and got.shape == want.shape
+        assert got.tobytes() == want.tobytes(), (axis, other)
+    empty = read_picks(index, reader, [0, 0], [61, 50], 1, np.zeros(0, np.int64))
+    assert empty.shape == (61, 0)
