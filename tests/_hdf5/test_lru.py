@@ -27,7 +27,8 @@ def test_lru_evicts_least_recently_used_and_reports_it() -> None:
 
 
 _OPS = st.lists(
-    st.tuples(st.sampled_from(["get", "peek", "put", "put_keep", "pop"]), st.integers(0, 5)),
+    st.tuples(st.sampled_from(["get", "peek", "put", "put_keep", "pop"]), st.integers(0, 3)),
+    min_size=4,
     max_size=40,
 )
 
