@@ -18,7 +18,6 @@ from conftest import poisson_loom
 
 from loomx._hdf5 import handles as _handles
 from loomx._hdf5.files import CachedFile, open_for_writing, release_handles
-from loomx._hdf5.lru import LRUCache
 from loomx._hdf5.remote import RemoteSource
 from loomx._hdf5.rollback import shared_reader
 from loomx.errors import LoomWriteError
@@ -119,20 +118,6 @@ def test_recipe_pickles_without_its_handle_and_shares_it(loom: Path) -> None:
         assert g is not f
         np.testing.assert_array_equal(g["matrix"][()], _matrix(loom))
     clone.close()
-
-
-def test_lru_evicts_least_recently_used_and_reports_it() -> None:
-    evicted: list[int] = []
-    cache: LRUCache[int] = LRUCache(2, on_evict=evicted.append)
-    cache.get("a", lambda: 1)
-    cache.get("b", lambda: 2)
-    assert cache.peek("a") == 1  # now b is the least recently used
-    assert cache.get("c", lambda: 3) == 3
-    assert evicted == [2]
-    assert sorted(cache) == ["a", "c"]
-    assert cache.pop("a") == 1
-    cache.clear()
-    assert evicted == [2]  # pop and clear leave closing to the caller
 
 
 @needs_fork
