@@ -179,8 +179,9 @@ def owner_alive(token: str) -> bool:
 def hdf5_locking(locking: bool | None = None) -> str:
     """How HDF5 locks a file it opens with ``locking``: ``"on"``, ``"off"`` or
     ``"best-effort"`` (locks where the filesystem has them).  ``None`` follows
-    ``HDF5_USE_FILE_LOCKING`` as HDF5 reads it (``FALSE``/``0``: off, ``BEST_EFFORT``:
-    best effort, anything else: on); ``True`` and ``False`` override it.
+    ``HDF5_USE_FILE_LOCKING`` as HDF5 reads it: the exact strings ``FALSE`` or ``0`` turn it
+    off, ``BEST_EFFORT`` makes it best effort, anything else (``false``, `` FALSE ``)
+    leaves it on; ``True`` and ``False`` override it.
 
     Examples
     --------
@@ -189,10 +190,10 @@ def hdf5_locking(locking: bool | None = None) -> str:
     """
     if locking is not None:
         return "on" if locking else "off"
-    setting = os.environ.get("HDF5_USE_FILE_LOCKING", "").strip().upper()
-    if setting in ("FALSE", "0"):
+    setting = os.environ.get("HDF5_USE_FILE_LOCKING", "")
+    if setting in ("FALSE", "0"):  # HDF5 compares these exactly (H5F__parse_file_lock_env_var)
         return "off"
-    if setting in ("BEST_EFFORT", "BEST-EFFORT"):
+    if setting == "BEST_EFFORT":
         return "best-effort"
     return "on"
 

@@ -272,11 +272,6 @@ def test_hdf5_use_file_locking_is_read_as_hdf5_reads_it(
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX file locking")
-@pytest.mark.xfail(
-    strict=True,
-    reason="HDF5 compares HDF5_USE_FILE_LOCKING exactly (FALSE, 0); loomx also reads "
-    "'false' and ' FALSE ' as off, while HDF5 keeps locking on",
-)
 @pytest.mark.parametrize("setting", ["false", " FALSE "])
 def test_settings_hdf5_does_not_know_leave_locking_on(
     held_for_writing: Path, monkeypatch: pytest.MonkeyPatch, setting: str
