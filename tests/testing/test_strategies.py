@@ -13,10 +13,12 @@ from pathlib import Path
 import h5py
 import loompy
 import numpy as np
-from hypothesis import given, settings
+import pytest
+from hypothesis import find, given, settings
+from hypothesis.errors import NoSuchExample
 
 from loomx.testing import write_loom_h5py
-from loomx.testing.strategies import LoomContent, loom_contents
+from loomx.testing.strategies import LoomContent, loom_contents, texts
 
 FEW = settings(settings.get_profile("ci"), max_examples=12)
 XML_REFERENCE = re.compile(r"&#(\d+);")
@@ -143,3 +145,12 @@ def test_both_versions_and_many_shapes_are_generated():
     assert {version for version, _ in seen} == {"3.0.0", "2.0.1"}
     shapes = {shape for _, shape in seen}
     assert (1, 1) in shapes and len(shapes) > 5, shapes
+
+
+def test_legacy_text_holds_no_ampersand():
+    """2.0.1 files store text as XML character references: a literal ``&`` would read
+    back ambiguously, so legacy text never holds one (3.0.0 text may)."""
+    search = settings(settings.get_profile("ci"), max_examples=1000)
+    assert "&" in find(texts(legacy=False), lambda t: "&" in t, settings=search)
+    with pytest.raises(NoSuchExample):
+        find(texts(legacy=True), lambda t: "&" in t, settings=search)
