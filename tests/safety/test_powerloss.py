@@ -240,33 +240,6 @@ def test_in_place_writes_survive_partial_flushes(tmp_path, name):
     assert overwrites and created + 1 < overwrites[0], (created, overwrites[:3])
 
 
-def test_replay_model(tmp_path):
-    """The replay itself: synced writes stay, unsynced ones go, renames need the folder
-    fsynced."""
-    from loomx.testing.powerloss import Op
-
-    a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    ops = [
-        Op("write", a, 0, b"xy"),
-        Op("sync", a),
-        Op("write", a, 1, b"zzzz"),
-        Op("create", b),
-        Op("write", b, 0, b"new"),
-        Op("sync", b),
-        Op("rename", b, target=a),
-        Op("sync", str(tmp_path)),
-    ]
-    states = {(s.step, s.variant): s.data for s in crash_states(ops, {a: b"old"}, a, subsets=1)}
-    assert states[(0, "lost")] == b"old"
-    assert states[(1, "lost")] == b"old" and states[(1, "kept")] == b"xyd"
-    assert states[(3, "lost")] == b"xyd" and states[(3, "kept")] == b"xzzzz"
-    assert states[(3, "torn")] == b"xzz"  # the first half of the unsynced write
-    assert states[(7, "lost")] == b"xyd"  # the rename may not have reached the disk
-    assert states[(7, "lost+rename")] == b"new"
-    assert states[(8, "lost")] == b"new"
-    assert (8, "lost+rename") not in states
-
-
 def test_recording_sees_the_commit_protocol(tmp_path):
     """The recorded write-back has the journal's fsyncs after its flushes; a new file is
     fsynced before it is renamed into place and its folder after."""
