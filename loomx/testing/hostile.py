@@ -114,7 +114,7 @@ def hostile_corpus(folder: str | os.PathLike[str], truncations: int = 24) -> lis
         cases.append(HostileCase(name, path, *args, **kwargs))  # type: ignore[arg-type]
 
     base = small_loom(os.path.join(folder, "valid.loom"))
-    plain = small_loom(os.path.join(folder, "valid-plain.loom"), compression=None)
+    plain = small_loom(os.path.join(folder, "valid-plain.loom"), chunks=None, compression=None)
     data = open(base, "rb").read()  # noqa: SIM115 - small
     cases.append(HostileCase("valid", base, None))
 
@@ -338,9 +338,7 @@ def _structure_cases(add) -> None:  # type: ignore[no-untyped-def]
         ),
         (
             "virtual-layer",
-            lambda f: f.create_virtual_dataset(
-                "layers/virtual", h5py.VirtualLayout(shape=(N, M), dtype="f4")
-            ),
+            _virtual_layer,
             LoomFormatError,
             "open",
             "/layers/virtual",
@@ -387,6 +385,7 @@ def _structure_cases(add) -> None:  # type: ignore[no-untyped-def]
         """A layer whose pipeline names the Zstandard plugin (optional: written raw)."""
         del f["layers/spliced"]
         dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_obj_track_times(False)  # the same bytes on every run
         dcpl.set_chunk((4, 4))
         dcpl.set_filter(32015, h5py.h5z.FLAG_OPTIONAL, (3,))
         space = h5py.h5s.create_simple((N, M))
@@ -527,3 +526,13 @@ def _pending_commit_cases(add) -> None:  # type: ignore[no-untyped-def]
             f.create_group(f"{tag[:-1]}.journal")
 
     add("pending-commit-group", not_a_table, None)
+
+
+def _virtual_layer(f: h5py.File) -> None:
+    """A virtual layer with no sources, made without a creation time (the same bytes on
+    every run; h5py's ``create_virtual_dataset`` records one)."""
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_obj_track_times(False)
+    dcpl.set_layout(h5py.h5d.VIRTUAL)
+    space = h5py.h5s.create_simple((N, M))
+    h5py.h5d.create(f["layers"].id, b"virtual", h5py.h5t.NATIVE_FLOAT, space, dcpl=dcpl)

@@ -139,18 +139,20 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
         header = self.headers.get("Range")
         if header:
             match = _RANGE.match(header.strip())
-            if match is None or not any(match.groups()):
+            if match is not None and any(match.groups()):
+                first, last = match.groups()
+                if first:
+                    start, stop = int(first), min(size, int(last) + 1 if last else size)
+                else:  # the last N bytes
+                    start, stop = max(0, size - int(last)), size
+            if match is None or not any(match.groups()) or start >= stop:
+                # unsatisfiable (RFC 9110 15.5.17): past the end, reversed, or empty
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{size}")
                 self.send_header("Content-Length", "0")
                 self.server.counts.add(self.command)
                 self.end_headers()
                 return
-            first, last = match.groups()
-            if first:
-                start, stop = int(first), min(size, int(last) + 1 if last else size)
-            else:  # the last N bytes
-                start, stop = max(0, size - int(last)), size
             status = 206
         self.send_response(status)
         self.send_header("Accept-Ranges", "bytes")
@@ -185,7 +187,10 @@ class RangeHTTPServer(_Server):
 
     def __init__(self, root: str | os.PathLike[str]) -> None:
         self.counts = ServedCounts()
-        self._httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _RangeHandler)
+        http_server = type(
+            "_Backlog", (http.server.ThreadingHTTPServer,), {"request_queue_size": 128}
+        )  # clients in other processes open many connections (the default backlog is 5)
+        self._httpd = http_server(("127.0.0.1", 0), _RangeHandler)
         self._httpd.daemon_threads = True
         self._httpd.root = os.fspath(root)
         self._httpd.counts = self.counts
