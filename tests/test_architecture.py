@@ -230,3 +230,10 @@ def test_architecture_names_only_modules_that_exist() -> None:
 def test_architecture_names_every_module() -> None:
     named = documented_modules()
     assert [m for m in MODULES if m != "loomx" and m not in named] == []
+
+
+def test_test_files_have_unique_names() -> None:
+    """pytest imports test files by their base name (no ``__init__.py`` in tests/): two
+    test files of one name in two folders stop the whole run at collection."""
+    names = [p.name for p in sorted((ROOT / "tests").rglob("test_*.py"))]
+    assert sorted({n for n in names if names.count(n) > 1}) == []

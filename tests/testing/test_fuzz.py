@@ -1,7 +1,7 @@
 """loomx.testing.fuzz, the harness itself: ``mutate`` is deterministic for a seed and
 changes bytes, the global heaps it tells apart are where h5py's variable-length strings
 are stored, and the worker reports every way a read can end.  (loomx's read path under
-the fuzzer: tests/safety/test_fuzz.py.)"""
+the fuzzer: tests/safety/test_fuzzed_reads.py.)"""
 
 from __future__ import annotations
 
