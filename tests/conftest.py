@@ -19,7 +19,7 @@ import xarray as xr
 from hypothesis import HealthCheck, settings
 
 import loomx
-from loomx._hdf5.chunks import read_through_handle
+from loomx._hdf5.chunks import ChunkIndex, read_through_handle
 from loomx._hdf5.files import open_h5
 from loomx._hdf5.filesystem import TEMPORARY_TAG
 from loomx.testing import make_example_loom, write_loom_h5py
@@ -376,3 +376,27 @@ def poisson_loom(path: Path, n: int, m: int) -> Path:
         chunks=(16, 16),
     )
     return path
+
+
+def awkward_values(dtype: str, shape: tuple[int, int] = (150, 260)) -> np.ndarray:
+    """Values with all-zero chunks, a chunk of -0.0, NaN and partial edge chunks."""
+    rng = np.random.default_rng(3)
+    values = (rng.poisson(0.3, shape) * (rng.random(shape) < 0.2)).astype(dtype)
+    values[:64, 64:128] = 0
+    if values.dtype.kind == "f":
+        values[64:128, :64] = -0.0
+        values[1, 1] = np.nan
+        values[2, 2] = np.inf
+        values = np.log1p(values, where=values > 0, out=values.copy())
+    return values
+
+
+def indexed_dataset(path: Path, data: np.ndarray, **kwargs: Any) -> tuple[ChunkIndex, np.ndarray]:
+    """``data`` written by h5py as dataset ``x`` of ``path`` (``kwargs``: its storage);
+    its chunk index and the values h5py reads back."""
+    with h5py.File(path, "w") as f:
+        f.create_dataset("x", data=data, **kwargs)
+    with h5py.File(path, "r") as f:
+        index = ChunkIndex.from_dataset(f["x"])
+        assert index is not None
+        return index, f["x"][...]

@@ -14,21 +14,7 @@ from hypothesis import strategies as st
 
 import loomx
 from loomx.testing import assert_loom_identical, write_loom_h5py
-from loomx.testing.strategies import LoomContent, loom_contents
-
-
-def write(content: LoomContent, path: Path) -> None:
-    write_loom_h5py(
-        path,
-        content.layers,
-        content.row_attrs,
-        content.col_attrs,
-        row_graphs=content.row_graphs,
-        col_graphs=content.col_graphs,
-        global_attrs=content.global_attrs,
-        version=content.version,
-        chunks=content.chunks,
-    )
+from loomx.testing.strategies import loom_contents
 
 
 def lookup(ds, space: str, name: str):
@@ -49,7 +35,7 @@ def expected_attr(values: np.ndarray) -> np.ndarray:
 def test_h5py_written_content_reads_back_identically(content, chunks):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "p.loom"
-        write(content, path)
+        content.write(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", loomx.LoomFormatWarning)
             ds = loomx.open_loom(path, chunks=chunks)
@@ -81,7 +67,7 @@ def test_h5py_written_content_reads_back_identically(content, chunks):
 def test_results_do_not_depend_on_chunks(content, chunks, picks):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "c.loom"
-        write(content, path)
+        content.write(path)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", loomx.LoomFormatWarning)
             a = loomx.open_loom(path, chunks={"row": chunks[0], "col": chunks[1]})
@@ -114,7 +100,7 @@ def test_loomx_writer_reproduces_h5py_written_content(content):
     both give a file identical to the one h5py wrote."""
     with tempfile.TemporaryDirectory() as tmp:
         reference, new, back = (Path(tmp) / f"{k}.loom" for k in ("ref", "new", "back"))
-        write(content, reference)
+        content.write(reference)
         matrix = content.layers[""]
         write_loom_h5py(
             back,

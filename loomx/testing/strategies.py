@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -10,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from loomx._format import spec as _spec
+from loomx.testing._example import write_loom_h5py
 
 __all__ = [
     "LoomContent",
@@ -29,6 +31,20 @@ class LoomContent:
     global_attrs: dict[str, Any] = field(default_factory=dict)
     version: str = _spec.LOOM_SPEC_VERSION
     chunks: tuple[int, int] | None = None
+
+    def write(self, path: str | os.PathLike[str]) -> None:
+        """Write this content to ``path`` with h5py alone (:func:`write_loom_h5py`)."""
+        write_loom_h5py(
+            path,
+            self.layers,
+            self.row_attrs,
+            self.col_attrs,
+            row_graphs=self.row_graphs,
+            col_graphs=self.col_graphs,
+            global_attrs=self.global_attrs,
+            version=self.version,
+            chunks=self.chunks,
+        )
 
 
 def texts(legacy: bool) -> st.SearchStrategy[str]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import read_region
+from conftest import indexed_dataset, read_region
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -17,15 +17,6 @@ from loomx._hdf5.batched import read_box, read_picks
 from loomx._hdf5.chunkio import FileReader
 from loomx._hdf5.chunks import ChunkIndex
 from loomx._hdf5.grid import slice_bounds
-
-
-def _file(path: Path, data: np.ndarray, **kwargs) -> tuple[ChunkIndex, np.ndarray]:
-    with h5py.File(path, "w") as f:
-        f.create_dataset("x", data=data, **kwargs)
-    with h5py.File(path, "r") as f:
-        index = ChunkIndex.from_dataset(f["x"])
-        assert index is not None
-        return index, f["x"][...]
 
 
 @settings(deadline=None, max_examples=60)
@@ -45,7 +36,7 @@ def test_batched_reads_equal_h5py_and_the_chunkwise_path(
     data = (rng.random(shape) * 100 * (rng.random(shape) < 0.3)).astype(dtype)
     chunks = (min(chunks[0], shape[0]), min(chunks[1], shape[1]))
     path = tmp_path_factory.mktemp("k") / "f.h5"
-    index, expected = _file(
+    index, expected = indexed_dataset(
         path, data, chunks=chunks, compression="gzip", shuffle=shuffle, fletcher32=fletcher32
     )
     r0, c0 = box[0] % shape[0], box[1] % shape[1]
@@ -58,12 +49,12 @@ def test_batched_reads_equal_h5py_and_the_chunkwise_path(
 
 def test_one_dimensional_and_contiguous_datasets(tmp_path) -> None:
     values = np.arange(1000, dtype=np.int64) * 7
-    index, _ = _file(tmp_path / "a.h5", values, chunks=(64,), compression="gzip")
+    index, _ = indexed_dataset(tmp_path / "a.h5", values, chunks=(64,), compression="gzip")
     np.testing.assert_array_equal(
         index.read(FileReader.of(tmp_path / "a.h5"), slice(5, 990)), values[5:990]
     )
     matrix = np.arange(120.0).reshape(12, 10)
-    index, _ = _file(tmp_path / "b.h5", matrix)
+    index, _ = indexed_dataset(tmp_path / "b.h5", matrix)
     got = index.read(FileReader.of(tmp_path / "b.h5"), (slice(2, 11), slice(3, 9)))
     np.testing.assert_array_equal(got, matrix[2:11, 3:9])
 
@@ -74,7 +65,7 @@ def test_reads_of_every_filter_pipeline_match_h5py_through_read_region(tmp_path)
         [{"compression": "gzip", "shuffle": True, "fletcher32": True}, {"shuffle": True}, {}]
     ):
         path = tmp_path / f"r{i}.h5"
-        _file(path, data, chunks=(16, 16), **kwargs)
+        indexed_dataset(path, data, chunks=(16, 16), **kwargs)
         got = read_region(path, "x", (slice(3, 47), slice(9, 70)))
         np.testing.assert_array_equal(got, data[3:47, 9:70])
 
@@ -126,7 +117,7 @@ def test_picked_rows_and_columns_equal_h5py(
 
 def test_picks_read_only_the_chunks_that_hold_them(tmp_path) -> None:
     data = np.arange(64 * 640, dtype="int32").reshape(64, 640)
-    index, _ = _file(tmp_path / "p.h5", data, chunks=(32, 64), compression="gzip")
+    index, _ = indexed_dataset(tmp_path / "p.h5", data, chunks=(32, 64), compression="gzip")
     calls: list[tuple[int, int]] = []
     reader = FileReader.of(tmp_path / "p.h5")
 

@@ -14,25 +14,13 @@ import h5py
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import awkward_values
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import loomx
 from loomx._hdf5 import codecs as _codecs
 from loomx._write.writer import to_loom
-
-
-def _awkward_values(dtype: str, shape: tuple[int, int] = (150, 260)) -> np.ndarray:
-    """Values with all-zero chunks, a chunk of -0.0, NaN and partial edge chunks."""
-    rng = np.random.default_rng(3)
-    values = (rng.poisson(0.3, shape) * (rng.random(shape) < 0.2)).astype(dtype)
-    values[:64, 64:128] = 0
-    if values.dtype.kind == "f":
-        values[64:128, :64] = -0.0
-        values[1, 1] = np.nan
-        values[2, 2] = np.inf
-        values = np.log1p(values, where=values > 0, out=values.copy())
-    return values
 
 
 def _h5py_reference(path: Path, values: np.ndarray, level: int = 2) -> None:
@@ -65,7 +53,7 @@ def _chunk_box(offset: tuple[int, int], chunks: tuple[int, int] = (64, 64)) -> t
 @pytest.mark.parametrize("lazy", [True, False])
 def test_compressed_chunks_read_as_h5py_gzip(tmp_path, monkeypatch, codec, dtype, lazy):
     monkeypatch.setattr(_codecs, "DEFAULT_CODEC", codec)
-    values = _awkward_values(dtype)
+    values = awkward_values(dtype)
     data = da.from_array(values, chunks=(100, 70)) if lazy else values
     path, reference = tmp_path / "out.loom", tmp_path / "h5py.h5"
     to_loom(xr.Dataset({"matrix": (("row", "col"), data)}), path)
@@ -104,7 +92,7 @@ def test_compressed_chunks_read_as_h5py_gzip(tmp_path, monkeypatch, codec, dtype
     [("gzip", 2, 2), ("gzip", None, 4), ("gzip", 9, 9), ("gzip", 0, 0), (None, None, None)],
 )
 def test_compression_settings(tmp_path, compression, opts, level):
-    values = _awkward_values("float32")
+    values = awkward_values("float32")
     path = tmp_path / "c.loom"
     ds = xr.Dataset({"matrix": (("row", "col"), da.from_array(values, chunks=(64, 128)))})
     to_loom(ds, path, compression=compression, compression_opts=opts)
@@ -116,7 +104,7 @@ def test_compression_settings(tmp_path, compression, opts, level):
 
 
 def test_lzf_layers_go_through_h5py(tmp_path):
-    values = _awkward_values("float32")
+    values = awkward_values("float32")
     path = tmp_path / "lzf.loom"
     ds = xr.Dataset({"matrix": (("row", "col"), values)})
     to_loom(ds, path, compression="lzf", compression_opts=None)

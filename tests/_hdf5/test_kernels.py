@@ -17,6 +17,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from conftest import indexed_dataset
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -31,15 +32,6 @@ def test_kernels_are_the_default_paths() -> None:
     """numba and deflate are dependencies: the kernels must run wherever loomx installs."""
     assert _kernels.available()
     assert _codecs.DEFAULT_CODEC == "libdeflate"
-
-
-def _file(path: Path, data: np.ndarray, **kwargs) -> tuple[ChunkIndex, np.ndarray]:
-    with h5py.File(path, "w") as f:
-        f.create_dataset("x", data=data, **kwargs)
-    with h5py.File(path, "r") as f:
-        index = ChunkIndex.from_dataset(f["x"])
-        assert index is not None
-        return index, f["x"][...]
 
 
 def _corrupt_first_chunk(path: Path, index: ChunkIndex, at: int, value: int) -> None:
@@ -59,7 +51,7 @@ def _corrupt_first_chunk(path: Path, index: ChunkIndex, at: int, value: int) -> 
 def test_damaged_chunks_raise_with_the_chunk_offset(tmp_path, kwargs, where, message) -> None:
     rng = np.random.default_rng(1)
     data = rng.random((64, 64)).astype("float32")
-    index, _ = _file(tmp_path / "c.h5", data, chunks=(32, 32), **kwargs)
+    index, _ = indexed_dataset(tmp_path / "c.h5", data, chunks=(32, 32), **kwargs)
     _corrupt_first_chunk(tmp_path / "c.h5", index, where, 0xFF ^ 0x5A)
     with pytest.raises(LoomFileError, match=message) as err:
         index.read(FileReader.of(tmp_path / "c.h5"))
@@ -116,7 +108,7 @@ def test_decoding_releases_the_gil(tmp_path, monkeypatch) -> None:
     """Python code in another thread runs while the kernel decodes a read's chunks."""
     rng = np.random.default_rng(2)
     data = (rng.random((4096, 2048)) * (rng.random((4096, 2048)) < 0.2)).astype("float32")
-    index, _ = _file(tmp_path / "g.h5", data, chunks=(32, 32), compression="gzip")
+    index, _ = indexed_dataset(tmp_path / "g.h5", data, chunks=(32, 32), compression="gzip")
     reader = FileReader.of(tmp_path / "g.h5")
     index.read(reader)  # compiled or loaded from the cache before the measured calls
 

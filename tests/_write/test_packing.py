@@ -16,6 +16,7 @@ from conftest import (
     CELLS,
     GENES,
     assert_loompy_valid,
+    awkward_values,
 )
 
 from loomx._hdf5 import codecs as _codecs
@@ -26,23 +27,10 @@ from loomx._write.writer import to_loom
 N, M = len(GENES), len(CELLS)
 
 
-def _awkward_values(dtype: str, shape: tuple[int, int] = (150, 260)) -> np.ndarray:
-    """Values with all-zero chunks, a chunk of -0.0, NaN and partial edge chunks."""
-    rng = np.random.default_rng(3)
-    values = (rng.poisson(0.3, shape) * (rng.random(shape) < 0.2)).astype(dtype)
-    values[:64, 64:128] = 0
-    if values.dtype.kind == "f":
-        values[64:128, :64] = -0.0
-        values[1, 1] = np.nan
-        values[2, 2] = np.inf
-        values = np.log1p(values, where=values > 0, out=values.copy())
-    return values
-
-
 def test_compressed_layers_open_in_loompy(tmp_path):
     import loompy
 
-    values = _awkward_values("float32")
+    values = awkward_values("float32")
     ds = xr.Dataset(
         {"matrix": (("row", "col"), values), "norm": (("row", "col"), da.from_array(values * 2))},
         coords={"Gene": ("row", [f"g{i}" for i in range(values.shape[0])])},
@@ -71,7 +59,7 @@ def test_blocks_are_compressed_where_computed(tmp_path, monkeypatch):
 
     monkeypatch.setattr(_codecs, "pack_block", packing)
     monkeypatch.setattr(_codecs, "write_packed", writing)
-    values = _awkward_values("float32", (640, 640))
+    values = awkward_values("float32", (640, 640))
     ds = xr.Dataset({"matrix": (("row", "col"), da.from_array(values, chunks=(128, 128)))})
     with dask.config.set(scheduler="threads", num_workers=4):
         to_loom(ds, tmp_path / "t.loom")

@@ -17,25 +17,10 @@ import pytest
 from hypothesis import find, given, settings
 from hypothesis.errors import NoSuchExample
 
-from loomx.testing import write_loom_h5py
-from loomx.testing.strategies import LoomContent, loom_contents, texts
+from loomx.testing.strategies import loom_contents, texts
 
 FEW = settings(settings.get_profile("ci"), max_examples=12)
 XML_REFERENCE = re.compile(r"&#(\d+);")
-
-
-def write(content: LoomContent, path: Path) -> None:
-    write_loom_h5py(
-        path,
-        content.layers,
-        content.row_attrs,
-        content.col_attrs,
-        row_graphs=content.row_graphs,
-        col_graphs=content.col_graphs,
-        global_attrs=content.global_attrs,
-        version=content.version,
-        chunks=content.chunks,
-    )
 
 
 def read_text(dset: h5py.Dataset) -> np.ndarray:
@@ -63,7 +48,7 @@ def assert_attr_equal(dset: h5py.Dataset, values: np.ndarray) -> None:
 def test_generated_content_is_valid_and_reads_back(content):
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "c.loom"
-        write(content, path)
+        content.write(path)
         validator = loompy.LoomValidator()
         assert validator.validate(str(path)), validator.errors
         with h5py.File(path, "r") as f:
