@@ -5,6 +5,7 @@ compound attributes, global attributes and graph vertex numbers.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import h5py
@@ -14,12 +15,15 @@ from loomx._format import spec as _spec
 
 __all__ = [
     "STRING_DTYPE",
+    "array_to_compound",
+    "compound_dtype",
     "compound_to_array",
     "decode_strings",
     "decode_value",
     "encode_attr_values",
     "encode_global",
     "encode_strings",
+    "is_compound_request",
     "is_string_dtype",
     "whole_numbers",
     "xml_unescape",
@@ -144,6 +148,85 @@ def compound_to_array(raw: np.ndarray) -> tuple[np.ndarray, list[str]]:
     for k, name in enumerate(names):
         out[..., k] = raw[name]
     return out, names
+
+
+COMPOUND = "compound"
+"""The encoding ``dtype`` that asks for a compound attribute with one field per label of
+the attribute's second dim, each field of the values' own dtype."""
+
+
+def is_compound_request(dtype: Any) -> bool:
+    """Whether an encoding ``dtype`` asks for a compound attribute: ``"compound"`` or a
+    structured dtype (as :func:`loomx.open_loom` records a compound attribute's)."""
+    if isinstance(dtype, str):
+        return dtype == COMPOUND
+    try:
+        return dtype is not None and np.dtype(dtype).names is not None
+    except TypeError:
+        return False
+
+
+def compound_dtype(wanted: Any, fields: Sequence[Any] | None, values_dtype: Any) -> np.dtype:
+    """The compound dtype a 2-D attribute is written as: the rule every writer follows.
+
+    Field names and their order are the labels of the attribute's second dim (the
+    ``<name>_dim_1`` coordinate :func:`loomx.open_loom` makes), else the names of ``wanted``;
+    each field keeps the dtype ``wanted`` gives it, else takes the values' dtype.
+
+    >>> compound_dtype([("_X", "f8"), ("_Y", "f4")], ["_Y", "_X"], "f8").descr
+    [('_Y', '<f4'), ('_X', '<f8')]
+
+    Raises
+    ------
+    ValueError
+        No field names, or names that are not distinct.
+    """
+    own = np.dtype(wanted) if wanted is not None and wanted != COMPOUND else None
+    names = [str(f) for f in fields] if fields is not None else list(own.names if own else ())
+    if not names or len(set(names)) != len(names) or any(not n for n in names):
+        raise ValueError(
+            f"found field names {names}; expected distinct, non-empty names (the labels of "
+            "the attribute's second dim)"
+        )
+    known = own.fields if own is not None else {}
+    return np.dtype([(n, known[n][0] if n in known else np.dtype(values_dtype)) for n in names])
+
+
+def array_to_compound(values: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """A 2-D ``(n, n_fields)`` array -> a structured ``(n,)`` array of ``dtype``, exactly.
+
+    The inverse of :func:`compound_to_array`.
+
+    Raises
+    ------
+    ValueError
+        Values of another shape, non-numeric values, or a value its field's dtype does not
+        hold exactly (never a silent change).
+    """
+    values = np.asarray(values)
+    names = list(dtype.names or ())
+    if values.ndim != 2 or values.shape[1] != len(names):
+        raise ValueError(
+            f"found values of shape {values.shape}; expected (n, {len(names)}) for the "
+            f"fields {names}"
+        )
+    if values.dtype.kind not in "biuf":
+        raise ValueError(f"found dtype {values.dtype}; a compound attribute holds numbers")
+    out = np.empty(values.shape[0], dtype=dtype)
+    for k, name in enumerate(names):
+        column, field = values[:, k], dtype.fields[name][0]
+        cast = column.astype(field)
+        back = cast.astype(column.dtype)
+        exact = np.array_equal(back, column, equal_nan=column.dtype.kind == "f")
+        if field.kind == "f" and column.dtype.kind == "f":
+            exact = exact and np.array_equal(np.signbit(back), np.signbit(column))
+        if not exact:
+            raise ValueError(
+                f"field {name!r} is {field}; its values ({column.dtype}) do not all fit it "
+                "exactly (cast them, or ask for another dtype through encoding)"
+            )
+        out[name] = cast
+    return out
 
 
 def encode_attr_values(values: np.ndarray, *, legacy: bool) -> np.ndarray:

@@ -30,11 +30,18 @@ import xarray as xr
 
 from loomx._format import names as conv
 from loomx._format import spec as _spec
+from loomx._format import values as _values
 from loomx._format.graphs import graph_edges, graph_names
 from loomx._hdf5.files import locking_in_use, open_h5
 from loomx._read import chunking as _chunking
 from loomx._read.backend import open_loom
-from loomx._write.plan import encode_attr, layer_data, resolve_dims
+from loomx._write.plan import (
+    encode_attr,
+    field_names,
+    in_field_order,
+    layer_data,
+    resolve_dims,
+)
 from loomx._write.storage import (
     LOOMPY_STORAGE,
     copy_columns,
@@ -260,6 +267,9 @@ def _plan_col_attr(
     where = (plan.path, h5path)
     m, k = plan.shape[1], plan.m_new
     new = np.asarray(ds[dname].values) if dname is not None else None
+    compound = _compound_dtype(old, ds, fname, dname, where)
+    if compound is not None and fname is not None and new is not None:
+        new = in_field_order(new, field_names(ds, ds[dname].variable), compound, where)
     if fname is not None:
         shape, dtype = old[fname].shape, old[fname].dtype
         if new is None:
@@ -288,7 +298,28 @@ def _plan_col_attr(
     if is_text(present.dtype):
         present, new = present.astype(object), new.astype(object)
     values = np.concatenate([present, new])
-    plan.attrs[h5path] = encode_attr(plan.path, h5path, values, plan.legacy)
+    if compound is None:
+        plan.attrs[h5path] = encode_attr(plan.path, h5path, values, plan.legacy)
+        return
+    try:
+        plan.attrs[h5path] = _values.array_to_compound(values, compound)
+    except ValueError as err:
+        raise LoomFormatError(f"{fname or dname}: {err}", path=where[0], h5path=where[1]) from err
+
+
+def _compound_dtype(
+    old: xr.Dataset, ds: xr.Dataset, fname: str | None, dname: str | None, where: tuple[str, str]
+) -> np.dtype | None:
+    """The compound dtype of a column attribute: the file's, else the new data's."""
+    source, name = (old, fname) if fname is not None else (ds, dname)
+    var = source[name].variable
+    wanted = var.encoding.get("dtype")
+    if var.ndim != 2 or not _values.is_compound_request(wanted):
+        return None
+    try:
+        return _values.compound_dtype(wanted, field_names(source, var), var.dtype)
+    except ValueError as err:
+        raise LoomFormatError(f"{name}: {err}", path=where[0], h5path=where[1]) from err
 
 
 def _fits(values: np.ndarray, target: h5py.Dataset, axis: int) -> bool:

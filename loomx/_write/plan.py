@@ -12,6 +12,7 @@ without reading anything, other variables by comparing values.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -33,9 +34,19 @@ from loomx._write.storage import (
     storage_of,
     storage_of_dataset,
 )
-from loomx.errors import LoomFormatError
+from loomx.errors import LoomFormatError, LoomFormatWarning
 
-__all__ = ["LayerPlan", "WritePlan", "encode_attr", "layer_data", "plan_dataset", "resolve_dims"]
+__all__ = [
+    "LayerPlan",
+    "WritePlan",
+    "attr_values",
+    "encode_attr",
+    "field_names",
+    "in_field_order",
+    "layer_data",
+    "plan_dataset",
+    "resolve_dims",
+]
 
 
 @dataclasses.dataclass
@@ -135,6 +146,68 @@ def encode_attr(path: str, h5path: str, values: Any, legacy: bool) -> np.ndarray
             f"found dtype {arr.dtype}; expected numbers, bools or strings", path=path, h5path=h5path
         )
     return _values.encode_attr_values(arr, legacy=legacy)
+
+
+def field_names(ds: xr.Dataset, var: xr.Variable) -> list[str] | None:
+    """The labels of a 2-D attribute's second dim (its field names), if it has them."""
+    label = ds.variables.get(var.dims[1]) if var.ndim == 2 else None
+    return None if label is None else [str(v) for v in np.asarray(label.values).ravel()]
+
+
+def attr_values(
+    ds: xr.Dataset,
+    name: str,
+    explicit: Mapping[str, Any] | None,
+    path: str,
+    h5path: str,
+    legacy: bool,
+) -> np.ndarray:
+    """An attribute's values as stored: compound when its encoding ``dtype`` (``encoding=``,
+    else its own, as :func:`loomx.open_loom` records it) asks for it
+    (:func:`loomx._format.values.compound_dtype`), else :func:`encode_attr`."""
+    var = ds.variables[name]
+    wanted = (explicit or {}).get("dtype", var.encoding.get("dtype"))
+    if not _values.is_compound_request(wanted):
+        if var.ndim == 2 and field_names(ds, var) and var.dims[1] != var.dims[0]:
+            labels = ds.variables[var.dims[1]]
+            if labels.dtype.kind in "OUS":
+                warnings.warn(
+                    f"{h5path}: {name!r} is written as a plain 2-D attribute; the labels of "
+                    f"{var.dims[1]!r} are not stored (encoding={{{name!r}: {{'dtype': "
+                    "'compound'}} keeps them as field names)",
+                    LoomFormatWarning,
+                    stacklevel=4,
+                )
+        return encode_attr(path, h5path, var.values, legacy)
+    if var.ndim != 2:
+        raise LoomFormatError(
+            f"{name}: a compound attribute needs 2 dims (the axis and its fields); found "
+            f"dims {var.dims}",
+            path=path,
+            h5path=h5path,
+        )
+    try:
+        dtype = _values.compound_dtype(wanted, field_names(ds, var), var.dtype)
+        return _values.array_to_compound(np.asarray(var.values), dtype)
+    except (TypeError, ValueError) as err:
+        raise LoomFormatError(f"{name}: {err}", path=path, h5path=h5path) from err
+
+
+def in_field_order(
+    new: np.ndarray, fields: list[str] | None, dtype: np.dtype, where: tuple[str, str]
+) -> np.ndarray:
+    """A 2-D attribute's columns in the order of the fields of ``dtype`` (the file's
+    compound dtype), given its own field names; other fields are refused."""
+    have = list(dtype.names or ())
+    if fields is None or fields == have:
+        return new
+    if sorted(fields) != sorted(have):
+        raise LoomFormatError(
+            f"the new data has fields {fields}, the file {have}; expected the same fields",
+            path=where[0],
+            h5path=where[1],
+        )
+    return new[:, [fields.index(f) for f in have]]
 
 
 def layer_data(path: str, h5path: str, var: xr.Variable) -> Any:
@@ -290,7 +363,7 @@ def plan_dataset(
             )
         if _unchanged_on_disk(var, path, h5path, target, explicit.get(name)):
             continue  # as on disk, and read from there: nothing to write, nothing to read
-        values = encode_attr(path, h5path, var.values, legacy)
+        values = attr_values(ds, name, explicit.get(name), path, h5path, legacy)
         storage, dtype = storage_of(
             var.encoding, explicit.get(name), attr_default, values.dtype,
             path=path, h5path=h5path, ndim=values.ndim,
@@ -402,8 +475,6 @@ def _same_edges(disk: np.ndarray, new: np.ndarray, part: str) -> bool:
 
 def _disk_values(obj: h5py.Dataset, legacy: bool) -> np.ndarray:
     raw = np.asarray(obj[()])
-    if raw.dtype.names:
-        raw, _ = _values.compound_to_array(raw)
     if _values.is_string_dtype(obj.dtype):
         return _values.decode_strings(raw, fixed_length=raw.dtype.kind == "S", legacy=legacy)
     return raw

@@ -28,7 +28,13 @@ from loomx._hdf5.files import open_h5
 from loomx._hdf5.filesystem import temporary_file
 from loomx._read.backend import open_loom
 from loomx._write import stream as _stream
-from loomx._write.plan import encode_attr, layer_data, resolve_dims
+from loomx._write.plan import (
+    encode_attr,
+    field_names,
+    in_field_order,
+    layer_data,
+    resolve_dims,
+)
 from loomx._write.storage import create_attr, grows_along, storage_of_dataset
 from loomx._write.transaction import recover_pending, transaction
 from loomx.errors import LoomFileNotFoundError, LoomFormatError, LoomNameError
@@ -95,6 +101,9 @@ def _new_attr_values(
 ) -> np.ndarray | None:
     """The whole attribute with ``values`` in ``span``, encoded; None when unchanged."""
     raw = dset[()]
+    compound = dset.dtype if dset.dtype.names else None
+    if compound is not None:
+        raw = _values.compound_to_array(raw)[0]
     if _values.is_string_dtype(dset.dtype):
         old = _values.decode_strings(raw, fixed_length=dset.dtype.kind == "S", legacy=legacy)
         merged = np.asarray(old, dtype=object).copy()
@@ -110,7 +119,14 @@ def _new_attr_values(
             )
         merged = raw.copy()
         merged[span[0] : span[1]] = values
-    encoded = encode_attr(path, h5path, merged, legacy)
+    if compound is not None:
+        try:
+            encoded = _values.array_to_compound(merged, compound)
+        except ValueError as err:
+            raise LoomFormatError(str(err), path=path, h5path=h5path) from err
+        raw = dset[()]
+    else:
+        encoded = encode_attr(path, h5path, merged, legacy)
     if encoded.dtype == raw.dtype and encoded.shape == raw.shape and np.array_equal(encoded, raw):
         return None
     return encoded
@@ -179,14 +195,19 @@ def write_region(
                 layers.append(_LayerPatch(h5path, data.astype(dset.dtype), start, origin, extent))
             else:
                 span = spans[var.dims[0]]
-                if var.shape[0] != span[1] - span[0] or var.shape[1:] != dset.shape[1:]:
+                extra = (len(dset.dtype.names),) if dset.dtype.names else dset.shape[1:]
+                values = var.values
+                if dset.dtype.names and var.ndim == 2:
+                    fields = field_names(ds, var)
+                    values = in_field_order(values, fields, dset.dtype, (path, h5path))
+                if var.shape[0] != span[1] - span[0] or var.shape[1:] != extra:
                     raise LoomFormatError(
                         f"found shape {var.shape}; expected ({span[1] - span[0]}, "
-                        f"*{dset.shape[1:]}) for the region",
+                        f"*{extra}) for the region",
                         path=path,
                         h5path=h5path,
                     )
-                encoded = _new_attr_values(path, h5path, dset, var.values, span, legacy)
+                encoded = _new_attr_values(path, h5path, dset, values, span, legacy)
                 if encoded is not None:
                     attrs[h5path] = (encoded, storage_of_dataset(dset))
     if layers or attrs:

@@ -196,6 +196,8 @@ def storage_of(
     )
     dtype = np.dtype(data_dtype)
     wanted = merged.get("dtype")
+    if _values.is_compound_request(wanted):
+        wanted = None  # the values already are compound (see loomx._write.plan.attr_values)
     if wanted is not None:
         wanted = np.dtype(wanted)
         floats = dtype.kind == wanted.kind == "f"

@@ -195,7 +195,11 @@ def to_loom(
         "shuffle": False, "fletcher32": False, "dtype": "float32"}}`` (``chunks`` is an
         alias of ``chunksizes``).  It overrides each variable's own ``encoding``, which
         :func:`loomx.open_loom` fills from the file, so a Dataset read and written keeps
-        its source's chunks and compression.
+        its source's chunks and compression.  A 2-D attribute whose ``dtype`` is
+        ``"compound"`` or a structured dtype is stored as a compound attribute (SCope's
+        ``RegulonsAUC``, ``Embeddings_X``), one field per label of its second dim, in
+        their order; one read from such an attribute keeps its dtype by its own encoding.
+        A value its field cannot hold exactly is refused, naming the variable.
     chunks, compression, compression_opts
         Storage of variables that neither ``encoding`` nor their own encoding describe
         (loompy's (64, 64) chunks, gzip level 2 by default); layers are growable along

@@ -19,6 +19,8 @@ import xarray as xr
 
 from loomx._format import names as conv
 from loomx._format import spec as _spec
+from loomx._format import values as _values
+from loomx._write.plan import field_names
 from loomx.errors import LoomFormatError, LoomFormatWarning
 from loomx.interop.tenx import dense_bands
 
@@ -85,14 +87,40 @@ def to_anndata(ds: xr.Dataset, layer: str = "matrix") -> Any:
         X=lazy(layer),
         obs=obs,
         var=var,
-        obsm={k: np.asarray(v.values) for k, v in col_attrs.items() if v.ndim > 1},
-        varm={k: np.asarray(v.values) for k, v in row_attrs.items() if v.ndim > 1},
+        obsm={k: _multi(ds, v, obs.index) for k, v in col_attrs.items() if v.ndim > 1},
+        varm={k: _multi(ds, v, var.index) for k, v in row_attrs.items() if v.ndim > 1},
         obsp={k: _csr(g) for k, g in ds.loom.col_graphs.items()},
         varp={k: _csr(g) for k, g in ds.loom.row_graphs.items()},
         layers={name: lazy(name) for name in layers if name != layer},
         uns={str(k): v for k, v in ds.attrs.items() if k != _spec.VERSION_KEY},
     )
     return adata
+
+
+def _multi(ds: xr.Dataset, attr: xr.DataArray, index: pd.Index) -> Any:
+    """An N-D attribute for ``obsm``/``varm``: a compound one (SCope's embeddings and
+    regulons) as a DataFrame with its field names as columns, each of its field's dtype;
+    others as an array."""
+    values = np.asarray(attr.values)
+    wanted = attr.encoding.get("dtype")
+    fields = field_names(ds, attr.variable)
+    if attr.ndim != 2 or fields is None or not _values.is_compound_request(wanted):
+        return values
+    dtype = _values.compound_dtype(wanted, fields, values.dtype)
+    return pd.DataFrame(_values.array_to_compound(values, dtype), index=index.copy())
+
+
+def _multi_values(values: Any) -> tuple[np.ndarray, list[str] | None, np.dtype | None]:
+    """An ``obsm``/``varm`` entry as a 2-D array; a DataFrame of numbers also gives its
+    column names and the compound dtype it is stored as."""
+    if scipy.sparse.issparse(values):
+        return values.toarray(), None, None
+    if hasattr(values, "columns") and all(t.kind in "biuf" for t in values.dtypes):
+        records = values.to_records(index=False)
+        plain, fields = _values.compound_to_array(records)
+        dtype = np.dtype([(f, records.dtype.fields[f][0]) for f in fields])
+        return plain, fields, dtype
+    return np.asarray(values.values if hasattr(values, "columns") else values), None, None
 
 
 def _csr(graph: xr.DataArray) -> scipy.sparse.csr_matrix:
@@ -152,6 +180,7 @@ def from_anndata(adata: Any, dims: tuple[str, str] = conv.DEFAULT_DIMS) -> xr.Da
     for name, values in adata.layers.items():
         data_vars[str(name)] = ((row, col), _x_matrix(values))
     spaces: dict[str, dict[str, np.ndarray]] = {_spec.COL_ATTRS: {}, _spec.ROW_ATTRS: {}}
+    compound: dict[tuple[str, str], tuple[Any, np.dtype]] = {}
     sides = ((_spec.COL_ATTRS, adata.obs, adata.obsm), (_spec.ROW_ATTRS, adata.var, adata.varm))
     for space, frame, multi in sides:
         default = "CellID" if space == _spec.COL_ATTRS else "Gene"
@@ -162,9 +191,9 @@ def from_anndata(adata: Any, dims: tuple[str, str] = conv.DEFAULT_DIMS) -> xr.Da
         for name in frame.columns:
             attrs[str(name)] = _column_values(frame[name])
         for name, values in multi.items():
-            if scipy.sparse.issparse(values):
-                values = values.toarray()
-            attrs[str(name)] = np.asarray(values.values if hasattr(values, "columns") else values)
+            attrs[str(name)], fields, dtype = _multi_values(values)
+            if dtype is not None:
+                compound[(space, str(name))] = (fields, dtype)
     names = conv.assign_names(
         data_vars, spaces[_spec.ROW_ATTRS], spaces[_spec.COL_ATTRS], (row, col)
     )  # a name on both axes (scanpy's n_counts) is qualified, as open_loom names it
@@ -172,7 +201,12 @@ def from_anndata(adata: Any, dims: tuple[str, str] = conv.DEFAULT_DIMS) -> xr.Da
     for space, dim in ((_spec.COL_ATTRS, col), (_spec.ROW_ATTRS, row)):
         for raw, array in spaces[space].items():
             name = names[(space, raw)]
-            coords[name] = ((dim, *conv.extra_dim_names(name, array.ndim)), array)
+            extra = conv.extra_dim_names(name, array.ndim)
+            coords[name] = xr.Variable((dim, *extra), array)
+            if (space, raw) in compound:
+                fields, dtype = compound[(space, raw)]
+                coords[name].encoding["dtype"] = dtype
+                coords[extra[0]] = xr.Variable(extra[0], np.array(fields, dtype=object))
     ds = xr.Dataset(data_vars, coords=coords)
     ds.encoding["loom_dims"] = (row, col)
     for mapping, dim in ((adata.obsp, col), (adata.varp, row)):

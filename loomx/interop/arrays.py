@@ -18,6 +18,7 @@ import xarray as xr
 
 from loomx._format import names as conv
 from loomx._format import spec as _spec
+from loomx._format import values as _values
 from loomx._format.graphs import assign_graph
 from loomx._read import chunking as _chunking
 from loomx.errors import LoomFormatError
@@ -99,6 +100,26 @@ def _columns(attrs: Any, what: str) -> dict[str, Any]:
     if not isinstance(attrs, Mapping):
         raise TypeError(f"{what} must be a dict or a pandas DataFrame, found {type(attrs)}")
     return {str(k): v for k, v in attrs.items()}
+
+
+def _attr_variables(
+    values: Any, dim: str, var_name: str, n: int, h5path: str
+) -> dict[str, xr.Variable]:
+    """One attribute, and for a structured array (or a DataFrame, by its columns) the
+    coordinate of its field names: it is written back as a compound attribute."""
+    if hasattr(values, "columns") and hasattr(values, "to_records"):  # a pandas DataFrame
+        values = values.to_records(index=False)
+    if isinstance(values, np.ndarray) and values.dtype.names is not None:
+        try:
+            plain, fields = _values.compound_to_array(values)
+        except TypeError as err:
+            raise LoomFormatError(f"{h5path}: {err}", h5path=h5path) from err
+        dtype = np.dtype([(f, values.dtype.fields[f][0]) for f in fields])  # without offsets
+        var = _attr_variable(plain, dim, var_name, n, h5path)
+        var.encoding["dtype"] = dtype
+        extra = var.dims[1]
+        return {var_name: var, extra: xr.Variable(extra, np.array(fields, dtype=object))}
+    return {var_name: _attr_variable(values, dim, var_name, n, h5path)}
 
 
 def _attr_variable(values: Any, dim: str, var_name: str, n: int, h5path: str) -> xr.Variable:
@@ -205,7 +226,7 @@ def from_arrays(
             h5path = f"/{space}/{loom_name}"
             conv.check_link_name(loom_name, h5path=h5path)
             var_name = names[(space, loom_name)]
-            coords[var_name] = _attr_variable(values, dim, var_name, n, h5path)
+            coords.update(_attr_variables(values, dim, var_name, n, h5path))
     ds = xr.Dataset(data_vars, coords=coords, attrs=dict(attrs or {}))
     ds.encoding["loom_dims"] = (row_dim, col_dim)
     for graphs, dim in ((row_graphs, row_dim), (col_graphs, col_dim)):

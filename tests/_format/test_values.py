@@ -161,3 +161,46 @@ def test_compound_to_array():
     np.testing.assert_array_equal(values, [[1.0, 2.0], [3.0, 4.0]])
     with pytest.raises(TypeError):
         _values.compound_to_array(np.array([(b"a",)], dtype=[("s", "S1")]))
+
+
+# --------------------------------------------------------------------------- compound
+
+
+def test_compound_dtype_takes_field_names_from_the_labels_and_dtypes_from_the_encoding():
+    wanted = np.dtype([("a", "<i4"), ("b", "<f4")])
+    assert _values.compound_dtype(wanted, ["b", "a"], "f8") == np.dtype(
+        [("b", "<f4"), ("a", "<i4")]
+    )
+    assert _values.compound_dtype(wanted, None, "f8") == wanted
+    assert _values.compound_dtype("compound", ["x", "y"], "i2") == np.dtype(
+        [("x", "i2"), ("y", "i2")]
+    )
+    assert _values.compound_dtype(wanted, ["a", "new"], "f8")["new"] == np.dtype("f8")
+    for bad in (["a", "a"], [], [""]):
+        with pytest.raises(ValueError, match="field names"):
+            _values.compound_dtype("compound", bad, "f8")
+
+
+def test_array_to_compound_is_the_inverse_of_compound_to_array():
+    records = np.zeros(3, dtype=[("n", "u1"), ("x", "<f4"), ("-1", "<f8")])
+    records["n"], records["x"], records["-1"] = [1, 2, 255], [0.5, -0.0, np.nan], [1e300, 2, 3]
+    plain, fields = _values.compound_to_array(records)
+    back = _values.array_to_compound(plain, records.dtype)
+    assert fields == ["n", "x", "-1"] and back.dtype == records.dtype
+    assert back.tobytes() == records.tobytes()
+
+
+@pytest.mark.parametrize(("column", "value"), [(0, 256), (0, 1.5), (1, 1e300), (1, 0.1), (0, -1)])
+def test_array_to_compound_refuses_a_value_its_field_cannot_hold(column, value):
+    dtype = np.dtype([("n", "u1"), ("x", "<f4")])
+    plain = np.zeros((2, 2), dtype="f8")
+    plain[1, column] = value
+    with pytest.raises(ValueError, match=f"field '{dtype.names[column]}'"):
+        _values.array_to_compound(plain, dtype)
+
+
+def test_is_compound_request():
+    assert _values.is_compound_request("compound")
+    assert _values.is_compound_request([("a", "f8")])
+    assert not _values.is_compound_request("f8")
+    assert not _values.is_compound_request(None)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import warnings
 
 import h5py
+import loompy
 import numpy as np
 import pytest
 import xarray as xr
@@ -147,6 +148,16 @@ def test_nan_and_inf_are_stored(tmp_path):
         np.testing.assert_array_equal(f["matrix"][0, :3], [np.nan, np.inf, -np.inf])
 
 
+def _compound_names(path) -> list[str]:
+    with h5py.File(path, "r") as f:
+        return [
+            name
+            for group in ("row_attrs", "col_attrs")
+            for name, obj in f[group].items()
+            if obj.dtype.names is not None
+        ]
+
+
 @pytest.mark.parametrize("wild", WILD_FILES, ids=lambda p: p.name)
 def test_files_from_the_wild_are_rewritten_valid(tmp_path, wild):
     with warnings.catch_warnings():
@@ -154,7 +165,18 @@ def test_files_from_the_wild_are_rewritten_valid(tmp_path, wild):
         ds = loomx.open_loom(wild)
         out = tmp_path / "out.loom"
         to_loom(ds, out)
-        assert_loompy_valid(out)
+        compound = _compound_names(wild)
+        if compound:  # kept compound, as SCope reads them; loompy's validator refuses those
+            validator = loompy.LoomValidator()
+            validator.validate(str(out))
+            refused = [e for e in validator.errors if "is not allowed" in e]
+            assert len(refused) == len(compound), validator.errors
+            assert all(any(f"'{n}' dtype" in e for e in refused) for n in compound)
+            assert validator.errors[len(refused) :] == [
+                "For help, see http://linnarssonlab.org/loompy/format/"
+            ]
+        else:
+            assert_loompy_valid(out)
         back = loomx.open_loom(out)
     for name, var in ds.variables.items():
         if name in ds.dims and name not in ds.coords:
