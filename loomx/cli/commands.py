@@ -139,6 +139,14 @@ def convert_arguments(parser: argparse.ArgumentParser) -> None:
         help="a .loom, .h5ad, 10x .h5 (filtered_feature_bc_matrix.h5) or 10x MEX folder",
     )
     parser.add_argument("target", metavar="OUT", help="a .loom or .h5ad file")
+    parser.add_argument(
+        "--genome", metavar="NAME", help="10x input: the genome to convert (one of several)"
+    )
+    parser.add_argument(
+        "--feature-type",
+        metavar="TYPE",
+        help="10x input: convert only features of this type (e.g. 'Gene Expression', 'Peaks')",
+    )
     _scheduler_arguments(parser)
 
 
@@ -148,7 +156,13 @@ def convert_command(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     with scheduler(args.scheduler, args.processes):
-        shape = convert(args.source, args.target, progress=_progress_wanted(args))
+        shape = convert(
+            args.source,
+            args.target,
+            progress=_progress_wanted(args),
+            genome=args.genome,
+            feature_type=args.feature_type,
+        )
     seconds = time.perf_counter() - start
     print(f"wrote {args.target}: {shape[0]} genes x {shape[1]} cells in {seconds:.2f} s")
     return 0

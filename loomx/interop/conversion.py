@@ -20,8 +20,13 @@ from loomx.interop.tenx import is_10x_h5, read_10x_h5, read_10x_mex
 __all__ = ["aggregate_file", "convert", "read_any"]
 
 
-def read_any(path: str | os.PathLike[str]) -> xr.Dataset:
+def read_any(
+    path: str | os.PathLike[str], genome: str | None = None, feature_type: str | None = None
+) -> xr.Dataset:
     """A Loom Dataset from a ``.loom``, ``.h5ad``, Cell Ranger ``.h5`` or 10x MEX folder.
+
+    ``genome`` and ``feature_type`` pick the features of a 10x input (see
+    :func:`loomx.interop.tenx.read_10x_h5`); other inputs refuse them.
 
     Raises
     ------
@@ -36,11 +41,19 @@ def read_any(path: str | os.PathLike[str]) -> xr.Dataset:
     """
     path = os.fspath(path)
     if os.path.isdir(path):
-        return read_10x_mex(path)
+        if genome is not None:
+            raise LoomFormatError("a MEX folder holds one genome; genome applies to .h5", path=path)
+        return read_10x_mex(path, feature_type=feature_type)
+    if path.endswith(".h5") and is_10x_h5(path):
+        return read_10x_h5(path, genome=genome, feature_type=feature_type)
+    if genome is not None or feature_type is not None:
+        raise LoomFormatError(
+            "genome and feature_type pick the features of 10x input; this is not a 10x "
+            "matrix (.h5 or MEX folder)",
+            path=path,
+        )
     if path.endswith(".h5ad"):
         return from_anndata(_read_h5ad(path))
-    if path.endswith(".h5") and is_10x_h5(path):
-        return read_10x_h5(path)
     return open_loom(path)
 
 
@@ -56,9 +69,15 @@ def _read_h5ad(path: str) -> Any:
 
 
 def convert(
-    source: str | os.PathLike[str], target: str | os.PathLike[str], progress: bool = False
+    source: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    progress: bool = False,
+    *,
+    genome: str | None = None,
+    feature_type: str | None = None,
 ) -> tuple[int, int]:
-    """Convert ``source`` (see :func:`read_any`) to ``target`` (``.loom`` or ``.h5ad``).
+    """Convert ``source`` (see :func:`read_any`, which takes ``genome`` and
+    ``feature_type``) to ``target`` (``.loom`` or ``.h5ad``).
 
     Loom targets are written block by block by :func:`loomx.to_loom` (never the whole
     matrix dense in memory); ``.h5ad`` targets get sparse (CSR) ``X`` and layers, read
@@ -72,7 +91,7 @@ def convert(
     target = os.fspath(target)
     if not target.endswith((".loom", ".h5ad")):
         raise LoomFormatError(f"target {target!r} must end in .loom or .h5ad")
-    ds = read_any(source)
+    ds = read_any(source, genome=genome, feature_type=feature_type)
     shape = (ds.sizes[conv.dataset_dims(ds)[0]], ds.sizes[conv.dataset_dims(ds)[1]])
     with _progress(progress):
         if target.endswith(".h5ad"):

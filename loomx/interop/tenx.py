@@ -29,7 +29,15 @@ from loomx.errors import LoomFileNotFoundError, LoomFormatError
 
 __all__ = ["dense_bands", "is_10x_h5", "read_10x_h5", "read_10x_mex"]
 
-__all__ = ["dense_bands", "is_10x_h5", "read_10x_h5", "read_10x_mex"]
+FEATURE_NAMES = {
+    "id": "Accession",
+    "name": "Gene",
+    "feature_type": "FeatureType",
+    "genome": "Genome",
+}
+"""Cell Ranger v3 feature fields and the attributes loompy names them; a probe-based
+matrix (``gene_id`` present) has its gene id as ``Accession`` and ``id`` as ``ProbeID``.
+Other fields keep their own names."""
 
 
 def dense_bands(
@@ -101,8 +109,8 @@ def _genome_group(f: h5py.File, path: str, genome: str | None) -> str:
         return "matrix"
     if genome is None and len(groups) > 1:
         raise LoomFormatError(
-            f"found the genomes {groups}; expected one, or read_10x_h5(path, genome=...) "
-            "naming the one to read",
+            f"found the genomes {groups}; expected one, or the one to read named "
+            "(genome=... in Python, loomx convert --genome NAME)",
             path=path,
             h5path="/",
         )
@@ -148,7 +156,9 @@ class _H5Band:
         return band.toarray().astype(self.dtype, copy=False)
 
 
-def read_10x_h5(path: str | os.PathLike[str], genome: str | None = None) -> xr.Dataset:
+def read_10x_h5(
+    path: str | os.PathLike[str], genome: str | None = None, feature_type: str | None = None
+) -> xr.Dataset:
     """A Cell Ranger ``filtered_feature_bc_matrix.h5`` (v3, or v2) as a lazy Loom Dataset
     (genes x cells).
 
@@ -160,6 +170,15 @@ def read_10x_h5(path: str | os.PathLike[str], genome: str | None = None) -> xr.D
         Read only this genome's features: the v2 group of that name (needed when a v2 file
         holds several), or the v3 features whose ``genome`` is this.  ``None``: every
         feature of a v3 file, the only genome of a v2 file.
+    feature_type
+        Read only the features of this type (``"Gene Expression"`` or ``"Peaks"`` of a
+        Cell Ranger ARC file); ``None``: every feature, its type in ``FeatureType``.
+
+    Every field of ``features`` becomes a row attribute (``id`` ``Accession``, ``name``
+    ``Gene``, ``feature_type`` ``FeatureType``, ``genome`` ``Genome``, others by their
+    own names); in a probe-based matrix (Visium, Flex ``raw_probe_bc_matrix.h5``)
+    ``Accession`` is ``gene_id`` and the probe id is ``ProbeID``.  Per-barcode fields
+    (``filtered_barcodes``) become column attributes.
 
     Raises
     ------
@@ -167,7 +186,7 @@ def read_10x_h5(path: str | os.PathLike[str], genome: str | None = None) -> xr.D
         ``path`` does not exist.
     LoomFormatError
         Not a Cell Ranger matrix; a v2 file of several genomes and no ``genome``; a
-        ``genome`` the file does not hold.
+        ``genome`` or ``feature_type`` the file does not hold.
 
     Examples
     --------
@@ -188,25 +207,69 @@ def read_10x_h5(path: str | os.PathLike[str], genome: str | None = None) -> xr.D
                 path=path,
                 h5path=f"/{group}/indptr",
             )
-        row_attrs: dict[str, np.ndarray] = {}
+        col_attrs: dict[str, np.ndarray] = {}
         if "features" in g:  # v3
-            features = g["features"]
-            row_attrs["Accession"] = _text(features["id"][()])
-            row_attrs["Gene"] = _text(features["name"][()])
-            for key, name in (("feature_type", "FeatureType"), ("genome", "Genome")):
-                if key in features:
-                    row_attrs[name] = _text(features[key][()])
+            row_attrs = _feature_fields(g["features"], path)
+            for key, dset in g.items():  # probe-based files: filtered_barcodes
+                per_barcode = isinstance(dset, h5py.Dataset) and dset.shape == (n_cells,)
+                if per_barcode and key not in ("barcodes", "indptr", "data", "indices"):
+                    col_attrs[key] = _field(dset)
             if genome is not None:
                 rows = _genome_rows(row_attrs.get("Genome"), genome, path, f"/{group}")
-                row_attrs = {name: values[rows] for name, values in row_attrs.items()}
         else:  # v2
-            row_attrs["Accession"] = _text(g["genes"][()])
-            row_attrs["Gene"] = _text(g["gene_names"][()])
+            row_attrs = {
+                "Accession": _text(g["genes"][()]),
+                "Gene": _text(g["gene_names"][()]),
+            }
+        if feature_type is not None:
+            kept = _feature_type_rows(row_attrs.get("FeatureType"), feature_type, path, group)
+            rows = kept if rows is None else np.intersect1d(rows, kept)
+        if rows is not None:
+            row_attrs = {name: values[rows] for name, values in row_attrs.items()}
         barcodes = _text(g["barcodes"][()])
     band = _H5Band(path, group, n_genes, dtype, rows)
     n_rows = n_genes if rows is None else len(rows)
     matrix = dense_bands(band, (n_rows, n_cells), dtype)
-    return _dataset(matrix, row_attrs, barcodes)
+    return _dataset(matrix, row_attrs, barcodes, col_attrs)
+
+
+def _field(dset: h5py.Dataset) -> np.ndarray:
+    values = dset[()]
+    return _text(values) if values.dtype.kind in "SOU" else values
+
+
+def _feature_fields(features: h5py.Group, path: str) -> dict[str, np.ndarray]:
+    """Every field of a v3 ``features`` group, named as :data:`FEATURE_NAMES` says."""
+    out: dict[str, np.ndarray] = {}
+    probes = "gene_id" in features
+    for key, dset in features.items():
+        if not isinstance(dset, h5py.Dataset) or key == "_all_tag_keys":
+            continue  # target_sets: a group of probe indices, not a per-feature field
+        if dset.shape != features["id"].shape:
+            raise LoomFormatError(
+                f"found shape {dset.shape}; expected {features['id'].shape} as features/id",
+                path=path,
+                h5path=dset.name,
+            )
+        name = FEATURE_NAMES.get(key, key)
+        if probes and key in ("id", "gene_id"):
+            name = "ProbeID" if key == "id" else "Accession"
+        out[name] = _field(dset)
+    return out
+
+
+def _feature_type_rows(
+    types: np.ndarray | None, feature_type: str, path: str, group: str
+) -> np.ndarray:
+    """The features of one type (Cell Ranger ARC: Gene Expression or Peaks)."""
+    found = sorted(set(types)) if types is not None else []
+    if feature_type not in found:
+        raise LoomFormatError(
+            f"no feature of type {feature_type!r}; found the feature types {found}",
+            path=path,
+            h5path=f"/{group}/features/feature_type" if group else None,
+        )
+    return np.flatnonzero(types == feature_type)
 
 
 def _genome_rows(genomes: np.ndarray | None, genome: str, path: str, group: str) -> np.ndarray:
@@ -228,10 +291,16 @@ def _genome_rows(genomes: np.ndarray | None, genome: str, path: str, group: str)
     return rows
 
 
-def _dataset(matrix: Any, row_attrs: dict[str, np.ndarray], barcodes: np.ndarray) -> xr.Dataset:
+def _dataset(
+    matrix: Any,
+    row_attrs: dict[str, np.ndarray],
+    barcodes: np.ndarray,
+    col_attrs: dict[str, np.ndarray] | None = None,
+) -> xr.Dataset:
     row, col = conv.DEFAULT_DIMS
     coords = {name: (row, values) for name, values in row_attrs.items()}
     coords["CellID"] = (col, barcodes)
+    coords.update({name: (col, values) for name, values in (col_attrs or {}).items()})
     ds = xr.Dataset({"matrix": ((row, col), matrix)}, coords=coords)
     ds.encoding["loom_dims"] = (row, col)
     return ds
@@ -247,12 +316,13 @@ def _open_text(folder: str, names: tuple[str, ...]) -> tuple[str, list[str]]:
     raise LoomFormatError(f"none of {', '.join(names)}; expected a 10x MEX folder", path=folder)
 
 
-def read_10x_mex(folder: str | os.PathLike[str]) -> xr.Dataset:
+def read_10x_mex(folder: str | os.PathLike[str], feature_type: str | None = None) -> xr.Dataset:
     """A 10x MEX folder (``matrix.mtx.gz``, ``features.tsv.gz``, ``barcodes.tsv.gz``; or
     the v2 layout with ``matrix.mtx``, ``genes.tsv``, ``barcodes.tsv``) as a Loom Dataset.
 
     The non-zeros are held in memory as a sparse matrix; ``matrix`` is made dense one band
-    of cells at a time.
+    of cells at a time.  ``feature_type`` keeps only the features of that type (the third
+    column of ``features.tsv.gz``).
 
     Raises
     ------
@@ -299,6 +369,10 @@ def read_10x_mex(folder: str | os.PathLike[str]) -> xr.Dataset:
     }
     if all(len(c) > 2 for c in columns):
         row_attrs["FeatureType"] = np.array([c[2] for c in columns], dtype=object)
+    if feature_type is not None:
+        rows = _feature_type_rows(row_attrs.get("FeatureType"), feature_type, folder, "")
+        row_attrs = {name: values[rows] for name, values in row_attrs.items()}
+        matrix = matrix[rows]
     dtype = np.dtype(np.int32) if matrix.dtype.kind in "iu" else np.dtype(np.float32)
     if matrix.dtype.kind == "f" and np.any(matrix.data != np.round(matrix.data)):
         dtype = np.dtype(np.float64)

@@ -94,3 +94,74 @@ def test_v3_h5_genome_selects_its_features(tmp_path, genome):
     with pytest.raises(LoomFormatError, match=r"GRCh38_chr21.*mm10") as info:
         read_10x_h5(two, genome="GRCm39")
     assert info.value.h5path == "/matrix/features/genome"
+
+
+PROBES = TENX / "visium-2.1.0" / "raw_probe_bc_matrix.h5"
+
+
+def test_probe_based_h5_keeps_every_field_as_scanpy():
+    theirs = sc.read_10x_h5(PROBES, gex_only=False)
+    assert "probe_ids" in theirs.var  # scanpy reads it as a probe-based matrix
+    ds = read_10x_h5(PROBES)
+    expected = {
+        "Accession": "gene_ids",
+        "ProbeID": "probe_ids",
+        "FeatureType": "feature_types",
+        "Genome": "genome",
+        "gene_name": "gene_name",
+        "probe_region": "probe_region",
+        "filtered_probes": "filtered_probes",
+    }
+    assert_same_as_scanpy(ds, theirs, expected)
+    assert ds["Accession"].values[0] != ds["ProbeID"].values[0]
+    assert list(ds["filtered_barcodes"].values) == list(theirs.obs["filtered_barcodes"])
+    assert ds["filtered_barcodes"].dims == ("col",)
+
+
+def write_arc_like(path, n_genes: int = 6, n_peaks: int = 4, n_cells: int = 5):
+    """A Cell Ranger ARC ``filtered_feature_bc_matrix.h5``: Gene Expression and Peaks
+    features in one v3 matrix, peaks with their ``interval``."""
+    rng = np.random.default_rng(1)
+    dense = rng.poisson(1.0, (n_genes + n_peaks, n_cells)).astype(np.int32)
+    import scipy.sparse
+
+    csc = scipy.sparse.csc_matrix(dense)
+    with h5py.File(path, "w") as f:
+        g = f.create_group("matrix")
+        g["data"], g["indices"], g["indptr"] = csc.data, csc.indices, csc.indptr
+        g["shape"] = np.array(dense.shape, dtype=np.int32)
+        g["barcodes"] = np.array([f"AAAC-{i}".encode() for i in range(n_cells)])
+        feats = g.create_group("features")
+        ids = [f"ENSG{i}" for i in range(n_genes)] + [f"chr1:{i}-{i + 9}" for i in range(n_peaks)]
+        feats["id"] = np.array([s.encode() for s in ids])
+        feats["name"] = np.array([s.encode() for s in ids])
+        types = [b"Gene Expression"] * n_genes + [b"Peaks"] * n_peaks
+        feats["feature_type"] = np.array(types)
+        feats["genome"] = np.array([b"GRCh38"] * (n_genes + n_peaks))
+        feats["interval"] = np.array([s.encode() for s in ids])
+        feats["_all_tag_keys"] = np.array([b"genome", b"interval"])
+    return dense
+
+
+@pytest.mark.parametrize("feature_type", [None, "Gene Expression", "Peaks"])
+def test_arc_h5_keeps_feature_types_or_picks_one(tmp_path, feature_type):
+    dense = write_arc_like(tmp_path / "arc.h5")
+    theirs = sc.read_10x_h5(tmp_path / "arc.h5", gex_only=False)
+    ds = read_10x_h5(tmp_path / "arc.h5", feature_type=feature_type)
+    keep = np.ones(len(dense), bool)
+    if feature_type is not None:
+        keep = theirs.var["feature_types"].to_numpy() == feature_type
+        assert set(ds["FeatureType"].values) == {feature_type}
+    np.testing.assert_array_equal(ds["matrix"].values, dense[keep])
+    assert list(ds["interval"].values) == list(theirs.var["interval"][keep])
+    assert list(ds["FeatureType"].values) == list(theirs.var["feature_types"][keep])
+
+
+def test_feature_type_not_in_the_file_is_refused_naming_those_found(tmp_path):
+    write_arc_like(tmp_path / "arc.h5")
+    with pytest.raises(LoomFormatError, match=r"'Antibody'.*\['Gene Expression', 'Peaks'\]"):
+        read_10x_h5(tmp_path / "arc.h5", feature_type="Antibody")
+    with pytest.raises(LoomFormatError, match=r"'Peaks'.*\['Gene Expression'\]"):
+        read_10x_mex(V3_MEX, feature_type="Peaks")
+    ds = read_10x_mex(V3_MEX, feature_type="Gene Expression")
+    assert ds.sizes["row"] == 507
