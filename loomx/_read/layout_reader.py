@@ -296,7 +296,8 @@ class LayoutReader:
             self.warn(
                 info.h5path,
                 f"compound dtype with fields {list(fields)} (not allowed by the Loom spec); "
-                "read as a 2-D attribute whose last dim is labelled by the field names",
+                "read as a 2-D attribute whose last dim is labelled by the field names (written "
+                "back compound)",
             )
             return AttrInfo(
                 info,

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from loomx.cli.warnings import command_inputs, warnings_for_people
 from loomx.errors import LoomxError
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
@@ -48,6 +49,12 @@ def qc_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--output", "-o", metavar="OUT.loom", help="write a copy with the metrics instead"
     )
+    parser.add_argument(
+        "--gene-symbols",
+        metavar="ATTR",
+        help="row attribute holding gene symbols (default: the first of Gene, gene_name, "
+        "features, var_names, ... the file has)",
+    )
     _scheduler_arguments(parser)
 
 
@@ -66,6 +73,7 @@ def qc_command(args: argparse.Namespace) -> int:
             mito_prefixes=args.mito_prefix,
             output=args.output,
             compute=run,
+            gene_symbols=args.gene_symbols,
         )
     mt = summary["median_pct_counts_mt"]
     if summary["mito_genes"] is None:
@@ -78,6 +86,7 @@ def qc_command(args: argparse.Namespace) -> int:
         ("median total_counts", f"{summary['median_total_counts']:g}"),
         ("median n_genes_by_counts", f"{summary['median_n_genes_by_counts']:g}"),
         ("median pct_counts_mt", mt_text),
+        ("gene symbols", summary["gene_symbols"] or "- (none found; name one: --gene-symbols)"),
         ("time", f"{summary['seconds']:.2f} s"),
     ]
     print(f"loomx qc: {summary['file']} (layer {summary['layer']})")
@@ -314,7 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``loomx`` console script."""
     args = build_parser().parse_args(argv)
     try:
-        return int(args.run(args))
+        with warnings_for_people(command_inputs(args)):
+            return int(args.run(args))
     except LoomxError as err:
         print(f"loomx: {err}", file=sys.stderr)
     except KeyboardInterrupt:

@@ -44,17 +44,43 @@ MITO_PREFIXES = ("MT-", "mt-")
 PERCENT_TOP = (50, 100, 200, 500)
 """Ranks of ``pct_counts_in_top_{n}_genes``, as scanpy's default ``percent_top``."""
 
-GENE_SYMBOL_ATTRS = ("Gene", "gene", "Genes", "GeneName", "gene_name", "gene_symbols", "Symbol")
-"""Row attributes searched, in order, for gene symbols (loompy's convention first)."""
+GENE_SYMBOL_ATTRS = (
+    "Gene",
+    "gene",
+    "Genes",
+    "GeneName",
+    "gene_name",
+    "gene_names",
+    "gene_symbols",
+    "Symbol",
+    "features",
+    "var_names",
+    "index",
+)
+"""Row attributes searched, in order, for gene symbols where producers put them: loompy's
+``Gene`` first (also Seurat's and loomx's 10x conversions), 10x's ``gene_name``, Seurat's
+``features``, anndata's ``var_names`` (``write_loom`` of an index without a name) and
+``index`` (an index named so); one holding text."""
 
 
-def _symbol_attr(ds: xr.Dataset, row_dim: str) -> str | None:
-    """Name of the Dataset variable holding gene symbols, or ``None``."""
+def _symbol_attr(ds: xr.Dataset, row_dim: str, wanted: str | None = None) -> str | None:
+    """Name of the Dataset variable holding gene symbols, or ``None``.
+
+    ``wanted`` names it: a row attribute's Loom name or a variable name.
+    """
     paths = conv.variable_paths(ds, conv.dataset_dims(ds))
     by_path = {h5path: name for name, h5path in paths.items()}
+    if wanted is not None:
+        name = by_path.get(f"/{_spec.ROW_ATTRS}/{wanted}", wanted)
+        if name not in ds.variables or ds[name].dims != (row_dim,):
+            found = sorted(h.rsplit("/", 1)[1] for h in by_path if h.startswith("/row_attrs/"))
+            raise LoomNameError(
+                f"no gene symbol attribute {wanted!r}; the row attributes are {found}"
+            )
+        return name
     for attr in GENE_SYMBOL_ATTRS:
         name = by_path.get(f"/{_spec.ROW_ATTRS}/{attr}")
-        if name is not None and ds[name].dims == (row_dim,):
+        if name is not None and ds[name].dims == (row_dim,) and ds[name].dtype.kind in "OUS":
             return name
     return None
 
@@ -276,10 +302,8 @@ def calculate_qc_metrics(
     n_genes, n_cells = ds.sizes[row_dim], ds.sizes[col_dim]
     ns = np.array(sorted({int(n) for n in (percent_top or ()) if 0 < int(n) <= n_genes}))
     ns = ns.astype(np.int64)
-    symbols = gene_symbols or _symbol_attr(ds, row_dim)
+    symbols = _symbol_attr(ds, row_dim, gene_symbols)
     with_mito = bool(mito_prefixes) and symbols is not None
-    if gene_symbols is not None and gene_symbols not in ds.variables:
-        raise LoomNameError(f"no gene symbol attribute {gene_symbols!r}")
     mito = (
         mito_mask(ds[symbols].values, mito_prefixes or ())
         if with_mito
@@ -319,9 +343,19 @@ def calculate_qc_metrics(
         )
     cell_ds = xr.Dataset({k: (col_dim, v) for k, v in cells.items()})
     gene_ds = xr.Dataset({k: (row_dim, v) for k, v in genes.items()})
-    cell_ds.attrs = {"layer": layer, "mito_genes": int(mito.sum()) if with_mito else None}
+    cell_ds.attrs = {
+        "layer": layer,
+        "mito_genes": int(mito.sum()) if with_mito else None,
+        "gene_symbols": _loom_name(ds, symbols) if symbols is not None else None,
+    }
     gene_ds.attrs = {"layer": layer}
     return cell_ds, gene_ds
+
+
+def _loom_name(ds: xr.Dataset, name: str) -> str:
+    """The Loom name of a row attribute's variable (``row_attrs:X`` -> ``X``)."""
+    h5path = conv.variable_paths(ds, conv.dataset_dims(ds)).get(name)
+    return h5path.rsplit("/", 1)[1] if h5path else name
 
 
 def _layer_names(ds: xr.Dataset, row_dim: str, col_dim: str) -> list[str]:
@@ -436,6 +470,7 @@ def qc_file(
     output: str | os.PathLike[str] | None = None,
     compute: Callable[..., tuple[Any, ...]] = dask.compute,
     locking: bool | None = None,
+    gene_symbols: str | None = None,
 ) -> dict[str, Any]:
     """Compute the QC metrics of a Loom file in one read and store them in the file.
 
@@ -456,13 +491,17 @@ def qc_file(
         line passes one that shows progress or runs on a cluster.
     locking
         HDF5 file locking (``False`` on filesystems without it).
+    gene_symbols
+        The row attribute holding gene symbols (its Loom name); default the first of
+        :data:`GENE_SYMBOL_ATTRS` the file has.
 
     Returns
     -------
     dict
         Summary: ``file``, ``cells``, ``genes``, ``median_total_counts``,
         ``median_n_genes_by_counts``, ``median_pct_counts_mt`` (None without gene
-        symbols), ``mito_genes``, ``seconds``.
+        symbols), ``mito_genes``, ``gene_symbols`` (the attribute used, or None),
+        ``seconds``.
 
     Examples
     --------
@@ -471,13 +510,17 @@ def qc_file(
     start = time.perf_counter()
     path = os.fspath(path)
     if output is None:
-        return _qc_into(path, path, layer, mito_prefixes, percent_top, compute, locking, start)
+        return _qc_into(
+            path, path, layer, mito_prefixes, percent_top, compute, locking, start, gene_symbols
+        )
     output = os.fspath(output)
     if not os.path.isfile(path):
         open_loom(path, locking=locking).close()  # the reader's error for a missing file
     with temporary_file(output, "qc", f"writing {output}") as tmp:
         shutil.copyfile(path, tmp)
-        summary = _qc_into(tmp, output, layer, mito_prefixes, percent_top, compute, locking, start)
+        summary = _qc_into(
+            tmp, output, layer, mito_prefixes, percent_top, compute, locking, start, gene_symbols
+        )
         move_into_place(tmp, output)
     return summary
 
@@ -491,6 +534,7 @@ def _qc_into(
     compute: Callable[..., tuple[Any, ...]],
     locking: bool | None,
     start: float,
+    gene_symbols: str | None = None,
 ) -> dict[str, Any]:
     with open_loom(path, chunks=None, locking=locking) as lazy:
         row_dim, col_dim = conv.dataset_dims(lazy)
@@ -504,7 +548,12 @@ def _qc_into(
         width = _chunking.band_width(lazy.sizes[row_dim], var.dtype.itemsize, hdf5)
         ds = chunk_layers(lazy, {row_dim: -1, col_dim: width})
         cells, genes = calculate_qc_metrics(
-            ds, layer, mito_prefixes=mito_prefixes, percent_top=percent_top, compute=False
+            ds,
+            layer,
+            mito_prefixes=mito_prefixes,
+            percent_top=percent_top,
+            compute=False,
+            gene_symbols=gene_symbols,
         )
         cells, genes = compute(cells, genes)
         to_loom(assign_qc(ds, cells, genes), path, mode="a", locking=locking)
@@ -518,6 +567,7 @@ def _qc_into(
         "median_n_genes_by_counts": _median(cells["n_genes_by_counts"]),
         "median_pct_counts_mt": _median(cells["pct_counts_mt"]) if mito is not None else None,
         "mito_genes": mito,
+        "gene_symbols": cells.attrs.get("gene_symbols"),
         "seconds": time.perf_counter() - start,
     }
 

@@ -287,3 +287,53 @@ def test_cli_progress_bar_only_on_a_terminal(counts_file):
     assert status == 0 and b"100% Completed" in shown
     status, shown = stderr_on_a_terminal("qc", counts_file, "--quiet")
     assert status == 0 and shown == b""
+
+
+def anndata_written(path, seed=0, index_name=None):
+    """A counts file written by anndata's own ``write_loom``: the gene symbols are the
+    var index, stored as ``var_names`` (or under the index's name)."""
+    rng = np.random.default_rng(seed)
+    matrix = rng.poisson(2, size=(90, 40)).astype(np.float32)  # genes x cells
+    genes = gene_names(90, 7)
+    adata = anndata.AnnData(np.ascontiguousarray(matrix.T))
+    adata.var_names = genes.astype(str)
+    adata.var.index.name = index_name
+    adata.obs_names = [f"c{j}" for j in range(40)]
+    adata.write_loom(path)
+    return matrix, genes
+
+
+@pytest.mark.parametrize("index_name", [None, "features"])
+def test_qc_finds_the_symbols_anndata_wrote(tmp_path, index_name):
+    path = tmp_path / "ad.loom"
+    matrix, genes = anndata_written(path, index_name=index_name)
+    attr = index_name or "var_names"
+    with h5py.File(path, "r") as f:
+        assert list(f["row_attrs"]) == [attr]  # where anndata put them
+    summary = qc_file(path)
+    obs, _ = scanpy_metrics(matrix, genes)
+    assert summary["gene_symbols"] == attr and summary["mito_genes"] == 7
+    with h5py.File(path, "r") as f:
+        np.testing.assert_allclose(f["col_attrs/pct_counts_mt"][:], obs["pct_counts_mt"], 1e-6)
+
+
+def test_cli_qc_takes_the_gene_symbol_attribute_and_says_which(tmp_path):
+    matrix = np.random.default_rng(5).poisson(2, size=(60, 30)).astype(np.int32)
+    genes = gene_names(60, 4)
+    path = tmp_path / "f.loom"
+    cells = np.array([f"c{j}" for j in range(30)], dtype=object)
+    ids = np.array([f"ENSG{i}" for i in range(60)], dtype=object)
+    write_loom_h5py(path, {"": matrix}, {"Gene": ids, "symbol": genes}, {"CellID": cells})
+    done = run_cli("qc", path, "--output", tmp_path / "a.loom")
+    assert done.returncode == 0, done.stderr
+    assert "gene symbols" in done.stdout and " Gene" in done.stdout
+    assert "(0 mitochondrial genes)" in done.stdout  # Gene holds ids here
+    done = run_cli("qc", path, "--gene-symbols", "symbol", "--output", tmp_path / "b.loom")
+    assert done.returncode == 0, done.stderr
+    assert "(4 mitochondrial genes)" in done.stdout and " symbol" in done.stdout
+    obs, _ = scanpy_metrics(matrix, genes)
+    with h5py.File(tmp_path / "b.loom", "r") as f:
+        np.testing.assert_allclose(f["col_attrs/pct_counts_mt"][:], obs["pct_counts_mt"], 1e-6)
+    done = run_cli("qc", path, "--gene-symbols", "nope", "--output", tmp_path / "c.loom")
+    assert done.returncode != 0 and "'nope'" in done.stderr and "symbol" in done.stderr
+    assert not (tmp_path / "c.loom").exists()
