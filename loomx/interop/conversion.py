@@ -13,8 +13,9 @@ import xarray as xr
 from loomx._format import names as conv
 from loomx._read.backend import open_loom
 from loomx._write.writer import to_loom
-from loomx.errors import LoomFileError, LoomFileNotFoundError, LoomFormatError
+from loomx.errors import LoomFormatError
 from loomx.interop.anndata import from_anndata, to_anndata
+from loomx.interop.h5ad import read_h5ad_lazy
 from loomx.interop.tenx import is_10x_h5, read_10x_h5, read_10x_mex
 
 __all__ = ["aggregate_file", "convert", "read_any"]
@@ -53,19 +54,8 @@ def read_any(
             path=path,
         )
     if path.endswith(".h5ad"):
-        return from_anndata(_read_h5ad(path))
+        return from_anndata(read_h5ad_lazy(path))
     return open_loom(path)
-
-
-def _read_h5ad(path: str) -> Any:
-    import anndata
-
-    if not os.path.isfile(path):
-        raise LoomFileNotFoundError("no such file; expected an AnnData .h5ad file", path=path)
-    try:
-        return anndata.read_h5ad(path)
-    except OSError as err:
-        raise LoomFileError(f"cannot be read as an AnnData .h5ad file ({err})", path=path) from err
 
 
 def convert(
