@@ -265,3 +265,97 @@ def test_h5ad_and_back_keeps_compound_attributes(scope_file, tmp_path):
         convert(scope_file, tmp_path / "x.h5ad")
         convert(tmp_path / "x.h5ad", tmp_path / "back.loom")
     assert_same_compound(scope_file, tmp_path / "back.loom")
+
+
+# --------------------------------------------------------------------------- the corpus
+
+
+def _anndata_written(path: Path) -> Path:
+    """anndata's own ``write_loom`` (through loompy) of scanpy's shipped PBMC data."""
+    import scanpy as sc
+
+    adata = sc.datasets.pbmc68k_reduced()[:, :200].copy()
+    adata.X = np.asarray(adata.X, dtype=np.float32)
+    adata.write_loom(path)
+    return path
+
+
+PRODUCERS = {
+    "scopeloomr": lambda tmp: Path(shutil.copy(SCOPE_R, tmp / "p.loom")),
+    "pyscenic-export2loom": lambda tmp: write_pyscenic_like(tmp / "p.loom"),
+    "kb_python-loompy3": lambda tmp: Path(
+        shutil.copy(DATA / "kb_python_genes.loom", tmp / "p.loom")
+    ),
+    "loomexperiment-2.0.1": lambda tmp: Path(
+        shutil.copy(DATA / "LoomExperiment_L1_DRG_20_example.loom", tmp / "p.loom")
+    ),
+    "loompy3": lambda tmp: Path(shutil.copy(DATA / "loompy_test.loom", tmp / "p.loom")),
+    "anndata-write_loom": lambda tmp: _anndata_written(tmp / "p.loom"),
+}
+
+
+def h5py_attrs(path: Path) -> dict[str, np.ndarray]:
+    """Every row and column attribute as h5py reads it, text decoded."""
+    out = {}
+    with h5py.File(path, "r") as f:
+        for group in ("row_attrs", "col_attrs"):
+            for name, obj in f[group].items():
+                raw = obj[()]
+                if raw.dtype.kind in "SO":
+                    raw = np.array([v.decode() if isinstance(v, bytes) else v for v in raw], object)
+                out[f"/{group}/{name}"] = raw
+    return out
+
+
+def assert_same_attrs(source: Path, copy: Path, cols: slice = slice(None)) -> None:
+    want, have = h5py_attrs(source), h5py_attrs(copy)
+    assert set(want) <= set(have), sorted(set(want) - set(have))
+    for h5path, values in want.items():
+        found = have[h5path][cols] if h5path.startswith("/col_attrs") else have[h5path]
+        assert found.dtype.names == values.dtype.names, h5path
+        assert np.array_equal(found, values), h5path
+
+
+def h5py_matrix(path: Path) -> np.ndarray:
+    with h5py.File(path, "r") as f:
+        return f["matrix"][()]
+
+
+@pytest.fixture(params=list(PRODUCERS))
+def produced(request, tmp_path) -> Path:
+    return PRODUCERS[request.param](tmp_path)
+
+
+def test_every_producers_file_survives_every_path(produced, tmp_path):
+    from loomx._read.validate import validate_loom
+    from loomx.ops.qc import qc_file
+
+    matrix = h5py_matrix(produced)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ds = loomx.open_loom(produced)
+        np.testing.assert_array_equal(ds["matrix"].values, matrix)  # open
+        rewritten = tmp_path / "rewritten.loom"
+        loomx.to_loom(ds, rewritten)  # full rewrite
+        assert_same_attrs(produced, rewritten)
+        np.testing.assert_array_equal(h5py_matrix(rewritten), matrix)
+        back = loomx.open_loom(produced).load()  # write-back of one changed value
+        back["matrix"].values[0, 0] += 1
+        copy = Path(shutil.copy(produced, tmp_path / "copy.loom"))
+        loomx.to_loom(back, copy, mode="a")
+        changed = matrix.copy()
+        changed[0, 0] += 1
+        np.testing.assert_array_equal(h5py_matrix(copy), changed)
+        assert_same_attrs(produced, copy)
+        convert(produced, tmp_path / "x.h5ad")  # h5ad and back
+        convert(tmp_path / "x.h5ad", tmp_path / "back.loom")
+        np.testing.assert_array_equal(h5py_matrix(tmp_path / "back.loom"), matrix)
+        assert compound_paths(tmp_path / "back.loom") == compound_paths(produced)
+        qc_file(produced, output=tmp_path / "qc.loom")  # qc into a copy
+        np.testing.assert_array_equal(h5py_matrix(tmp_path / "qc.loom"), matrix)
+        assert_same_attrs(produced, tmp_path / "qc.loom")
+        validate_loom(rewritten)  # validate: reports, never raises
+        loomx.combine([produced, produced], tmp_path / "both.loom")  # combine
+        both = h5py_matrix(tmp_path / "both.loom")
+        np.testing.assert_array_equal(both, np.concatenate([matrix, matrix], axis=1))
+        assert_same_attrs(produced, tmp_path / "both.loom", cols=slice(0, matrix.shape[1]))

@@ -60,7 +60,9 @@ def to_anndata(ds: xr.Dataset, layer: str = "matrix") -> Any:
 
     ``X`` is ``layer`` transposed, as a dask array (nothing is read); other layers go to
     ``layers``; 1-D column/row attributes to ``obs``/``var`` (indexed by ``CellID`` and
-    ``Gene`` when present); N-D ones to ``obsm``/``varm``; column/row graphs to
+    ``Gene`` when present); N-D ones to ``obsm``/``varm`` (compound ones, SCope's
+    ``RegulonsAUC`` or ``Embeddings_X``, as DataFrames whose columns are the field names,
+    each of its field's dtype); column/row graphs to
     ``obsp``/``varp`` (scipy CSR, parallel edges summed); global attributes to ``uns``.
 
     Examples
@@ -167,7 +169,8 @@ def from_anndata(adata: Any, dims: tuple[str, str] = conv.DEFAULT_DIMS) -> xr.Da
     of cells at a time, as :func:`loomx.to_loom` writes them), ``layers`` become layers,
     ``obs``/``var`` columns column/row attributes (categories as their values), the
     ``obs_names``/``var_names`` ``CellID``/``Gene`` (or the index's own name), ``obsm``/
-    ``varm`` N-D attributes, ``obsp``/``varp`` graphs and ``uns`` entries that Loom can
+    ``varm`` N-D attributes (DataFrames of numbers compound ones, their columns the field
+    names), ``obsp``/``varp`` graphs and ``uns`` entries that Loom can
     store global attributes (others are left out with a :class:`LoomFormatWarning`).
 
     Examples
