@@ -359,3 +359,16 @@ def test_every_producers_file_survives_every_path(produced, tmp_path):
         both = h5py_matrix(tmp_path / "both.loom")
         np.testing.assert_array_equal(both, np.concatenate([matrix, matrix], axis=1))
         assert_same_attrs(produced, tmp_path / "both.loom", cols=slice(0, matrix.shape[1]))
+
+
+def test_write_back_of_renamed_fields_stores_the_new_names(scope_file, tmp_path):
+    target = Path(shutil.copy(scope_file, tmp_path / "target.loom"))
+    ds = quiet_open(target)
+    old = list(ds["Embedding_dim_1"].values)
+    ds = ds.assign_coords(Embedding_dim_1=["x", "y"])
+    loomx.to_loom(ds, target, mode="a")
+    found = producer_frame(target, "/col_attrs/Embedding")
+    expected = producer_frame(scope_file, "/col_attrs/Embedding").rename(
+        columns=dict(zip(old, ["x", "y"], strict=True))
+    )
+    pd.testing.assert_frame_equal(found, expected, check_exact=True)

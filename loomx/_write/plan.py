@@ -361,7 +361,8 @@ def plan_dataset(
                 path=path,
                 h5path=h5path,
             )
-        if _unchanged_on_disk(var, path, h5path, target, explicit.get(name)):
+        same_fields = var.encoding.get("loom_compound_fields") in (None, field_names(ds, var))
+        if same_fields and _unchanged_on_disk(var, path, h5path, target, explicit.get(name)):
             continue  # as on disk, and read from there: nothing to write, nothing to read
         values = attr_values(ds, name, explicit.get(name), path, h5path, legacy)
         storage, dtype = storage_of(
