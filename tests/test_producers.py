@@ -5,7 +5,8 @@ embeddings and clusterings as compound (structured) attributes.  Their readers t
 them as pySCENIC 0.12 does (``pd.DataFrame(ds.ca.RegulonsAUC, index=ds.ca.CellID)``,
 the field names as columns) and loomxpy does (``Embeddings_X[str(embedding_id)]``); both
 read the structured array as h5py returns it, which is what :func:`producer_frame`
-repeats.  Every writer must leave them reading the same.
+repeats.  Every writer must leave them reading the same.  ``tests/data/producers/`` holds a file
+pySCENIC 0.12.1's own ``export2loom`` wrote (the script and versions beside it).
 """
 
 from __future__ import annotations
@@ -99,10 +100,15 @@ def assert_same_compound(source: Path, copy: Path, rows: slice = slice(None)) ->
         pd.testing.assert_frame_equal(found, expected, check_exact=True)
 
 
-@pytest.fixture(params=["pyscenic", "scopeloomr"])
+PYSCENIC = DATA / "producers" / "pyscenic_export2loom.loom"  # pySCENIC 0.12.1's own export2loom
+
+
+@pytest.fixture(params=["pyscenic", "pyscenic-0.12.1", "scopeloomr"])
 def scope_file(request, tmp_path) -> Path:
     if request.param == "scopeloomr":
         return Path(shutil.copy(SCOPE_R, tmp_path / "scope.loom"))
+    if request.param == "pyscenic-0.12.1":
+        return Path(shutil.copy(PYSCENIC, tmp_path / "scope.loom"))
     return write_pyscenic_like(tmp_path / "scope.loom")
 
 
@@ -283,6 +289,7 @@ def _anndata_written(path: Path) -> Path:
 PRODUCERS = {
     "scopeloomr": lambda tmp: Path(shutil.copy(SCOPE_R, tmp / "p.loom")),
     "pyscenic-export2loom": lambda tmp: write_pyscenic_like(tmp / "p.loom"),
+    "pyscenic-0.12.1": lambda tmp: Path(shutil.copy(PYSCENIC, tmp / "p.loom")),
     "kb_python-loompy3": lambda tmp: Path(
         shutil.copy(DATA / "kb_python_genes.loom", tmp / "p.loom")
     ),
