@@ -7,6 +7,7 @@ Examples
 >>> ds = loomx.pp.log1p(loomx.pp.normalize_total(ds, target_sum=1e4))  # doctest: +SKIP
 """
 
+from loomx.analysis.hvg import highly_variable_genes
 from loomx.analysis.preprocess import (
     calculate_qc_metrics,
     filter_genes,
@@ -19,6 +20,7 @@ from loomx.analysis.preprocess import (
 __all__ = [
     "calculate_qc_metrics",
     "filter_genes",
+    "highly_variable_genes",
     "log1p",
     "mark_outliers",
     "normalize_total",
