@@ -8,6 +8,7 @@ Examples
 """
 
 from loomx.analysis.hvg import highly_variable_genes
+from loomx.analysis.pca import pca
 from loomx.analysis.preprocess import (
     calculate_qc_metrics,
     filter_genes,
@@ -24,5 +25,6 @@ __all__ = [
     "log1p",
     "mark_outliers",
     "normalize_total",
+    "pca",
     "scale",
 ]
