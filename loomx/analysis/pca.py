@@ -46,10 +46,7 @@ def _components(
     n = int(sums["n"])
     mean = sums["sum"] / n
     moment = sums["gram"] / n - np.outer(mean, mean)  # covariance with ddof 0
-    if zero_center:
-        matrix = moment * (n / (n - 1))
-    else:
-        matrix = sums["gram"]
+    matrix = moment * (n / (n - 1)) if zero_center else sums["gram"]
     values, vectors = np.linalg.eigh(matrix)
     order = np.argsort(values)[::-1][:n_comps]
     vectors = vectors[:, order]
