@@ -18,7 +18,7 @@ from loomx._write.combine import combine
 from loomx._write.maintain import delete, repack
 from loomx._write.transaction import recover
 from loomx._write.writer import to_loom
-from loomx.analysis import pp
+from loomx.analysis import pp, tl
 from loomx.errors import (
     LoomFileError,
     LoomFileNotFoundError,
@@ -60,6 +60,7 @@ __all__ = [
     "pp",
     "recover",
     "repack",
+    "tl",
     "to_anndata",
     "to_kerchunk",
     "to_loom",

@@ -8,6 +8,6 @@ Examples
 >>> ds = loomx.pp.normalize_total(loomx.open_loom("pbmc.loom"))  # doctest: +SKIP
 """
 
-from loomx.analysis import pp
+from loomx.analysis import pp, tl
 
-__all__ = ["pp"]
+__all__ = ["pp", "tl"]

@@ -7,6 +7,7 @@ Examples
 >>> ds = loomx.pp.log1p(loomx.pp.normalize_total(ds, target_sum=1e4))  # doctest: +SKIP
 """
 
+from loomx.analysis.embedding import neighbors
 from loomx.analysis.hvg import highly_variable_genes
 from loomx.analysis.pca import pca
 from loomx.analysis.preprocess import (
@@ -24,6 +25,7 @@ __all__ = [
     "highly_variable_genes",
     "log1p",
     "mark_outliers",
+    "neighbors",
     "normalize_total",
     "pca",
     "scale",
