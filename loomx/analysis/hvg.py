@@ -49,7 +49,7 @@ _BATCH_COLUMNS = {"highly_variable_nbatches": np.int64, "highly_variable_interse
 # ------------------------------------------------------------------------------- band sums
 
 
-def _batch_moments(
+def group_moments(
     block: Any, dtype: np.dtype, genes: np.ndarray, n_batches: int, expm1: float | None, codes: Any
 ) -> dict[str, np.ndarray]:
     """Per batch and gene of a band's valid cells (``codes`` >= 0): count, sum, sum of
@@ -342,7 +342,7 @@ def highly_variable_genes(
         expm1 = 1.0 if base in ("e", None) else float(np.log(float(base)))
     index = _gene_index(ds, genes)
     moments = _bands.band_sums(
-        data, _batch_moments, dtype, genes, n_batches, expm1, cells={"codes": codes}
+        data, group_moments, dtype, genes, n_batches, expm1, cells={"codes": codes}
     )
     if v3:
         n_top = 2000 if n_top_genes is None else int(n_top_genes)

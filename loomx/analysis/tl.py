@@ -7,5 +7,6 @@ Examples
 """
 
 from loomx.analysis.embedding import leiden, umap
+from loomx.analysis.markers import rank_genes_groups, top_genes
 
-__all__ = ["leiden", "umap"]
+__all__ = ["leiden", "rank_genes_groups", "top_genes", "umap"]
