@@ -110,6 +110,33 @@ def _add(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.nda
     return {key: a[key] + b[key] for key in a}
 
 
+_RECIPES: dict[str, tuple[da.Array, tuple[tuple[Any, tuple[Any, ...], np.dtype], ...]]] = {}
+"""Dask name of a derived layer -> the stored layer it comes from and the band functions
+applied to it (see :func:`derive`, :func:`fresh_reads`)."""
+
+
+def derive(data: da.Array, func: Callable[..., np.ndarray], *args: Any, dtype: Any) -> da.Array:
+    """``func(band, *args)`` on every band of ``data``: a derived layer, lazy, whose
+    recipe is kept so that :func:`fresh_reads` can rebuild it on reads of its own."""
+    dtype = np.dtype(dtype)
+    out = data.map_blocks(func, *args, dtype=dtype, meta=np.empty((0, 0), dtype))
+    root, chain = _RECIPES.get(data.name, (data, ()))
+    _RECIPES[out.name] = (root, (*chain, (func, args, dtype)))
+    while len(_RECIPES) > 256:  # the oldest recipes go: a forgotten one only re-reads
+        del _RECIPES[next(iter(_RECIPES))]
+    return out
+
+
+def fresh_reads(data: da.Array) -> da.Array:
+    """``data`` computed from reads of its own (new task keys for the stored layer's
+    bands, the derivation applied again; statistics it waits for are shared)."""
+    root, chain = _RECIPES.get(data.name, (data, ()))
+    out = clone(root, assume_layers=False)
+    for func, args, dtype in chain:
+        out = out.map_blocks(func, *args, dtype=dtype, meta=np.empty((0, 0), dtype))
+    return out
+
+
 def band_map(
     data: da.Array,
     func: Callable[..., Any],
@@ -120,10 +147,10 @@ def band_map(
     """Delayed ``func(band, *args, **per-cell slices)``, one per band of ``data``.
 
     ``cells`` are per-cell vectors, each passed to ``func`` sliced to the band.  With
-    ``fresh`` (the default) the bands are read by their own tasks (a clone of ``data``),
+    ``fresh`` (the default) the bands are read by their own tasks (:func:`fresh_reads`),
     so that a layer which waits for the result does not keep bands in memory meanwhile.
     """
-    source = clone(data, assume_layers=False) if fresh else data
+    source = fresh_reads(data) if fresh else data
     blocks = source.to_delayed()[0]
     bounds = np.cumsum((0, *data.chunks[1]))
     call = dask.delayed(func, pure=True)

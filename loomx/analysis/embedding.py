@@ -16,6 +16,7 @@ Cells that are not valid take no part; their rows of every graph are empty.
 from __future__ import annotations
 
 import json
+import warnings
 from typing import Any
 
 import numpy as np
@@ -162,13 +163,15 @@ def leiden(
     sc = _scanpy()
     cells = _bands.cell_mask(ds)
     ad = _anndata(ds, cells, graphs=True)
-    sc.tl.leiden(
-        ad,
-        resolution=resolution,
-        random_state=random_state,
-        n_iterations=n_iterations,
-        flavor=flavor,
-    )
+    with warnings.catch_warnings():  # scanpy's notice that its default backend will change
+        warnings.simplefilter("ignore", FutureWarning)
+        sc.tl.leiden(
+            ad,
+            resolution=resolution,
+            random_state=random_state,
+            n_iterations=n_iterations,
+            flavor=flavor,
+        )
     labels = ad.obs["leiden"].astype(str).to_numpy()
     names = np.full(cells.size, "", dtype=object)
     names[cells] = labels

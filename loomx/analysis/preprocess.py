@@ -133,9 +133,7 @@ def normalize_total(
         target: Any = dask.delayed(_median_nonzero, pure=True)(totals)
     else:
         target = float(target_sum)
-    out = data.map_blocks(
-        _normalize_band, genes, dtype, high, target, dtype=dtype, meta=np.empty((0, 0), dtype)
-    )
+    out = _bands.derive(data, _normalize_band, genes, dtype, high, target, dtype=dtype)
     attrs = {
         "step": "normalize_total",
         "source": source,
@@ -171,7 +169,7 @@ def log1p(
     source = _bands.source_layer(ds, layer)
     data = _bands.bands(ds, source)
     dtype = _float_dtype(data.dtype, np.float64)
-    out = data.map_blocks(_log1p_band, base, dtype=dtype, meta=np.empty((0, 0), dtype))
+    out = _bands.derive(data, _log1p_band, base, dtype=dtype)
     attrs = {"step": "log1p", "source": source, "base": "e" if base is None else float(base)}
     return _bands.add_layer(ds, name, out, attrs)
 
@@ -240,9 +238,7 @@ def scale(
     dtype = _float_dtype(data.dtype, np.float64)
     moments = _bands.band_sums(data, gene_moments, dtype, cells={"valid": _bands.cell_mask(ds)})
     stats = dask.delayed(_scale_stats, pure=True)(moments)
-    out = data.map_blocks(
-        _scale_band, dtype, stats, zero_center, max_value, dtype=dtype, meta=np.empty((0, 0), dtype)
-    )
+    out = _bands.derive(data, _scale_band, dtype, stats, zero_center, max_value, dtype=dtype)
     attrs = {
         "step": "scale",
         "source": source,
