@@ -96,9 +96,11 @@ def bands(ds: xr.Dataset, name: str) -> da.Array:
     hdf5 = (var.encoding.get("chunksizes") or (None, None))[1]
     current = data.chunks[1][0] if isinstance(data, da.Array) and data.chunks[1] else None
     width = _chunking.band_width(n, var.dtype.itemsize, hdf5 or current)
-    if isinstance(data, da.Array):
-        return data.rechunk({0: -1, 1: width})
-    return da.from_array(np.asarray(data), chunks=(max(n, 1), width))
+    if not isinstance(data, da.Array):
+        return da.from_array(np.asarray(data), chunks=(max(n, 1), width))
+    out = data.rechunk({0: -1, 1: width})
+    _RECIPES[out.name] = (data, ((_RECHUNK, ({0: -1, 1: width},), out.dtype),))
+    return out
 
 
 def cell_chunks(data: da.Array, values: np.ndarray) -> da.Array:
@@ -113,6 +115,10 @@ def _add(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.nda
 _RECIPES: dict[str, tuple[da.Array, tuple[tuple[Any, tuple[Any, ...], np.dtype], ...]]] = {}
 """Dask name of a derived layer -> the stored layer it comes from and the band functions
 applied to it (see :func:`derive`, :func:`fresh_reads`)."""
+
+
+_RECHUNK = object()
+"""A step of a recipe that rechunks (into full-height bands) instead of mapping bands."""
 
 
 def derive(data: da.Array, func: Callable[..., np.ndarray], *args: Any, dtype: Any) -> da.Array:
@@ -133,7 +139,10 @@ def fresh_reads(data: da.Array) -> da.Array:
     root, chain = _RECIPES.get(data.name, (data, ()))
     out = clone(root, assume_layers=False)
     for func, args, dtype in chain:
-        out = out.map_blocks(func, *args, dtype=dtype, meta=np.empty((0, 0), dtype))
+        if func is _RECHUNK:
+            out = out.rechunk(*args)
+        else:
+            out = out.map_blocks(func, *args, dtype=dtype, meta=np.empty((0, 0), dtype))
     return out
 
 

@@ -29,7 +29,8 @@ import xarray as xr
 from loomx._format import names as conv
 from loomx._format import spec as _spec
 from loomx._hdf5.filesystem import move_into_place, temporary_file
-from loomx._read.backend import open_loom
+from loomx._read import chunking as _chunking
+from loomx._read.backend import chunk_layers, open_loom
 from loomx._write.writer import to_loom
 from loomx.analysis import bands as _bands
 from loomx.analysis import embedding, hvg, markers, pca, preprocess
@@ -125,6 +126,18 @@ def _results(ds: xr.Dataset, out: xr.Dataset, compute: Compute) -> xr.Dataset:
     return out
 
 
+def _open_banded(path: str, locking: bool | None) -> xr.Dataset:
+    """The file with its layers as full-height bands of whole HDF5 chunks (no rechunk)."""
+    lazy = open_loom(path, chunks=None, locking=locking)
+    row_dim, col_dim = conv.dataset_dims(lazy)
+    if _spec.MATRIX not in lazy.data_vars:
+        return lazy
+    var = lazy[_spec.MATRIX]
+    hdf5 = (var.encoding.get("chunksizes") or (None, None))[1]
+    width = _chunking.band_width(lazy.sizes[row_dim], var.dtype.itemsize, hdf5)
+    return chunk_layers(lazy, {row_dim: -1, col_dim: width})
+
+
 def _records(params: Mapping[str, Any]) -> dict[str, str]:
     """Step -> its record: its parameters and those of every step before it."""
     out = {}
@@ -202,7 +215,7 @@ def process_file(
     for index, step in enumerate(STEPS):
         start = time.perf_counter()
         key = RECORD_PREFIX + step
-        with open_loom(target, locking=locking) as ds:
+        with _open_banded(target, locking) as ds:
             done = not redo and ds.attrs.get(key) == records[step]
             if not done:
                 if progress:

@@ -86,3 +86,16 @@ def test_valid_cells_and_genes_are_scanpys_subset(counts_loom) -> None:
 def test_filter_genes_needs_one_threshold(counts_loom) -> None:
     with pytest.raises(ValueError, match="exactly one"):
         loomx.pp.filter_genes(loomx.open_loom(counts_loom), min_cells=1, min_counts=2)
+
+
+def test_layers_in_blocks_shorter_than_the_genes(counts_loom) -> None:
+    """Blocks that are not full-height are rechunked into bands; the statistics a derived
+    layer waits for (the median, the gene moments of scale) read bands of their own."""
+    ad = adata_of(counts_loom)
+    sc.pp.normalize_total(ad)
+    sc.pp.log1p(ad)
+    sc.pp.scale(ad)
+    ds = loomx.open_loom(counts_loom, chunks={"row": 100, "col": 128})
+    ds = loomx.pp.scale(loomx.pp.log1p(loomx.pp.normalize_total(ds)))
+    assert ds["scaled"].data.chunks[0] == (ds.sizes["row"],)
+    np.testing.assert_allclose(ds["scaled"].values.T, ad.X, rtol=1e-6, atol=1e-6)
