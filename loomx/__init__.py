@@ -18,6 +18,7 @@ from loomx._write.combine import combine
 from loomx._write.maintain import delete, repack
 from loomx._write.transaction import recover
 from loomx._write.writer import to_loom
+from loomx.analysis import pp, tl
 from loomx.errors import (
     LoomFileError,
     LoomFileNotFoundError,
@@ -56,8 +57,10 @@ __all__ = [
     "from_anndata",
     "from_arrays",
     "open_loom",
+    "pp",
     "recover",
     "repack",
+    "tl",
     "to_anndata",
     "to_kerchunk",
     "to_loom",

@@ -102,6 +102,15 @@ def example_loom(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
+def counts_loom(tmp_path_factory) -> str:
+    """Negative-binomial counts with clusters and ``MT-`` genes, 400 genes x 600 cells,
+    in (64, 64) chunks (read-only: copy it before writing)."""
+    from loomx.testing import make_counts_loom
+
+    return make_counts_loom(tmp_path_factory.mktemp("counts") / "counts.loom", 400, 600)
+
+
+@pytest.fixture(scope="session")
 def loompy_file(tmp_path_factory) -> dict:
     """A file written by loompy itself, with every feature, and the arrays it holds."""
     import loompy

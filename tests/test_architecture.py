@@ -23,6 +23,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("loomx._read",),
     ("loomx._write",),
     ("loomx.ops", "loomx.interop"),  # independent of each other
+    ("loomx.analysis",),
     ("loomx.testing",),
     ("loomx.cli",),
 ]
