@@ -46,9 +46,27 @@ def qc_arguments(parser: argparse.ArgumentParser) -> None:
         help="gene symbol prefixes of mitochondrial genes (MT- mt-); none to leave out",
     )
     parser.add_argument(
+        "--no-mito",
+        action="store_true",
+        help="skip the mitochondrial metrics (and remove those of an earlier run)",
+    )
+    parser.add_argument(
         "--output", "-o", metavar="OUT.loom", help="write a copy with the metrics instead"
     )
     _scheduler_arguments(parser)
+
+
+def _mito_text(summary: dict[str, Any], skipped: bool) -> str:
+    """The summary's ``median pct_counts_mt`` value: a number, or why there is none."""
+    if skipped:
+        return "- (skipped: --no-mito)"
+    if summary["gene_symbols"] is None:
+        return "- (no gene symbol attribute)"
+    if not summary["mito_genes"]:
+        prefixes = ", ".join(summary["mito_prefixes"])
+        return f"- (no gene in {summary['gene_symbols']} starts with {prefixes})"
+    mt = summary["median_pct_counts_mt"]
+    return f"{mt:.2f} ({summary['mito_genes']} mitochondrial genes)"
 
 
 def qc_command(args: argparse.Namespace) -> int:
@@ -63,15 +81,12 @@ def qc_command(args: argparse.Namespace) -> int:
         summary = qc_file(
             args.path,
             layer=args.layer,
-            mito_prefixes=args.mito_prefix,
+            mito_prefixes=None if args.no_mito else args.mito_prefix,
             output=args.output,
             compute=run,
         )
-    mt = summary["median_pct_counts_mt"]
-    if summary["mito_genes"] is None:
-        mt_text = "- (no gene symbols, or no --mito-prefix)"
-    else:
-        mt_text = f"{mt:.2f} ({summary['mito_genes']} mitochondrial genes)"
+    skipped = args.no_mito or not args.mito_prefix
+    mt_text = _mito_text(summary, skipped)
     rows = [
         ("cells", f"{summary['cells']}"),
         ("genes", f"{summary['genes']}"),
@@ -84,6 +99,8 @@ def qc_command(args: argparse.Namespace) -> int:
     for label, value in rows:
         print(f"  {label:<26}{value}")
     print(f"metrics written to {summary['file']} as column and row attributes")
+    if summary["removed"]:
+        print(f"removed metrics of an earlier run: {', '.join(summary['removed'])}")
     return 0
 
 
