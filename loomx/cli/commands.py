@@ -70,6 +70,13 @@ def _mito_text(summary: dict[str, Any], skipped: bool) -> str:
 
 
 def qc_command(args: argparse.Namespace) -> int:
+    from loomx.cli import checks
+
+    args.path = checks.source_path(args.path)
+    if args.output:
+        checks.check_output(args.output, args.path)
+    else:
+        checks.check_in_place(args.path)
     from loomx.cli.run import compute, scheduler
     from loomx.ops.qc import qc_file
 
@@ -78,13 +85,15 @@ def qc_command(args: argparse.Namespace) -> int:
         def run(*collections: Any) -> tuple[Any, ...]:
             return compute(*collections, client=client, progress=_progress_wanted(args))
 
-        summary = qc_file(
-            args.path,
-            layer=args.layer,
-            mito_prefixes=None if args.no_mito else args.mito_prefix,
-            output=args.output,
-            compute=run,
-        )
+        options = {
+            "layer": args.layer,
+            "mito_prefixes": None if args.no_mito else args.mito_prefix,
+            "compute": run,
+        }
+        if checks.is_url(args.path):
+            summary = _qc_remote(args.path, args.output, options)
+        else:
+            summary = qc_file(args.path, output=args.output, **options)
     skipped = args.no_mito or not args.mito_prefix
     mt_text = _mito_text(summary, skipped)
     rows = [
@@ -104,6 +113,19 @@ def qc_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def _qc_remote(url: str, output: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``qc_file`` on a local copy of ``url`` that becomes ``output``."""
+    from loomx.cli.download import local_copy
+    from loomx.ops.qc import qc_file
+
+    with local_copy(url, output) as tmp:
+        try:
+            summary = qc_file(tmp, **options)
+        except LoomxError as err:  # name the URL, not the temporary copy
+            raise type(err)(err.message, path=url, h5path=err.h5path) from None
+    return {**summary, "file": output}
+
+
 # --------------------------------------------------------------------------- info
 
 
@@ -113,9 +135,10 @@ def info_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def info_command(args: argparse.Namespace) -> int:
+    from loomx.cli.checks import source_path
     from loomx.cli.summary import describe_file, format_description
 
-    description = describe_file(args.path)
+    description = describe_file(source_path(args.path))
     print(json.dumps(description, indent=2) if args.json else format_description(description))
     return 0
 
@@ -134,8 +157,9 @@ def validate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def validate_command(args: argparse.Namespace) -> int:
     from loomx._read.validate import validate_loom
+    from loomx.cli.checks import source_path
 
-    problems = validate_loom(args.path, conventions=args.conventions)
+    problems = validate_loom(source_path(args.path), conventions=args.conventions)
     for problem in problems:
         print(f"{problem.h5path}: {problem.message}")
     level = "spec and conventions" if args.conventions else "spec"
@@ -160,6 +184,10 @@ def convert_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def convert_command(args: argparse.Namespace) -> int:
+    from loomx.cli import checks
+
+    args.source = checks.source_path(args.source)
+    checks.check_output(args.target, args.source)
     from loomx.cli.run import scheduler
     from loomx.interop.conversion import convert
 
@@ -185,6 +213,10 @@ def aggregate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def aggregate_command(args: argparse.Namespace) -> int:
+    from loomx.cli import checks
+
+    args.path = checks.source_path(args.path)
+    checks.check_output(args.target, args.path)
     from loomx.cli.run import scheduler
     from loomx.interop.conversion import aggregate_file
 
@@ -210,6 +242,9 @@ def example_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def example_command(args: argparse.Namespace) -> int:
+    from loomx.cli.checks import check_output
+
+    check_output(args.path)
     from loomx.testing import make_counts_loom, make_example_loom
 
     if args.counts:
@@ -250,7 +285,9 @@ def delete_arguments(parser: argparse.ArgumentParser) -> None:
 
 def delete_command(args: argparse.Namespace) -> int:
     from loomx._write.maintain import delete
+    from loomx.cli.checks import check_in_place
 
+    check_in_place(args.path, "a writable copy (loomx repack IN OUT, then delete in OUT)")
     delete(args.path, args.names)
     print(f"{args.path}: deleted {', '.join(args.names)} (loomx repack gives the space back)")
     return 0
@@ -267,7 +304,12 @@ def repack_command(args: argparse.Namespace) -> int:
     import os
 
     from loomx._write.maintain import repack
+    from loomx.cli import checks
 
+    if args.target:
+        checks.check_output(args.target, args.path)
+    else:
+        checks.check_in_place(args.path, "OUT (loomx repack IN OUT)")
     before = os.path.getsize(args.path) if os.path.isfile(args.path) else 0
     repack(args.path, args.target)
     after = os.path.getsize(args.target or args.path)
