@@ -21,9 +21,18 @@ import re
 import urllib.parse
 import urllib.request
 
-from loomx.errors import LoomFileNotFoundError, LoomWriteError
+from loomx.errors import LoomFileError, LoomFileNotFoundError, LoomNameError, LoomWriteError
 
-__all__ = ["check_in_place", "check_output", "is_url", "source_path"]
+__all__ = [
+    "check_column_attribute",
+    "check_in_place",
+    "check_output",
+    "is_url",
+    "loom_source",
+    "source_path",
+]
+
+_OTHER_FORMATS = {".h5ad": "an AnnData (.h5ad) file", ".h5": "a 10x (.h5) file"}
 
 _URL = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+)://")
 
@@ -46,6 +55,38 @@ def source_path(path: str) -> str:
             )
         return urllib.request.url2pathname(parsed.path)
     return path
+
+
+def loom_source(path: str) -> str:
+    """:func:`source_path` of a file that must be Loom: other formats that ``loomx
+    convert`` reads are refused with the command that converts them."""
+    path = source_path(path)
+    stem, suffix = os.path.splitext(path.rstrip("/"))
+    kind = _OTHER_FORMATS.get(suffix.lower())
+    if kind is not None:
+        name = os.path.basename(stem)
+        raise LoomFileError(
+            f"is {kind}, not Loom; convert it first: loomx convert {path} {name}.loom",
+            path=path,
+        )
+    return path
+
+
+def check_column_attribute(path: str, name: str, option: str = "--by") -> None:
+    """Refuse a column attribute ``name`` that the file does not have, naming those it has
+    (reads the file's metadata only)."""
+    from loomx._format import names as conv
+    from loomx._read.backend import open_loom
+
+    with open_loom(path, chunks=None) as ds:
+        col = conv.dataset_dims(ds)[1]
+        found = [str(n) for n, v in ds.variables.items() if v.dims == (col,)]
+    if name not in found:
+        raise LoomNameError(
+            f"no column attribute {name!r}; the column attributes are "
+            f"{', '.join(sorted(found)) or '(none)'}; choose one with {option}",
+            path=path,
+        )
 
 
 def check_output(output: str, source: str | None = None) -> None:

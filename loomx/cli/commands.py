@@ -35,15 +35,17 @@ def _scheduler_arguments(parser: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- qc
 
 
+_MITO_PREFIXES = ["MT-", "mt-"]  # as loomx.ops.qc.MITO_PREFIXES (not imported to start fast)
+
+
 def qc_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", metavar="FILE", help="the Loom file")
-    parser.add_argument("--layer", default="matrix", help="layer holding counts (matrix)")
+    parser.add_argument("--layer", default="matrix", help="layer holding counts (default: matrix)")
     parser.add_argument(
         "--mito-prefix",
-        nargs="*",
-        default=["MT-", "mt-"],
+        action="append",
         metavar="PREFIX",
-        help="gene symbol prefixes of mitochondrial genes (MT- mt-); none to leave out",
+        help="gene symbol prefix of mitochondrial genes; repeat for more (default MT- and mt-)",
     )
     parser.add_argument(
         "--no-mito",
@@ -72,7 +74,7 @@ def _mito_text(summary: dict[str, Any], skipped: bool) -> str:
 def qc_command(args: argparse.Namespace) -> int:
     from loomx.cli import checks
 
-    args.path = checks.source_path(args.path)
+    args.path = checks.loom_source(args.path)
     if args.output:
         checks.check_output(args.output, args.path)
     else:
@@ -87,15 +89,14 @@ def qc_command(args: argparse.Namespace) -> int:
 
         options = {
             "layer": args.layer,
-            "mito_prefixes": None if args.no_mito else args.mito_prefix,
+            "mito_prefixes": None if args.no_mito else args.mito_prefix or _MITO_PREFIXES,
             "compute": run,
         }
         if checks.is_url(args.path):
             summary = _qc_remote(args.path, args.output, options)
         else:
             summary = qc_file(args.path, output=args.output, **options)
-    skipped = args.no_mito or not args.mito_prefix
-    mt_text = _mito_text(summary, skipped)
+    mt_text = _mito_text(summary, args.no_mito)
     rows = [
         ("cells", f"{summary['cells']}"),
         ("genes", f"{summary['genes']}"),
@@ -135,10 +136,10 @@ def info_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def info_command(args: argparse.Namespace) -> int:
-    from loomx.cli.checks import source_path
+    from loomx.cli.checks import loom_source
     from loomx.cli.summary import describe_file, format_description
 
-    description = describe_file(source_path(args.path))
+    description = describe_file(loom_source(args.path))
     print(json.dumps(description, indent=2) if args.json else format_description(description))
     return 0
 
@@ -157,9 +158,9 @@ def validate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def validate_command(args: argparse.Namespace) -> int:
     from loomx._read.validate import validate_loom
-    from loomx.cli.checks import source_path
+    from loomx.cli.checks import loom_source
 
-    problems = validate_loom(source_path(args.path), conventions=args.conventions)
+    problems = validate_loom(loom_source(args.path), conventions=args.conventions)
     for problem in problems:
         print(f"{problem.h5path}: {problem.message}")
     level = "spec and conventions" if args.conventions else "spec"
@@ -202,21 +203,34 @@ def convert_command(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- aggregate
 
 
-def aggregate_arguments(parser: argparse.ArgumentParser) -> None:
-    from loomx.ops.operations import AGGREGATIONS
+AGGREGATIONS = (
+    *("sum", "prod", "mean", "max", "min", "std", "var", "median"),
+    *("count_nonzero", "first", "last"),
+)
+"""As ``loomx.ops.operations.AGGREGATIONS`` (not imported here, to start fast)."""
 
+
+def aggregate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", metavar="FILE", help="the Loom file")
     parser.add_argument("target", metavar="OUT", help="the Loom file to write")
-    parser.add_argument("--by", default="ClusterID", help="column attribute (ClusterID)")
-    parser.add_argument("--func", default="mean", choices=AGGREGATIONS, help="(mean)")
+    parser.add_argument(
+        "--by", default="ClusterID", help="column attribute to group by (default: ClusterID)"
+    )
+    parser.add_argument(
+        "--func",
+        default="mean",
+        choices=AGGREGATIONS,
+        help="how a group's values become one (default: mean)",
+    )
     _scheduler_arguments(parser)
 
 
 def aggregate_command(args: argparse.Namespace) -> int:
     from loomx.cli import checks
 
-    args.path = checks.source_path(args.path)
+    args.path = checks.loom_source(args.path)
     checks.check_output(args.target, args.path)
+    checks.check_column_attribute(args.path, args.by)
     from loomx.cli.run import scheduler
     from loomx.interop.conversion import aggregate_file
 
@@ -230,7 +244,7 @@ def aggregate_command(args: argparse.Namespace) -> int:
 
 
 def example_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", metavar="FILE")
+    parser.add_argument("path", metavar="FILE", help="the Loom file to write")
     parser.add_argument(
         "--counts",
         action="store_true",
@@ -238,7 +252,9 @@ def example_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--rows", "--genes", type=int, default=None, help="rows (genes)")
     parser.add_argument("--cols", "--cells", type=int, default=None, help="columns (cells)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed: same seed, same file (default: 0)"
+    )
 
 
 def example_command(args: argparse.Namespace) -> int:
@@ -259,7 +275,7 @@ def example_command(args: argparse.Namespace) -> int:
 
 
 def recover_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", metavar="FILE")
+    parser.add_argument("path", metavar="FILE", help="the Loom file a killed write left")
 
 
 def recover_command(args: argparse.Namespace) -> int:
@@ -346,10 +362,25 @@ SUBCOMMANDS: dict[str, tuple[str, Arguments, Command]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="loomx", description="Work with Loom files.")
+    from loomx import __version__
+    from loomx.cli.examples import EXAMPLES
+
+    parser = argparse.ArgumentParser(
+        prog="loomx",
+        description="Work with Loom files.",
+        epilog="example:\n  loomx info pbmc.loom\n  loomx qc --help",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"loomx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, arguments, command) in SUBCOMMANDS.items():
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EXAMPLES.get(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         arguments(sub_parser)
         sub_parser.set_defaults(run=command)
     return parser
@@ -357,16 +388,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``loomx`` console script."""
-    args = build_parser().parse_args(argv)
     try:
-        return int(args.run(args))
-    except LoomxError as err:
-        print(f"loomx: {err}", file=sys.stderr)
+        args = build_parser().parse_args(argv)
+        import loomx.ops.accessor  # noqa: F401  (registers ds.loom, which commands use)
+
+        status = int(args.run(args))
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return status
     except KeyboardInterrupt:
         print("loomx: interrupted", file=sys.stderr)
         return 130
-    except (OSError, ValueError, KeyError, ImportError) as err:
-        print(f"loomx: {type(err).__name__}: {err}", file=sys.stderr)
-    except Exception as err:  # a bug: still one line, with what to report
-        print(f"loomx: unexpected {type(err).__name__}: {err} (please report)", file=sys.stderr)
+    except BrokenPipeError:  # `loomx info x.loom | head`: the reader has what it wanted
+        return _quiet_broken_pipe()
+    except Exception as err:
+        from loomx.cli.messages import describe
+
+        print(f"loomx: {describe(err)}", file=sys.stderr)
     return 1
+
+
+def _quiet_broken_pipe() -> int:
+    """Exit status 141 (as a shell reports SIGPIPE), with stdout sent nowhere so that the
+    interpreter's last flush does not complain."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141

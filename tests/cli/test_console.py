@@ -136,3 +136,196 @@ def test_qc_of_a_url_needs_o_and_works_with_it(counts, tmp_path):
     with h5py.File(out, "r") as f:
         np.testing.assert_array_equal(f["col_attrs/total_counts"][:], f["matrix"][:].sum(0))
     assert "total_counts" not in col_attrs(counts)
+
+
+# ----------------------------------------------------------------- finding 3: errors
+
+
+def test_a_closed_pipe_ends_quietly_with_141(counts):
+    import os
+    import subprocess
+
+    from conftest import LOOMX_SCRIPT
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader (`head`) is gone before anything is written
+    try:
+        done = subprocess.run(
+            [str(LOOMX_SCRIPT), "info", str(counts)],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 141 and done.stderr == ""
+
+
+@pytest.mark.parametrize("after_start", [0.02, 0.2, 0.5, 1.0])
+def test_an_early_ctrl_c_prints_no_traceback(counts, after_start):
+    """Ctrl-C while the command loads (numba, dask, ...) or starts computing.  The delay is
+    counted from the time the interpreter itself takes to start, measured first (an
+    interrupt inside Python's own start-up is Python's to report)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import LOOMX_SCRIPT
+
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    startup = time.perf_counter() - start
+    process = subprocess.Popen(
+        [str(LOOMX_SCRIPT), "qc", str(counts), "--quiet"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(startup + after_start)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=300)
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    if process.returncode != 0:  # finished before the signal: nothing to check
+        assert process.returncode == 130 and err == "loomx: interrupted\n", err
+
+
+def test_an_h5ad_given_to_qc_points_to_convert(tmp_path):
+    path = tmp_path / "pbmc.h5ad"
+    path.write_bytes(b"")
+    done = run_cli("qc", path)
+    assert done.returncode == 1
+    assert f"loomx convert {path} pbmc.loom" in done.stderr
+
+
+def test_a_missing_optional_package_names_the_extra(tmp_path):
+    import os
+    import subprocess
+
+    from conftest import LOOMX_SCRIPT
+
+    shim = tmp_path / "shim" / "anndata"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'anndata'\", name='anndata')\n"
+    )
+    source = tmp_path / "x.h5ad"
+    source.write_bytes(b"")
+    env = {**os.environ, "PYTHONPATH": f"{shim.parent}{os.pathsep}{os.environ['PYTHONPATH']}"}
+    done = subprocess.run(
+        [str(LOOMX_SCRIPT), "convert", str(source), str(tmp_path / "x.loom")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert (
+        "pip install 'loomx[anndata]'" in done.stderr and "ModuleNotFoundError" not in done.stderr
+    )
+
+
+def test_aggregate_by_a_missing_attribute_names_the_file_and_those_there_are(tmp_path):
+    path = tmp_path / "ex.loom"
+    assert run_cli("example", path, "--rows", "20", "--cols", "30").returncode == 0
+    done = run_cli("aggregate", path, "--by", "Cluster", tmp_path / "out.loom")
+    assert done.returncode == 1
+    assert str(path) in done.stderr and "ClusterID" in done.stderr and "--by" in done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+
+
+# ----------------------------------------------------------------- finding 4: conventions
+
+
+def test_mito_prefix_does_not_swallow_the_file(counts):
+    done = run_cli("qc", "--mito-prefix", "mt-", "--mito-prefix", "MT-", counts, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "(13 mitochondrial genes)" in done.stdout
+    assert qc_parameters(counts)["mito_prefixes"] == ["mt-", "MT-"]
+
+
+def test_version_and_python_dash_m(tmp_path):
+    import subprocess
+    import sys
+
+    import loomx
+
+    done = run_cli("--version")
+    assert done.returncode == 0 and done.stdout.strip() == f"loomx {loomx.__version__}"
+    done = subprocess.run(
+        [sys.executable, "-m", "loomx", "example", tmp_path / "x.loom", "--rows", "5"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0 and "wrote" in done.stdout, done.stderr
+
+
+def test_every_argument_has_help_and_every_command_an_example():
+    import argparse
+
+    from loomx.cli import SUBCOMMANDS, build_parser
+
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for name in SUBCOMMANDS:
+        sub = commands.choices[name]
+        for action in sub._actions:
+            assert action.help, (name, action.dest)
+        assert sub.epilog and f"loomx {name}" in sub.epilog, name
+        done = run_cli(name, "--help")
+        assert done.returncode == 0 and "example:" in done.stdout, name
+
+
+# ----------------------------------------------------------------- finding 5: fast start
+
+
+@pytest.mark.parametrize(
+    "args", [("--help",), ("qc", "--help"), ("qc",), ("info", "--bogus"), ("--version",)]
+)
+def test_help_and_argument_errors_load_no_heavy_module(args, tmp_path):
+    """The console script's own entry point, in a fresh interpreter: what it imported
+    (run outside the repository: ``python -c`` puts the working folder first on the path)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from loomx.cli import main\n"
+        "try:\n"
+        "    main(sys.argv[1:])\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "heavy = [m for m in ('dask', 'xarray', 'numba', 'h5py', 'pandas') if m in sys.modules]\n"
+        "print('HEAVY', heavy, file=sys.stderr)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert "HEAVY []" in done.stderr, done.stderr
+
+
+def test_import_loomx_is_lazy_and_complete(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, loomx\n"
+        "assert not {'dask', 'xarray', 'numba'} & set(sys.modules), sorted(sys.modules)\n"
+        "for name in loomx.__all__:\n"
+        "    getattr(loomx, name)\n"
+        "import xarray\n"
+        "assert hasattr(xarray.Dataset, 'loom')\n"
+        "assert set(loomx.__all__) <= set(dir(loomx))\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300
+    )
+    assert done.stdout.strip() == "ok", done.stderr
