@@ -23,6 +23,17 @@ def _progress_wanted(args: argparse.Namespace) -> bool:
     return not getattr(args, "quiet", False) and sys.stderr.isatty()
 
 
+def _progress(args: argparse.Namespace) -> Any:
+    """A progress bar on stderr for the dask computations inside, when wanted."""
+    import contextlib
+
+    if not _progress_wanted(args):
+        return contextlib.nullcontext()
+    from loomx.cli.progress import ProgressBar
+
+    return ProgressBar()
+
+
 def _scheduler_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
@@ -193,8 +204,8 @@ def convert_command(args: argparse.Namespace) -> int:
     from loomx.interop.conversion import convert
 
     start = time.perf_counter()
-    with scheduler(args.scheduler, args.processes):
-        shape = convert(args.source, args.target, progress=_progress_wanted(args))
+    with scheduler(args.scheduler, args.processes), _progress(args):
+        shape = convert(args.source, args.target)
     seconds = time.perf_counter() - start
     print(f"wrote {args.target}: {shape[0]} genes x {shape[1]} cells in {seconds:.2f} s")
     return 0
@@ -234,7 +245,7 @@ def aggregate_command(args: argparse.Namespace) -> int:
     from loomx.cli.run import scheduler
     from loomx.interop.conversion import aggregate_file
 
-    with scheduler(args.scheduler, args.processes):
+    with scheduler(args.scheduler, args.processes), _progress(args):
         shape = aggregate_file(args.path, args.target, args.by, args.func)
     print(f"wrote {args.target}: {shape[0]} rows x {shape[1]} groups of {args.by}")
     return 0

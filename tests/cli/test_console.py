@@ -329,3 +329,48 @@ def test_import_loomx_is_lazy_and_complete(tmp_path):
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300
     )
     assert done.stdout.strip() == "ok", done.stderr
+
+
+# ----------------------------------------------------------------- finding 6: progress
+
+
+def on_a_terminal(*args):
+    """Run the console script with stderr on a pseudo-terminal: status, stdout, stderr."""
+    import contextlib
+    import os
+    import pty
+    import subprocess
+
+    from conftest import LOOMX_SCRIPT
+
+    master, slave = pty.openpty()
+    done = subprocess.run(
+        [str(LOOMX_SCRIPT), *map(str, args)], stdout=subprocess.PIPE, stderr=slave, timeout=300
+    )
+    os.close(slave)
+    shown = b""
+    with contextlib.suppress(OSError):  # EIO once the terminal is drained
+        while chunk := os.read(master, 65536):
+            shown += chunk
+    os.close(master)
+    return done.returncode, done.stdout.decode(), shown.decode()
+
+
+def test_every_long_command_shows_progress_on_stderr_only_on_a_terminal(counts, tmp_path):
+    from test_progress import rendered
+
+    runs = [
+        ("qc", counts),
+        ("convert", counts, tmp_path / "copy.loom"),
+        ("aggregate", counts, tmp_path / "groups.loom"),
+    ]
+    for args in runs:
+        status, out, err = on_a_terminal(*args)
+        assert status == 0, err
+        assert "100%" in err and "tasks" in err and "[#" not in out, args
+        bar = [line for line in rendered(err.replace("\r\n", "\n")) if "tasks" in line]
+        assert bar and all(line.rstrip().endswith(" s") for line in bar), bar
+        status, out, err = on_a_terminal(*args, "--quiet")
+        assert status == 0 and err == "", err
+        done = run_cli(*args)  # piped: no bar
+        assert done.returncode == 0 and done.stderr == "", done.stderr
