@@ -374,3 +374,39 @@ def test_every_long_command_shows_progress_on_stderr_only_on_a_terminal(counts, 
         assert status == 0 and err == "", err
         done = run_cli(*args)  # piped: no bar
         assert done.returncode == 0 and done.stderr == "", done.stderr
+
+
+# ----------------------------------------------------------------- finding 7: loomx info
+
+
+def test_info_lists_one_attribute_per_line_with_dtype_and_shape(tmp_path):
+    path = tmp_path / "wide.loom"
+    assert run_cli("example", path, "--rows", "20", "--cols", "30").returncode == 0
+    with h5py.File(path, "r+") as f:
+        for i in range(33):
+            f["col_attrs"].create_dataset(f"metric_number_{i:02d}", data=np.arange(30.0))
+        f["attrs"].create_dataset("Description", data="a long description " * 20)
+    done = run_cli("info", path)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert max(map(len, lines[1:])) <= 100, max(lines[1:], key=len)  # [0] names the file
+    assert "  col_attrs (38):" in lines
+    assert sum("metric_number_" in line for line in lines) == 33
+    row = next(line for line in lines if "metric_number_07" in line).split()
+    assert row == ["metric_number_07", "float64", "30"]
+    assert next(line for line in lines if line.split()[:1] == ["X_tsne"]).split()[1:] == [
+        "float64",
+        "30",
+        "x",
+        "2",
+    ]
+    description = next(line for line in lines if "'Description'" in line)
+    assert description.endswith("...") and len(description) < 100
+    info = json.loads(run_cli("info", path, "--json").stdout)
+    assert info["col_attrs"]["metric_number_07"] == {
+        "path": "/col_attrs/metric_number_07",
+        "variable": "metric_number_07",
+        "dtype": "float64",
+        "shape": [30],
+    }
+    assert info["globals"]["Description"] == "a long description " * 20
