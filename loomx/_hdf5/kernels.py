@@ -116,14 +116,18 @@ def available() -> bool:
 
 def compiled(function: Any = None, *, fastmath: Any = False) -> Any:
     """``numba.njit(nogil=True, fastmath=fastmath)``, cached on disk where numba finds a
-    writable place (the decorator of every kernel; only use it when :func:`available`)."""
+    writable place: the decorator of every compiled loop in loomx (the one place numba is
+    imported); without numba the function stays plain Python."""
     if function is None:
         return partial(compiled, fastmath=fastmath)
-    njit = _LIB["numba"].njit  # type: ignore[index]
     try:
-        return njit(nogil=True, cache=True, fastmath=fastmath)(function)
+        import numba
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return function
+    try:
+        return numba.njit(nogil=True, cache=True, fastmath=fastmath)(function)
     except RuntimeError:  # no writable cache location: compile once per process
-        return njit(nogil=True, fastmath=fastmath)(function)
+        return numba.njit(nogil=True, fastmath=fastmath)(function)
 
 
 if _LIB is not None:

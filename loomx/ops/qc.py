@@ -26,13 +26,13 @@ from typing import Any
 
 import dask
 import dask.array as da
-import numba
 import numpy as np
 import xarray as xr
 
 from loomx._format import names as conv
 from loomx._format import spec as _spec
 from loomx._hdf5.filesystem import move_into_place, temporary_file
+from loomx._hdf5.kernels import compiled
 from loomx._read import chunking as _chunking
 from loomx._read.backend import chunk_layers, open_loom
 from loomx._write.maintain import delete
@@ -75,7 +75,7 @@ def mito_mask(symbols: Any, prefixes: Sequence[str]) -> np.ndarray:
     return np.array([t.startswith(tuple(prefixes)) for t in text], dtype=bool)
 
 
-@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+@compiled(fastmath={"reassoc", "contract"})
 def _accumulate(block, mito):  # pragma: no cover - compiled
     """Per cell (total, non-zeros, mitochondrial total) and per gene (sum, sum of squares,
     non-zeros) of a band ``block`` (genes x cells), in one row-major sweep without
@@ -109,7 +109,7 @@ def _accumulate(block, mito):  # pragma: no cover - compiled
     return total, nnz, mt, gsum, gsq, gnnz
 
 
-@numba.njit(nogil=True, cache=True)
+@compiled
 def _select(a, lo, hi, k):  # pragma: no cover - compiled
     """Rearrange ``a[lo:hi]`` in place so that ``a[k]`` holds the value of rank ``k``
     (ascending), values before it no greater and values after it no smaller (3-way
@@ -141,7 +141,7 @@ def _select(a, lo, hi, k):  # pragma: no cover - compiled
             return
 
 
-@numba.njit(nogil=True, cache=True)
+@compiled
 def _top_sums(block, nnz, ns):  # pragma: no cover - compiled
     """Sum of the ``n`` largest values of each cell (column) for each ``n`` in ``ns``
     (ascending), zeros included: the non-zeros of each cell are compacted, padded with

@@ -171,3 +171,23 @@ def test_the_deflate_library_is_found_through_the_modules_in_every_wheel_layout(
     assert _kernels.extension_files(package) == [package._deflate.__file__]
     deflate = pytest.importorskip("deflate")
     assert _kernels.extension_files(deflate)
+
+
+def test_numba_is_imported_in_one_place():
+    """Every compiled loop goes through :func:`kernels.compiled` (numba stays optional)."""
+    import ast
+
+    package = Path(__file__).resolve().parents[2] / "loomx"
+    importers = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            if any(n == "numba" or n.startswith("numba.") for n in names):
+                importers.add(path.relative_to(package).as_posix())
+    assert importers == {"_hdf5/kernels.py"}
