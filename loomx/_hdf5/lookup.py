@@ -96,7 +96,13 @@ def fill_all(index: LazyTable, dsid: Any) -> None:
     index.complete = True
 
 
-def resolve(index: LazyTable, dsid: Any, cells: Cells, read_at: ReadAt | None = None) -> None:
+def resolve(
+    index: LazyTable,
+    dsid: Any,
+    cells: Cells,
+    read_at: ReadAt | None = None,
+    small_grid: int = SMALL_GRID,
+) -> None:
     """Look up the cells of ``cells`` that ``index`` does not know yet.
 
     Parameters
@@ -113,6 +119,8 @@ def resolve(index: LazyTable, dsid: Any, cells: Cells, read_at: ReadAt | None = 
         a time.  Without it, or for an index other than a version-1 B-tree (files written
         with the newest HDF5 format), or when the read needs more than
         :data:`LOOKUP_SHARE` of the cells, HDF5 walks the whole tree once (:func:`fill_all`).
+    small_grid
+        Grids of up to this many cells are indexed whole (default :data:`SMALL_GRID`).
     """
     if index.complete:
         return
@@ -122,7 +130,7 @@ def resolve(index: LazyTable, dsid: Any, cells: Cells, read_at: ReadAt | None = 
     if not unknown.any():
         return
     total = math.prod(index.offsets.shape)
-    if read_at is None or total <= SMALL_GRID or unknown.sum() > LOOKUP_SHARE * total:
+    if read_at is None or total <= small_grid or unknown.sum() > LOOKUP_SHARE * total:
         fill_all(index, dsid)
         return
     tree = getattr(index, "_tree", None)
@@ -243,7 +251,7 @@ class BTree:
                 f"the B-tree node at byte {addr} holds {used} entries, more than the file "
                 "has bytes for; the file is truncated or corrupt"
             )
-        body = np.frombuffer(data, np.uint8, 24 + used * (key + 8) + key, 24)
+        body = np.frombuffer(data, np.uint8, used * (key + 8) + key, 24)
         entry = key + 8
         keys = np.empty((used + 1, 2 + self.ndim), np.int64)
         rows = np.lib.stride_tricks.as_strided(body, (used + 1, key), (entry, 1))

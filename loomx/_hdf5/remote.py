@@ -20,9 +20,11 @@ Two kinds of reads go over the wire:
 
 Each process opens a remote file once, through the handle manager
 (:class:`loomx._hdf5.files.CachedFile` with this module's :class:`RemoteSource`).  The
-chunk index of a layer is built once per process from the HDF5 metadata, or taken from
-a reference index (:func:`loomx.to_kerchunk`) passed to :func:`loomx.open_loom`, which skips
-reading the HDF5 chunk index remotely altogether.
+chunk index of a layer is built once per process as reads need it
+(:mod:`loomx._hdf5.lookup`: the B-tree nodes on the way to the chunks a read needs, one
+level at a time, each level's nodes requested together), or taken from a reference index
+(:func:`loomx.to_kerchunk`) passed to :func:`loomx.open_loom` or found beside the file,
+which skips reading the HDF5 chunk index remotely altogether.
 
 Examples
 --------

@@ -478,7 +478,9 @@ def open_loom(
     chunk_index
         A reference index of this file made by :func:`loomx.to_kerchunk` (the dict, or
         the path or URL of its JSON): remote reads then take every layer's chunk offsets
-        from it instead of reading HDF5's chunk index over the network.
+        from it instead of reading HDF5's chunk index over the network.  Without it, a
+        remote file's sidecar (``FILE.kerchunk.json`` beside it, written by
+        ``loomx index FILE``) is used when it matches the file.
     follow_external
         Layers, attributes and graphs stored in other files (external links, datasets with
         external raw storage, virtual datasets) are refused by default with a
@@ -572,8 +574,7 @@ class LoomBackendEntrypoint(BackendEntrypoint):
         store = LoomStore(filename_or_obj, **{name: options[name] for name in _STORE_OPTIONS})
         try:
             layout = store.read_layout()
-            if options["chunk_index"] is not None:
-                use_references(store, layout, options["chunk_index"])
+            use_references(store, layout, options["chunk_index"])  # or the sidecar
             dims = tuple(options["dims"])
             ds = build_dataset(store, layout, dims=dims, drop_variables=drop_variables)
         except BaseException:

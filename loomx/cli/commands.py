@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from loomx.cli.index import index_arguments, index_command
 from loomx.errors import LoomxError
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
@@ -281,6 +282,7 @@ SUBCOMMANDS: dict[str, tuple[str, Arguments, Command]] = {
         delete_command,
     ),
     "repack": ("give the space of deleted objects back", repack_arguments, repack_command),
+    "index": ("write the chunk index of a file beside it", index_arguments, index_command),
 }
 """name -> (help, declare arguments, run); add a subcommand by adding an entry."""
 

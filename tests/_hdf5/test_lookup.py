@@ -219,3 +219,33 @@ def test_a_damaged_b_tree_node_is_an_error_not_fill_values(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(LoomFileError, match="no B-tree node"):
         local_read(path, (slice(None),), (1, np.array([1500])))
+
+
+def test_full_b_tree_nodes_of_a_loom_file(tmp_path):
+    """A Loom file's B-tree has full nodes (64 entries): the walk reads them whole."""
+    from loomx._hdf5.chunkio import FileReader
+    from loomx.testing import make_example_loom
+
+    path = Path(make_example_loom(tmp_path / "full.loom", 300, 3000, density=0.3))
+    raw = path.read_bytes()
+    assert 64 in [int.from_bytes(raw[i + 6 : i + 8], "little") for i in _nodes_in(raw)]
+    places = chunk_places(path, "/matrix")
+    with h5py.File(path, "r") as f:
+        for col in range(0, 3000, 64):
+            index = ChunkIndex.from_dataset(f["matrix"], lazy=True)
+            cells = needed_cells(index, (slice(None), slice(col, col + 1)))
+            resolve(index, f["matrix"].id, cells, FileReader.of(path), small_grid=0)
+            assert not index.complete and (index.offsets[:, col // 64] >= 0).all()
+            for cell in zip(*np.nonzero(index.offsets != UNKNOWN), strict=True):
+                r, c = (int(i) * 64 for i in cell)
+                assert (index.offsets[cell], index.sizes[cell]) == places.get((r, c), (-1, 0))
+
+
+def _nodes_in(raw: bytes) -> list[int]:
+    """Where B-tree nodes of chunks ("TREE", type 1) start in a file's bytes."""
+    found, at = [], raw.find(b"TREE")
+    while at >= 0:
+        if raw[at + 4] == 1:
+            found.append(at)
+        at = raw.find(b"TREE", at + 1)
+    return found
