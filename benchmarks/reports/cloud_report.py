@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 import loomx
 from benchmarks.harness.provenance import uptime
-from loomx._read.references import SIDECAR_SUFFIX, write_sidecar
+from loomx._read.sidecar import SIDECAR_SUFFIX, write_sidecar
 from loomx.testing.servers import RangeHTTPServer, S3Server
 
 __all__: list[str] = []

@@ -31,6 +31,7 @@ from loomx._read.layer import as_layer_array
 from loomx._read.layout import H5_ERRORS, AttrInfo, DatasetInfo, LoomLayout
 from loomx._read.pending import Patch
 from loomx._read.references import use_references
+from loomx._read.sidecar import use_sidecar
 from loomx._read.store import LoomStore
 from loomx.errors import LoomFileError, LoomFormatError, LoomxError
 
@@ -574,7 +575,10 @@ class LoomBackendEntrypoint(BackendEntrypoint):
         store = LoomStore(filename_or_obj, **{name: options[name] for name in _STORE_OPTIONS})
         try:
             layout = store.read_layout()
-            use_references(store, layout, options["chunk_index"])  # or the sidecar
+            if options["chunk_index"] is not None:
+                use_references(store, layout, options["chunk_index"])
+            else:
+                use_sidecar(store, layout)
             dims = tuple(options["dims"])
             ds = build_dataset(store, layout, dims=dims, drop_variables=drop_variables)
         except BaseException:

@@ -14,15 +14,6 @@ index over the network (the B-tree nodes of a layer are spread over the whole fi
 Layers are written at the top level under the names :func:`loomx.open_loom` gives them,
 with dims ``("row", "col")`` (``_ARRAY_DIMENSIONS``) and their HDF5 path (``loom_path``).
 Unallocated chunks have no key and read as the fill value.
-
-**The sidecar.**  :func:`write_sidecar` (``loomx index FILE``) saves the references beside
-the file, as ``FILE.kerchunk.json``, recording the file's size, its version (ETag or
-modification time) and how it was reached (``file``, ``http``, ``s3``, ...).
-:func:`loomx.open_loom` of a URL looks for it (one request) and uses it when it matches the
-file: same size, and the same version when reached the same way; an index made from a
-local copy and uploaded with the file is checked against the last chunk of its largest
-layer (a few requests).  A sidecar that does not match is refused with a
-:class:`~loomx.errors.LoomFormatWarning` and the file is read through its own chunk index.
 """
 
 from __future__ import annotations
@@ -30,7 +21,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -40,24 +30,21 @@ from loomx._format import names as conv
 from loomx._format import spec as _spec
 from loomx._hdf5.chunks import ChunkIndex
 from loomx._hdf5.filters import DEFLATE, FLETCHER32, SHUFFLE
-from loomx._hdf5.lookup import resolve
 from loomx._read.store import LoomStore
-from loomx.errors import LoomFileError, LoomFormatError, LoomFormatWarning
+from loomx.errors import LoomFileError, LoomFormatError
 
 __all__ = [
-    "SIDECAR_SUFFIX",
+    "check_layers",
+    "file_version",
     "indexes_from_references",
     "load_references",
     "to_kerchunk",
     "use_references",
-    "write_sidecar",
 ]
 
 _FORMAT_KEY = "loom_file_size"
 _VERSION_KEY = "loom_file_version"
 _PROTOCOL_KEY = "loom_file_protocol"
-SIDECAR_SUFFIX = ".kerchunk.json"
-"""The sidecar of ``FILE`` is ``FILE`` + this suffix, beside it."""
 
 
 def _codec(code: int, values: tuple[int, ...], itemsize: int) -> dict[str, Any]:
@@ -155,7 +142,7 @@ def to_kerchunk(
         target = url
         if target is None:
             target = store.path if store.remote is not None else os.path.abspath(store.path)
-        size, version, protocol = _file_version(store)
+        size, version, protocol = file_version(store)
         names = conv.assign_names(layout.layers, layout.row_attrs, layout.col_attrs, dims)
         stamp = {_FORMAT_KEY: size, _VERSION_KEY: version, _PROTOCOL_KEY: protocol}
         refs: dict[str, Any] = {
@@ -172,7 +159,7 @@ def to_kerchunk(
         store.close()
 
 
-def _file_version(store: LoomStore) -> tuple[int, str | None, str]:
+def file_version(store: LoomStore) -> tuple[int, str | None, str]:
     """``(size, version, protocol)`` of a store's file: the ETag or modification time of a
     remote file and how it is reached, or a local file's modification time (ns)."""
     if store.remote is None:
@@ -188,52 +175,6 @@ def _protocol(remote: Any) -> str:
     fs, _ = remote._filesystem()
     found = fs.protocol
     return str(found[0] if isinstance(found, (tuple, list)) else found)
-
-
-def write_sidecar(
-    path_or_url: Any,
-    output: str | os.PathLike[str] | None = None,
-    *,
-    storage_options: dict[str, Any] | None = None,
-    locking: bool | None = None,
-) -> str:
-    """Save the chunk index of a Loom file (:func:`to_kerchunk`) beside it, where
-    :func:`loomx.open_loom` finds it, or at ``output``.
-
-    Parameters
-    ----------
-    path_or_url
-        The Loom file (local path or URL).
-    output
-        Where to write; default ``path_or_url`` + :data:`SIDECAR_SUFFIX` (a local file
-        only: a URL needs ``output``, then upload it beside the file).
-    storage_options, locking
-        As for :func:`to_kerchunk`.
-
-    Returns
-    -------
-    str
-        The path written.
-
-    Examples
-    --------
-    >>> write_sidecar("pbmc.loom")  # doctest: +SKIP
-    'pbmc.loom.kerchunk.json'
-    """
-    if output is None:
-        if not isinstance(path_or_url, (str, os.PathLike)) or "://" in os.fspath(path_or_url):
-            raise ValueError(
-                f"{path_or_url}: give the output path of the index of a remote file (then "
-                f"upload it beside the file, named as the file + {SIDECAR_SUFFIX!r})"
-            )
-        output = os.fspath(path_or_url) + SIDECAR_SUFFIX
-    refs = to_kerchunk(path_or_url, storage_options=storage_options, locking=locking)
-    target = os.fspath(output)
-    temporary = f"{target}.partial-{os.getpid()}"
-    with open(temporary, "w", encoding="utf-8") as fh:
-        json.dump(refs, fh, separators=(",", ":"))
-    os.replace(temporary, target)
-    return target
 
 
 def _layer_refs(
@@ -322,96 +263,10 @@ def indexes_from_references(refs: dict[str, Any], where: str) -> dict[str, Chunk
     return out
 
 
-def _find_sidecar(store: Any) -> dict[str, Any] | None:
-    """The sidecar beside a remote file (one request), or None where there is none."""
-    remote = store.remote
-    if remote.fileobj is not None:
-        return None
-    fs, path = remote._filesystem()
-    try:
-        data = fs.cat_file(path + SIDECAR_SUFFIX)
-    except (FileNotFoundError, PermissionError):
-        return None
-    except (OSError, ValueError) as err:
-        warnings.warn(
-            f"{store.path}: cannot read its chunk-index sidecar ({err}); reading the file's "
-            "own chunk index",
-            LoomFormatWarning,
-            stacklevel=4,
-        )
-        return None
-    try:
-        found = json.loads(data)
-    except ValueError as err:
-        warnings.warn(
-            f"{store.path}{SIDECAR_SUFFIX} is not JSON ({err}); reading the file's own chunk index",
-            LoomFormatWarning,
-            stacklevel=4,
-        )
-        return None
-    return found if isinstance(found, dict) else None
-
-
-def _sidecar_mismatch(store: Any, refs: dict[str, Any], indexes: dict[str, ChunkIndex]) -> str:
-    """Why a sidecar does not describe this version of the file ("" when it does)."""
-    stamp = _meta(refs.get(".zattrs", "{}"))
-    size, version, protocol = _file_version(store)
-    if stamp.get(_FORMAT_KEY) != size:
-        return f"it was made from a file of {stamp.get(_FORMAT_KEY)} bytes, this one has {size}"
-    if stamp.get(_PROTOCOL_KEY) == protocol:
-        if stamp.get(_VERSION_KEY) != version:
-            return (
-                f"it was made from version {stamp.get(_VERSION_KEY)!r} of the file, this is "
-                f"version {version!r}"
-            )
-        return ""
-    largest = sorted(indexes.items(), key=lambda item: -item[1].offsets.size)[:1]
-    with store.open() as h5file:  # made elsewhere (a local copy): one chunk of the largest
-        for h5path, given in largest:
-            stored = np.argwhere(given.offsets >= 0)
-            own = ChunkIndex.from_dataset(h5file[h5path], lazy=True)
-            if own is None or not len(stored):
-                continue
-            cell = tuple(int(i) for i in stored[-1])
-            box = tuple(slice(i, i + 1) for i in cell)
-            resolve(own, h5file[h5path].id, box, store.remote, small_grid=0)  # the walk
-            if (own.offsets[cell], own.sizes[cell]) != (given.offsets[cell], given.sizes[cell]):
-                return f"its chunk {cell} of {h5path} is not where the file has it"
-    return ""
-
-
 def use_references(store: Any, layout: Any, refs: Any) -> None:
     """Hand the chunk indexes of a reference index to a remote store whose layout was read:
     its layers are then read without HDF5's chunk index.  Checks that the index describes
-    this file (size, layers' shapes, dtypes and chunks).
-
-    With ``refs`` None, a remote file's sidecar (:data:`SIDECAR_SUFFIX`) is used when
-    there is one and it matches the file; one that does not match is refused with a
-    :class:`~loomx.errors.LoomFormatWarning`."""
-    if refs is None:
-        if store.remote is None or layout.pending or layout.patches:
-            return
-        found = _find_sidecar(store)
-        if found is None:
-            return
-        found = found.get("refs", found) if found.get("version") == 1 else found
-        try:
-            indexes = indexes_from_references(found, store.path)
-            _check_layers(store, layout, indexes)
-            why = _sidecar_mismatch(store, found, indexes)
-        except (LoomFormatError, LoomFileError, KeyError, TypeError, ValueError) as err:
-            why = str(err)
-        if why:
-            warnings.warn(
-                f"{store.path}: its chunk-index sidecar ({SIDECAR_SUFFIX}) does not match the "
-                f"file ({why}); reading the file's own chunk index. Make it again with "
-                "`loomx index`",
-                LoomFormatWarning,
-                stacklevel=3,
-            )
-            return
-        store.remote.chunk_indexes = indexes
-        return
+    this file (size, layers' shapes, dtypes and chunks)."""
     if store.remote is None:
         raise ValueError(
             "chunk_index is for remote files (URLs, file objects); a local file's chunk "
@@ -429,11 +284,11 @@ def use_references(store: Any, layout: Any, refs: Any) -> None:
     if layout.pending or layout.patches:
         return  # an unfinished write: read through HDF5's own chunk index
     indexes = indexes_from_references(found, store.path)
-    _check_layers(store, layout, indexes)
+    check_layers(store, layout, indexes)
     store.remote.chunk_indexes = indexes
 
 
-def _check_layers(store: Any, layout: Any, indexes: dict[str, ChunkIndex]) -> None:
+def check_layers(store: Any, layout: Any, indexes: dict[str, ChunkIndex]) -> None:
     """Raise :class:`LoomFormatError` unless each layer's index has its shape, dtype and
     chunks."""
     for info in layout.layers.values():

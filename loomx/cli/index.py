@@ -28,11 +28,11 @@ def index_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def index_command(args: argparse.Namespace) -> int:
-    from loomx._read.references import write_sidecar
+    from loomx._read.sidecar import write_sidecar
 
     written = write_sidecar(args.path, args.output)
     with open(written, encoding="utf-8") as fh:
-        refs = json.load(fh)["refs"]
+        refs = json.load(fh)["refs"]  # what zarr and kerchunk read
     layers = sum(1 for key in refs if key.endswith("/.zarray"))
     chunks = sum(1 for key in refs if not key.rpartition("/")[2].startswith("."))
     size = os.path.getsize(written) / 1e6
