@@ -156,7 +156,7 @@ class BTree:
         self.root, self.ndim, self.size = root, ndim, size
         self.key = 8 + 8 * ndim  # chunk size, filter mask, ndim offsets
         self.node_bytes = 24 + (2 * _K + 1) * self.key + 2 * _K * 8  # HDF5's default K
-        self.inner: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # addr -> (keys, children)
+        self.inner: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # addr -> (lows, children)
 
     @classmethod
     def of(cls, dsid: Any, read_at: ReadAt, index: LazyTable) -> BTree | None:
@@ -181,38 +181,70 @@ class BTree:
         grid = np.array(index.offsets.shape, np.int64)
         chunks = np.array(index.chunks, np.int64)
         strides = np.array([math.prod(grid[d + 1 :]) for d in range(len(grid))], np.int64)
+        shape = (grid, chunks, strides)
         level: list[tuple[int, np.ndarray]] = []
         if self.root != _UNDEFINED:
             level = [(self.root, wanted)]
         while level:
             missing = [addr for addr, _ in level if addr not in self.inner]
-            got = dict(zip(missing, self._nodes(read_at, missing), strict=True))
+            self._read_level(index, read_at, missing, shape)
             below: list[tuple[int, np.ndarray]] = []
             for addr, cells in level:
-                node = got.get(addr)
+                node = self.inner.get(addr)
                 if node is None:
-                    keys, children = self.inner[addr]
-                    node_level = 1
-                else:
-                    node_level, keys, children = node
-                lows = np.minimum(keys[:, 2:-1] // chunks, grid) @ strides
-                if node_level == 0:
-                    self._leaf(index, keys, children, chunks, grid)
-                    continue
-                self.inner[addr] = (keys, children)
+                    continue  # a leaf: its entries are in the index now
+                lows, children = node
                 cut = np.searchsorted(cells, lows)
-                for i, child in enumerate(children.tolist()):
-                    part = cells[cut[i] : cut[i + 1]]
-                    if part.size:
-                        below.append((child, part))
+                for i in np.flatnonzero(cut[1:] > cut[:-1]).tolist():
+                    below.append((int(children[i]), cells[cut[i] : cut[i + 1]]))
             level = below
         still = index.offsets.ravel()[wanted] == UNKNOWN
         flat = index.offsets.reshape(-1)
         flat[wanted[still]] = -1  # no entry in the tree: never written
 
-    def _nodes(self, read_at: ReadAt, addrs: list[int]) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    def _read_level(
+        self,
+        index: LazyTable,
+        read_at: ReadAt,
+        addrs: list[int],
+        shape: tuple[np.ndarray, np.ndarray, np.ndarray],
+    ) -> None:
+        """Fetch the nodes at ``addrs`` together and parse them all at once: the entries of
+        leaves go into ``index``, inner nodes into :attr:`inner` (each child's first cell,
+        as a linear grid position, and its address)."""
+        if not addrs:
+            return
+        datas = self._nodes(read_at, addrs)
+        entry = self.key + 8
+        used = np.array([int.from_bytes(d[6:8], "little") for d in datas], np.int64)
+        levels = np.array([d[5] for d in datas], np.int64)
+        width = 24 + (int(used.max()) + 1) * entry
+        buf = np.zeros((len(datas), width), np.uint8)
+        for i, data in enumerate(datas):
+            size = min(len(data), width)
+            buf[i, :size] = np.frombuffer(data, np.uint8, size)
+        record = np.dtype(
+            [("size", "<u4"), ("mask", "<u4"), ("at", "<u8", (self.ndim,)), ("child", "<u8")]
+        )
+        recs = np.ascontiguousarray(buf[:, 24:]).view(record)  # (nodes, entries + 1)
+        grid, chunks, strides = shape
+        first = recs["at"][..., :-1].astype(np.int64) // chunks  # the cell of each key
+        entries = np.arange(recs.shape[1])[None, :] < used[:, None]
+        leaf = entries & (levels == 0)[:, None]
+        cells = first[leaf]
+        inside = (cells < grid).all(axis=1)
+        at = tuple(cells[inside].T)
+        index.sizes[at] = recs["size"][leaf][inside]
+        index.masks[at] = recs["mask"][leaf][inside]
+        index.offsets[at] = recs["child"][leaf][inside].astype(np.int64)  # last: now known
+        lows = np.minimum(first, grid) @ strides
+        for i in np.flatnonzero(levels > 0).tolist():
+            n = int(used[i])
+            self.inner[addrs[i]] = (lows[i, : n + 1], recs["child"][i, :n].astype(np.int64))
+
+    def _nodes(self, read_at: ReadAt, addrs: list[int]) -> list[bytes]:
         """The nodes at ``addrs``, fetched together (a node larger than HDF5's default
-        size, from a file made with a larger K, again on its own)."""
+        size, from a file made with a larger K, again on its own), checked."""
         runs = [(addr, self._extent(addr, self.node_bytes)) for addr in addrs]
         out = []
         for (addr, _), data in zip(runs, fetch_runs(read_at, runs), strict=True):
@@ -221,7 +253,12 @@ class BTree:
             if need > len(data):
                 (data,) = fetch_runs(read_at, [(addr, self._extent(addr, need))])
                 data = bytes(data)
-            out.append(self._parse(data, addr))
+                if self._node_size(data, addr) > len(data):
+                    raise LoomFileError(
+                        f"the B-tree node at byte {addr} holds more entries than the file "
+                        "has bytes for; the file is truncated or corrupt"
+                    )
+            out.append(data)
         return out
 
     def _extent(self, addr: int, nbytes: int) -> int:
@@ -242,38 +279,6 @@ class BTree:
         if not used:
             raise LoomFileError(f"the B-tree node at byte {addr} is empty; the file is corrupt")
         return 24 + used * (self.key + 8) + self.key
-
-    def _parse(self, data: bytes, addr: int) -> tuple[int, np.ndarray, np.ndarray]:
-        node_level, key = data[5], self.key
-        used = int.from_bytes(data[6:8], "little")
-        if self._node_size(data, addr) > len(data):
-            raise LoomFileError(
-                f"the B-tree node at byte {addr} holds {used} entries, more than the file "
-                "has bytes for; the file is truncated or corrupt"
-            )
-        body = np.frombuffer(data, np.uint8, used * (key + 8) + key, 24)
-        entry = key + 8
-        keys = np.empty((used + 1, 2 + self.ndim), np.int64)
-        rows = np.lib.stride_tricks.as_strided(body, (used + 1, key), (entry, 1))
-        keys[:, :2] = rows[:, :8].copy().view("<u4").astype(np.int64)
-        keys[:, 2:] = rows[:, 8:key].copy().view("<u8").astype(np.int64)
-        children = body[key : key + used * entry].reshape(used, entry)[:, :8].copy().view("<u8")
-        return node_level, keys, children.ravel().astype(np.int64)
-
-    @staticmethod
-    def _leaf(
-        index: LazyTable,
-        keys: np.ndarray,
-        children: np.ndarray,
-        chunks: np.ndarray,
-        grid: np.ndarray,
-    ) -> None:
-        cell = keys[:-1, 2:-1] // chunks
-        inside = (cell < grid).all(axis=1)
-        at = tuple(cell[inside].T)
-        index.sizes[at] = keys[:-1][inside, 0]
-        index.masks[at] = keys[:-1][inside, 1]
-        index.offsets[at] = children[inside]  # last: a cell is known once its offset is
 
 
 _UNDEFINED = (1 << 64) - 1
