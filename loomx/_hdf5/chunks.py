@@ -58,6 +58,7 @@ import numpy as np
 from loomx._hdf5 import batched as _batched
 from loomx._hdf5 import handles as _handles
 from loomx._hdf5 import kernels as _kernels
+from loomx._hdf5 import lookup as _lookup
 from loomx._hdf5.chunkio import FileReader, ReadAt, fetch_runs, run_bounds
 from loomx._hdf5.filters import DECODED_FILTERS, DEFLATE, SHUFFLE
 from loomx._hdf5.grid import axis_geometry, slice_bounds
@@ -149,6 +150,11 @@ class ChunkIndex:
     ``masks`` have one entry per chunk, laid out like the chunk grid: byte offset in the file
     (``-1``: unallocated, reads as ``fill_value``), stored size and filter mask.  A contiguous
     dataset is described as unfiltered chunks of one row each (1-D: one chunk).
+
+    An index made with ``from_dataset(dset, lazy=True)`` is *incomplete* (``complete`` is
+    False): its cells are :data:`loomx._hdf5.lookup.UNKNOWN` until
+    :func:`loomx._hdf5.lookup.resolve` looks up the ones a read needs
+    (:func:`read_through_handle` does); reading a cell not looked up raises.
     """
 
     def __init__(
@@ -161,7 +167,9 @@ class ChunkIndex:
         offsets: np.ndarray,
         sizes: np.ndarray,
         masks: np.ndarray,
+        complete: bool = True,
     ) -> None:
+        self.complete = complete
         self.shape = tuple(int(n) for n in shape)
         self.dtype = np.dtype(dtype)
         self.chunks = tuple(int(c) for c in chunks)
@@ -178,13 +186,16 @@ class ChunkIndex:
         return state
 
     @classmethod
-    def from_dataset(cls, dset: Any) -> ChunkIndex | None:
+    def from_dataset(cls, dset: Any, lazy: bool = False) -> ChunkIndex | None:
         """Read the chunk index of an open h5py dataset.
 
         Parameters
         ----------
         dset : h5py.Dataset
             The dataset.  Only its metadata is read (no chunk data).
+        lazy : bool
+            Read none of HDF5's chunk index now: the cells are looked up as reads need
+            them (:mod:`loomx._hdf5.lookup`).
 
         Returns
         -------
@@ -226,28 +237,13 @@ class ChunkIndex:
         grid = tuple(-(-n // c) for n, c in zip(dset.shape, chunks, strict=True))
         if math.prod(grid) > MAX_GRID_CELLS:  # a huge, mostly unwritten dataset: h5py
             return None
-        flat: list[int] = []
-        extend = flat.extend
-        dsid = dset.id
-        try:
-            dsid.chunk_iter(
-                lambda s: extend((*s.chunk_offset, s.byte_offset, s.size, s.filter_mask))
-            )
-        except (AttributeError, NotImplementedError):
-            for i in range(dsid.get_num_chunks()):
-                s = dsid.get_chunk_info(i)
-                extend((*s.chunk_offset, s.byte_offset, s.size, s.filter_mask))
-        table = np.array(flat, np.int64).reshape(-1, dset.ndim + 3)
-        where = table[:, : dset.ndim] // np.array(chunks, np.int64)
-        table, where = table[(where < grid).all(axis=1)], where[(where < grid).all(axis=1)]
-        cell = tuple(where.T)
-        offsets = np.full(grid, -1, np.int64)
+        offsets = np.full(grid, _lookup.UNKNOWN, np.int64)
         sizes = np.zeros(grid, np.int64)
         masks = np.zeros(grid, np.uint32)
-        offsets[cell] = table[:, -3]
-        sizes[cell] = table[:, -2]
-        masks[cell] = table[:, -1]
-        return cls(dset.shape, dtype, chunks, fill, tuple(filters), offsets, sizes, masks)
+        index = cls(dset.shape, dtype, chunks, fill, tuple(filters), offsets, sizes, masks, False)
+        if not lazy:
+            _lookup.fill_all(index, dset.id)
+        return index
 
     def _decoder(self, mask: int, inflater: str) -> Callable[[Any], Any]:
         """Bytes as stored -> bytes of one chunk, for chunks with this filter mask."""
@@ -311,6 +307,8 @@ class ChunkIndex:
         out = np.empty([b - a for a, b in zip(starts, stops, strict=True)], self.dtype)
         if out.size == 0:
             return out
+        if not self.complete:
+            _lookup.check_known(self, _lookup.needed_cells(self, tuple(map(slice, starts, stops))))
         if inflater is None and len(self.shape) <= 2 and _kernels.available():
             return _batched.read_box(self, read_at, starts, stops, out)
         inflater = inflater or DEFAULT_INFLATER
@@ -406,16 +404,33 @@ class ChunkIndex:
         if picks.ndim != 1 or (picks.size and (picks.min() < 0 or picks.max() >= n)):
             raise IndexError(f"picks must be positions in 0..{n - 1} along axis {axis}")
         starts, stops = slice_bounds(self.shape, key)
+        if not self.complete and picks.size:
+            box = tuple(map(slice, starts, stops))
+            _lookup.check_known(self, _lookup.needed_cells(self, box, (axis, picks)))
         return _batched.read_picks(self, read_at, starts, stops, axis, picks)
 
 
 def _index_in(f: Any, h5path: str) -> ChunkIndex | None:
-    """The chunk index of ``f[h5path]``; None for a dataset stored in another file (an
-    external link followed): its chunks are not at offsets of ``f``."""
+    """The chunk index of ``f[h5path]``, to be filled as reads need it; None for a dataset
+    stored in another file (an external link followed): its chunks are not at offsets of
+    ``f``."""
     dset = f[h5path]
     if h5py.h5f.get_name(dset.id) != h5py.h5f.get_name(f.id):
         return None
-    return ChunkIndex.from_dataset(dset)
+    return ChunkIndex.from_dataset(dset, lazy=True)
+
+
+def _resolved(
+    index: ChunkIndex | None, f: Any, h5path: str, key: Any, picks: Any, read_at: ReadAt
+) -> Any:
+    """``index`` with the cells a read of ``key`` (and ``picks``) needs looked up in the
+    open file ``f`` (its B-tree nodes read through ``read_at``)."""
+    if index is not None and not index.complete:
+        if picks is not None and not (len(index.shape) == 2 and _kernels.available()):
+            key, picks = box_of_picks(key, picks), None  # read as their bounding box
+        box = tuple(map(slice, *slice_bounds(index.shape, key)))
+        _lookup.resolve(index, f[h5path].id, _lookup.needed_cells(index, box, picks), read_at)
+    return index
 
 
 def read_through_handle(
@@ -456,6 +471,7 @@ def read_through_handle(
     if remote is not None:
         with open_file() as f:
             index = remote.chunk_index(h5path, lambda: _index_in(f, h5path))
+            index = _resolved(index, f, h5path, key, picks, remote)
             if index is None:
                 return take_picks(_read_h5py(f[h5path], box_of_picks(key, picks)), picks)
         if picks is not None and len(index.shape) == 2 and _kernels.available():
@@ -479,8 +495,9 @@ def read_through_handle(
         if (own.st_dev, own.st_ino) != (st.st_dev, st.st_ino):
             _handles.forget_descriptor(fkey)  # the path now names another file
             return take_picks(_read_h5py(f[h5path], box_of_picks(key, picks)), picks)
+        reader = FileReader(handle, label)
+        index = _resolved(index, f, h5path, key, picks, reader)
 
-    reader = FileReader(handle, label)
     if picks is not None and len(index.shape) == 2 and _kernels.available():
         return index.read_picks(reader, key, *picks)
     return take_picks(index.read(reader, box_of_picks(key, picks)), picks)

@@ -14,13 +14,17 @@ Two kinds of reads go over the wire:
   keeps the recent ones: opening a file costs a few requests.
 - Layer chunks are read by :class:`loomx._hdf5.chunks.ChunkIndex` through the source itself:
   :meth:`RemoteSource.read_ranges` fetches every run of file-adjacent chunks of one read
-  concurrently (fsspec ``cat_ranges``).
+  concurrently (fsspec ``cat_ranges``), neighbouring runs coalesced into one request where
+  the bytes between them are few (:func:`coalesce`: at most :data:`GAP_BUDGET` times the
+  bytes asked for, no gap over :data:`MAX_GAP`).
 
 Each process opens a remote file once, through the handle manager
 (:class:`loomx._hdf5.files.CachedFile` with this module's :class:`RemoteSource`).  The
-chunk index of a layer is built once per process from the HDF5 metadata, or taken from
-a reference index (:func:`loomx.to_kerchunk`) passed to :func:`loomx.open_loom`, which skips
-reading the HDF5 chunk index remotely altogether.
+chunk index of a layer is built once per process as reads need it
+(:mod:`loomx._hdf5.lookup`: the B-tree nodes on the way to the chunks a read needs, one
+level at a time, each level's nodes requested together), or taken from a reference index
+(:func:`loomx.to_kerchunk`) passed to :func:`loomx.open_loom` or found beside the file,
+which skips reading the HDF5 chunk index remotely altogether.
 
 Examples
 --------
@@ -39,12 +43,13 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import h5py
+import numpy as np
 
 from loomx._hdf5.filesystem import display_name, is_fsspec_file, signature_error
 from loomx._hdf5.handles import CHUNK_INDEXES
 from loomx.errors import LoomFileError, LoomFileNotFoundError, LoomWriteError
 
-__all__ = ["BLOCK_SIZE", "RemoteSource"]
+__all__ = ["BLOCK_SIZE", "GAP_BUDGET", "MAX_GAP", "RemoteSource", "coalesce"]
 
 BLOCK_SIZE = 1 << 12
 """Bytes h5py's metadata reads fetch at a time (aligned blocks, the recent ones kept).
@@ -54,6 +59,67 @@ chunks) lie between the chunks they index, about one per 60 KB of a loompy file,
 blocks fetch mostly chunk data (64 KB blocks fetched the whole layer to build its index).
 Reads of more than a block (attributes) fetch their blocks in one request."""
 _KEPT_BLOCKS = 1024
+
+GAP_BUDGET = 1.0
+"""Bytes between neighbouring ranges that one read may fetch to save requests, as a
+multiple of the bytes it asks for (1.0: a read fetches at most twice what it needs)."""
+MAX_GAP = 1 << 20
+"""No gap larger than this is fetched to join two ranges into one request."""
+MAX_REQUEST = 64 << 20
+"""No request is made larger than this by joining ranges (a single range may be)."""
+
+
+def coalesce(
+    runs: list[tuple[int, int]],
+    budget: float = GAP_BUDGET,
+    max_gap: int = MAX_GAP,
+    max_request: int = MAX_REQUEST,
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """Fewer, larger requests covering every ``(offset, nbytes)`` run.
+
+    The gaps between neighbouring runs (in file order) are joined smallest first, as long
+    as the bytes of the joined gaps stay within ``budget`` times the bytes of the runs, no
+    gap is over ``max_gap`` and no request grows over ``max_request``.
+
+    Returns
+    -------
+    requests : list of (offset, nbytes)
+        In file order.
+    placed : list of (request, start)
+        For each run, in the order given: which request holds it, and where in it.
+
+    Examples
+    --------
+    >>> coalesce([(0, 10), (12, 10), (1000, 10)])
+    ([(0, 22), (1000, 10)], [(0, 0), (0, 12), (1, 0)])
+    """
+    if not runs:
+        return [], []
+    table = np.array(runs, np.int64).reshape(-1, 2)
+    order = np.argsort(table[:, 0], kind="stable")
+    starts, ends = table[order, 0], table[order].sum(axis=1)
+    reach = np.maximum.accumulate(ends)  # overlapping runs: the furthest end so far
+    gaps = starts[1:] - reach[:-1]
+    join = gaps <= 0  # touching or overlapping: always one request
+    allowed = np.flatnonzero((gaps > 0) & (gaps <= max_gap))
+    if allowed.size:
+        by_size = allowed[np.argsort(gaps[allowed], kind="stable")]
+        spent = np.cumsum(gaps[by_size])
+        join[by_size[spent <= budget * int(table[:, 1].sum())]] = True
+    requests: list[tuple[int, int]] = []
+    where = np.empty(len(runs), np.int64)
+    start_in = np.empty(len(runs), np.int64)
+    lo, hi = int(starts[0]), int(ends[0])
+    for k in range(len(runs)):
+        s, e = int(starts[k]), int(ends[k])
+        if k and not (join[k - 1] and max(hi, e) - lo <= max_request) and s >= hi:
+            requests.append((lo, hi - lo))
+            lo, hi = s, e
+        hi = max(hi, e)
+        where[order[k]] = len(requests)
+        start_in[order[k]] = s - lo
+    requests.append((lo, hi - lo))
+    return requests, list(zip(where.tolist(), start_in.tolist(), strict=True))
 
 
 class RemoteSource:
@@ -175,10 +241,24 @@ class RemoteSource:
         """``nbytes`` bytes at ``offset`` (one request)."""
         return self.read_ranges([(offset, nbytes)])[0]
 
-    def read_ranges(self, runs: list[tuple[int, int]]) -> list[bytes]:
-        """The bytes of each ``(offset, nbytes)`` run, fetched concurrently."""
+    def read_ranges(self, runs: list[tuple[int, int]]) -> list[Any]:
+        """The bytes of each ``(offset, nbytes)`` run (bytes-like), fetched concurrently;
+        runs with few bytes between them in one request (:func:`coalesce`)."""
         if not runs:
             return []
+        requests, placed = coalesce(runs)
+        got = [memoryview(part) for part in self._fetch(requests)]
+        return [got[r][at : at + nbytes] for (r, at), (_, nbytes) in zip(placed, runs, strict=True)]
+
+    def read_into(self, runs: list[tuple[int, int]], buffer: np.ndarray) -> None:
+        """Read every ``(offset, nbytes)`` run into ``buffer``, one after another."""
+        pos = 0
+        for part, (_, nbytes) in zip(self.read_ranges(runs), runs, strict=True):
+            buffer[pos : pos + nbytes] = np.frombuffer(part, np.uint8)
+            pos += nbytes
+
+    def _fetch(self, runs: list[tuple[int, int]]) -> list[bytes]:
+        """The bytes of each ``(offset, nbytes)`` run, one request each, concurrently."""
         size = self.size
         for offset, nbytes in runs:
             if offset < 0 or nbytes < 0 or offset + nbytes > size:

@@ -31,6 +31,7 @@ from loomx._read.layer import as_layer_array
 from loomx._read.layout import H5_ERRORS, AttrInfo, DatasetInfo, LoomLayout
 from loomx._read.pending import Patch
 from loomx._read.references import use_references
+from loomx._read.sidecar import use_sidecar
 from loomx._read.store import LoomStore
 from loomx.errors import LoomFileError, LoomFormatError, LoomxError
 
@@ -478,7 +479,9 @@ def open_loom(
     chunk_index
         A reference index of this file made by :func:`loomx.to_kerchunk` (the dict, or
         the path or URL of its JSON): remote reads then take every layer's chunk offsets
-        from it instead of reading HDF5's chunk index over the network.
+        from it instead of reading HDF5's chunk index over the network.  Without it, a
+        remote file's sidecar (``FILE.kerchunk.json`` beside it, written by
+        ``loomx index FILE``) is used when it matches the file.
     follow_external
         Layers, attributes and graphs stored in other files (external links, datasets with
         external raw storage, virtual datasets) are refused by default with a
@@ -574,6 +577,8 @@ class LoomBackendEntrypoint(BackendEntrypoint):
             layout = store.read_layout()
             if options["chunk_index"] is not None:
                 use_references(store, layout, options["chunk_index"])
+            else:
+                use_sidecar(store, layout)
             dims = tuple(options["dims"])
             ds = build_dataset(store, layout, dims=dims, drop_variables=drop_variables)
         except BaseException:

@@ -34,6 +34,8 @@ from loomx._read.store import LoomStore
 from loomx.errors import LoomFileError, LoomFormatError
 
 __all__ = [
+    "check_layers",
+    "file_version",
     "indexes_from_references",
     "load_references",
     "to_kerchunk",
@@ -41,6 +43,8 @@ __all__ = [
 ]
 
 _FORMAT_KEY = "loom_file_size"
+_VERSION_KEY = "loom_file_version"
+_PROTOCOL_KEY = "loom_file_protocol"
 
 
 def _codec(code: int, values: tuple[int, ...], itemsize: int) -> dict[str, Any]:
@@ -138,11 +142,12 @@ def to_kerchunk(
         target = url
         if target is None:
             target = store.path if store.remote is not None else os.path.abspath(store.path)
-        size = store.remote.size if store.remote is not None else os.path.getsize(store.path)
+        size, version, protocol = file_version(store)
         names = conv.assign_names(layout.layers, layout.row_attrs, layout.col_attrs, dims)
+        stamp = {_FORMAT_KEY: size, _VERSION_KEY: version, _PROTOCOL_KEY: protocol}
         refs: dict[str, Any] = {
             ".zgroup": json.dumps({"zarr_format": 2}),
-            ".zattrs": json.dumps({_FORMAT_KEY: size, "loom_spec_version": layout.version}),
+            ".zattrs": json.dumps({**stamp, "loom_spec_version": layout.version}),
         }
         for layer, info in layout.layers.items():
             with store.open() as h5file:
@@ -152,6 +157,24 @@ def to_kerchunk(
         return {"version": 1, "refs": refs}
     finally:
         store.close()
+
+
+def file_version(store: LoomStore) -> tuple[int, str | None, str]:
+    """``(size, version, protocol)`` of a store's file: the ETag or modification time of a
+    remote file and how it is reached, or a local file's modification time (ns)."""
+    if store.remote is None:
+        st = os.stat(store.path)
+        return st.st_size, str(st.st_mtime_ns), "file"
+    size, version = store.remote.version or store.remote.check_version()
+    return int(size), version, _protocol(store.remote)
+
+
+def _protocol(remote: Any) -> str:
+    if remote.fileobj is not None:
+        return "fileobj"
+    fs, _ = remote._filesystem()
+    found = fs.protocol
+    return str(found[0] if isinstance(found, (tuple, list)) else found)
 
 
 def _layer_refs(
@@ -261,6 +284,13 @@ def use_references(store: Any, layout: Any, refs: Any) -> None:
     if layout.pending or layout.patches:
         return  # an unfinished write: read through HDF5's own chunk index
     indexes = indexes_from_references(found, store.path)
+    check_layers(store, layout, indexes)
+    store.remote.chunk_indexes = indexes
+
+
+def check_layers(store: Any, layout: Any, indexes: dict[str, ChunkIndex]) -> None:
+    """Raise :class:`LoomFormatError` unless each layer's index has its shape, dtype and
+    chunks."""
     for info in layout.layers.values():
         index = indexes.get(info.h5path)
         if index is None:
@@ -276,4 +306,3 @@ def use_references(store: Any, layout: Any, refs: Any) -> None:
                 path=store.path,
                 h5path=info.h5path,
             )
-    store.remote.chunk_indexes = indexes

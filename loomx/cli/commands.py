@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from loomx.cli.index import index_arguments, index_command
 from loomx.cli.process import process_arguments, process_command
 from loomx.cli.warnings import command_inputs, warnings_for_people
 from loomx.errors import LoomxError
@@ -388,6 +389,7 @@ SUBCOMMANDS: dict[str, tuple[str, Arguments, Command]] = {
     ),
     "repack": ("give the space of deleted objects back", repack_arguments, repack_command),
     "process": ("QC to clusters and markers, resumable", process_arguments, process_command),
+    "index": ("write the chunk index of a file beside it", index_arguments, index_command),
 }
 """name -> (help, declare arguments, run); add a subcommand by adding an entry."""
 

@@ -41,5 +41,7 @@ EXAMPLES: dict[str, str] = {
     "process": """example:
   loomx process pbmc.loom                     # QC to marker genes, results into pbmc.loom
   loomx process pbmc.loom --n-top-genes 3000 --resolution 0.5   # redoes what changed""",
+    "index": """example:
+  loomx index pbmc.loom        # writes pbmc.loom.kerchunk.json, used by open_loom(url)""",
 }
 """Subcommand -> the text shown after its options in ``--help``."""

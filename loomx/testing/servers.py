@@ -4,7 +4,12 @@
 library's ``http.server`` ignores ``Range``); :class:`S3Server` runs moto's S3 API (package
 ``moto[server]``) behind the same counters.  Both listen on ``127.0.0.1`` on a free port, in
 a thread of this process, and stop when their ``with`` block ends.  Tests and benchmarks
-use the counters to check how many requests and bytes a read costs.
+use the counters to check how many requests and bytes a read costs, and how many were in
+flight at once (:attr:`ServedCounts.max_in_flight`).
+
+Both take ``delay`` (seconds added to every request, before it is answered: an object
+store's latency, 20-50 ms on S3) and ``bandwidth`` (bytes per second at which each answer's
+body is sent), so tests and benchmarks see what a client of a distant store sees.
 
 Examples
 --------
@@ -12,6 +17,8 @@ Examples
 ...     ds = loomx.open_loom(server.url("pbmc.loom"))
 ...     ds["matrix"][:, 0].values
 ...     print(server.requests, server.bytes_sent)
+>>> with RangeHTTPServer(folder, delay=0.02) as server:  # doctest: +SKIP
+...     ...  # every request answered 20 ms late, as from an object store
 """
 
 from __future__ import annotations
@@ -20,24 +27,39 @@ import http.server
 import os
 import re
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RangeHTTPServer", "S3Server", "ServedCounts"]
+__all__ = ["RangeHTTPServer", "S3Server", "ServedCounts", "Throttle"]
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)$")
 
 
 @dataclass
 class ServedCounts:
-    """Requests answered and body bytes sent, per request method; thread-safe."""
+    """Requests answered and body bytes sent, per request method, and requests in flight
+    (received, their answer not yet sent in full); thread-safe."""
 
     requests: int = 0
     bytes_sent: int = 0
     by_method: dict[str, int] = field(default_factory=dict)
+    in_flight: int = 0
+    max_in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def begin(self) -> None:
+        """A request arrived (its answer is not sent yet)."""
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+    def end(self) -> None:
+        """A request's answer has been sent."""
+        with self.lock:
+            self.in_flight -= 1
 
     def add(self, method: str, nbytes: int = 0) -> None:
         """Count a request.  Servers count a request and its bytes *before* sending them:
@@ -52,12 +74,39 @@ class ServedCounts:
             self.bytes_sent += nbytes
 
     def reset(self) -> tuple[int, int]:
-        """Zero the counters; returns the ``(requests, bytes_sent)`` they held."""
+        """Zero the counters (``max_in_flight`` restarts from the requests in flight now);
+        returns the ``(requests, bytes_sent)`` they held."""
         with self.lock:
             held = (self.requests, self.bytes_sent)
             self.requests = self.bytes_sent = 0
             self.by_method = {}
+            self.max_in_flight = self.in_flight
             return held
+
+
+@dataclass(frozen=True)
+class Throttle:
+    """What a distant store costs: ``delay`` seconds per request, bodies sent at
+    ``bandwidth`` bytes per second (None: as fast as loopback goes)."""
+
+    delay: float = 0.0
+    bandwidth: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.delay < 0 or (self.bandwidth is not None and self.bandwidth <= 0):
+            raise ValueError(
+                f"delay must be >= 0 and bandwidth > 0; found {self.delay}, {self.bandwidth}"
+            )
+
+    def wait(self) -> None:
+        """Sleep for the per-request delay."""
+        if self.delay:
+            time.sleep(self.delay)
+
+    def pace(self, nbytes: int) -> None:
+        """Sleep for the time ``nbytes`` take at the bandwidth."""
+        if self.bandwidth is not None and nbytes:
+            time.sleep(nbytes / self.bandwidth)
 
 
 class _Server:
@@ -121,10 +170,18 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
         return full
 
     def do_HEAD(self) -> None:
-        self._serve(body=False)
+        self._throttled(body=False)
 
     def do_GET(self) -> None:
-        self._serve(body=True)
+        self._throttled(body=True)
+
+    def _throttled(self, body: bool) -> None:
+        self.server.counts.begin()
+        try:
+            self.server.throttle.wait()
+            self._serve(body)
+        finally:
+            self.server.counts.end()
 
     def _serve(self, body: bool) -> None:
         target = self._target()
@@ -168,10 +225,11 @@ class _RangeHandler(http.server.BaseHTTPRequestHandler):
                 fh.seek(start)
                 left = stop - start
                 while left:
-                    block = fh.read(min(left, 1 << 20))
+                    block = fh.read(min(left, 1 << 16))
                     if not block:
                         break
                     self.server.counts.add_bytes(len(block))
+                    self.server.throttle.pace(len(block))
                     self.wfile.write(block)
                     left -= len(block)
 
@@ -183,10 +241,17 @@ class RangeHTTPServer(_Server):
     ----------
     root
         The folder served (files only; nothing outside it).
+    delay
+        Seconds added to every request before it is answered.
+    bandwidth
+        Bytes per second at which each answer's body is sent (None: no cap).
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], delay: float = 0.0, bandwidth: float | None = None
+    ) -> None:
         self.counts = ServedCounts()
+        self.throttle = Throttle(delay, bandwidth)
         http_server = type(
             "_Backlog", (http.server.ThreadingHTTPServer,), {"request_queue_size": 128}
         )  # clients in other processes open many connections (the default backlog is 5)
@@ -194,6 +259,7 @@ class RangeHTTPServer(_Server):
         self._httpd.daemon_threads = True
         self._httpd.root = os.fspath(root)
         self._httpd.counts = self.counts
+        self._httpd.throttle = self.throttle
 
     def url(self, name: str) -> str:
         """The URL of the file ``name`` of the served folder."""
@@ -201,27 +267,38 @@ class RangeHTTPServer(_Server):
 
 
 class _CountingApp:
-    """WSGI middleware counting the requests and body bytes an application answers."""
+    """WSGI middleware counting the requests and body bytes an application answers, and
+    throttling them."""
 
-    def __init__(self, app: Callable[..., Iterable[bytes]], counts: ServedCounts) -> None:
+    def __init__(
+        self, app: Callable[..., Iterable[bytes]], counts: ServedCounts, throttle: Throttle
+    ) -> None:
         self.app = app
         self.counts = counts
+        self.throttle = throttle
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
-        self.counts.add(environ.get("REQUEST_METHOD", "?"))
-        for part in self.app(environ, start_response):
-            self.counts.add_bytes(len(part))
-            yield part
+        self.counts.begin()
+        try:
+            self.throttle.wait()
+            self.counts.add(environ.get("REQUEST_METHOD", "?"))
+            for part in self.app(environ, start_response):
+                self.counts.add_bytes(len(part))
+                self.throttle.pace(len(part))
+                yield part
+        finally:
+            self.counts.end()
 
 
 class S3Server(_Server):
     """moto's S3 API at ``http://127.0.0.1:PORT`` (needs ``moto[server]``), counted.
 
     :meth:`storage_options` gives what ``s3fs`` needs to reach it; :meth:`upload` puts
-    local files into a bucket.
+    local files into a bucket.  ``delay`` and ``bandwidth`` as for
+    :class:`RangeHTTPServer` (the upload too is throttled).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, delay: float = 0.0, bandwidth: float | None = None) -> None:
         from moto.moto_server.werkzeug_app import (
             DomainDispatcherApplication,
             MotoRequestHandler,
@@ -230,7 +307,10 @@ class S3Server(_Server):
         from werkzeug.serving import make_server
 
         self.counts = ServedCounts()
-        app = _CountingApp(DomainDispatcherApplication(create_backend_app), self.counts)
+        self.throttle = Throttle(delay, bandwidth)
+        app = _CountingApp(
+            DomainDispatcherApplication(create_backend_app), self.counts, self.throttle
+        )
 
         class QuietHandler(MotoRequestHandler):
             def log_request(self, *args: Any, **kwargs: Any) -> None:

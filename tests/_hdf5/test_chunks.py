@@ -525,9 +525,11 @@ def test_chunk_reader_caches_the_index_per_file_version(
     builds = []
     original = ChunkIndex.from_dataset.__func__  # type: ignore[attr-defined]
 
-    def counting(cls: type[ChunkIndex], dset: h5py.Dataset) -> ChunkIndex | None:
+    def counting(
+        cls: type[ChunkIndex], dset: h5py.Dataset, lazy: bool = False
+    ) -> ChunkIndex | None:
         builds.append(dset.name)
-        return original(cls, dset)
+        return original(cls, dset, lazy)
 
     monkeypatch.setattr(ChunkIndex, "from_dataset", classmethod(counting))
     np.testing.assert_array_equal(read_region(path, "matrix"), data)

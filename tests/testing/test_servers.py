@@ -203,3 +203,68 @@ def test_s3_server_serves_an_upload_to_s3fs(tmp_path):
         assert s3.bytes_sent >= len(data) + 500
         s3.upload("atlas", {"cells/x.loom": local})  # the bucket exists: kept
         assert fs.cat_file("atlas/other.loom") == data
+
+
+def _recorded_sleeps(monkeypatch) -> list[float]:
+    """The sleeps the servers' throttle takes, recorded instead of slept."""
+    import loomx.testing.servers as servers_module
+
+    slept: list[float] = []
+    monkeypatch.setattr(servers_module.time, "sleep", slept.append)
+    return slept
+
+
+@pytest.mark.parametrize("kind", ["http", "s3"])
+def test_delay_per_request_and_bandwidth_cap(tmp_path, monkeypatch, kind):
+    """Every request waits ``delay`` before its answer; each body is paced at
+    ``bandwidth``: the sleeps add up to requests x delay + bytes / bandwidth."""
+    data = bytes(range(256)) * 400
+    (tmp_path / "blob.bin").write_bytes(data)
+    if kind == "s3":
+        pytest.importorskip("s3fs")
+        pytest.importorskip("moto")
+        server = S3Server(delay=0.25, bandwidth=1e6)
+    else:
+        server = RangeHTTPServer(tmp_path, delay=0.25, bandwidth=1e6)
+    with server:
+        if kind == "s3":
+            server.upload("bucket", {"blob.bin": tmp_path / "blob.bin"})
+            fs = fsspec.filesystem("s3", **server.storage_options())
+            path = "bucket/blob.bin"
+        else:
+            fs = fsspec.filesystem("http", skip_instance_cache=True)
+            path = server.url("blob.bin")
+        slept = _recorded_sleeps(monkeypatch)
+        assert fs.cat_file(path, start=100, end=60100) == data[100:60100]
+        assert fs.cat_file(path, start=0, end=10) == data[:10]
+        requests, sent = server.counts.reset()
+    assert requests == 2 and sent == 60010
+    delays = [s for s in slept if s == 0.25]
+    assert len(delays) == requests
+    assert sum(s for s in slept if s != 0.25) == pytest.approx(sent / 1e6)
+
+
+def test_delayed_requests_are_answered_in_parallel(tmp_path):
+    """A delayed request holds its connection, not the server: requests sent together are
+    in flight together (the backlog takes them all)."""
+    (tmp_path / "blob.bin").write_bytes(b"x" * 100)
+    with RangeHTTPServer(tmp_path, delay=0.5) as server:
+        assert server._httpd.request_queue_size >= 128
+        threads = [threading.Thread(target=request, args=(server, "/blob.bin")) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert server.counts.max_in_flight == 8
+        assert server.counts.in_flight == 0
+        server.counts.reset()
+        assert server.counts.max_in_flight == 0
+        request(server, "/blob.bin")
+        assert server.counts.max_in_flight == 1
+
+
+def test_throttle_refuses_negative_settings(tmp_path):
+    with pytest.raises(ValueError, match="delay"):
+        RangeHTTPServer(tmp_path, delay=-1)
+    with pytest.raises(ValueError, match="bandwidth"):
+        RangeHTTPServer(tmp_path, bandwidth=0)

@@ -1,0 +1,233 @@
+"""A remote Loom file at cloud latency: requests, bytes and seconds of the reads a user
+makes, over loopback HTTP and S3 with a fixed delay per request, against the local read.
+
+    python -m benchmarks.reports.cloud_report /work/bench-data/seed_27998x160796.loom \\
+        --delays 0 0.02 --protocols http s3 --sidecar
+
+serves the file from a loopback HTTP server with Range requests and from moto's S3 API
+(both from :mod:`loomx.testing.servers`, which count requests and bytes and add ``delay``
+seconds to every request), and prints, for each protocol and delay, a markdown table of:
+open; the first read of one column (which builds the chunk index it needs); 100 and 1000
+random columns; 10,000 contiguous cells; a full pass (per-cell totals).  Each server is
+fresh, so each first read starts from a cold chunk index.  With ``--sidecar`` the same
+reads run again with ``FILE.kerchunk.json`` beside the file (``loomx index``).  The local
+column times the same reads from the local disk in this process (its chunk index cold at
+the first read too).  Every result is checked against h5py.
+
+``--make ROWS COLS`` writes a file in loompy's layout of that shape first (a small one
+proves the script: ``--make 2000 20000``).  moto copies the whole object for every range
+request, so its seconds at large sizes say little about S3; its requests and bytes are the
+reader's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+import loomx
+from benchmarks.harness.provenance import uptime
+from loomx._read.sidecar import SIDECAR_SUFFIX, write_sidecar
+from loomx.testing.servers import RangeHTTPServer, S3Server
+
+__all__: list[str] = []
+
+MB = 1e6
+CONTIGUOUS = 10_000
+
+
+def log(*args: Any) -> None:
+    print(*args, file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def counted(server: Any, out: dict[str, float]) -> Iterator[None]:
+    if server is not None:
+        server.counts.reset()
+    start = time.perf_counter()
+    yield
+    out["seconds"] = time.perf_counter() - start
+    if server is not None:
+        out["requests"], out["bytes"] = server.counts.reset()
+
+
+def plan(path: str, seed: int) -> dict[str, Any]:
+    """The reads (columns picked once, fixed seed) and h5py's answers to check them."""
+    with h5py.File(path, "r") as f:
+        dset = f["matrix"]
+        n_rows, n_cols = dset.shape
+        rng = np.random.default_rng(seed)
+        first = int(rng.integers(n_cols))
+        picks = {k: rng.choice(n_cols, min(k, n_cols), replace=False) for k in (100, 1000)}
+        start = int(rng.integers(max(1, n_cols - CONTIGUOUS)))
+        block = slice(start, min(n_cols, start + CONTIGUOUS))
+        check = {
+            "first": dset[:, first],
+            "100": dset[:, int(picks[100][7])],
+            "1000": dset[:, int(picks[1000][-1])],
+            "block": dset[:, block.stop - 1],
+        }
+        totals = np.zeros(n_cols)
+        for i in range(0, n_rows, 4096):
+            totals += dset[i : i + 4096].sum(axis=0, dtype=np.float64)
+    return {"first": first, "picks": picks, "block": block, "check": check, "totals": totals}
+
+
+def reads(ds: Any, p: dict[str, Any]) -> dict[str, Callable[[], None]]:
+    """The reads, each checked against h5py."""
+    m = ds["matrix"]
+
+    def first() -> None:
+        np.testing.assert_array_equal(m[:, p["first"]].values, p["check"]["first"])
+
+    def random(k: int, at: int) -> Callable[[], None]:
+        def run() -> None:
+            got = m.isel(col=p["picks"][k]).values
+            np.testing.assert_array_equal(got[:, at], p["check"][str(k)])
+
+        return run
+
+    def block() -> None:
+        got = m[:, p["block"]].values
+        np.testing.assert_array_equal(got[:, -1], p["check"]["block"])
+
+    def full() -> None:
+        np.testing.assert_allclose(m.sum("row").values, p["totals"], rtol=1e-4)
+
+    return {
+        "first column": first,
+        "100 random columns": random(100, 7),
+        "1000 random columns": random(1000, -1),
+        f"{CONTIGUOUS:,} contiguous cells": block,
+        "full pass (per-cell totals)": full,
+    }
+
+
+def measure(open_ds: Callable[[], Any], server: Any, p: dict[str, Any]) -> dict[str, dict]:
+    out: dict[str, dict[str, float]] = {"open": {}}
+    with counted(server, out["open"]):
+        ds = open_ds()
+    for name, run in reads(ds, p).items():
+        out[name] = {}
+        with counted(server, out[name]):
+            run()
+        log(f"  {name}: {out[name]}")
+    ds.close()
+    return out
+
+
+def served(
+    kind: str, folder: str, name: str, delay: float, bucket: str
+) -> tuple[Any, Callable[[], Any]]:
+    """A started server of ``kind`` serving ``folder/name`` and the opener of its URL (a
+    new URL each time: the chunk index this process keeps per URL starts cold)."""
+    if kind == "http":
+        server = RangeHTTPServer(folder, delay=delay).start()
+        url = server.url(name)
+        return server, lambda: loomx.open_loom(url)
+    server = S3Server(delay=delay).start()
+    files = {name: os.path.join(folder, name)}
+    sidecar = os.path.join(folder, name + SIDECAR_SUFFIX)
+    if os.path.exists(sidecar):
+        files[name + SIDECAR_SUFFIX] = sidecar
+    server.upload(bucket, files)
+    options = server.storage_options()
+    return server, lambda: loomx.open_loom(f"s3://{bucket}/{name}", storage_options=options)
+
+
+def table(title: str, results: dict[str, dict[str, dict]], local: dict[str, dict]) -> list[str]:
+    configs = list(results)
+    lines = [
+        f"**{title}**",
+        "",
+        "| read | "
+        + " | ".join(f"{c} requests | {c} MB | {c} s" for c in configs)
+        + " | local s |",
+        "| --- |" + " ---: |" * (3 * len(configs) + 1),
+    ]
+    for step in local:
+        cells = []
+        for c in configs:
+            r = results[c][step]
+            cells += [f"{r['requests']:.0f}", f"{r['bytes'] / MB:.2f}", f"{r['seconds']:.2f}"]
+        lines.append(f"| {step} | " + " | ".join(cells) + f" | {local[step]['seconds']:.2f} |")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("path", nargs="?", help="the Loom file (loompy's layout)")
+    parser.add_argument("--make", nargs=2, type=int, metavar=("ROWS", "COLS"))
+    parser.add_argument("--delays", nargs="+", type=float, default=[0.0, 0.02])
+    parser.add_argument("--protocols", nargs="+", default=["http", "s3"], choices=["http", "s3"])
+    parser.add_argument("--sidecar", action="store_true", help="also with FILE.kerchunk.json")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    folder = tempfile.mkdtemp(prefix="cloud-report-")
+    try:
+        if args.make:
+            from benchmarks.data.make_data import make_loompy_file
+
+            source = os.path.join(folder, "made.loom")
+            log(f"writing {args.make[0]} x {args.make[1]} in loompy's layout")
+            make_loompy_file(source, *args.make, density=0.07, seed=args.seed)
+        elif args.path:
+            source = args.path
+        else:
+            parser.error("give a file or --make ROWS COLS")
+        name = "seed.loom"
+        os.symlink(os.path.abspath(source), os.path.join(folder, name))
+        p = plan(source, args.seed)
+        with h5py.File(source, "r") as f:
+            shape, chunks = f["matrix"].shape, f["matrix"].chunks
+        print(
+            f"File `{Path(source).name}`: {os.path.getsize(source) / MB:.0f} MB, `matrix` "
+            f"{shape} in {chunks} chunks. Load before: {uptime()}"
+        )
+        print()
+        from loomx.testing import make_example_loom
+
+        warm = make_example_loom(os.path.join(folder, "warm.loom"), 100, 100)
+        with loomx.open_loom(warm) as ds:  # the kernels compiled before anything is timed
+            _ = ds["matrix"].isel(col=[1, 5]).values, ds["matrix"][:, 3].values
+        log("local")
+        local = measure(lambda: loomx.open_loom(source), None, p)
+        rounds = [False, True] if args.sidecar else [False]
+        for with_sidecar in rounds:
+            sidecar = os.path.join(folder, name + SIDECAR_SUFFIX)
+            if with_sidecar:
+                write_sidecar(source, sidecar)
+            results = {}
+            for kind in args.protocols:
+                for delay in args.delays:
+                    label = f"{kind.upper()} {delay * 1000:.0f} ms"
+                    log(f"{label}{' with the sidecar' if with_sidecar else ''}")
+                    bucket = f"bench-{len(results)}-{int(with_sidecar)}"
+                    server, open_ds = served(kind, folder, name, delay, bucket)
+                    try:
+                        results[label] = measure(open_ds, server, p)
+                    finally:
+                        server.close()
+            title = "With the sidecar" if with_sidecar else "Without a sidecar"
+            print("\n".join(table(title, results, local)))
+            print()
+        print(f"Load after: {uptime()}")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
