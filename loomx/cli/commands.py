@@ -93,6 +93,9 @@ def qc_command(args: argparse.Namespace) -> int:
 def info_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", metavar="FILE", help="the Loom file")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    from loomx.cli.run import probe_inputs
+
+    probe_inputs(parser, "path")
 
 
 def info_command(args: argparse.Namespace) -> int:
@@ -113,6 +116,9 @@ def validate_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also check loompy's attribute conventions (CellID, ClusterID, ...)",
     )
+    from loomx.cli.run import probe_inputs
+
+    probe_inputs(parser, "path")
 
 
 def validate_command(args: argparse.Namespace) -> int:
@@ -140,6 +146,9 @@ def convert_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("target", metavar="OUT", help="a .loom or .h5ad file")
     _scheduler_arguments(parser)
+    from loomx.cli.run import probe_inputs
+
+    probe_inputs(parser, "source")
 
 
 def convert_command(args: argparse.Namespace) -> int:

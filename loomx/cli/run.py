@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import sys
 from collections.abc import Iterator
@@ -9,6 +10,7 @@ from typing import Any
 
 import dask
 
+from loomx._hdf5.probe import is_hdf5, probe_file
 from loomx._write.stream import lost_scheduler
 from loomx.errors import LoomxError
 
@@ -89,3 +91,30 @@ def compute(*collections: Any, client: Any = None, progress: bool = False) -> tu
         with ProgressBar(out=sys.stderr):
             return dask.compute(*collections)
     return dask.compute(*collections)
+
+
+def probe_inputs(parser: argparse.ArgumentParser, *names: str) -> None:
+    """Give ``parser`` a ``--trusted`` flag; without it, the HDF5 files its arguments
+    ``names`` give are read in a child process first (:func:`loomx._hdf5.probe.probe_file`),
+    right after parsing: a file that makes HDF5 hang or crash ends the command with its
+    error (exit status 1), and this process never opens it."""
+    parser.add_argument(
+        "--trusted",
+        action="store_true",
+        help="skip reading the file in a time- and memory-limited child process first",
+    )
+    parse = parser.parse_known_args
+
+    def parse_and_probe(args: Any = None, namespace: Any = None) -> Any:
+        namespace, extras = parse(args, namespace)
+        if not namespace.trusted:
+            for name in names:
+                path = getattr(namespace, name)
+                try:
+                    if is_hdf5(path):
+                        probe_file(path)
+                except LoomxError as err:
+                    parser.exit(1, f"loomx: {err}\n")
+        return namespace, extras
+
+    parser.parse_known_args = parse_and_probe  # type: ignore[method-assign]

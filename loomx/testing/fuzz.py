@@ -40,6 +40,7 @@ __all__ = [
     "fuzz_kernels",
     "mutate",
     "read_everything",
+    "read_untrusted",
     "recover_and_read",
 ]
 
@@ -72,6 +73,15 @@ def read_everything(path: str) -> None:
             for graphs in (ds.loom.row_graphs, ds.loom.col_graphs):
                 for name in graphs:
                     graphs[name].data  # noqa: B018
+
+
+def read_untrusted(path: str) -> None:
+    """:func:`read_everything` of a file opened with ``untrusted=True`` (its metadata read
+    in a child process first, see :mod:`loomx._hdf5.probe`)."""
+    import loomx
+
+    loomx.open_loom(path, chunks=None, untrusted=True).close()
+    read_everything(path)
 
 
 def global_heap_ranges(data: bytes) -> list[tuple[int, int]]:
