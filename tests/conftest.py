@@ -409,3 +409,22 @@ def indexed_dataset(path: Path, data: np.ndarray, **kwargs: Any) -> tuple[ChunkI
         index = ChunkIndex.from_dataset(f["x"])
         assert index is not None
         return index, f["x"][...]
+
+
+CRASH_SEED = 81627
+"""A mutation of the LZF file that segfaults HDF5 2.0 while it lists a graph group's links."""
+
+
+@pytest.fixture(scope="session")
+def crashing(tmp_path_factory) -> Path:
+    """A mutation of the LZF example that segfaults HDF5 when read (seed CRASH_SEED)."""
+    import random
+
+    from loomx.testing.fuzz import mutate
+    from loomx.testing.hostile import small_loom
+
+    folder = tmp_path_factory.mktemp("probe")
+    source = small_loom(str(folder / "lzf.loom"), compression="lzf", compression_opts=None)
+    path = folder / "crash.loom"
+    path.write_bytes(mutate(Path(source).read_bytes(), random.Random(CRASH_SEED)))
+    return path

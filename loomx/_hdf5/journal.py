@@ -14,13 +14,25 @@ takes (``flock``, exclusive for a writer, which conflicts with the shared lock o
 readers in other processes; :func:`lock_for_writing`), unless locking is off
 (``locking=False`` or ``HDF5_USE_FILE_LOCKING=FALSE``).
 
+Identity: a journal belongs to one file.  Before a writer creates its journal it attaches
+the journal's random nonce to the file (the extended attribute :data:`NONCE_XATTR`) and
+fsyncs the file; the journal's header records the nonce, whether the file carries it, and
+the file's device, inode and original size.  :func:`restore` writes a journal back only
+into the file it belongs to: one carrying its nonce (also after a move or a copy that keeps
+extended attributes), or, on a filesystem without extended attributes, the same device and
+inode.  A journal beside another file (the file replaced, restored from a backup, a journal
+copied next to the wrong file) is refused with an error that says what to do, and neither
+file is changed.  Readers refuse it the same way.
+
 Format (little-endian): a 64-byte header (:data:`MAGIC`, original size u64, pid u64,
-nonce 16 bytes, crc32 of those u32, zero padding), then batches, each written with one
-write: ``b"LXRB"``, entry count u32, payload length u64, the payload, and the crc32 of
-nonce, batch header and payload (u32).  The payload's entries are ``offset u64, length
-u64, crc32 of the bytes u32, the bytes``.  A batch is fsynced before any byte it saves is
-overwritten, so a last batch that is incomplete or fails its checksum was never relied on
-and is ignored.  Any other damage is an error, and then nothing is written back.
+nonce 16 bytes, device u64, inode u64, flags u32 (1: the file carries the nonce), crc32
+of those u32), then batches,
+each written with one write: ``b"LXRB"``, entry count u32, payload length u64, the
+payload, and the crc32 of nonce, batch header and payload (u32).  The payload's entries
+are ``offset u64, length u64, crc32 of the bytes u32, the bytes``.  A batch is fsynced
+before any byte it saves is overwritten, so a last batch that is incomplete or fails its
+checksum was never relied on and is ignored.  Any other damage is an error, and then
+nothing is written back.
 """
 
 from __future__ import annotations
@@ -48,19 +60,28 @@ __all__ = [
     "Disk",
     "check_readable",
     "current_disk",
+    "file_identity",
+    "foreign_journal_error",
     "journal_batch",
     "journal_header",
     "journal_path",
     "journal_state",
     "lock_for_writing",
     "restore",
+    "tag_file",
+    "untag_file",
     "use_disk",
 ]
 
 SUFFIX = ".loomx-rollback"
 """Appended to a file's name to name its rollback journal."""
-MAGIC = b"LOOMXRB1"
-_HEADER = struct.Struct("<8sQQ16s")
+MAGIC = b"LOOMXRB2"
+_HEADER = struct.Struct("<8sQQ16sQQI")
+_TAGGED = 1
+_MAGIC_1 = b"LOOMXRB1"  # loomx before journals recorded their file: no identity
+_HEADER_1 = struct.Struct("<8sQQ16s")
+NONCE_XATTR = "user.loomx.rollback"
+"""The extended attribute in which a writer attaches its journal's nonce to the file."""
 HEADER_SIZE = 64
 _BATCH = struct.Struct("<4sIQ")
 _BATCH_MAGIC = b"LXRB"
@@ -192,8 +213,10 @@ def _crc(data: bytes, start: int = 0) -> int:
     return zlib.crc32(data, start) & 0xFFFFFFFF
 
 
-def journal_header(size: int, nonce: bytes) -> bytes:
-    head = _HEADER.pack(MAGIC, size, os.getpid(), nonce)
+def journal_header(size: int, nonce: bytes, identity: tuple[int, int], tagged: bool) -> bytes:
+    """The header of a journal of a file of ``size`` bytes, ``identity`` its (device,
+    inode), ``tagged`` whether the file carries ``nonce`` (:func:`tag_file`)."""
+    head = _HEADER.pack(MAGIC, size, os.getpid(), nonce, *identity, _TAGGED * tagged)
     head += _CRC.pack(_crc(head))
     return head + bytes(HEADER_SIZE - len(head))
 
@@ -204,13 +227,83 @@ def journal_batch(entries: list[tuple[int, bytes]], nonce: bytes) -> bytes:
     return head + payload + _CRC.pack(_crc(payload, _crc(head, _crc(nonce))))
 
 
-class SavedBytes:
-    """What a rollback journal holds: the file's original size and saved ranges."""
+def file_identity(fd: int) -> tuple[int, int]:
+    """(device, inode) of an open file."""
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
 
-    def __init__(self, size: int, pid: int, entries: list[tuple[int, bytes]]) -> None:
+
+def tag_file(fd: int, nonce: bytes) -> bool:
+    """Attach ``nonce`` to the open file; False where the filesystem has no extended
+    attributes (then its device and inode identify it)."""
+    try:
+        os.setxattr(fd, NONCE_XATTR, nonce)
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+def untag_file(fd: int) -> None:
+    """Remove a writer's nonce from the open file (best effort)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.removexattr(fd, NONCE_XATTR)
+
+
+def _file_nonce(fd: int) -> bytes | None:
+    try:
+        return os.getxattr(fd, NONCE_XATTR)
+    except (OSError, AttributeError):
+        return None
+
+
+class SavedBytes:
+    """What a rollback journal holds: the file's original size and identity, the writer's
+    pid and nonce, and the saved ranges."""
+
+    def __init__(
+        self,
+        size: int,
+        pid: int,
+        entries: list[tuple[int, bytes]],
+        nonce: bytes = b"",
+        identity: tuple[int, int] | None = None,
+        tagged: bool = False,
+    ) -> None:
         self.size = size
         self.pid = pid
         self.entries = entries
+        self.nonce = nonce
+        self.identity = identity  # None: written by loomx before journals named their file
+        self.tagged = tagged
+
+    def foreign(self, fd: int, path: str) -> str | None:
+        """Why the journal does not belong to the open file ``fd``; None when it does."""
+        if self.identity is None:
+            return None
+        found = file_identity(fd)
+        nonce = _file_nonce(fd)
+        if nonce == self.nonce or (not self.tagged and found == self.identity):
+            return None
+        has = "carries another writer's nonce" if nonce else "carries no nonce"
+        return (
+            f"it was written for the file on device {self.identity[0]}, inode "
+            f"{self.identity[1]} ({self.size} bytes before that write)"
+            + (f", which carried its nonce ({NONCE_XATTR}); this file {has}" if self.tagged else "")
+            + f" (this file: device {found[0]}, inode {found[1]})"
+        )
+
+
+def foreign_journal_error(path: str, why: str) -> LoomFileError:
+    """The error of a rollback journal that belongs to another file."""
+    journal = journal_path(path)
+    return LoomFileError(
+        f"the rollback journal {journal!r} beside this file belongs to another file: {why}. "
+        "It was not applied and the file is unchanged. If the file was replaced, restored "
+        "from a backup or copied since the interrupted write, the journal is stale: move it "
+        "away (or delete it) and open the file again; if the journal belongs to a copy of "
+        "the file kept elsewhere, put it beside that copy and run `loomx recover` there",
+        path=path,
+    )
 
 
 def read_journal(path: str) -> SavedBytes:
@@ -235,14 +328,16 @@ def read_journal(path: str) -> SavedBytes:
             path=path,
         )
 
-    if len(raw) < HEADER_SIZE or raw[: len(MAGIC)] != MAGIC:
+    if len(raw) < HEADER_SIZE or raw[: len(MAGIC)] not in (MAGIC, _MAGIC_1):
         raise damaged(
             f"found {len(raw)} bytes starting {raw[:8]!r}, expected a {HEADER_SIZE}-byte "
             f"header starting {MAGIC!r}"
         )
-    _, size, pid, nonce = _HEADER.unpack_from(raw)
-    (crc,) = _CRC.unpack_from(raw, _HEADER.size)
-    if crc != _crc(raw[: _HEADER.size]):
+    header = _HEADER if raw[: len(MAGIC)] == MAGIC else _HEADER_1
+    _, size, pid, nonce, *identity = header.unpack_from(raw)
+    flags = identity.pop() if identity else 0
+    (crc,) = _CRC.unpack_from(raw, header.size)
+    if crc != _crc(raw[: header.size]):
         raise damaged("the header's checksum does not match")
     entries: list[tuple[int, bytes]] = []
     pos = HEADER_SIZE
@@ -270,7 +365,8 @@ def read_journal(path: str) -> SavedBytes:
     for (_, end), (nxt, _) in itertools.pairwise(spans):
         if nxt < end:
             raise damaged(f"saved ranges overlap at byte {nxt} (loomx saves each byte once)")
-    return SavedBytes(size, pid, entries)
+    ident = (identity[0], identity[1]) if identity else None
+    return SavedBytes(size, pid, entries, nonce, ident, bool(flags & _TAGGED))
 
 
 def _entries(payload: bytes, count: int, where: int, damaged: Any) -> list[tuple[int, bytes]]:
@@ -292,17 +388,22 @@ def _entries(payload: bytes, count: int, where: int, damaged: Any) -> list[tuple
 def restore(path: str, fd: int, disk: Disk | None = None) -> bool:
     """Undo an interrupted write: put the journal's saved bytes back into ``path`` (open
     as ``fd``, held by the caller), truncate it to its original size, fsync it and remove
-    the journal.  Returns False when there is no journal.  Checks the whole journal before
-    it writes anything (:func:`read_journal`)."""
+    the journal.  Returns False when there is no journal.  Checks the whole journal, and
+    that it belongs to this file (see the module doc), before it writes anything
+    (:func:`read_journal`)."""
     disk = disk or current_disk()
     journal = journal_path(path)
     if not os.path.exists(journal):
         return False
     saved = read_journal(path)
+    why = saved.foreign(fd, path)
+    if why is not None:
+        raise foreign_journal_error(path, why)
     for off, data in saved.entries:
         disk.write(fd, data, off)
     disk.truncate(fd, saved.size)
     disk.sync(fd)
+    untag_file(fd)
     disk.remove(journal)
     disk.sync_folder(journal)
     return True
@@ -344,9 +445,26 @@ def check_readable(path: str, locking: bool | None = None) -> None:
             path=path,
         )
     if state == "hot":
+        why = _foreign_on_disk(path)
+        if why is not None:
+            raise foreign_journal_error(path, why)
         raise LoomFileError(
             "a loomx write to this file was interrupted and may have left it half written; "
             f"its rollback journal {journal_path(path)!r} holds the original bytes. Run "
             "`loomx recover FILE` (or loomx.recover(path)) to restore them, then open it",
             path=path,
         )
+
+
+def _foreign_on_disk(path: str) -> str | None:
+    """Why ``path``'s journal belongs to another file (None when it belongs to it or cannot
+    be read: then restoring it reports what is wrong)."""
+    try:
+        saved = read_journal(path)
+        fd = os.open(path, os.O_RDONLY)
+    except (OSError, LoomFileError):
+        return None
+    try:
+        return saved.foreign(fd, path)
+    finally:
+        os.close(fd)

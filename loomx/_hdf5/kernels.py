@@ -16,6 +16,13 @@ kernels off, for comparisons.
 Error codes of :func:`decode_chunks` (``status[0]``; ``status[1]`` is the chunk,
 ``status[2]`` a detail): 1 inflate failed (libdeflate's result), 2 decoded size differs from
 the chunk's (the size found), 3 Fletcher-32 mismatch, 4 chunk shorter than its checksum.
+
+Bounds: the compiled code indexes raw pointers, and the chunk index (offsets, sizes, filter
+masks) comes from the file.  :func:`decode_chunks` and :func:`encode_chunks` are the only
+entries: each checks every offset, size and shape it is given against the buffers
+(:func:`check_decode`, :func:`check_encode`) before the compiled call, and raises
+:class:`~loomx.errors.LoomFileError` instead; what only decoding can tell (the size a chunk
+inflates to, with filters skipped by its mask) is checked inside, before it is used.
 """
 
 from __future__ import annotations
@@ -27,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from loomx._hdf5.filters import DEFLATE, FLETCHER32
+from loomx._hdf5.filters import DEFLATE, FLETCHER32, SHUFFLE
+from loomx.errors import LoomFileError
 
 __all__ = [
     "BAD_CHECKSUM",
@@ -36,6 +44,8 @@ __all__ = [
     "LIBDEFLATE_INSUFFICIENT_SPACE",
     "TOO_SHORT",
     "available",
+    "check_decode",
+    "check_encode",
     "compiled",
     "decode_chunks",
     "encode_bound",
@@ -181,7 +191,7 @@ def _unshuffle(src: np.ndarray, n: int, size: int, dst: np.ndarray) -> None:  # 
 
 
 @_njit
-def decode_chunks(
+def _decode_compiled(
     src: np.ndarray,
     starts: np.ndarray,
     lengths: np.ndarray,
@@ -276,6 +286,9 @@ def decode_chunks(
                 cur = spare
                 spare = b if spare is a else a
             else:
+                if n > cap:  # raw bytes (deflate skipped by the mask) larger than a chunk
+                    status[0], status[1], status[2] = BAD_SIZE, k, n
+                    break
                 _unshuffle(cur, n, params[f], spare)
                 cur = spare
                 spare = b if spare is a else a
@@ -314,7 +327,7 @@ def decode_chunks(
 
 
 @_njit
-def encode_chunks(
+def _encode_compiled(
     values: np.ndarray,
     rows: np.ndarray,
     chunk_rows: int,
@@ -385,3 +398,165 @@ def encode_bound(level: int, chunk_nbytes: int) -> int:  # pragma: no cover - co
     bound = _bound(compressor, chunk_nbytes)
     _free_c(compressor)
     return np.int64(bound)
+
+
+# --------------------------------------------------------------------------- bounds
+
+
+def _refuse(what: str) -> LoomFileError:
+    return LoomFileError(
+        f"a chunk read or write out of bounds was refused before the compiled kernel ran: "
+        f"{what} (a damaged or crafted chunk index, or a wrong read plan)"
+    )
+
+
+def _int_array(name: str, a: np.ndarray, size: int | None = None, ndim: int = 1) -> None:
+    if not isinstance(a, np.ndarray) or a.dtype != np.int64 or a.ndim != ndim:
+        raise _refuse(f"{name} must be a {ndim}-D int64 array")
+    if size is not None and a.shape[0] != size:
+        raise _refuse(f"{name} holds {a.shape[0]} entries, expected {size}")
+
+
+def _within(name: str, values: np.ndarray, low: int, high: int) -> None:
+    """Every value in ``low..high`` (inclusive)."""
+    if values.size and (int(values.min()) < low or int(values.max()) > high):
+        raise _refuse(
+            f"{name} ranges {int(values.min())}..{int(values.max())}, expected {low}..{high}"
+        )
+
+
+def _byte_rows(name: str, a: np.ndarray) -> None:
+    """A 2-D uint8 array whose rows are contiguous bytes, one after another."""
+    if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 2:
+        raise _refuse(f"{name} must be a 2-D uint8 array")
+    if a.shape[0] > 1 and a.shape[1] and (a.strides[1] != 1 or a.strides[0] < a.shape[1]):
+        raise _refuse(f"{name} must hold its rows as contiguous bytes (strides {a.strides})")
+
+
+def _pick_tables(group, pick_ptr, pick_in, pick_out, n: int) -> None:  # type: ignore[no-untyped-def]
+    _int_array("group", group, n)
+    _int_array("pick_ptr", pick_ptr)
+    _int_array("pick_in", pick_in)
+    _int_array("pick_out", pick_out, pick_in.size)
+    if pick_ptr.size < 1:
+        raise _refuse("pick_ptr is empty")
+    _within("group", group, 0, pick_ptr.size - 2)
+    _within("pick_ptr", pick_ptr, 0, pick_in.size)
+    if pick_ptr.size > 1 and (np.diff(pick_ptr) < 0).any():
+        raise _refuse("pick_ptr decreases")
+
+
+def check_decode(*args: Any) -> None:
+    """Raise :class:`~loomx.errors.LoomFileError` unless every offset, size and shape given
+    to :func:`decode_chunks` lies inside the buffers it reads and writes.
+
+    Examples
+    --------
+    >>> check_decode(src, starts, lengths, ...)  # doctest: +SKIP
+    """
+    (src, starts, lengths, masks, codes, params, chunk_rows, chunk_row_bytes, itemsize) = args[:9]
+    place, dst, status, pick_axis, group, pick_ptr, pick_in, pick_out = args[9:]
+    if not isinstance(src, np.ndarray) or src.dtype != np.uint8 or src.ndim != 1:
+        raise _refuse("src must be a 1-D uint8 array")
+    if not src.flags.c_contiguous:
+        raise _refuse("src must be contiguous")
+    _int_array("starts", starts)
+    n = starts.size
+    _int_array("lengths", lengths, n)
+    _int_array("masks", masks, n)
+    _int_array("codes", codes)
+    _int_array("params", params, codes.size)
+    _int_array("place", place, n, ndim=2)
+    _int_array("status", status)
+    if status.size < 3:
+        raise _refuse(f"status holds {status.size} entries, expected 3")
+    if place.shape[1] != 6:
+        raise _refuse(f"place has {place.shape[1]} columns, expected 6")
+    _byte_rows("dst", dst)
+    if min(chunk_rows, chunk_row_bytes, itemsize) < 1 or chunk_row_bytes % itemsize:
+        raise _refuse(
+            f"a chunk of {chunk_rows} rows of {chunk_row_bytes} bytes of {itemsize}-byte items"
+        )
+    _within("stored chunk starts", starts, 0, src.size)
+    _within("stored chunk sizes", lengths, 0, src.size)
+    if n and int((starts + lengths).max()) > src.size:
+        k = int(np.argmax(starts + lengths))
+        raise _refuse(
+            f"chunk {k} lies at bytes {int(starts[k])}..{int(starts[k] + lengths[k])} of "
+            f"{src.size} bytes read"
+        )
+    _within("filter codes", codes, DEFLATE, FLETCHER32)
+    _within("shuffle element sizes", params[codes == SHUFFLE], 1, 1 << 20)
+    _within("placement", place, 0, np.iinfo(np.int64).max // 4)
+    out_row, out_col, in_row, in_col, rows, width = place.T
+    rows_end, cols_end = dst.shape
+    if pick_axis not in (0, 1, 2):
+        raise _refuse(f"pick_axis {pick_axis}, expected 0, 1 or 2")
+    if pick_axis != 2:
+        _within("chunk rows copied", in_row + rows, 0, chunk_rows)
+        _within("output rows written", out_row + rows, 0, rows_end)
+    if pick_axis != 1:
+        _within("chunk bytes copied", in_col + width, 0, chunk_row_bytes)
+        _within("output bytes written", out_col + width, 0, cols_end)
+    if pick_axis == 0:
+        return
+    _pick_tables(group, pick_ptr, pick_in, pick_out, n)
+    if pick_axis == 1:
+        _within("picked chunk columns", pick_in, 0, chunk_row_bytes // itemsize - 1)
+        _within("picked output columns", pick_out, 0, cols_end // itemsize - 1)
+    else:
+        _within("picked chunk rows", pick_in, 0, chunk_rows - 1)
+        _within("picked output rows", pick_out, 0, rows_end - 1)
+
+
+def decode_chunks(*args: Any) -> None:
+    """Decode stored chunks and copy their parts into ``dst``, all in one compiled call
+    without the GIL, after :func:`check_decode`.  The arguments, in order: ``src, starts,
+    lengths, masks, codes, params, chunk_rows, chunk_row_bytes, itemsize, place, dst,
+    status, pick_axis, group, pick_ptr, pick_in, pick_out``, documented at the compiled
+    kernel (``_decode_compiled``).
+
+    Examples
+    --------
+    >>> decode_chunks(src, starts, lengths, masks, codes, params, 64, 256, 4,
+    ...               place, dst, status, 0, *(np.zeros(0, np.int64),) * 4)  # doctest: +SKIP
+    """
+    check_decode(*args)
+    _decode_compiled(*args)
+
+
+def check_encode(*args: Any) -> None:
+    """Raise :class:`~loomx.errors.LoomFileError` unless every index and size given to
+    :func:`encode_chunks` lies inside its buffers (``out`` large enough for every chunk's
+    worst case; ``args``: those of :func:`encode_chunks`)."""
+    values, rows, chunk_rows, chunk_row_bytes, level, out, bounds, zeros = args
+    _byte_rows("values", values)
+    _int_array("rows", rows)
+    _int_array("bounds", bounds)
+    if not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.ndim != 1:
+        raise _refuse("out must be a 1-D uint8 array")
+    if not isinstance(zeros, np.ndarray) or zeros.dtype != np.uint8 or zeros.ndim != 1:
+        raise _refuse("zeros must be a 1-D uint8 array")
+    if min(chunk_rows, chunk_row_bytes) < 1 or not 0 <= level <= 12:
+        raise _refuse(f"chunks of {chunk_rows} x {chunk_row_bytes} bytes at level {level}")
+    _within("rows", rows, 0, values.shape[0] - 1)
+    grid = -(-rows.size // chunk_rows) * -(-values.shape[1] // chunk_row_bytes)
+    if bounds.size < grid + 1 or zeros.size < grid:
+        raise _refuse(f"bounds/zeros hold {bounds.size}/{zeros.size}, expected {grid + 1}/{grid}")
+    need = grid * encode_bound(level, chunk_rows * chunk_row_bytes) if grid else 0
+    if out.size < need:
+        raise _refuse(f"out holds {out.size} bytes, the chunks may need {need}")
+
+
+def encode_chunks(*args: Any) -> None:
+    """Cut a block into chunks and deflate each into ``out`` in one compiled call without
+    the GIL, after :func:`check_encode`.  The arguments, in order: ``values, rows,
+    chunk_rows, chunk_row_bytes, level, out, bounds, zeros``, documented at the compiled
+    kernel (``_encode_compiled``).
+
+    Examples
+    --------
+    >>> encode_chunks(values, rows, 64, 256, 2, out, bounds, zeros)  # doctest: +SKIP
+    """
+    check_encode(*args)
+    _encode_compiled(*args)

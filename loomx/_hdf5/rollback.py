@@ -8,10 +8,11 @@ that, before it overwrites any byte of the file's original extent, saves the ori
 bytes in a journal next to the file (:func:`loomx._hdf5.journal.journal_path`) and makes
 that journal durable.
 
-1. The first save writes the journal under a temporary name (a header with the file's
-   original size, the writer's pid and a random nonce; then a first batch of saved
-   ranges), fsyncs it, renames it to its final name and fsyncs the folder.  Later saves
-   append a batch and fsync the journal.  Only then is the file itself written.
+1. The first save attaches a random nonce to the file and fsyncs it, then writes the
+   journal under a temporary name (a header with the file's original size, device and
+   inode, the writer's pid and the nonce; then a first batch of saved ranges), fsyncs it,
+   renames it to its final name and fsyncs the folder.  Later saves append a batch and
+   fsync the journal.  Only then is the file itself written.
 2. Writes into the original extent are held in memory between HDF5 flushes, so that a
    flush costs one batch and one journal fsync; bytes past the original end, bytes
    already saved and writes that change nothing need no saving.
@@ -36,12 +37,15 @@ from loomx._hdf5.filesystem import open_error
 from loomx._hdf5.journal import (
     HEADER_SIZE,
     current_disk,
+    file_identity,
     journal_batch,
     journal_header,
     journal_path,
     journal_state,
     lock_for_writing,
     restore,
+    tag_file,
+    untag_file,
 )
 from loomx.errors import LoomWriteError
 
@@ -331,10 +335,14 @@ class RollbackFile(PositionedFile):
         batch = journal_batch(entries, self.nonce) if entries else b""
         disk = self.disk
         if self.journal_fd is None:
+            tagged = tag_file(self.fd, self.nonce)  # durable before the journal exists
+            if tagged:
+                disk.sync(self.fd)
             draft = self.journal + ".new"
             fd = disk.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
             try:
-                disk.write(fd, journal_header(self.size0, self.nonce) + batch, 0)
+                head = journal_header(self.size0, self.nonce, file_identity(self.fd), tagged)
+                disk.write(fd, head + batch, 0)
                 disk.sync(fd)
                 disk.rename(draft, self.journal)
             except BaseException:
@@ -362,6 +370,7 @@ class RollbackFile(PositionedFile):
                 self.journal_fd = None
                 self.disk.remove(self.journal)
                 self.disk.sync_folder(self.journal)
+                untag_file(self.fd)
         finally:
             self._release()
 

@@ -26,6 +26,7 @@ from loomx._format import spec as _spec
 from loomx._format import values as _values
 from loomx._hdf5 import chunks as _chunks
 from loomx._hdf5.filesystem import is_remote
+from loomx._hdf5.probe import probe_file
 from loomx._read.chunking import default_chunks, resolve_chunks
 from loomx._read.layer import as_layer_array
 from loomx._read.layout import H5_ERRORS, AttrInfo, DatasetInfo, LoomLayout
@@ -442,6 +443,7 @@ def open_loom(
     storage_options: dict[str, Any] | None = None,
     chunk_index: Any = None,
     follow_external: bool = False,
+    untrusted: bool = False,
 ) -> xr.Dataset:
     """Open a Loom file as a lazy :class:`xarray.Dataset`.
 
@@ -488,6 +490,11 @@ def open_loom(
         :class:`~loomx.errors.LoomFormatError` naming them: a file stays inside itself.
         ``True`` follows them, for reading only (writers still refuse such files); only
         for files you trust, since they can point anywhere on the machine.
+    untrusted
+        ``True`` reads all of the file's metadata in a child process with a time and a
+        memory limit before this process opens it (:func:`loomx._hdf5.probe.probe_file`):
+        a file that makes HDF5 hang or crash gives a :class:`~loomx.errors.LoomFileError`
+        naming the object being read.  Local files only.
 
     Returns
     -------
@@ -563,6 +570,13 @@ class LoomBackendEntrypoint(BackendEntrypoint):
         **options: Any,
     ) -> xr.Dataset:
         options = _options(options)
+        if options["untrusted"]:
+            if is_remote(filename_or_obj):
+                raise LoomFileError(
+                    "untrusted=True checks local files; download the file first",
+                    path=str(filename_or_obj),
+                )
+            probe_file(filename_or_obj)
         if not isinstance(filename_or_obj, (str, os.PathLike)) and not is_remote(filename_or_obj):
             raise TypeError(
                 "engine='loom' opens paths, URLs and binary file objects, found "

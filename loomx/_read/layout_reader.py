@@ -18,6 +18,7 @@ from loomx._format import spec as _spec
 from loomx._format import values as _values
 from loomx._hdf5 import filesystem as _filesystem
 from loomx._hdf5 import filters as _filters
+from loomx._hdf5.links import hard_child
 from loomx._read.layout import (
     AttrInfo,
     DatasetInfo,
@@ -29,69 +30,6 @@ from loomx._read.pending import Patch, committed_path, read_pending_commits
 from loomx.errors import LoomFormatError, LoomFormatWarning, describe
 
 __all__ = ["LayoutReader"]
-
-
-class _LinkedDataset(h5py.Dataset):
-    """A dataset reached through an external link, named by the link (reads reopen it by
-    that name, in this file)."""
-
-    def __init__(self, bind: h5py.h5d.DatasetID, link_name: str) -> None:
-        super().__init__(bind)
-        self._link_name = link_name
-
-    @property
-    def name(self) -> str:
-        return self._link_name
-
-
-def _hard_child(
-    group: h5py.Group, name: str, path: str, follow_external: bool = False
-) -> h5py.Dataset | h5py.Group:
-    """``group[name]`` if it is a hard link inside this file (or, with
-    ``follow_external``, an external link); a clear error otherwise."""
-    link = group.get(name, getlink=True)
-    where = f"{group.name.rstrip('/')}/{name}"
-    external = isinstance(link, h5py.ExternalLink)
-    if not isinstance(link, h5py.HardLink) and not (external and follow_external):
-        target = f" to {link.filename!r}:{link.path}" if external else ""
-        raise LoomFormatError(
-            f"found a {type(link).__name__}{target}, expected a dataset or "
-            "group stored in this file (loomx does not follow soft or external links; "
-            "open_loom(path, follow_external=True) follows external ones)",
-            path=path,
-            h5path=where,
-        )
-    try:
-        obj = group[name]
-    except (KeyError, OSError) as err:
-        if not external:
-            raise
-        raise LoomFormatError(
-            f"the external link to {link.filename!r}:{link.path} cannot be followed ({err})",
-            path=path,
-            h5path=where,
-        ) from err
-    if not isinstance(obj, (h5py.Dataset, h5py.Group)):
-        raise LoomFormatError(
-            f"found a {type(obj).__name__}, expected a dataset or group", path=path, h5path=where
-        )
-    if external:
-        if not isinstance(obj, h5py.Dataset):
-            raise LoomFormatError(
-                f"found an external link to the group {link.filename!r}:{link.path}; "
-                "follow_external follows links to datasets only",
-                path=path,
-                h5path=where,
-            )
-        obj = _LinkedDataset(obj.id, where)
-    if isinstance(obj, h5py.Dataset) and (obj.external or obj.is_virtual) and not follow_external:
-        raise LoomFormatError(
-            "found a dataset with external or virtual storage, expected data stored in this "
-            "file (open_loom(path, follow_external=True) reads it)",
-            path=path,
-            h5path=where,
-        )
-    return obj
 
 
 class LayoutReader:
@@ -134,9 +72,9 @@ class LayoutReader:
         return self.hard(group, self.children(group).get(name, name))
 
     def hard(self, group: h5py.Group, link: str) -> h5py.Dataset | h5py.Group:
-        """:func:`_hard_child`, remembering which object is being read."""
+        """:func:`hard_child`, remembering which object is being read."""
         self.where[0] = committed_path(f"{group.name.rstrip('/')}/{link}")
-        obj = _hard_child(group, link, self.path, self.follow_external)
+        obj = hard_child(group, link, self.path, self.follow_external)
         if isinstance(obj, h5py.Dataset) and not self.allow_filter_plugins:
             plist = obj.id.get_create_plist()
             codes = [plist.get_filter(i)[0] for i in range(plist.get_nfilters())]

@@ -33,6 +33,7 @@ from loomx._format import spec as _spec
 from loomx._format import values as _values
 from loomx._format.graphs import graph_edges, graph_names
 from loomx._hdf5.files import locking_in_use, open_h5
+from loomx._hdf5.links import hard_get
 from loomx._read import chunking as _chunking
 from loomx._read.backend import open_loom
 from loomx._write.plan import (
@@ -383,7 +384,7 @@ def _write_append(plan: _AppendPlan, txn: Transaction) -> None:
     lock = threading.Lock()
     jobs: list = []
     for h5path, data, old_fill, dtype in plan.layers:
-        target = f[h5path] if old_fill is None else None  # None: a layer new to the file
+        target = hard_get(f, h5path, plan.path) if old_fill is None else None  # None: new layer
         col0 = m  # where ``data`` goes in the dataset written here
         if target is not None and grows_along(target, 1):
             # the chunk column holding the old edge is rewritten with the new columns
@@ -399,7 +400,8 @@ def _write_append(plan: _AppendPlan, txn: Transaction) -> None:
             copy_columns(target, dset, 0)
         else:
             parent, tmp = txn.stage(h5path)
-            dset = create_layer(parent, tmp, (n, width), dtype, storage_of_dataset(f["/matrix"]))
+            matrix = hard_get(f, f"/{_spec.MATRIX}", plan.path)
+            dset = create_layer(parent, tmp, (n, width), dtype, storage_of_dataset(matrix))
         step = dset.chunks or (64, 64)
         parts = [(data, col0, plan.m_new)]
         if old_fill is not None:
@@ -414,7 +416,7 @@ def _write_append(plan: _AppendPlan, txn: Transaction) -> None:
             queue_columns(jobs, dset, da.asarray(part).astype(dtype), start, lock, rows=rows)
     run_queue(jobs)
     for h5path, tail in plan.attr_tails.items():
-        target = f[h5path]
+        target = hard_get(f, h5path, plan.path)
         edge = m // target.chunks[0] * target.chunks[0]
         values = np.concatenate([target[edge:m], tail]) if m > edge else tail
         if target.dtype.kind == "O":
@@ -427,7 +429,7 @@ def _write_append(plan: _AppendPlan, txn: Transaction) -> None:
         )
         h5py.Dataset(dsid)[()] = values
     for h5path, values in plan.attrs.items():
-        old = f.get(h5path)
+        old = hard_get(f, h5path, plan.path)
         storage = storage_of_dataset(old) if isinstance(old, h5py.Dataset) else ATTR_STORAGE
         create_attr(*txn.stage(h5path), values, dataclasses.replace(storage, chunks=None))
     for h5path, edges in plan.graphs.items():

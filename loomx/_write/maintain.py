@@ -18,6 +18,7 @@ from loomx._format import spec as _spec
 from loomx._hdf5 import filesystem as _filesystem
 from loomx._hdf5.files import open_for_writing, open_h5
 from loomx._hdf5.filesystem import fsync, move_into_place, temporary_file
+from loomx._hdf5.links import hard_get
 from loomx._read.backend import open_loom
 from loomx._write.stream import current_client
 from loomx._write.transaction import recover_pending, transaction
@@ -82,7 +83,7 @@ def delete(
                     path=path,
                     h5path=h5path,
                 )
-            if h5path not in f:
+            if hard_get(f, h5path, path) is None:
                 raise LoomNameError("no such object in the file", path=path, h5path=h5path)
     parents = {h5path.rpartition("/")[0] or "/" for h5path in h5paths}
     commit = transaction(

@@ -25,6 +25,7 @@ from loomx._format import spec as _spec
 from loomx._format import values as _values
 from loomx._format.graphs import check_edges, induced_edges
 from loomx._hdf5.filesystem import same_file
+from loomx._hdf5.links import hard_get
 from loomx._read.backend import unchanged_source
 from loomx._read.layout import object_address
 from loomx._write.storage import (
@@ -313,8 +314,8 @@ def plan_dataset(
     if target is not None:
         legacy = not _spec.uses_vlen_utf8(_spec.read_version(target)[0])
         # globals stay where the file keeps them: root attributes when it has no /attrs
-        root_globals = not isinstance(target.get(_spec.GLOBAL_ATTRS), h5py.Group)
-        disk = target.get(_spec.MATRIX)
+        root_globals = not isinstance(hard_get(target, f"/{_spec.GLOBAL_ATTRS}", path), h5py.Group)
+        disk = hard_get(target, f"/{_spec.MATRIX}", path)
         if isinstance(disk, h5py.Dataset) and disk.ndim == 2:
             if any(s not in (None, d) for s, d in zip(shape, disk.shape, strict=True)):
                 found = dict(zip(dims, shape, strict=True))
@@ -425,7 +426,7 @@ def _storage_changed(
     rewritten even when its values are the same)."""
     if target is None or not explicit:
         return False
-    disk = target.get(h5path)
+    disk = hard_get(target, h5path, target.filename)
     if not isinstance(disk, h5py.Dataset):
         return False
     have = storage_of_dataset(disk)
@@ -439,11 +440,11 @@ def _drop_unchanged(plan: WritePlan, f: h5py.File) -> None:
     """Drop what equals the disk; layers that may equal it are compared while written."""
     legacy = plan.legacy
     for layer in plan.layers:
-        obj = f.get(layer.h5path)
+        obj = hard_get(f, layer.h5path, plan.path)
         if isinstance(obj, h5py.Dataset) and obj.shape == plan.shape:
             layer.compare = obj.dtype == layer.data.dtype and layer.h5path not in plan.restored
     for h5path in [p for p in plan.arrays if p not in plan.restored]:
-        obj = f.get(h5path)
+        obj = hard_get(f, h5path, plan.path)
         if isinstance(obj, h5py.Dataset) and h5path.startswith(f"/{_spec.GLOBAL_ATTRS}/"):
             if _same_value(obj[()], plan.arrays[h5path], legacy):
                 del plan.arrays[h5path]
@@ -455,9 +456,10 @@ def _drop_unchanged(plan: WritePlan, f: h5py.File) -> None:
             if _equal(disk, plan.arrays[h5path], legacy):
                 del plan.arrays[h5path]
     for h5path, edges in list(plan.graphs.items()):
-        grp = f.get(h5path)
+        grp = hard_get(f, h5path, plan.path)
         if isinstance(grp, h5py.Group) and all(
-            isinstance(grp.get(p), h5py.Dataset) and _same_edges(grp[p][()], edges[p], p)
+            isinstance(hard_get(grp, p, plan.path), h5py.Dataset)
+            and _same_edges(grp[p][()], edges[p], p)
             for p in conv.GRAPH_PARTS
         ):
             del plan.graphs[h5path]

@@ -26,6 +26,7 @@ from loomx._format import spec as _spec
 from loomx._format import values as _values
 from loomx._hdf5.files import open_h5
 from loomx._hdf5.filesystem import temporary_file
+from loomx._hdf5.links import hard_get
 from loomx._read.backend import open_loom
 from loomx._write import stream as _stream
 from loomx._write.plan import (
@@ -162,12 +163,12 @@ def write_region(
     with open_h5(path, "r", locking) as f:
         version, _ = _spec.read_version(f)
         legacy = not _spec.uses_vlen_utf8(version)
-        shape = tuple(f[_spec.MATRIX].shape)
+        shape = tuple(hard_get(f, f"/{_spec.MATRIX}", path).shape)  # type: ignore[union-attr]
         rows, cols = _bounds(region, (row_dim, col_dim), shape, path)
         spans = {row_dim: rows, col_dim: cols}
         for name, h5path in paths.items():
             var = ds.variables[name]
-            dset = f.get(h5path)
+            dset = hard_get(f, h5path, path)
             if not isinstance(dset, h5py.Dataset):
                 raise LoomNameError(
                     f"{name!r} is not in the file; a region write changes existing objects "

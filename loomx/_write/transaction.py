@@ -41,6 +41,7 @@ from loomx._format import spec as _spec
 from loomx._hdf5.files import open_for_writing, open_h5
 from loomx._hdf5.filesystem import TEMPORARY_TAG, fsync, locking_enforced, owner_alive
 from loomx._hdf5.journal import journal_state
+from loomx._hdf5.links import hard_get
 from loomx._read.layout import H5_ERRORS
 from loomx._read.pending import (
     COMMIT_SUFFIX,
@@ -51,7 +52,7 @@ from loomx._read.pending import (
     read_pending_commits,
 )
 from loomx._write.stream import current_client
-from loomx.errors import LoomWriteError, LoomxError
+from loomx.errors import LoomNameError, LoomWriteError, LoomxError
 
 __all__ = ["Transaction", "recover", "recover_pending", "transaction"]
 
@@ -85,7 +86,7 @@ def _finish(f: h5py.File, commit: PendingCommit) -> None:
     for parent, links in commit.pending(f).items():
         group = f[parent]
         for name, staged in links.items():
-            if name in group:
+            if group.get(name, getlink=True) is not None:  # also a dangling link
                 del group[name]
             if staged:
                 group.move(staged, name)
@@ -143,6 +144,7 @@ class Transaction:
         fails is removed.  A parent group the file does not have is staged as well (and
         ``h5path`` is then created inside it under its final name).
         """
+        hard_get(self.file, h5path, self.path)  # no soft or external link on the way
         parent_path, _, name = h5path.rpartition("/")
         group, final, inside_new = self.file["/"], "", False
         for part in [p for p in parent_path.split("/") if p]:
@@ -167,6 +169,7 @@ class Transaction:
         """The parent group and link name under which to create a patch of the existing
         dataset ``h5path`` (see the module doc), to be copied in at ``origin`` after the
         dataset is resized to ``extent`` (when given)."""
+        self._existing(h5path, h5py.Dataset)
         parent_path, _, name = h5path.rpartition("/")
         group = self.file[parent_path or "/"]
         self.staged.append((group.name, f"{self.tag}patch-{name}", name))
@@ -175,8 +178,20 @@ class Transaction:
 
     def stage_delete(self, h5path: str) -> None:
         """Delete ``h5path`` as part of the commit."""
+        self._existing(h5path, (h5py.Dataset, h5py.Group))
         parent_path, _, name = h5path.rpartition("/")
         self.staged.append((self.file[parent_path or "/"].name, "", name))
+
+    def _existing(self, h5path: str, kind: type | tuple[type, ...]) -> None:
+        """Refuse ``h5path`` unless it is a ``kind`` reached through hard links."""
+        obj = hard_get(self.file, h5path, self.path)
+        if not isinstance(obj, kind):
+            found = "nothing" if obj is None else f"a {type(obj).__name__}"
+            raise LoomNameError(
+                f"found {found}, expected an existing object of the file",
+                path=self.path,
+                h5path=h5path,
+            )
 
     def set_root_attr(self, name: str, value: Any) -> None:
         """Set a root attribute as part of the commit."""

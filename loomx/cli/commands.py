@@ -16,6 +16,7 @@ from typing import Any
 
 from loomx.cli.index import index_arguments, index_command
 from loomx.cli.process import process_arguments, process_command
+from loomx.cli.trust import probe_untrusted_inputs, trusted_argument
 from loomx.cli.warnings import command_inputs, warnings_for_people
 from loomx.errors import LoomxError
 
@@ -155,6 +156,7 @@ def _qc_remote(url: str, output: str, options: dict[str, Any]) -> dict[str, Any]
 def info_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", metavar="FILE", help="the Loom file")
     parser.add_argument("--json", action="store_true", help="print JSON")
+    trusted_argument(parser, "path")
 
 
 def info_command(args: argparse.Namespace) -> int:
@@ -176,6 +178,7 @@ def validate_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also check loompy's attribute conventions (CellID, ClusterID, ...)",
     )
+    trusted_argument(parser, "path")
 
 
 def validate_command(args: argparse.Namespace) -> int:
@@ -212,6 +215,7 @@ def convert_arguments(parser: argparse.ArgumentParser) -> None:
         help="10x input: convert only features of this type (e.g. 'Gene Expression', 'Peaks')",
     )
     _scheduler_arguments(parser)
+    trusted_argument(parser, "source")
 
 
 def convert_command(args: argparse.Namespace) -> int:
@@ -426,6 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         import loomx.ops.accessor  # noqa: F401  (registers ds.loom, which commands use)
 
+        probe_untrusted_inputs(args)
         with warnings_for_people(command_inputs(args)):
             status = int(args.run(args))
         sys.stdout.flush()  # a closed pipe shows here, not at exit

@@ -33,7 +33,16 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["KNOWN_HANG", "FuzzReport", "Fuzzer", "mutate", "read_everything", "recover_and_read"]
+__all__ = [
+    "KNOWN_HANG",
+    "FuzzReport",
+    "Fuzzer",
+    "fuzz_kernels",
+    "mutate",
+    "read_everything",
+    "read_untrusted",
+    "recover_and_read",
+]
 
 SIGNATURES = (b"\x89HDF", b"OHDR", b"TREE", b"HEAP", b"SNOD", b"GCOL", b"FRHP", b"BTHD")
 """Where HDF5 metadata starts (superblock, object headers, B-trees, heaps)."""
@@ -64,6 +73,15 @@ def read_everything(path: str) -> None:
             for graphs in (ds.loom.row_graphs, ds.loom.col_graphs):
                 for name in graphs:
                     graphs[name].data  # noqa: B018
+
+
+def read_untrusted(path: str) -> None:
+    """:func:`read_everything` of a file opened with ``untrusted=True`` (its metadata read
+    in a child process first, see :mod:`loomx._hdf5.probe`)."""
+    import loomx
+
+    loomx.open_loom(path, chunks=None, untrusted=True).close()
+    read_everything(path)
 
 
 def global_heap_ranges(data: bytes) -> list[tuple[int, int]]:
@@ -237,6 +255,120 @@ class Fuzzer:
             elif result["finding"]:
                 report.findings.append(result)
         return report
+
+
+# --------------------------------------------------------------------------- kernels
+
+_CHUNK = (4, 6)  # rows, items of 4 bytes: 24 bytes a row, 96 a chunk
+_GRID = (3, 2)
+
+
+def _kernel_case(rng: random.Random) -> tuple[list[Any], str]:
+    """Arguments of ``loomx._hdf5.kernels.decode_chunks`` for a 3 x 2 grid of int32
+    chunks stored shuffled, deflated and checksummed, with one mutation; and its name."""
+    import zlib
+
+    import numpy as np
+
+    from loomx._hdf5.chunks import _fletcher32
+
+    rows, items = _CHUNK
+    row_bytes = items * 4
+    values = np.random.default_rng(rng.randrange(1 << 30)).integers(0, 50, (12, 12), np.int32)
+    stored = []
+    for gr in range(_GRID[0]):
+        for gc in range(_GRID[1]):
+            raw = values[gr * rows : (gr + 1) * rows, gc * items : (gc + 1) * items].tobytes()
+            body = zlib.compress(np.frombuffer(raw, np.uint8).reshape(-1, 4).T.tobytes())
+            check = _fletcher32(np.frombuffer(body, np.uint8))
+            stored.append(body + check.to_bytes(4, "little"))
+    n = len(stored)
+    starts = np.cumsum([0] + [len(c) for c in stored[:-1]]).astype(np.int64)
+    lengths = np.array([len(c) for c in stored], np.int64)
+    masks = np.zeros(n, np.int64)
+    codes = np.array([2, 1, 3], np.int64)  # shuffle, deflate, fletcher32: the write order
+    params = np.array([4, 0, 0], np.int64)
+    gr, gc = np.divmod(np.arange(n), _GRID[1])
+    z = np.zeros(n, np.int64)
+    place = np.column_stack([gr * rows, gc * row_bytes, z, z, z + rows, z + row_bytes])
+    dst = np.zeros((12, 48), np.uint8)
+    axis, group = 0, np.zeros(0, np.int64)
+    ptr, pin, pout = np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    kind = rng.choice(
+        ["none", "more", "less", "garbage", "mask", "shuffle", "place", "span", "codes", "pick"]
+    )
+    if kind in ("more", "less", "garbage"):  # a chunk whose stream decodes to the wrong size
+        k = rng.randrange(n)
+        size = {"more": 96 + rng.randint(1, 300), "less": rng.randint(0, 95)}.get(kind, 96)
+        body = zlib.compress(bytes(rng.randrange(256) for _ in range(size)))
+        if kind == "garbage":
+            body = bytes(rng.randrange(256) for _ in range(rng.randint(0, 200)))
+        check = _fletcher32(np.frombuffer(body, np.uint8)).to_bytes(4, "little")
+        stored[k] = body + check
+        lengths = np.array([len(c) for c in stored], np.int64)
+        starts = np.cumsum([0] + [len(c) for c in stored[:-1]]).astype(np.int64)
+    elif kind == "mask":  # filters skipped (or not) as the chunk index says
+        masks = np.array([rng.randrange(-8, 1 << 8) for _ in range(n)], np.int64)
+    elif kind == "shuffle":  # odd element sizes, larger than the chunk too
+        params[0] = rng.choice([-3, 0, 1, 3, 5, 7, 95, 97, 200, 1 << 40])
+    elif kind == "place":
+        place[rng.randrange(n), rng.randrange(6)] = rng.choice([-1, 1, 13, 48, 97, 1 << 40])
+    elif kind == "span":  # stored bytes outside the buffer read
+        k = rng.randrange(n)
+        (starts if rng.random() < 0.5 else lengths)[k] = rng.choice([-5, 10**6, 1 << 62])
+    elif kind == "codes":
+        codes[rng.randrange(3)] = rng.choice([-1, 0, 4, 5, 32000])
+    elif kind == "pick":  # picked columns: overlapping and out of range
+        axis = rng.choice([1, 2])
+        group = z.copy()
+        k = rng.randint(1, 8)
+        top = (items if axis == 1 else rows) + 2
+        pin = np.array([rng.randrange(-1, top) for _ in range(k)], np.int64)
+        pout = np.array([rng.randrange(-1, 14) for _ in range(k)], np.int64)
+        ptr = np.array([0, k], np.int64)
+        if rng.random() < 0.3:
+            ptr = np.array([0, k + rng.randint(1, 5)], np.int64)
+        if rng.random() < 0.3:
+            group[rng.randrange(n)] = rng.choice([-1, 1, 7])
+        if axis == 2:
+            place[:, 0] = place[:, 2] = place[:, 4] = 0
+        else:
+            place[:, 1] = place[:, 3] = place[:, 5] = 0
+    src = np.frombuffer(b"".join(stored), np.uint8).copy()
+    status = np.zeros(3, np.int64)
+    args = [src, starts, lengths, masks, codes, params, rows, row_bytes, 4, place, dst]
+    return [*args, status, axis, group, ptr, pin, pout], kind
+
+
+def fuzz_kernels(cases: int, seed: int = 0) -> Counter:
+    """Call ``loomx._hdf5.kernels.decode_chunks`` on ``cases`` mutated inputs (chunk bytes
+    that inflate to more or fewer bytes than a chunk, wrong filter masks, odd shuffle
+    sizes, placements, stored ranges and picks out of range or overlapping) and count the
+    outcomes: ``"<kind>: ok"``, ``"<kind>: status <code>"`` (the kernel's own error) or
+    ``"<kind>: refused"`` (:class:`~loomx.errors.LoomFileError` before the call).  Any
+    other exception propagates; run it under ``NUMBA_BOUNDSCHECK=1`` (in a new process) to
+    turn an out-of-bounds index inside the kernel into an ``IndexError``.
+
+    Examples
+    --------
+    >>> fuzz_kernels(200)  # doctest: +SKIP
+    Counter({'none: ok': 22, 'place: refused': 19, ...})
+    """
+    from loomx._hdf5 import kernels
+    from loomx.errors import LoomFileError
+
+    rng = random.Random(seed)
+    counts: Counter = Counter()
+    for _ in range(cases):
+        args, kind = _kernel_case(rng)
+        try:
+            kernels.decode_chunks(*args)
+        except LoomFileError:
+            counts[f"{kind}: refused"] += 1
+            continue
+        status = args[11]
+        counts[f"{kind}: status {int(status[0])}" if status[0] else f"{kind}: ok"] += 1
+    return counts
 
 
 # --------------------------------------------------------------------------- worker

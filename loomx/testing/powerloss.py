@@ -37,7 +37,15 @@ from loomx._hdf5 import journal as _rollback_journal
 from loomx._hdf5 import rollback as _rollback
 from loomx._write import transaction as _transaction
 
-__all__ = ["CrashState", "Op", "RecordingDisk", "RecordingFile", "crash_states", "record"]
+__all__ = [
+    "CrashState",
+    "Op",
+    "RecordingDisk",
+    "RecordingFile",
+    "crash_states",
+    "record",
+    "tag_from_journal",
+]
 
 
 @dataclass(frozen=True)
@@ -304,3 +312,14 @@ def crash_states(
                 if key not in seen:
                     seen.add(key)
                     yield CrashState(step, name + suffix, state[paths[0]], state)
+
+
+def tag_from_journal(path: str | os.PathLike[str]) -> None:
+    """Attach the nonce of ``path``'s rollback journal to ``path``, as the writer did (and
+    made durable) before it created the journal: a crash state rebuilt in a new file is
+    the file the journal was written for, which carries that nonce whenever the journal
+    exists (see ``loomx._hdf5.journal``)."""
+    path = os.fspath(path)
+    saved = _rollback_journal.read_journal(path)
+    if saved.tagged:
+        os.setxattr(path, _rollback_journal.NONCE_XATTR, saved.nonce)

@@ -4,6 +4,7 @@ HDF5's, and readers that refuse a half-written file instead of changing it."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import sys
@@ -17,7 +18,7 @@ import xarray as xr
 from conftest import python_process
 
 import loomx
-from loomx._hdf5.journal import journal_path
+from loomx._hdf5.journal import NONCE_XATTR, journal_path
 from loomx._hdf5.rollback import open_journaled
 from loomx.cli import main
 from loomx.testing.hostile import small_loom
@@ -28,13 +29,26 @@ pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file lock
 NONCE = bytes(range(16))
 
 
+def identity(path: Path | str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
+
+
 def encode_journal(
-    size: int, batches: list[list[tuple[int, bytes]]], pid: int = 0, lie: str = ""
+    size: int,
+    batches: list[list[tuple[int, bytes]]],
+    pid: int = 0,
+    lie: str = "",
+    ident: tuple[int, int] | None = None,
 ) -> bytes:
-    """A journal in the documented format, built without loomx; ``lie`` makes the first
-    batch declare one entry more (``"count"``) or its first entry carry a wrong checksum
-    (``"entry"``), with the batch's own checksum right."""
-    head = struct.pack("<8sQQ16s", b"LOOMXRB1", size, pid, NONCE)
+    """A journal in the documented format, built without loomx, of the file whose (device,
+    inode) is ``ident`` (None: the format of loomx before journals named their file);
+    ``lie`` makes the first batch declare one entry more (``"count"``) or its first entry
+    carry a wrong checksum (``"entry"``), with the batch's own checksum right."""
+    if ident is None:
+        head = struct.pack("<8sQQ16s", b"LOOMXRB1", size, pid, NONCE)
+    else:
+        head = struct.pack("<8sQQ16sQQI", b"LOOMXRB2", size, pid, NONCE, *ident, 0)
     head += struct.pack("<I", zlib.crc32(head))
     out = head + bytes(64 - len(head))
     for batch in batches:
@@ -115,6 +129,84 @@ def test_the_next_write_restores_first(half_written):
         np.testing.assert_array_equal(f["matrix"][()], g["matrix"][()])
 
 
+# --------------------------------------------------------------------------- identity
+
+
+def _refused_everywhere(path: Path, match: str = "belongs to another file") -> None:
+    """Every way in refuses the journal beside ``path`` and changes neither file."""
+    journal = Path(journal_path(path))
+    data, saved = path.read_bytes(), journal.read_bytes()
+    calls = (
+        lambda: loomx.recover(path),
+        lambda: loomx.to_loom(xr.Dataset(coords={"X": ("col", np.arange(20.0))}), path, mode="a"),
+        lambda: loomx.open_loom(path),
+        lambda: loomx.open_loom(path, locking=False),
+    )
+    for call in calls:
+        with pytest.raises(loomx.LoomFileError, match=match) as info:
+            call()
+        assert "move it away" in str(info.value) and info.value.path == str(path)
+    assert path.read_bytes() == data and journal.read_bytes() == saved
+
+
+def test_a_journal_copied_beside_another_file_is_refused(half_written, tmp_path):
+    path, old = half_written
+    other = tmp_path / "other.loom"
+    shutil.copyfile(old, other)  # the same content as before the write, another file
+    shutil.copyfile(journal_path(path), journal_path(other))
+    _refused_everywhere(other)
+    Path(journal_path(other)).unlink()  # what the error says to do
+    with loomx.open_loom(other) as ds:
+        assert "Gene" in ds
+    assert loomx.recover(path) == 1  # the file it belongs to is restored
+    assert path.read_bytes() == old.read_bytes()
+
+
+def test_a_replaced_file_keeps_its_journal_unapplied(half_written, tmp_path):
+    path, _ = half_written
+    replacement = tmp_path / "replacement.loom"
+    small_loom(str(replacement), chunks=(4, 4))
+    os.replace(replacement, path)  # a new file under the old name
+    _refused_everywhere(path)
+    os.setxattr(path, NONCE_XATTR, b"another writer's")
+    _refused_everywhere(path, match="carries another writer's nonce")
+
+
+def test_a_backup_restored_over_the_file_is_not_rolled_back(half_written, tmp_path):
+    path, old = half_written
+    backup = tmp_path / "backup.loom"
+    shutil.copyfile(old, backup)
+    path.unlink()
+    shutil.copyfile(backup, path)  # restored from a backup (the inode may be reused)
+    _refused_everywhere(path, match="carries no nonce")
+
+
+def test_a_crafted_journal_for_another_inode_is_refused(tmp_path):
+    path = Path(small_loom(str(tmp_path / "x.loom")))
+    original = path.read_bytes()
+    dev, ino = identity(path)
+    journal = encode_journal(len(original) - 100, [[(0, b"x" * 50)]], ident=(dev, ino + 1))
+    Path(journal_path(path)).write_bytes(journal)
+    _refused_everywhere(path, match=f"inode {ino + 1} ")
+
+
+def test_the_file_moved_with_its_journal_and_nonce_is_restored(half_written, tmp_path):
+    path, old = half_written
+    moved = tmp_path / "elsewhere" / "x.loom"
+    moved.parent.mkdir()
+    shutil.copy2(path, moved)  # extended attributes kept, as cp -a / rsync -X copy them
+    shutil.copy2(journal_path(path), journal_path(moved))
+    assert loomx.recover(moved) == 1
+    assert moved.read_bytes() == old.read_bytes()
+    assert NONCE_XATTR not in os.listxattr(moved)  # removed with the journal
+
+
+def test_a_committed_write_leaves_no_nonce(tmp_path):
+    path = Path(small_loom(str(tmp_path / "x.loom")))
+    loomx.to_loom(xr.Dataset(coords={"X": ("col", np.arange(20.0))}), path, mode="a")
+    assert NONCE_XATTR not in os.listxattr(path)
+
+
 # --------------------------------------------------------------------------- the format
 
 
@@ -126,9 +218,12 @@ def test_a_crafted_journal_is_applied_as_documented(tmp_path):
     changed[1000:1010] = b"0123456789"
     path.write_bytes(changed)
     batches = [[(100, original[100:200])], [(1000, original[1000:1010])]]
-    Path(journal_path(path)).write_bytes(encode_journal(len(original), batches))
-    assert loomx.recover(path) == 1
-    assert path.read_bytes() == original
+    for ident in (identity(path), None):  # the current format, and the one before it
+        path.write_bytes(changed)
+        journal = encode_journal(len(original), batches, ident=ident)
+        Path(journal_path(path)).write_bytes(journal)
+        assert loomx.recover(path) == 1
+        assert path.read_bytes() == original
 
 
 def test_an_incomplete_last_batch_is_ignored(tmp_path):
@@ -139,8 +234,11 @@ def test_an_incomplete_last_batch_is_ignored(tmp_path):
     changed = bytearray(original)
     changed[100:200] = bytes(100)
     path.write_bytes(changed)
-    full = encode_journal(len(original), [[(100, original[100:200])], [(300, b"x" * 50)]])
-    first = len(encode_journal(len(original), [[(100, original[100:200])]]))
+    ident = identity(path)
+    full = encode_journal(
+        len(original), [[(100, original[100:200])], [(300, b"x" * 50)]], ident=ident
+    )
+    first = len(encode_journal(len(original), [[(100, original[100:200])]], ident=ident))
     for cut in (first + 3, first + 20, len(full) - 1):  # torn at any point
         Path(journal_path(path)).write_bytes(full[:cut])
         path.write_bytes(changed)
@@ -259,7 +357,7 @@ def test_without_locking_the_journals_pid_tells_a_running_writer(half_written):
     try:  # the same journal, now owned by a live process
         data = bytearray(journal.read_bytes())
         data[16:24] = struct.pack("<Q", sleeper.pid)
-        data[40:44] = struct.pack("<I", zlib.crc32(bytes(data[:40])))
+        data[60:64] = struct.pack("<I", zlib.crc32(bytes(data[:60])))
         journal.write_bytes(bytes(data))
         with pytest.raises(loomx.LoomFileError, match="another process is writing"):
             loomx.open_loom(path, locking=False)

@@ -9,15 +9,20 @@ in test_batched.py.
 
 from __future__ import annotations
 
+import json
+import os
+import random
+import struct
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from conftest import indexed_dataset
+from conftest import indexed_dataset, python_process
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,6 +31,7 @@ from loomx._hdf5 import kernels as _kernels
 from loomx._hdf5.chunkio import FileReader
 from loomx._hdf5.chunks import ChunkIndex
 from loomx.errors import LoomFileError
+from loomx.testing.fuzz import _kernel_case
 
 
 def test_kernels_are_the_default_paths() -> None:
@@ -191,3 +197,185 @@ def test_numba_is_imported_in_one_place():
             if any(n == "numba" or n.startswith("numba.") for n in names):
                 importers.add(path.relative_to(package).as_posix())
     assert importers == {"_hdf5/kernels.py"}
+
+
+# --------------------------------------------------------------------------- bounds
+
+BOUNDSCHECKED_FUZZ = """
+import json, random, sys
+import numpy as np
+from loomx._hdf5 import kernels
+from loomx.testing.fuzz import _kernel_case, fuzz_kernels
+
+# bounds checking is on: an index out of range inside the kernel raises IndexError
+args, _ = _kernel_case(random.Random(0))
+args[12:17] = [1, np.zeros(6, np.int64), np.array([0, 1]), np.array([0]), np.array([40])]
+try:
+    kernels._decode_compiled(*args)
+    raise SystemExit("numba's bounds checking is off")
+except IndexError:
+    pass
+print(json.dumps(fuzz_kernels(int(sys.argv[1]), int(sys.argv[2]))))
+"""
+
+
+def test_fuzzed_kernel_inputs_never_index_out_of_bounds(tmp_path) -> None:
+    """Every mutated input either decodes, sets the kernel's error status or is refused
+    before the call; with numba's bounds checking on, no index goes out of range."""
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path)}
+    child = python_process(BOUNDSCHECKED_FUZZ, "400", "7", env=env)
+    out, err = child.communicate(timeout=600)
+    assert child.returncode == 0, err[-3000:]
+    counts = json.loads(out.splitlines()[-1])
+    assert sum(counts.values()) == 400
+    by_kind: dict[str, set[str]] = {}
+    for name in counts:
+        kind, outcome = name.split(": ")
+        by_kind.setdefault(kind, set()).add(outcome)
+    assert by_kind["none"] == {"ok"}
+    assert by_kind["span"] == by_kind["codes"] == {"refused"}
+    assert by_kind["more"] <= {"status 1", "status 2"}  # more than a chunk: never placed
+    assert by_kind["less"] == {"status 2"}
+    assert "refused" in by_kind["pick"] and "refused" in by_kind["place"]
+
+
+def _valid_args() -> list:
+    args, kind = _kernel_case(random.Random(3))
+    while kind != "none":
+        args, kind = _kernel_case(random.Random(random.random()))
+    return args
+
+
+def _set(position: int, value) -> Callable[[list], None]:
+    def change(args: list) -> None:
+        args[position] = value
+
+    return change
+
+
+def _edit(position: int, at: tuple, value: int) -> Callable[[list], None]:
+    def change(args: list) -> None:
+        args[position] = args[position].copy()
+        args[position][at] = value
+
+    return change
+
+
+def _picks(axis: int, pin: list[int], pout: list[int], ptr=None) -> Callable[[list], None]:
+    def change(args: list) -> None:
+        args[12] = axis
+        args[13] = np.zeros(args[1].size, np.int64)
+        args[14] = np.array(ptr or [0, len(pin)], np.int64)
+        args[15], args[16] = np.array(pin, np.int64), np.array(pout, np.int64)
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (_edit(1, (2,), 10**6), "stored chunk starts"),
+        (_edit(2, (5,), 200), "lies at bytes"),
+        (_edit(2, (0,), -1), "stored chunk sizes"),
+        (_edit(4, (0,), 7), "filter codes"),
+        (_edit(5, (0,), 0), "shuffle element sizes"),
+        (_edit(9, (1, 0), 10), "output rows written"),  # a box past the output's last row
+        (_edit(9, (0, 1), 40), "output bytes written"),
+        (_edit(9, (0, 2), 1), "chunk rows copied"),
+        (_edit(9, (0, 3), 4), "chunk bytes copied"),
+        (_edit(9, (0, 4), -2), "placement"),
+        (_set(6, 0), "a chunk of 0 rows"),
+        (_set(8, 5), "of 5-byte items"),
+        (_set(10, np.zeros((12, 48), np.float32)), "dst must be"),
+        (_set(10, np.zeros((12, 96), np.uint8)[:, ::2]), "contiguous bytes"),
+        (_set(11, np.zeros(2, np.int64)), "status holds 2"),
+        (_set(1, np.zeros(6, np.int32)), "starts must be"),
+        (_set(3, np.zeros(5, np.int64)), "masks holds 5"),
+        (_set(12, 3), "pick_axis 3"),
+        (_picks(1, [0, 6], [0, 1]), "picked chunk columns"),
+        (_picks(1, [0, 0], [0, 12]), "picked output columns"),
+        (_picks(2, [4], [0]), "picked chunk rows"),
+        (_picks(2, [0], [-1]), "picked output rows"),
+        (_picks(1, [0], [0], ptr=[0, 3]), "pick_ptr ranges"),
+        (_picks(1, [0, 1], [0, 1], ptr=[0, 2, 1]), "pick_ptr decreases"),
+    ],
+)
+def test_out_of_range_inputs_are_refused_before_the_kernel(change, message) -> None:
+    args = _valid_args()
+    _kernels.decode_chunks(*args)  # the unchanged case decodes
+    assert args[11][0] == 0
+    change(args)
+    before = args[10].copy() if isinstance(args[10], np.ndarray) else None
+    with pytest.raises(LoomFileError, match=message):
+        _kernels.decode_chunks(*args)
+    if before is not None:
+        np.testing.assert_array_equal(args[10], before)  # nothing written
+
+
+def test_overlapping_picks_decode_in_bounds() -> None:
+    args = _valid_args()
+    _picks(1, [0, 0, 5, 5], [3, 3, 3, 11])(args)
+    args[9][:, [1, 3, 5]] = 0
+    _kernels.decode_chunks(*args)
+    assert args[11][0] == 0
+
+
+def test_encoding_inputs_are_checked() -> None:
+    values = np.zeros((8, 32), np.uint8)
+    rows = np.arange(8, dtype=np.int64)
+    bound = _kernels.encode_bound(2, 4 * 16)
+    good = (values, rows, 4, 16, 2, np.empty(4 * bound, np.uint8), np.zeros(5, np.int64))
+    _kernels.encode_chunks(*good, np.zeros(4, np.uint8))
+    for position, value, message in [
+        (1, np.array([0, 8], np.int64), "rows ranges"),
+        (5, np.empty(4 * bound - 1, np.uint8), "out holds"),
+        (6, np.zeros(4, np.int64), "bounds/zeros"),
+        (4, 13, "at level 13"),
+        (2, 0, "chunks of 0"),
+    ]:
+        args = list(good)
+        args[position] = value
+        with pytest.raises(LoomFileError, match=message):
+            _kernels.encode_chunks(*args, np.zeros(4, np.uint8))
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "message"),
+    [
+        ("size", 10**7, "points at bytes"),  # past the end of the file
+        ("size", 20, "cannot be decoded|decodes to"),  # a truncated stream
+        ("size", 0, "cannot be decoded|decodes to|too short"),
+        ("mask", 2, "decodes to|cannot be decoded"),
+        ("mask", 0xFFFFFFFF, "decodes to"),  # every filter skipped
+    ],
+)
+def test_a_crafted_chunk_index_in_the_file_gives_a_loomx_error(tmp_path, field, value, message):
+    """The chunk B-tree of the file says where a chunk lies, how large it is and which
+    filters it skipped: crafted, it gives a loomx error (never a crash or a wrong read)."""
+    path = tmp_path / "crafted.h5"
+    data = np.arange(64, dtype=np.int32).reshape(8, 8)
+    index, _ = indexed_dataset(path, data, chunks=(4, 4), compression="gzip", shuffle=True)
+    raw = bytearray(path.read_bytes())
+    at = raw.find(int(index.offsets.flat[0]).to_bytes(8, "little"))
+    key = at - 32  # size u32, filter mask u32, three offsets u64, then the chunk's address
+    assert struct.unpack_from("<I", raw, key)[0] == int(index.sizes.flat[0])
+    struct.pack_into("<I", raw, key + (0 if field == "size" else 4), value)
+    path.write_bytes(bytes(raw))
+    with h5py.File(path, "r") as f:
+        crafted = ChunkIndex.from_dataset(f["x"])
+    with pytest.raises(LoomFileError, match=message):
+        crafted.read(FileReader.of(path))
+
+
+def test_a_chunk_whose_mask_skips_the_shuffle_reads_as_hdf5_reads_it(tmp_path):
+    path = tmp_path / "crafted.h5"
+    data = np.arange(64, dtype=np.int32).reshape(8, 8)
+    index, _ = indexed_dataset(path, data, chunks=(4, 4), compression="gzip", shuffle=True)
+    raw = bytearray(path.read_bytes())
+    at = raw.find(int(index.offsets.flat[0]).to_bytes(8, "little"))
+    struct.pack_into("<I", raw, at - 28, 1)  # filter 0 (shuffle) skipped
+    path.write_bytes(bytes(raw))
+    with h5py.File(path, "r") as f:
+        crafted, expected = ChunkIndex.from_dataset(f["x"]), f["x"][...]
+    assert not np.array_equal(expected, data)  # the mask is honoured by HDF5 too
+    np.testing.assert_array_equal(crafted.read(FileReader.of(path)), expected)

@@ -69,8 +69,8 @@ def test_the_layer_against_a_model(tmp_path_factory, ops, commit):
             n = raw.readinto(buf)
             assert bytes(buf[:n]) == bytes(model[off : off + 300])
     assert raw.seek(0, 2) == len(model)
-    crashed = folder / "crashed"  # the disk as a crash now would leave it
-    shutil.copyfile(path, crashed)
+    crashed = folder / "crashed"  # the disk as a crash now would leave it (the writer's
+    shutil.copy2(path, crashed)  # nonce kept with the file: a copy of the same file)
     if os.path.exists(journal_path(path)):
         shutil.copyfile(journal_path(path), journal_path(crashed))
     fd = os.open(crashed, os.O_RDWR)

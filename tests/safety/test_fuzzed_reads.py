@@ -68,3 +68,24 @@ def test_recovery_of_damaged_files_gives_loomx_errors(tmp_path):
     print(f"{report.cases} cases: {dict(report.outcomes)}")
     assert report.findings == []
     assert len(report.known) <= max(CASES // 50, 1)
+
+
+KNOWN_SEEDS = {"crash": [81627], "hang": [81084, 81162, 81185]}
+"""Cases that segfault HDF5 2.0 (listing a damaged graph group's links, on lzf.loom) or
+make it loop forever (a damaged global heap), found by the long run."""
+
+
+def test_known_crash_and_hang_seeds_give_loomx_errors_when_untrusted(tmp_path, monkeypatch):
+    files = seed_files(tmp_path)
+    seeds = [*KNOWN_SEEDS["crash"], *KNOWN_SEEDS["hang"]]
+    with Fuzzer(files, timeout=TIMEOUT, keep=str(tmp_path)) as fuzzer:
+        plain = fuzzer.run(seeds)  # the seeds still do what they are known for
+    assert [f["seed"] for f in plain.findings] == KNOWN_SEEDS["crash"]
+    assert [k["seed"] for k in plain.known] == KNOWN_SEEDS["hang"]
+    monkeypatch.setenv("LOOMX_PROBE_SECONDS", "1.5")  # below the fuzzer's own timeout
+    reader = "loomx.testing.fuzz:read_untrusted"
+    with Fuzzer(files, timeout=TIMEOUT, keep=str(tmp_path), reader=reader) as fuzzer:
+        report = fuzzer.run(seeds)
+    print(f"untrusted: {dict(report.outcomes)}")
+    assert report.findings == [] and report.known == []
+    assert report.outcomes == {"LoomFileError": len(seeds)}

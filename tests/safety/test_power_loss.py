@@ -35,7 +35,7 @@ from loomx._hdf5.filesystem import TEMPORARY_TAG
 from loomx._hdf5.journal import SUFFIX, journal_path
 from loomx.testing import assert_loom_identical
 from loomx.testing.hostile import small_loom
-from loomx.testing.powerloss import CrashState, crash_states, record
+from loomx.testing.powerloss import CrashState, crash_states, record, tag_from_journal
 
 STEPS = int(os.environ.get("LOOMX_POWERLOSS_STEPS", "0"))
 SUBSETS = int(os.environ.get("LOOMX_POWERLOSS_SUBSETS", "3"))
@@ -129,6 +129,7 @@ def check_state(state: CrashState, folder: Path, old: Path, new: Path, next_writ
     saved = [v for k, v in state.files.items() if k.endswith(SUFFIX)]
     if saved and saved[0] is not None:
         journal.write_bytes(saved[0])
+        tag_from_journal(path)  # the crashed file itself, rebuilt here
         with pytest.raises(loomx.LoomFileError, match="loomx recover"):  # readers refuse it
             loomx.open_loom(path)
     else:
