@@ -188,6 +188,9 @@ def aggregate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("target", metavar="OUT", help="the Loom file to write")
     parser.add_argument("--by", default="ClusterID", help="column attribute (ClusterID)")
     parser.add_argument("--func", default="mean", choices=AGGREGATIONS, help="(mean)")
+    parser.add_argument(
+        "--enrichment", action="store_true", help="add cytograph's per-group enrichment layer"
+    )
     _scheduler_arguments(parser)
 
 
@@ -196,7 +199,7 @@ def aggregate_command(args: argparse.Namespace) -> int:
     from loomx.interop.conversion import aggregate_file
 
     with scheduler(args.scheduler, args.processes):
-        shape = aggregate_file(args.path, args.target, args.by, args.func)
+        shape = aggregate_file(args.path, args.target, args.by, args.func, args.enrichment)
     print(f"wrote {args.target}: {shape[0]} rows x {shape[1]} groups of {args.by}")
     return 0
 
