@@ -21,7 +21,6 @@ the chunk's (the size found), 3 Fletcher-32 mismatch, 4 chunk shorter than its c
 from __future__ import annotations
 
 import ctypes
-import glob
 import os
 from functools import partial
 from typing import Any
@@ -67,8 +66,7 @@ def _load() -> dict[str, Any] | None:
         from numba import types
     except ImportError:
         return None
-    found = glob.glob(os.path.join(os.path.dirname(deflate.__file__), "_deflate*"))
-    libraries = [p for p in found if p.endswith((".so", ".pyd", ".dylib"))]
+    libraries = extension_files(deflate)
     if not libraries:
         return None
     try:
@@ -94,6 +92,19 @@ def _load() -> dict[str, Any] | None:
     return {"numba": numba, **fns}
 
 
+def extension_files(package: Any) -> list[str]:
+    """The compiled extension modules of ``package``: the package itself when it is one
+    (``deflate`` 0.7: ``deflate.so``), else its submodules that are (``deflate._deflate``),
+    found through the imported modules, not by guessing file names."""
+    import importlib.machinery
+    import types as _types
+
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    modules = [package, *(v for v in vars(package).values() if isinstance(v, _types.ModuleType))]
+    files = [getattr(m, "__file__", None) or "" for m in modules]
+    return [f for f in dict.fromkeys(files) if f.endswith(suffixes)]
+
+
 _LIB = _load()
 
 
@@ -105,14 +116,18 @@ def available() -> bool:
 
 def compiled(function: Any = None, *, fastmath: Any = False) -> Any:
     """``numba.njit(nogil=True, fastmath=fastmath)``, cached on disk where numba finds a
-    writable place (the decorator of every kernel; only use it when :func:`available`)."""
+    writable place: the decorator of every compiled loop in loomx (the one place numba is
+    imported); without numba the function stays plain Python."""
     if function is None:
         return partial(compiled, fastmath=fastmath)
-    njit = _LIB["numba"].njit  # type: ignore[index]
     try:
-        return njit(nogil=True, cache=True, fastmath=fastmath)(function)
+        import numba
+    except ImportError:  # pragma: no cover - numba is a dependency
+        return function
+    try:
+        return numba.njit(nogil=True, cache=True, fastmath=fastmath)(function)
     except RuntimeError:  # no writable cache location: compile once per process
-        return njit(nogil=True, fastmath=fastmath)(function)
+        return numba.njit(nogil=True, fastmath=fastmath)(function)
 
 
 if _LIB is not None:

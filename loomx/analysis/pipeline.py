@@ -38,7 +38,7 @@ from loomx.analysis import embedding, hvg, markers, pca, preprocess
 from loomx.errors import LoomFileError
 from loomx.ops.qc import assign_qc, calculate_qc_metrics
 
-__all__ = ["DEFAULTS", "RECORD_PREFIX", "STEPS", "check_output", "process_file"]
+__all__ = ["DEFAULTS", "RECORD_PREFIX", "STEPS", "process_file", "require_output"]
 
 STEPS = (
     "qc",
@@ -170,12 +170,12 @@ _COPY_BLOCK = 1 << 26
 """Bytes fetched per request when a remote file is copied to ``output``."""
 
 
-def check_output(path: str | os.PathLike[str], output: str | os.PathLike[str] | None) -> None:
+def require_output(path: str | os.PathLike[str], output: str | os.PathLike[str] | None) -> None:
     """Refuse a remote ``path`` (a URL) without a local ``output`` for the results.
 
     Examples
     --------
-    >>> check_output("https://example.org/pbmc.loom", None)  # doctest: +SKIP
+    >>> require_output("https://example.org/pbmc.loom", None)  # doctest: +SKIP
     Traceback (most recent call last):
     loomx.errors.LoomFileError: 'https://example.org/pbmc.loom': a remote file is ...
     """
@@ -251,7 +251,7 @@ def process_file(
     >>> params = {"leiden": {"resolution": 0.5}}
     >>> summary = process_file("pbmc.loom", params=params)  # doctest: +SKIP
     """
-    check_output(path, output)
+    require_output(path, output)
     chosen = {step: {**DEFAULTS[step], **dict((params or {}).get(step, {}))} for step in STEPS}
     target = os.fspath(output if output is not None else path)
     if output is not None and not os.path.exists(target):

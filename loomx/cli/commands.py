@@ -25,6 +25,17 @@ def _progress_wanted(args: argparse.Namespace) -> bool:
     return not getattr(args, "quiet", False) and sys.stderr.isatty()
 
 
+def _progress(args: argparse.Namespace) -> Any:
+    """A progress bar on stderr for the dask computations inside, when wanted."""
+    import contextlib
+
+    if not _progress_wanted(args):
+        return contextlib.nullcontext()
+    from loomx.cli.progress import ProgressBar
+
+    return ProgressBar()
+
+
 def _scheduler_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
@@ -37,15 +48,22 @@ def _scheduler_arguments(parser: argparse.ArgumentParser) -> None:
 # --------------------------------------------------------------------------- qc
 
 
+_MITO_PREFIXES = ["MT-", "mt-"]  # as loomx.ops.qc.MITO_PREFIXES (not imported to start fast)
+
+
 def qc_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", metavar="FILE", help="the Loom file")
-    parser.add_argument("--layer", default="matrix", help="layer holding counts (matrix)")
+    parser.add_argument("--layer", default="matrix", help="layer holding counts (default: matrix)")
     parser.add_argument(
         "--mito-prefix",
-        nargs="*",
-        default=["MT-", "mt-"],
+        action="append",
         metavar="PREFIX",
-        help="gene symbol prefixes of mitochondrial genes (MT- mt-); none to leave out",
+        help="gene symbol prefix of mitochondrial genes; repeat for more (default MT- and mt-)",
+    )
+    parser.add_argument(
+        "--no-mito",
+        action="store_true",
+        help="skip the mitochondrial metrics (and remove those of an earlier run)",
     )
     parser.add_argument(
         "--output", "-o", metavar="OUT.loom", help="write a copy with the metrics instead"
@@ -59,7 +77,27 @@ def qc_arguments(parser: argparse.ArgumentParser) -> None:
     _scheduler_arguments(parser)
 
 
+def _mito_text(summary: dict[str, Any], skipped: bool) -> str:
+    """The summary's ``median pct_counts_mt`` value: a number, or why there is none."""
+    if skipped:
+        return "- (skipped: --no-mito)"
+    if summary["gene_symbols"] is None:
+        return "- (no gene symbol attribute)"
+    if not summary["mito_genes"]:
+        prefixes = ", ".join(summary["mito_prefixes"])
+        return f"- (no gene in {summary['gene_symbols']} starts with {prefixes})"
+    mt = summary["median_pct_counts_mt"]
+    return f"{mt:.2f} ({summary['mito_genes']} mitochondrial genes)"
+
+
 def qc_command(args: argparse.Namespace) -> int:
+    from loomx.cli import checks
+
+    args.path = checks.loom_source(args.path)
+    if args.output:
+        checks.check_output(args.output, args.path)
+    else:
+        checks.check_in_place(args.path)
     from loomx.cli.run import compute, scheduler
     from loomx.ops.qc import qc_file
 
@@ -68,19 +106,17 @@ def qc_command(args: argparse.Namespace) -> int:
         def run(*collections: Any) -> tuple[Any, ...]:
             return compute(*collections, client=client, progress=_progress_wanted(args))
 
-        summary = qc_file(
-            args.path,
-            layer=args.layer,
-            mito_prefixes=args.mito_prefix,
-            output=args.output,
-            compute=run,
-            gene_symbols=args.gene_symbols,
-        )
-    mt = summary["median_pct_counts_mt"]
-    if summary["mito_genes"] is None:
-        mt_text = "- (no gene symbols, or no --mito-prefix)"
-    else:
-        mt_text = f"{mt:.2f} ({summary['mito_genes']} mitochondrial genes)"
+        options = {
+            "layer": args.layer,
+            "mito_prefixes": None if args.no_mito else args.mito_prefix or _MITO_PREFIXES,
+            "compute": run,
+            "gene_symbols": args.gene_symbols,
+        }
+        if checks.is_url(args.path):
+            summary = _qc_remote(args.path, args.output, options)
+        else:
+            summary = qc_file(args.path, output=args.output, **options)
+    mt_text = _mito_text(summary, args.no_mito)
     rows = [
         ("cells", f"{summary['cells']}"),
         ("genes", f"{summary['genes']}"),
@@ -94,7 +130,22 @@ def qc_command(args: argparse.Namespace) -> int:
     for label, value in rows:
         print(f"  {label:<26}{value}")
     print(f"metrics written to {summary['file']} as column and row attributes")
+    if summary["removed"]:
+        print(f"removed metrics of an earlier run: {', '.join(summary['removed'])}")
     return 0
+
+
+def _qc_remote(url: str, output: str, options: dict[str, Any]) -> dict[str, Any]:
+    """``qc_file`` on a local copy of ``url`` that becomes ``output``."""
+    from loomx.cli.download import local_copy
+    from loomx.ops.qc import qc_file
+
+    with local_copy(url, output) as tmp:
+        try:
+            summary = qc_file(tmp, **options)
+        except LoomxError as err:  # name the URL, not the temporary copy
+            raise type(err)(err.message, path=url, h5path=err.h5path) from None
+    return {**summary, "file": output}
 
 
 # --------------------------------------------------------------------------- info
@@ -106,9 +157,10 @@ def info_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def info_command(args: argparse.Namespace) -> int:
+    from loomx.cli.checks import loom_source
     from loomx.cli.summary import describe_file, format_description
 
-    description = describe_file(args.path)
+    description = describe_file(loom_source(args.path))
     print(json.dumps(description, indent=2) if args.json else format_description(description))
     return 0
 
@@ -127,8 +179,9 @@ def validate_arguments(parser: argparse.ArgumentParser) -> None:
 
 def validate_command(args: argparse.Namespace) -> int:
     from loomx._read.validate import validate_loom
+    from loomx.cli.checks import loom_source
 
-    problems = validate_loom(args.path, conventions=args.conventions)
+    problems = validate_loom(loom_source(args.path), conventions=args.conventions)
     for problem in problems:
         print(f"{problem.h5path}: {problem.message}")
     level = "spec and conventions" if args.conventions else "spec"
@@ -161,17 +214,17 @@ def convert_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def convert_command(args: argparse.Namespace) -> int:
+    from loomx.cli import checks
+
+    args.source = checks.source_path(args.source)
+    checks.check_output(args.target, args.source)
     from loomx.cli.run import scheduler
     from loomx.interop.conversion import convert
 
     start = time.perf_counter()
-    with scheduler(args.scheduler, args.processes):
+    with scheduler(args.scheduler, args.processes), _progress(args):
         shape = convert(
-            args.source,
-            args.target,
-            progress=_progress_wanted(args),
-            genome=args.genome,
-            feature_type=args.feature_type,
+            args.source, args.target, genome=args.genome, feature_type=args.feature_type
         )
     seconds = time.perf_counter() - start
     print(f"wrote {args.target}: {shape[0]} genes x {shape[1]} cells in {seconds:.2f} s")
@@ -181,13 +234,25 @@ def convert_command(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- aggregate
 
 
-def aggregate_arguments(parser: argparse.ArgumentParser) -> None:
-    from loomx.ops.operations import AGGREGATIONS
+AGGREGATIONS = (
+    *("sum", "prod", "mean", "max", "min", "std", "var", "median"),
+    *("count_nonzero", "first", "last"),
+)
+"""As ``loomx.ops.operations.AGGREGATIONS`` (not imported here, to start fast)."""
 
+
+def aggregate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("path", metavar="FILE", help="the Loom file")
     parser.add_argument("target", metavar="OUT", help="the Loom file to write")
-    parser.add_argument("--by", default="ClusterID", help="column attribute (ClusterID)")
-    parser.add_argument("--func", default="mean", choices=AGGREGATIONS, help="(mean)")
+    parser.add_argument(
+        "--by", default="ClusterID", help="column attribute to group by (default: ClusterID)"
+    )
+    parser.add_argument(
+        "--func",
+        default="mean",
+        choices=AGGREGATIONS,
+        help="how a group's values become one (default: mean)",
+    )
     parser.add_argument(
         "--enrichment", action="store_true", help="add cytograph's per-group enrichment layer"
     )
@@ -195,10 +260,15 @@ def aggregate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def aggregate_command(args: argparse.Namespace) -> int:
+    from loomx.cli import checks
+
+    args.path = checks.loom_source(args.path)
+    checks.check_output(args.target, args.path)
+    checks.check_column_attribute(args.path, args.by)
     from loomx.cli.run import scheduler
     from loomx.interop.conversion import aggregate_file
 
-    with scheduler(args.scheduler, args.processes):
+    with scheduler(args.scheduler, args.processes), _progress(args):
         shape = aggregate_file(args.path, args.target, args.by, args.func, args.enrichment)
     print(f"wrote {args.target}: {shape[0]} rows x {shape[1]} groups of {args.by}")
     return 0
@@ -208,7 +278,7 @@ def aggregate_command(args: argparse.Namespace) -> int:
 
 
 def example_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", metavar="FILE")
+    parser.add_argument("path", metavar="FILE", help="the Loom file to write")
     parser.add_argument(
         "--counts",
         action="store_true",
@@ -216,10 +286,15 @@ def example_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--rows", "--genes", type=int, default=None, help="rows (genes)")
     parser.add_argument("--cols", "--cells", type=int, default=None, help="columns (cells)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="random seed: same seed, same file (default: 0)"
+    )
 
 
 def example_command(args: argparse.Namespace) -> int:
+    from loomx.cli.checks import check_output
+
+    check_output(args.path)
     from loomx.testing import make_counts_loom, make_example_loom
 
     if args.counts:
@@ -234,7 +309,7 @@ def example_command(args: argparse.Namespace) -> int:
 
 
 def recover_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("path", metavar="FILE")
+    parser.add_argument("path", metavar="FILE", help="the Loom file a killed write left")
 
 
 def recover_command(args: argparse.Namespace) -> int:
@@ -260,7 +335,9 @@ def delete_arguments(parser: argparse.ArgumentParser) -> None:
 
 def delete_command(args: argparse.Namespace) -> int:
     from loomx._write.maintain import delete
+    from loomx.cli.checks import check_in_place
 
+    check_in_place(args.path, "a writable copy (loomx repack IN OUT, then delete in OUT)")
     delete(args.path, args.names)
     print(f"{args.path}: deleted {', '.join(args.names)} (loomx repack gives the space back)")
     return 0
@@ -277,7 +354,12 @@ def repack_command(args: argparse.Namespace) -> int:
     import os
 
     from loomx._write.maintain import repack
+    from loomx.cli import checks
 
+    if args.target:
+        checks.check_output(args.target, args.path)
+    else:
+        checks.check_in_place(args.path, "OUT (loomx repack IN OUT)")
     before = os.path.getsize(args.path) if os.path.isfile(args.path) else 0
     repack(args.path, args.target)
     after = os.path.getsize(args.target or args.path)
@@ -315,10 +397,25 @@ SUBCOMMANDS: dict[str, tuple[str, Arguments, Command]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(prog="loomx", description="Work with Loom files.")
+    from loomx import __version__
+    from loomx.cli.examples import EXAMPLES
+
+    parser = argparse.ArgumentParser(
+        prog="loomx",
+        description="Work with Loom files.",
+        epilog="example:\n  loomx info pbmc.loom\n  loomx qc --help",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"loomx {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (help_text, arguments, command) in SUBCOMMANDS.items():
-        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=EXAMPLES.get(name),
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
         arguments(sub_parser)
         sub_parser.set_defaults(run=command)
     return parser
@@ -326,17 +423,34 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``loomx`` console script."""
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
+        import loomx.ops.accessor  # noqa: F401  (registers ds.loom, which commands use)
+
         with warnings_for_people(command_inputs(args)):
-            return int(args.run(args))
-    except LoomxError as err:
-        print(f"loomx: {err}", file=sys.stderr)
+            status = int(args.run(args))
+        sys.stdout.flush()  # a closed pipe shows here, not at exit
+        return status
     except KeyboardInterrupt:
         print("loomx: interrupted", file=sys.stderr)
         return 130
-    except (OSError, ValueError, KeyError, ImportError) as err:
-        print(f"loomx: {type(err).__name__}: {err}", file=sys.stderr)
-    except Exception as err:  # a bug: still one line, with what to report
-        print(f"loomx: unexpected {type(err).__name__}: {err} (please report)", file=sys.stderr)
+    except BrokenPipeError:  # `loomx info x.loom | head`: the reader has what it wanted
+        return _quiet_broken_pipe()
+    except Exception as err:
+        from loomx.cli.messages import describe
+
+        print(f"loomx: {describe(err)}", file=sys.stderr)
     return 1
+
+
+def _quiet_broken_pipe() -> int:
+    """Exit status 141 (as a shell reports SIGPIPE), with stdout sent nowhere so that the
+    interpreter's last flush does not complain."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    return 141

@@ -21,14 +21,24 @@ def process_arguments(parser: argparse.ArgumentParser) -> None:
     add = parser.add_argument
     add("--min-cells", type=int, default=3, help="genes in fewer valid cells are not valid (3)")
     add("--target-sum", type=float, default=None, help="counts per cell after normalizing (median)")
-    add("--flavor", default="seurat", choices=["seurat", "cell_ranger", "seurat_v3"])
+    add(
+        "--flavor",
+        default="seurat",
+        choices=["seurat", "cell_ranger", "seurat_v3"],
+        help="scanpy's highly-variable-genes flavor (seurat)",
+    )
     add("--n-top-genes", type=int, default=2000, help="highly variable genes to select (2000)")
     add("--batch-key", default=None, help="column attribute of batches for gene selection")
     add("--n-comps", type=int, default=None, help="principal components (scanpy's default)")
     add("--n-neighbors", type=int, default=15, help="neighbors per cell (15)")
     add("--resolution", type=float, default=1.0, help="Leiden resolution (1.0)")
     add("--random-state", type=int, default=0, help="seed of neighbors, Leiden and UMAP (0)")
-    add("--method", default="t-test", choices=["t-test", "t-test_overestim_var"])
+    add(
+        "--method",
+        default="t-test",
+        choices=["t-test", "t-test_overestim_var"],
+        help="marker-gene test per ClusterID (t-test)",
+    )
     schedulers = parser.add_mutually_exclusive_group()
     schedulers.add_argument("--scheduler", metavar="ADDRESS", help="a dask.distributed scheduler")
     schedulers.add_argument("--processes", metavar="N", type=int, help="N local worker processes")
@@ -54,10 +64,15 @@ def _params(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def process_command(args: argparse.Namespace) -> int:
     """Run ``loomx process``; print a line per step and a summary."""
-    from loomx.analysis.pipeline import STEPS, check_output, process_file
-    from loomx.cli.run import compute, scheduler
+    from loomx.cli import checks
 
-    check_output(args.path, args.output)  # before a scheduler starts
+    args.path = checks.loom_source(args.path)
+    if args.output:
+        checks.check_output(args.output, args.path)
+    else:
+        checks.check_in_place(args.path, "--output OUT.loom")  # a URL needs --output
+    from loomx.analysis.pipeline import STEPS, process_file
+    from loomx.cli.run import compute, scheduler
 
     bar = not args.quiet and sys.stderr.isatty()
 

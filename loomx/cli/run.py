@@ -68,7 +68,8 @@ def scheduler(address: str | None = None, processes: int | None = None) -> Itera
 
 def compute(*collections: Any, client: Any = None, progress: bool = False) -> tuple[Any, ...]:
     """``dask.compute(*collections)`` in one graph, with a progress bar on stderr when
-    ``progress`` (dask's ``ProgressBar`` locally, ``distributed.progress`` on a Client)."""
+    ``progress`` (:class:`loomx.cli.progress.ProgressBar` locally, ``distributed.progress``
+    on a Client)."""
     if client is not None:
         try:
             futures = client.compute(list(collections))
@@ -84,7 +85,7 @@ def compute(*collections: Any, client: Any = None, progress: bool = False) -> tu
                 raise SchedulerError(str(lost)) from err
             raise
     if progress:
-        from dask.diagnostics import ProgressBar
+        from loomx.cli.progress import ProgressBar
 
         with ProgressBar(out=sys.stderr):
             return dask.compute(*collections)

@@ -15,7 +15,7 @@ from loomx._hdf5.remote import RemoteSource
 from loomx._read.backend import open_loom
 from loomx._read.store import LoomStore
 
-__all__ = ["describe_file", "format_description"]
+__all__ = ["describe_file", "format_description", "shorten"]
 
 
 def describe_file(path: str | os.PathLike[str], locking: bool | None = None) -> dict[str, Any]:
@@ -117,20 +117,29 @@ def format_description(info: dict[str, Any]) -> str:
         )
     for space in (_spec.ROW_ATTRS, _spec.COL_ATTRS):
         attrs = info[space]
-        lines.append(
-            f"  {space} ({len(attrs)}): {', '.join(_attr(n, a) for n, a in attrs.items())}"
-        )
+        lines.append(f"  {space} ({len(attrs)}):" + ("" if attrs else " -"))
+        names = {n: str(a.get("variable", n)) for n, a in attrs.items()}
+        width = max(map(len, names.values()), default=0)
+        for name, attr in attrs.items():
+            shape = " x ".join(map(str, attr["shape"]))
+            dtype = "string" if attr["dtype"] == "object" else attr["dtype"]
+            lines.append(f"    {names[name]:<{width}}  {dtype:<8}  {shape}")
     for space in (_spec.ROW_GRAPHS, _spec.COL_GRAPHS):
         graphs = ", ".join(f"{n} ({g['edges']} edges)" for n, g in info[space].items())
         lines.append(f"  {space}: {graphs or '-'}")
     for key, value in info["globals"].items():
-        lines.append(f"  attrs[{key!r}] = {str(value)[:60]}")
+        lines.append(f"  attrs[{key!r}] = {shorten(str(value))}")
     return "\n".join(lines)
 
 
-def _attr(name: str, attr: dict[str, Any]) -> str:
-    extra = f" {tuple(attr['shape'])}" if len(attr["shape"]) > 1 else ""
-    return f"{attr.get('variable', name)}{extra}"
+def shorten(text: str, width: int = 60) -> str:
+    """``text`` on one line, cut to ``width`` characters with an ellipsis when longer.
+
+    >>> shorten("a" * 70, 10)
+    'aaaaaaa...'
+    """
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def _size(n: int) -> str:

@@ -15,24 +15,27 @@ variants; per gene ``n_cells_by_counts``, ``mean_counts``, ``pct_dropout_by_coun
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import dask
 import dask.array as da
-import numba
 import numpy as np
 import xarray as xr
 
 from loomx._format import names as conv
 from loomx._format import spec as _spec
 from loomx._hdf5.filesystem import move_into_place, temporary_file
+from loomx._hdf5.kernels import compiled
 from loomx._read import chunking as _chunking
 from loomx._read.backend import chunk_layers, open_loom
+from loomx._write.maintain import delete
 from loomx._write.writer import to_loom
 from loomx.errors import LoomFormatError, LoomNameError
 
@@ -61,6 +64,12 @@ GENE_SYMBOL_ATTRS = (
 ``Gene`` first (also Seurat's and loomx's 10x conversions), 10x's ``gene_name``, Seurat's
 ``features``, anndata's ``var_names`` (``write_loom`` of an index without a name) and
 ``index`` (an index named so); one holding text."""
+
+MITO_METRICS = ("total_counts_mt", "log1p_total_counts_mt", "pct_counts_mt")
+"""Per-cell metrics that need mitochondrial genes."""
+
+QC_PARAMETERS = "loomx_qc_parameters"
+"""Global attribute in which :func:`qc_file` records, as JSON, how its metrics were made."""
 
 
 def _symbol_attr(ds: xr.Dataset, row_dim: str, wanted: str | None = None) -> str | None:
@@ -92,7 +101,7 @@ def mito_mask(symbols: Any, prefixes: Sequence[str]) -> np.ndarray:
     return np.array([t.startswith(tuple(prefixes)) for t in text], dtype=bool)
 
 
-@numba.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+@compiled(fastmath={"reassoc", "contract"})
 def _accumulate(block, mito):  # pragma: no cover - compiled
     """Per cell (total, non-zeros, mitochondrial total) and per gene (sum, sum of squares,
     non-zeros) of a band ``block`` (genes x cells), in one row-major sweep without
@@ -126,7 +135,7 @@ def _accumulate(block, mito):  # pragma: no cover - compiled
     return total, nnz, mt, gsum, gsq, gnnz
 
 
-@numba.njit(nogil=True, cache=True)
+@compiled
 def _select(a, lo, hi, k):  # pragma: no cover - compiled
     """Rearrange ``a[lo:hi]`` in place so that ``a[k]`` holds the value of rank ``k``
     (ascending), values before it no greater and values after it no smaller (3-way
@@ -158,7 +167,7 @@ def _select(a, lo, hi, k):  # pragma: no cover - compiled
             return
 
 
-@numba.njit(nogil=True, cache=True)
+@compiled
 def _top_sums(block, nnz, ns):  # pragma: no cover - compiled
     """Sum of the ``n`` largest values of each cell (column) for each ``n`` in ``ns``
     (ascending), zeros included: the non-zeros of each cell are compacted, padded with
@@ -309,6 +318,7 @@ def calculate_qc_metrics(
         if with_mito
         else np.zeros(n_genes, dtype=bool)
     )
+    _warn_without_mito(mito_prefixes, symbols, int(mito.sum()))
     data = _bands(var, row_dim, col_dim)
     band_stats = [
         dask.delayed(_band_stats, pure=True)(block, mito, ns) for block in data.to_delayed()[0]
@@ -347,6 +357,7 @@ def calculate_qc_metrics(
         "layer": layer,
         "mito_genes": int(mito.sum()) if with_mito else None,
         "gene_symbols": _loom_name(ds, symbols) if symbols is not None else None,
+        "mito_prefixes": list(mito_prefixes) if with_mito else None,
     }
     gene_ds.attrs = {"layer": layer}
     return cell_ds, gene_ds
@@ -356,6 +367,28 @@ def _loom_name(ds: xr.Dataset, name: str) -> str:
     """The Loom name of a row attribute's variable (``row_attrs:X`` -> ``X``)."""
     h5path = conv.variable_paths(ds, conv.dataset_dims(ds)).get(name)
     return h5path.rsplit("/", 1)[1] if h5path else name
+
+
+def _warn_without_mito(prefixes: Sequence[str] | None, symbols: str | None, found: int) -> None:
+    """Warn when mitochondrial metrics were asked for and no gene could be one."""
+    if not prefixes or found:
+        return
+    tried = ", ".join(repr(p) for p in prefixes)
+    if symbols is None:
+        searched = ", ".join(GENE_SYMBOL_ATTRS)
+        warnings.warn(
+            f"no gene symbol row attribute (searched {searched}): mitochondrial metrics "
+            "left out; name the attribute, or skip them (--no-mito)",
+            UserWarning,
+            stacklevel=3,
+        )
+        return
+    warnings.warn(
+        f"no value of row attribute {symbols!r} starts with {tried}: no mitochondrial genes; "
+        "give the right prefix (--mito-prefix), or skip these metrics (--no-mito)",
+        UserWarning,
+        stacklevel=3,
+    )
 
 
 def _layer_names(ds: xr.Dataset, row_dim: str, col_dim: str) -> list[str]:
@@ -556,8 +589,16 @@ def _qc_into(
             gene_symbols=gene_symbols,
         )
         cells, genes = compute(cells, genes)
-        to_loom(assign_qc(ds, cells, genes), path, mode="a", locking=locking)
-    mito = cells.attrs.get("mito_genes")
+        mito = cells.attrs.get("mito_genes")
+        if mito == 0:  # no gene matched: zeros would read as measured
+            cells = cells.drop_vars([m for m in MITO_METRICS if m in cells])
+        out = assign_qc(ds, cells, genes)
+        stale = _stale_metrics(ds, set(map(str, cells.data_vars)))
+        out = out.drop_vars(list(stale))
+        out.attrs = {**ds.attrs, QC_PARAMETERS: json.dumps(_parameters(cells, percent_top))}
+        if stale:
+            delete(path, list(stale.values()), locking=locking)
+        to_loom(out, path, mode="a", locking=locking)
     return {
         "file": shown,
         "layer": layer,
@@ -565,11 +606,38 @@ def _qc_into(
         "genes": int(genes.sizes[row_dim]),
         "median_total_counts": _median(cells["total_counts"]),
         "median_n_genes_by_counts": _median(cells["n_genes_by_counts"]),
-        "median_pct_counts_mt": _median(cells["pct_counts_mt"]) if mito is not None else None,
+        "median_pct_counts_mt": _median(cells["pct_counts_mt"]) if mito else None,
         "mito_genes": mito,
+        "mito_prefixes": list(mito_prefixes or ()),
         "gene_symbols": cells.attrs.get("gene_symbols"),
+        "removed": sorted(stale.values()),
         "seconds": time.perf_counter() - start,
     }
+
+
+def _parameters(cells: xr.Dataset, percent_top: Sequence[int] | None) -> dict[str, Any]:
+    """What :data:`QC_PARAMETERS` records: the layer, the gene symbols, the prefixes."""
+    return {
+        "layer": cells.attrs["layer"],
+        "gene_symbols": cells.attrs.get("gene_symbols"),
+        "mito_prefixes": cells.attrs.get("mito_prefixes"),
+        "mito_genes": cells.attrs.get("mito_genes"),
+        "percent_top": sorted(int(n) for n in percent_top or ()),
+        "metrics": sorted(map(str, cells.data_vars)),
+    }
+
+
+def _stale_metrics(ds: xr.Dataset, computed: set[str]) -> dict[str, str]:
+    """Cell metrics in the file that this run did not compute (an earlier run's, made
+    with other parameters): variable name -> HDF5 path."""
+    paths = conv.variable_paths(ds, conv.dataset_dims(ds))
+    family = (*MITO_METRICS, "pct_counts_in_top_")
+    stale = {}
+    for name, h5path in paths.items():
+        group, _, raw = h5path.lstrip("/").partition("/")
+        if group == _spec.COL_ATTRS and raw.startswith(family) and raw not in computed:
+            stale[name] = h5path
+    return stale
 
 
 def _median(values: xr.DataArray) -> float:

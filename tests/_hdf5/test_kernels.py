@@ -151,3 +151,43 @@ def test_batched_packing_equals_the_chunkwise_codecs(
     )
     assert fast.grid == slow.grid and fast.zeros == slow.zeros
     assert [zlib.decompress(c) for c in fast.chunks] == [zlib.decompress(c) for c in slow.chunks]
+
+
+def test_the_deflate_library_is_found_through_the_modules_in_every_wheel_layout():
+    """deflate 0.7 is one extension module (``deflate.so``); 0.8 on is a package whose
+    ``_deflate`` submodule is the extension: both are found, neither by a file name."""
+    import importlib.machinery
+    import types
+
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    flat = types.ModuleType("deflate")
+    flat.__file__ = f"/site/deflate{suffix}"
+    assert _kernels.extension_files(flat) == [flat.__file__]
+    package = types.ModuleType("deflate")
+    package.__file__ = "/site/deflate/__init__.py"
+    package._deflate = types.ModuleType("deflate._deflate")
+    package._deflate.__file__ = f"/site/deflate/_deflate{suffix}"
+    package.os = types.ModuleType("os")  # a module without a compiled file
+    assert _kernels.extension_files(package) == [package._deflate.__file__]
+    deflate = pytest.importorskip("deflate")
+    assert _kernels.extension_files(deflate)
+
+
+def test_numba_is_imported_in_one_place():
+    """Every compiled loop goes through :func:`kernels.compiled` (numba stays optional)."""
+    import ast
+
+    package = Path(__file__).resolve().parents[2] / "loomx"
+    importers = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            if any(n == "numba" or n.startswith("numba.") for n in names):
+                importers.add(path.relative_to(package).as_posix())
+    assert importers == {"_hdf5/kernels.py"}

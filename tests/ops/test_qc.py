@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import subprocess
-import sys
 
 import dask.array as da
 import h5py
@@ -264,29 +261,6 @@ def test_cli_qc_processes(counts_file, tmp_path):
     assert f"metrics written to {out}" in done.stdout
     expected, _ = loomx.calculate_qc_metrics(loomx.open_loom(counts_file))
     np.testing.assert_allclose(loomx.open_loom(out)["pct_counts_mt"], expected["pct_counts_mt"])
-
-
-def stderr_on_a_terminal(*args):
-    """Run the CLI with stderr on a pseudo-terminal; its exit status and what it showed."""
-    import pty
-
-    master, slave = pty.openpty()
-    cmd = [sys.executable, "-m", "loomx.cli", *map(str, args)]
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=slave, timeout=300)
-    os.close(slave)
-    shown = b""
-    with contextlib.suppress(OSError):  # EIO once the terminal is drained
-        while chunk := os.read(master, 65536):
-            shown += chunk
-    os.close(master)
-    return done.returncode, shown
-
-
-def test_cli_progress_bar_only_on_a_terminal(counts_file):
-    status, shown = stderr_on_a_terminal("qc", counts_file)
-    assert status == 0 and b"100% Completed" in shown
-    status, shown = stderr_on_a_terminal("qc", counts_file, "--quiet")
-    assert status == 0 and shown == b""
 
 
 def anndata_written(path, seed=0, index_name=None):
