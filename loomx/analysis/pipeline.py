@@ -28,15 +28,17 @@ import xarray as xr
 
 from loomx._format import names as conv
 from loomx._format import spec as _spec
-from loomx._hdf5.filesystem import move_into_place, temporary_file
+from loomx._hdf5.filesystem import is_url, move_into_place, temporary_file
+from loomx._hdf5.remote import RemoteSource
 from loomx._read import chunking as _chunking
 from loomx._read.backend import chunk_layers, open_loom
 from loomx._write.writer import to_loom
 from loomx.analysis import bands as _bands
 from loomx.analysis import embedding, hvg, markers, pca, preprocess
+from loomx.errors import LoomFileError
 from loomx.ops.qc import assign_qc, calculate_qc_metrics
 
-__all__ = ["DEFAULTS", "RECORD_PREFIX", "STEPS", "process_file"]
+__all__ = ["DEFAULTS", "RECORD_PREFIX", "STEPS", "process_file", "require_output"]
 
 STEPS = (
     "qc",
@@ -164,6 +166,44 @@ def _summary(path: str) -> dict[str, Any]:
         }
 
 
+_COPY_BLOCK = 1 << 26
+"""Bytes fetched per request when a remote file is copied to ``output``."""
+
+
+def require_output(path: str | os.PathLike[str], output: str | os.PathLike[str] | None) -> None:
+    """Refuse a remote ``path`` (a URL) without a local ``output`` for the results.
+
+    Examples
+    --------
+    >>> require_output("https://example.org/pbmc.loom", None)  # doctest: +SKIP
+    Traceback (most recent call last):
+    loomx.errors.LoomFileError: 'https://example.org/pbmc.loom': a remote file is ...
+    """
+    if is_url(os.fspath(path)) and output is None:
+        raise LoomFileError(
+            "a remote file is read-only; give output (loomx process --output OUT.loom) for "
+            "the results",
+            path=path,
+        )
+    if output is not None and is_url(os.fspath(output)):
+        raise LoomFileError("output must be a local file, found a URL", path=output)
+
+
+def _copy(path: str, target: str, storage_options: dict[str, Any] | None) -> None:
+    """Copy ``path`` (local or a URL) to the new file ``target``, renamed into place last."""
+    with temporary_file(target, "process", f"writing {target}") as tmp:
+        if is_url(path):
+            source = RemoteSource(path, storage_options)
+            size = source.size
+            with open(tmp, "wb") as fh:
+                for offset in range(0, size, _COPY_BLOCK):
+                    fh.write(source(offset, min(_COPY_BLOCK, size - offset)))
+            source.check_version()  # refuses a file replaced during the copy
+        else:
+            shutil.copyfile(path, tmp)
+        move_into_place(tmp, target)
+
+
 def process_file(
     path: str | os.PathLike[str],
     *,
@@ -172,13 +212,15 @@ def process_file(
     compute: Compute = dask.compute,
     progress: Callable[[int, str, str, float], None] | None = None,
     locking: bool | None = None,
+    storage_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run :data:`STEPS` on a Loom file, writing each step's results back as it completes.
 
     Parameters
     ----------
     path
-        The Loom file (changed in place unless ``output``).
+        The Loom file (changed in place unless ``output``), or a URL (read only; then
+        ``output`` is required).
     params
         Per step, parameters that replace :data:`DEFAULTS`.
     output
@@ -190,6 +232,13 @@ def process_file(
         ``"done"`` or ``"skipped"``.
     locking
         HDF5 file locking.
+    storage_options
+        fsspec options for a URL ``path`` (credentials, endpoint, ...).
+
+    Raises
+    ------
+    LoomFileError
+        ``path`` is a URL and ``output`` is not given (before anything is read).
 
     Returns
     -------
@@ -202,12 +251,11 @@ def process_file(
     >>> params = {"leiden": {"resolution": 0.5}}
     >>> summary = process_file("pbmc.loom", params=params)  # doctest: +SKIP
     """
+    require_output(path, output)
     chosen = {step: {**DEFAULTS[step], **dict((params or {}).get(step, {}))} for step in STEPS}
     target = os.fspath(output if output is not None else path)
     if output is not None and not os.path.exists(target):
-        with temporary_file(target, "process", f"writing {target}") as tmp:
-            shutil.copyfile(os.fspath(path), tmp)
-            move_into_place(tmp, target)
+        _copy(os.fspath(path), target, storage_options)
     records = _records(chosen)
     states: dict[str, str] = {}
     seconds: dict[str, float] = {}

@@ -258,6 +258,9 @@ def aggregate_arguments(parser: argparse.ArgumentParser) -> None:
         choices=AGGREGATIONS,
         help="how a group's values become one (default: mean)",
     )
+    parser.add_argument(
+        "--enrichment", action="store_true", help="add cytograph's per-group enrichment layer"
+    )
     _scheduler_arguments(parser)
 
 
@@ -271,7 +274,7 @@ def aggregate_command(args: argparse.Namespace) -> int:
     from loomx.interop.conversion import aggregate_file
 
     with scheduler(args.scheduler, args.processes), _progress(args):
-        shape = aggregate_file(args.path, args.target, args.by, args.func)
+        shape = aggregate_file(args.path, args.target, args.by, args.func, args.enrichment)
     print(f"wrote {args.target}: {shape[0]} rows x {shape[1]} groups of {args.by}")
     return 0
 

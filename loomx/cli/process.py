@@ -12,8 +12,12 @@ __all__ = ["process_arguments", "process_command"]
 
 def process_arguments(parser: argparse.ArgumentParser) -> None:
     """Declare the arguments of ``loomx process``."""
-    parser.add_argument("path", metavar="FILE", help="the Loom file (results are written into it)")
-    parser.add_argument("--output", "-o", metavar="OUT.loom", help="work on this copy instead")
+    parser.add_argument(
+        "path", metavar="FILE", help="the Loom file (results are written into it) or a URL"
+    )
+    parser.add_argument(
+        "--output", "-o", metavar="OUT.loom", help="work on this copy instead (needed for URLs)"
+    )
     add = parser.add_argument
     add("--min-cells", type=int, default=3, help="genes in fewer valid cells are not valid (3)")
     add("--target-sum", type=float, default=None, help="counts per cell after normalizing (median)")
@@ -60,6 +64,13 @@ def _params(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 def process_command(args: argparse.Namespace) -> int:
     """Run ``loomx process``; print a line per step and a summary."""
+    from loomx.cli import checks
+
+    args.path = checks.loom_source(args.path)
+    if args.output:
+        checks.check_output(args.output, args.path)
+    else:
+        checks.check_in_place(args.path, "--output OUT.loom")  # a URL needs --output
     from loomx.analysis.pipeline import STEPS, process_file
     from loomx.cli.run import compute, scheduler
 

@@ -111,18 +111,33 @@ def _progress(show: bool) -> Any:
 
 
 def aggregate_file(
-    path: str | os.PathLike[str], target: str | os.PathLike[str], by: str, func: str = "mean"
+    path: str | os.PathLike[str],
+    target: str | os.PathLike[str],
+    by: str,
+    func: str = "mean",
+    enrichment: bool = False,
 ) -> tuple[int, int]:
     """Write a Loom file with one column per group of column attribute ``by`` (see
     :func:`loomx.ops.operations.aggregate`); row attributes are kept, ``by`` holds the groups.
 
+    With ``enrichment``, the file also gets cytograph's layer ``enrichment``: the score of
+    every gene in every group, from the main matrix (see :func:`loomx.ops.operations.enrichment`).
+
     Examples
     --------
-    >>> aggregate_file("pbmc.loom", "clusters.loom", "ClusterID", "mean")  # doctest: +SKIP
+    >>> aggregate_file("pbmc.loom", "out.loom", "ClusterID", enrichment=True)  # doctest: +SKIP
     """
     with open_loom(path) as ds:
         row, col = conv.dataset_dims(ds)
         out = ds.loom.aggregate(by, func)
+        if enrichment:
+            if "enrichment" in out:
+                raise LoomFormatError(
+                    "found a layer here; the enrichment layer needs its name",
+                    path=path,
+                    h5path="/layers/enrichment",
+                )
+            out["enrichment"] = ds.loom.enrichment(by, col)
         groups = out[by].values
         out = out.drop_vars(by).rename_dims({by: col})
         out = out.assign_coords({by: (col, groups)})

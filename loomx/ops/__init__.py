@@ -12,7 +12,15 @@ Examples
 """
 
 from loomx.ops import accessor as _accessor  # noqa: F401  (registers ds.loom)
-from loomx.ops.operations import AGGREGATIONS, aggregate, map_vectors, permute, scan, to_scipy
+from loomx.ops.operations import (
+    AGGREGATIONS,
+    aggregate,
+    enrichment,
+    map_vectors,
+    permute,
+    scan,
+    to_scipy,
+)
 from loomx.ops.qc import assign_qc, calculate_qc_metrics, qc_file
 
 __all__ = [
@@ -20,6 +28,7 @@ __all__ = [
     "aggregate",
     "assign_qc",
     "calculate_qc_metrics",
+    "enrichment",
     "map_vectors",
     "permute",
     "qc_file",

@@ -406,6 +406,16 @@ class LoomAccessor:
         """
         return ops.aggregate(self._ds, by, func, dim or self.dims[1], layers)
 
+    def enrichment(self, by: str, dim: str | None = None, layer: str = "matrix") -> xr.DataArray:
+        """cytograph's enrichment score per group of ``by``; see
+        :func:`loomx.ops.operations.enrichment`.
+
+        Examples
+        --------
+        >>> scores = ds.loom.enrichment("ClusterID")  # doctest: +SKIP
+        """
+        return ops.enrichment(self._ds, by, dim or self.dims[1], layer)
+
     def to_scipy(self, layer: str = "matrix", format: str = "csr") -> scipy.sparse.spmatrix:
         """Load a layer as a scipy sparse matrix; see :func:`loomx.ops.operations.to_scipy`.
 

@@ -11,9 +11,13 @@ import loompy
 import numpy as np
 import pytest
 import scanpy as sc
+from conftest import sha256
 
 import loomx
+from loomx.analysis import pipeline
 from loomx.analysis.pipeline import RECORD_PREFIX, STEPS, process_file
+from loomx.errors import LoomFileError
+from loomx.testing.servers import RangeHTTPServer
 
 SMALL = {
     "highly_variable_genes": {"n_top_genes": 60},
@@ -75,3 +79,30 @@ def test_rerun_skips_done_steps_and_redoes_changed_ones(processed, tmp_path) -> 
     before = loomx.open_loom(path)["ClusterID"].values
     after = loomx.open_loom(copy)["ClusterID"].values
     assert after.max() < before.max()  # fewer clusters at a lower resolution
+
+
+def test_remote_file_is_read_and_results_go_to_output(
+    processed, counts_loom, tmp_path, monkeypatch
+) -> None:
+    monkeypatch.setattr(pipeline, "_COPY_BLOCK", 1 << 15)  # a copy of several requests
+    served = tmp_path / "served"
+    served.mkdir()
+    shutil.copy(counts_loom, served / "counts.loom")
+    digest = sha256(served / "counts.loom")
+    out = tmp_path / "out.loom"
+    with RangeHTTPServer(served) as server:
+        url = server.url("counts.loom")
+        with pytest.raises(LoomFileError, match="--output") as err:
+            process_file(url, params=SMALL)
+        assert url in str(err.value)
+        assert server.requests == 0  # refused before anything was read
+        summary = process_file(url, params=SMALL, output=out)
+    assert summary["file"] == str(out)
+    assert summary["steps"] == dict.fromkeys(STEPS, "done")
+    assert sha256(served / "counts.loom") == digest
+    with loompy.connect(str(processed[0]), "r") as want, loompy.connect(str(out), "r") as got:
+        np.testing.assert_array_equal(got[:, :], want[:, :])
+        for name in ("Valid", "ClusterID", "X", "Y"):
+            np.testing.assert_array_equal(got.ca[name], want.ca[name], err_msg=name)
+        np.testing.assert_allclose(got.ca.X_pca, want.ca.X_pca, rtol=1e-6, atol=1e-9)
+        np.testing.assert_array_equal(got.ra.Selected, want.ra.Selected)

@@ -16,6 +16,7 @@ from conftest import LOOMX_SCRIPT, run_cli
 
 import loomx
 from loomx.analysis.pipeline import RECORD_PREFIX, STEPS
+from loomx.testing.servers import RangeHTTPServer
 
 FLAGS = ("--n-top-genes", "60", "--n-comps", "10", "--n-neighbors", "10", "-q")
 OUTPUTS = {  # what each step writes, as loompy sees it
@@ -81,3 +82,14 @@ def test_sigkill_inside_a_step_leaves_the_last_completed_step(counts_loom, tmp_p
         for name in ("Valid", "Selected", "X_pca", "ClusterID", "X", "Y"):
             key = name if name in got.variables else f"col_attrs:{name}"
             np.testing.assert_array_equal(got[key].values, want[key].values, err_msg=name)
+
+
+def test_remote_file_without_output_is_one_line_before_any_read(counts_loom, tmp_path) -> None:
+    shutil.copy(counts_loom, tmp_path / "counts.loom")
+    with RangeHTTPServer(tmp_path) as server:
+        url = server.url("counts.loom")
+        done = run_cli("process", url, *FLAGS, "--processes", "2")
+        assert server.requests == 0
+    assert done.returncode == 1
+    assert done.stderr.startswith(f"loomx: '{url}': remote files are read-only; give --output")
+    assert len(done.stderr.strip().splitlines()) == 1

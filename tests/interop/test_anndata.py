@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import scipy.io
 import scipy.sparse
-from conftest import run_cli
+from conftest import assert_loompy_valid, run_cli
 
 import loomx
 from loomx.interop.anndata import from_anndata, to_anndata
@@ -218,3 +218,23 @@ def test_cli_aggregate_matches_numpy(tmp_path):
     assert aggregate_file(path, tmp_path / "sum.loom", "ClusterID", "sum") == (40, 4)
     done = run_cli("aggregate", path, tmp_path / "x.loom", "--by", "Nope")
     assert done.returncode == 1 and "Nope" in done.stderr
+
+
+def test_cli_aggregate_enrichment_matches_numpy(tmp_path):
+    path = make_example_loom(tmp_path / "ex.loom", 40, 90)
+    done = run_cli("aggregate", path, tmp_path / "agg.loom", "--enrichment")
+    assert done.returncode == 0, done.stderr
+    with h5py.File(path, "r") as f:
+        matrix, labels = f["matrix"][:].astype(np.float64), f["col_attrs/ClusterID"][:]
+    expected = []
+    for k in range(4):  # cytograph's enrichment: inside the cluster against every other cell
+        inside, outside = matrix[:, labels == k], matrix[:, labels != k]
+        f_in, f_out = (inside != 0).mean(axis=1), (outside != 0).mean(axis=1)
+        m_in, m_out = inside.mean(axis=1), outside.mean(axis=1)
+        expected.append((f_in + 0.1) / (f_out + 0.1) * (m_in + 0.01) / (m_out + 0.01))
+    with h5py.File(tmp_path / "agg.loom", "r") as f:
+        np.testing.assert_allclose(f["layers/enrichment"][:], np.stack(expected, axis=1), rtol=1e-6)
+        assert f["layers/enrichment"].shape == f["matrix"].shape == (40, 4)
+    assert_loompy_valid(tmp_path / "agg.loom")
+    done = run_cli("aggregate", tmp_path / "agg.loom", tmp_path / "again.loom", "--enrichment")
+    assert done.returncode == 1 and "/layers/enrichment" in done.stderr

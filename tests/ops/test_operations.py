@@ -240,3 +240,25 @@ def test_aggregate_median_of_more_columns_than_one_band(example_loom, arrays, la
     assert list(out["ClusterID"].values) == list(groups)
     expected = np.stack([np.median(m[:, labels == g], axis=1) for g in groups], axis=1)
     np.testing.assert_allclose(medians, expected, rtol=1e-6)
+
+
+def _cytograph_enrichment(matrix: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    # cytograph's definition, written out per group: inside against every other column
+    scores = []
+    for g in np.unique(labels):
+        inside, outside = matrix[:, labels == g], matrix[:, labels != g]
+        f_in, f_out = (inside != 0).mean(axis=1), (outside != 0).mean(axis=1)
+        m_in, m_out = inside.mean(axis=1), outside.mean(axis=1)
+        scores.append((f_in + 0.1) / (f_out + 0.1) * (m_in + 0.01) / (m_out + 0.01))
+    return np.stack(scores, axis=1)
+
+
+def test_enrichment_matches_numpy(example_loom, arrays):
+    ds = loomx.open_loom(example_loom, chunks={"row": 64, "col": 128})
+    scores = ds.loom.enrichment("ClusterID", layer="spliced")
+    assert scores.dims == ("row", "ClusterID")
+    assert list(scores["ClusterID"].values) == list(np.unique(arrays["ClusterID"]))
+    expected = _cytograph_enrichment(arrays["spliced"].astype(np.float64), arrays["ClusterID"])
+    np.testing.assert_allclose(scores.values, expected, rtol=1e-10)
+    one = ds.assign_coords(ClusterID=("col", np.zeros(ds.sizes["col"], dtype=int)))
+    assert np.isnan(one.loom.enrichment("ClusterID").values).all()  # nothing outside
