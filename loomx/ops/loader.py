@@ -34,8 +34,10 @@ from typing import Any
 
 import numpy as np
 import xarray as xr
+from xarray.core.indexing import OuterIndexer
 
 from loomx._format import names as conv
+from loomx._read.layer import LayerArray
 from loomx.errors import LoomNameError
 
 __all__ = ["MODES", "BatchLoader", "batches"]
@@ -329,18 +331,36 @@ class BatchLoader:
         return _torch_class()(self)
 
 
+_RUN = 64
+"""Cells per contiguous run from which a read takes whole boxes rather than picks."""
+
+
 def _read_cells(data: Any, cells: np.ndarray) -> np.ndarray:
-    """The columns ``cells`` (sorted) of a layer's array as C-ordered rows: a loomx layer
-    reads only the HDF5 chunks holding them, each once."""
+    """The columns ``cells`` (sorted) of a layer's array as C-ordered rows.
+
+    A layer as loomx opened it is read through its backend array: contiguous runs of cells
+    (the blocks of ``"block"`` mode) as boxes, scattered cells as picks, each HDF5 chunk
+    once and without a dask graph; any other array through dask (or numpy)."""
+    out = np.empty((len(cells), data.shape[0]), data.dtype)
     if not len(cells):
-        return np.zeros((0, data.shape[0]), data.dtype)
-    if cells[-1] - cells[0] + 1 == len(cells) and not hasattr(data, "_source"):
-        block = data[:, int(cells[0]) : int(cells[-1]) + 1]
-    else:
+        return out
+    source = getattr(data, "_source", None)
+    if type(data) is not LayerArray or source is None or source.shape != data.shape:
         block = data[:, cells]
-    if hasattr(block, "compute"):
-        block = block.compute(scheduler="synchronous")
-    return np.ascontiguousarray(np.asarray(block).T)
+        if hasattr(block, "compute"):
+            block = block.compute(scheduler="synchronous")
+        out[:] = np.asarray(block).T
+        return out
+    runs = np.split(cells, np.flatnonzero(np.diff(cells) != 1) + 1)
+    if len(runs) * _RUN > len(cells):
+        out[:] = np.asarray(source[OuterIndexer((slice(None), cells))]).T
+        return out
+    at = 0
+    for run in runs:
+        box = source[OuterIndexer((slice(None), slice(int(run[0]), int(run[-1]) + 1)))]
+        out[at : at + len(run)] = np.asarray(box).T
+        at += len(run)
+    return out
 
 
 _TORCH_CLASS: list[type] = []

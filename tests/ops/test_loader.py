@@ -257,3 +257,17 @@ def test_bad_arguments_are_refused(loom, tmp_path: Path):
         ds.loom.batches(8, shard=(2, 2))
     with pytest.raises(ValueError, match="split"):
         ds.loom.batches(8).split(0)
+
+
+def test_a_layer_computed_from_another_reads_its_own_values(loom):
+    ds = loomx.open_loom(loom["path"])
+    ds["doubled"] = ds["matrix"] * 2
+    view = ds.isel(row=slice(10, 50))
+    for data, expected in (
+        (ds, loom["matrix"] * 2),
+        (view, loom["matrix"][10:50] * 2),
+    ):
+        for batch in data.loom.batches(64, layer="doubled", seed=1, mode="uniform"):
+            np.testing.assert_array_equal(batch["X"], expected[:, batch["index"]].T)
+    for batch in view.loom.batches(64, layer="matrix", seed=1):
+        np.testing.assert_array_equal(batch["X"], loom["matrix"][10:50, batch["index"]].T)
