@@ -3,9 +3,10 @@
 Blocks are computed on whatever scheduler the arrays use (threads, processes, a
 ``dask.distributed`` client) and handed, in the one process that holds the output open,
 to a :class:`Sink` that writes them: plain values through h5py's filters, or chunks that
-were already compressed in the tasks (:mod:`loomx._write.packing`) as they are.  Compressed
-chunks go to one writer thread through a short queue (:class:`Writer`), so that HDF5's
-serial chunk writes overlap the compression of the next blocks on every core.
+were already compressed in the tasks (:mod:`loomx._write.packing`) as they are.  Into new
+files and spools, compressed chunks go to one writer thread through a short queue
+(:class:`Writer`), so that HDF5's serial chunk writes overlap the compression of the next
+blocks on every core.
 """
 
 from __future__ import annotations
@@ -228,10 +229,21 @@ def scheduler_kind(get: Callable[..., Any]) -> str:
 
 
 def stream(
-    arrays: list[da.Array], sinks: list[Sink], get: Callable[..., Any], client: Any = None
+    arrays: list[da.Array],
+    sinks: list[Sink],
+    get: Callable[..., Any],
+    client: Any = None,
+    overlap: bool = False,
 ) -> None:
-    """Compute every block and hand it to its sink in this process, memory bounded; packed
-    blocks are written by one :class:`Writer` thread while the next ones compute."""
+    """Compute every block and hand it to its sink in this process, memory bounded.
+
+    With ``overlap``, packed blocks are written by one :class:`Writer` thread while the next
+    ones compute: for files no reader sees until they are complete (new files, spools).
+    Writes in place stay in the order the blocks arrive (the rollback journal and the crash
+    tests follow the writes step by step)."""
+    if not overlap:
+        _compute_into(arrays, sinks, get, client)
+        return
     writer = Writer()
     for sink in sinks:
         sink.writer = writer
@@ -331,10 +343,10 @@ def queue_columns(
             jobs.append((piece, Sink(dset, lock, col0=col0 + a)))
 
 
-def run_queue(jobs: list[tuple[da.Array, Sink]], client: Any = None) -> None:
+def run_queue(jobs: list[tuple[da.Array, Sink]], client: Any = None, overlap: bool = False) -> None:
     """Compute every queued ``(array, sink)`` and write it, on the current scheduler (or
-    through ``client``, a ``dask.distributed`` client)."""
+    through ``client``, a ``dask.distributed`` client); ``overlap``: see :func:`stream`."""
     if jobs:
         arrays = [arr for arr, _ in jobs]
         get = scheduler(arrays) or dask.threaded.get
-        stream(arrays, [sink for _, sink in jobs], get, client)
+        stream(arrays, [sink for _, sink in jobs], get, client, overlap)
