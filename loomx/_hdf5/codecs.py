@@ -3,10 +3,12 @@ exactly as HDF5's deflate filter stores it, and written with ``H5Dwrite_chunk``.
 
 Any zlib stream inflates through HDF5's filter, so the codec is free.  The default,
 ``libdeflate``, packs all chunks of a block in one compiled call that releases the GIL
-(:func:`loomx._hdf5.kernels.encode_chunks`); ``isal`` (from the ``fast`` extra) and ``zlib``
-compress one chunk per Python call, and ``zlib`` gives the very bytes HDF5's own filter
-writes at the same level.  Plain numpy and bytes, no dask: the writer runs these in its
-tasks.
+(:func:`loomx._hdf5.kernels.encode_chunks`); ``isal`` (from the ``fast`` extra) does the same
+through ISA-L's stateless deflate (:func:`loomx._hdf5.deflaters.deflate_tiles`), or one
+chunk per Python call where that kernel cannot run; ``zlib`` compresses one chunk per call
+and gives the very bytes HDF5's own filter writes at the same level.  The writer picks
+between the two batch kernels by their measured speed (:func:`fastest_codec`).  Plain
+numpy and bytes, no dask: the writer runs these in its tasks.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import time
 import zlib
 from collections.abc import Callable
 from functools import partial
@@ -21,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from loomx._hdf5 import deflaters as _deflaters
 from loomx._hdf5 import kernels as _kernels
 
 __all__ = [
@@ -28,6 +32,7 @@ __all__ = [
     "DEFAULT_CODEC",
     "compressor",
     "deflate_level",
+    "fastest_codec",
     "pack_block",
     "write_packed",
 ]
@@ -166,6 +171,8 @@ def pack_block(
     codec = codec or DEFAULT_CODEC
     if codec == "libdeflate" and level > 0 and _kernels.available():
         chunks, zeros = _encode_batched(values, rows, chunk_shape, level)
+    elif codec == "isal" and level > 0 and _deflaters.available():
+        chunks, zeros = _encode_isal(values, rows, chunk_shape, level)
     else:
         chunks, zeros = _encode_chunkwise(values, rows, chunk_shape, level, codec)
     raw = None
@@ -194,6 +201,63 @@ def _encode_batched(
     ends = bounds.tolist()
     chunks = [data[a:b] for a, b in itertools.pairwise(ends)]
     return chunks, frozenset(np.flatnonzero(zeros).tolist())
+
+
+def _encode_isal(
+    values: np.ndarray, rows: np.ndarray | None, chunk_shape: tuple[int, int], level: int
+) -> tuple[list[bytes], frozenset[int]]:
+    """Every chunk of the block cut out by numpy (edge chunks zero-padded) and compressed
+    by isal in one compiled call without the GIL."""
+    block = values if rows is None else values[rows]
+    (height, width), (cr, cc) = block.shape, chunk_shape
+    nr, nc = -(-height // cr), -(-width // cc)
+    if nr * nc == 0:
+        return [], frozenset()
+    if height % cr or width % cc:
+        padded = np.zeros((nr * cr, nc * cc), block.dtype)
+        padded[:height, :width] = block
+        block = padded
+    tiles = block.reshape(nr, cr, nc, cc).transpose(0, 2, 1, 3).reshape(nr * nc, cr * cc)
+    as_bytes = np.ascontiguousarray(tiles).view(np.uint8)
+    data, bounds = _deflaters.deflate_tiles(as_bytes, level)
+    raw = data.tobytes()
+    chunks = [raw[a:b] for a, b in itertools.pairwise(bounds.tolist())]
+    return chunks, frozenset(np.flatnonzero(~as_bytes.any(axis=1)).tolist())
+
+
+_FASTEST: dict[tuple[int, int, str], str] = {}
+
+
+def fastest_codec(level: int, chunk_nbytes: int) -> str:
+    """The codec the writer uses at ``level`` for chunks of ``chunk_nbytes``: the faster
+    of the two batch kernels (libdeflate's and isal's), measured once per process on
+    count-like data of that chunk size; :data:`DEFAULT_CODEC` when it is not libdeflate
+    (set by hand) or isal's kernel cannot run.
+
+    Examples
+    --------
+    >>> fastest_codec(2, 64 * 64 * 4) in CODECS  # doctest: +SKIP
+    True
+    """
+    if DEFAULT_CODEC != "libdeflate" or level == 0 or not _deflaters.available():
+        return DEFAULT_CODEC
+    key = (int(level), int(chunk_nbytes), DEFAULT_CODEC)
+    if key not in _FASTEST:
+        rng = np.random.default_rng(0)
+        n = max(1, (1 << 20) // max(1, chunk_nbytes))
+        counts = rng.negative_binomial(1, 0.3, n * max(1, chunk_nbytes // 4))
+        sample = (counts * (rng.random(counts.size) < 0.2)).astype(np.float32)
+        values = sample.view(np.uint8)[: n * chunk_nbytes].reshape(n, chunk_nbytes)
+        shape = (1, chunk_nbytes)
+        timings = {}
+        for codec in ("libdeflate", "isal"):
+            encode = _encode_batched if codec == "libdeflate" else _encode_isal
+            encode(values[:1], None, shape, level)  # compiled (or loaded) before timing
+            start = time.perf_counter()
+            encode(values, None, shape, level)
+            timings[codec] = time.perf_counter() - start
+        _FASTEST[key] = min(timings, key=timings.__getitem__)
+    return _FASTEST[key]
 
 
 def _encode_chunkwise(

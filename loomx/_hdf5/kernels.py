@@ -115,6 +115,22 @@ def extension_files(package: Any) -> list[str]:
     return [f for f in dict.fromkeys(files) if f.endswith(suffixes)]
 
 
+def external_functions(path: str, declare: Any) -> dict[str, Any] | None:
+    """C functions of the shared library at ``path`` for compiled kernels to call:
+    ``declare(numba.types)`` returns ``{key: types.ExternalFunction(symbol, signature)}``;
+    None where numba is missing or the library cannot be loaded."""
+    try:
+        import llvmlite.binding as llvm
+        from numba import types
+    except ImportError:
+        return None
+    try:
+        llvm.load_library_permanently(path)
+    except (OSError, RuntimeError):
+        return None
+    return declare(types)
+
+
 _LIB = _load()
 
 

@@ -92,7 +92,8 @@ def packed(
         chunk_shape=tuple(dset.chunks),
         dtype=dset.dtype,
         level=int(level),
-        codec=codec or _codecs.DEFAULT_CODEC,
+        codec=codec
+        or _codecs.fastest_codec(level, int(np.prod(dset.chunks)) * dset.dtype.itemsize),
         keep_raw=keep_raw,
         rows=rows,
     )

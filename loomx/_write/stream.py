@@ -3,7 +3,10 @@
 Blocks are computed on whatever scheduler the arrays use (threads, processes, a
 ``dask.distributed`` client) and handed, in the one process that holds the output open,
 to a :class:`Sink` that writes them: plain values through h5py's filters, or chunks that
-were already compressed in the tasks (:mod:`loomx._write.packing`) as they are.
+were already compressed in the tasks (:mod:`loomx._write.packing`) as they are.  Into new
+files and spools, compressed chunks go to one writer thread through a short queue
+(:class:`Writer`), so that HDF5's serial chunk writes overlap the compression of the next
+blocks on every core.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import concurrent.futures
 import itertools
 import os
+import queue
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -31,6 +35,7 @@ from loomx._write.storage import storage_of_dataset
 
 __all__ = [
     "Sink",
+    "Writer",
     "aligned",
     "current_client",
     "lost_scheduler",
@@ -61,16 +66,15 @@ class Sink:
         self.reference = reference
         self.equal = reference is not None
         self.col0 = col0
+        self.writer: Writer | None = None
 
     def __setitem__(self, key: tuple[slice, ...], value: Any) -> None:
         if isinstance(value, np.ndarray) and value.dtype.kind == "O":
             for packed in value.flat:
-                with self.lock:
-                    _codecs.write_packed(self.dset, packed)
-                    if self.equal:
-                        (r0, c0), raw = packed.origin, packed.raw
-                        region = (slice(r0, r0 + raw.shape[0]), slice(c0, c0 + raw.shape[1]))
-                        self._compare(region, raw)
+                if self.writer is not None:
+                    self.writer.put(self, packed)
+                else:
+                    self.write_packed(packed)
             return
         if hasattr(value, "todense"):
             value = value.todense()
@@ -86,10 +90,70 @@ class Sink:
             if self.equal:
                 self._compare(key, value)
 
+    def write_packed(self, packed: _codecs.PackedBlock) -> None:
+        """Write one packed block's chunks (and compare it with the reference)."""
+        with self.lock:
+            _codecs.write_packed(self.dset, packed)
+            if self.equal:
+                (r0, c0), raw = packed.origin, packed.raw
+                region = (slice(r0, r0 + raw.shape[0]), slice(c0, c0 + raw.shape[1]))
+                self._compare(region, raw)
+
     def _compare(self, key: tuple[slice, ...], value: np.ndarray) -> None:
         disk = np.asarray(self.reference[key])
         value = np.ascontiguousarray(value, dtype=disk.dtype)
         self.equal = disk.shape == value.shape and disk.tobytes() == value.tobytes()  # bitwise
+
+
+class Writer:
+    """One thread writing packed blocks into their sinks, fed through a queue of at most
+    ``depth`` blocks: the threads (or the loop) that compute blocks hand them over and go
+    on compressing while HDF5 writes chunks one at a time.
+
+    The first error of a write is raised to the next :meth:`put` and by :meth:`close`;
+    after it, queued blocks are dropped (the write fails as a whole).
+
+    Examples
+    --------
+    >>> writer = Writer()  # doctest: +SKIP
+    >>> writer.put(sink, packed)  # doctest: +SKIP
+    >>> writer.close()  # every block written, or the first error raised  # doctest: +SKIP
+    """
+
+    def __init__(self, depth: int = 2) -> None:
+        self.queue: queue.Queue[tuple[Sink, Any] | None] = queue.Queue(max(1, depth))
+        self.error: BaseException | None = None
+        self.written = 0
+        self.thread = threading.Thread(target=self._run, name="loomx-writer", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (item := self.queue.get()) is not None:
+            if self.error is None:
+                sink, packed = item
+                try:
+                    sink.write_packed(packed)
+                    self.written += 1
+                except BaseException as err:  # raised again in the caller's thread
+                    self.error = err
+
+    def put(self, sink: Sink, packed: Any) -> None:
+        """Queue ``packed`` for ``sink``, waiting while the queue is full."""
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                self.queue.put((sink, packed), timeout=0.05)
+                return
+            except queue.Full:
+                continue
+
+    def close(self, raise_error: bool = True) -> None:
+        """Wait until every queued block is written; raise the first write error."""
+        self.queue.put(None)
+        self.thread.join()
+        if raise_error and self.error is not None:
+            raise self.error
 
 
 def aligned(arr: da.Array, chunks: tuple[int, int], col0: int = 0) -> da.Array:
@@ -165,9 +229,39 @@ def scheduler_kind(get: Callable[..., Any]) -> str:
 
 
 def stream(
+    arrays: list[da.Array],
+    sinks: list[Sink],
+    get: Callable[..., Any],
+    client: Any = None,
+    overlap: bool = False,
+) -> None:
+    """Compute every block and hand it to its sink in this process, memory bounded.
+
+    With ``overlap``, packed blocks are written by one :class:`Writer` thread while the next
+    ones compute: for files no reader sees until they are complete (new files, spools).
+    Writes in place stay in the order the blocks arrive (the rollback journal and the crash
+    tests follow the writes step by step)."""
+    if not overlap:
+        _compute_into(arrays, sinks, get, client)
+        return
+    writer = Writer()
+    for sink in sinks:
+        sink.writer = writer
+    try:
+        _compute_into(arrays, sinks, get, client)
+    except BaseException:
+        writer.close(raise_error=False)
+        raise
+    else:
+        writer.close()
+    finally:
+        for sink in sinks:
+            sink.writer = None
+
+
+def _compute_into(
     arrays: list[da.Array], sinks: list[Sink], get: Callable[..., Any], client: Any = None
 ) -> None:
-    """Compute every block and hand it to its sink in this process, memory bounded."""
     kind = scheduler_kind(get)
     if kind == "local":
         da.store(arrays, sinks, lock=False, scheduler=get)
@@ -249,10 +343,10 @@ def queue_columns(
             jobs.append((piece, Sink(dset, lock, col0=col0 + a)))
 
 
-def run_queue(jobs: list[tuple[da.Array, Sink]], client: Any = None) -> None:
+def run_queue(jobs: list[tuple[da.Array, Sink]], client: Any = None, overlap: bool = False) -> None:
     """Compute every queued ``(array, sink)`` and write it, on the current scheduler (or
-    through ``client``, a ``dask.distributed`` client)."""
+    through ``client``, a ``dask.distributed`` client); ``overlap``: see :func:`stream`."""
     if jobs:
         arrays = [arr for arr, _ in jobs]
         get = scheduler(arrays) or dask.threaded.get
-        stream(arrays, [sink for _, sink in jobs], get, client)
+        stream(arrays, [sink for _, sink in jobs], get, client, overlap)

@@ -91,7 +91,7 @@ def write_content(f: h5py.File, plan: WritePlan, reference: h5py.File | None, cl
             lazy.append((_packing.packed(aligned, dset, level, keep_raw=ref is not None), sink))
         elif data.size:
             lazy.append((_stream.aligned(data, dset.chunks or dset.shape), sink))
-    _stream.run_queue(lazy, client)
+    _stream.run_queue(lazy, client, overlap=True)  # into a new file or a spool
     skip = {layer.h5path for layer, sink in sinks if sink.equal}
     written = [layer.h5path for layer in plan.layers if layer.h5path not in skip]
     return written + list(plan.arrays) + list(plan.graphs)

@@ -18,6 +18,7 @@ from loomx._format import graphs
 from loomx._format import names as conv
 from loomx._write import writer as _writer
 from loomx.errors import LoomNameError, LoomTypeError
+from loomx.ops import loader as _loader
 from loomx.ops import operations as ops
 from loomx.ops import qc
 
@@ -366,6 +367,18 @@ class LoomAccessor:
         ...     totals[idx] = view["matrix"].sum("row").values
         """
         return ops.scan(self._ds, dim or self.dims[1], batch_size, items, layers, prefetch)
+
+    def batches(self, batch_size: int = 256, **kwargs: Any) -> _loader.BatchLoader:
+        """Minibatches of cells for training (dicts of numpy arrays, cells x genes); see
+        :func:`loomx.ops.loader.batches` for ``layer``, ``attrs``, ``shuffle``, ``seed``,
+        ``epoch``, ``mode`` (``"block"`` or ``"uniform"``) and the rest.
+
+        Examples
+        --------
+        >>> for batch in ds.loom.batches(256, attrs=["ClusterID"], seed=0):  # doctest: +SKIP
+        ...     x, y = batch["X"], batch["ClusterID"]
+        """
+        return _loader.batches(self._ds, batch_size, **kwargs)
 
     def map_vectors(
         self,

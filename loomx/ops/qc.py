@@ -168,7 +168,7 @@ def _select(a, lo, hi, k):  # pragma: no cover - compiled
 
 
 @compiled
-def _top_sums(block, nnz, ns):  # pragma: no cover - compiled
+def _select_top_sums(block, nnz, ns):  # pragma: no cover - compiled
     """Sum of the ``n`` largest values of each cell (column) for each ``n`` in ``ns``
     (ascending), zeros included: the non-zeros of each cell are compacted, padded with
     enough zeros, then selected rank by rank from the largest ``n`` down."""
@@ -202,6 +202,103 @@ def _top_sums(block, nnz, ns):  # pragma: no cover - compiled
                 acc += values[j]
             top[i, c] = acc
     return top
+
+
+_BINS = 256
+"""Whole counts below this are counted in bins by :func:`_count_top_sums`; larger values
+are kept and sorted (few per cell in count data)."""
+
+_TILE = 512
+"""Cells counted at once by :func:`_count_top_sums` (its bins: ``_TILE * _BINS`` int32)."""
+
+
+@compiled
+def _count_top_sums(block, ns):  # pragma: no cover - compiled
+    """:func:`_top_sums` of counts without selection: one sweep counts each cell's whole
+    values below ``_BINS`` in bins and keeps the larger ones; then the largest values are
+    taken bin by bin from the top.  ``ok`` is False (and ``top`` unfinished) as soon as a
+    value is negative or a non-whole number below ``_BINS``."""
+    n_genes, n_cells = block.shape
+    top = np.zeros((ns.size, n_cells))
+    hist = np.zeros((_TILE, _BINS), np.int32)
+    kept = np.empty(64)
+    kept_cell = np.empty(64, np.int64)
+    for t0 in range(0, n_cells, _TILE):
+        t1 = min(t0 + _TILE, n_cells)
+        hist[:] = 0
+        n_kept = 0
+        for g in range(n_genes):
+            row = block[g]
+            for c in range(t0, t1):
+                v = row[c]
+                if v != 0:
+                    f = np.float64(v)
+                    if f >= _BINS:
+                        if n_kept == kept.size:
+                            kept = np.concatenate((kept, np.empty(kept.size)))
+                            kept_cell = np.concatenate(
+                                (kept_cell, np.empty(kept_cell.size, np.int64))
+                            )
+                        kept[n_kept] = f
+                        kept_cell[n_kept] = c
+                        n_kept += 1
+                    else:
+                        b = np.int64(f)
+                        if b != f or f < 0:
+                            return top, False
+                        hist[c - t0, b] += 1
+        order = np.argsort(kept_cell[:n_kept], kind="mergesort")
+        start = 0
+        for c in range(t0, t1):
+            stop = start
+            while stop < n_kept and kept_cell[order[stop]] == c:
+                stop += 1
+            large = np.sort(kept[order[start:stop]])
+            start = stop
+            i = 0
+            taken = 0
+            acc = 0.0
+            for j in range(large.size - 1, -1, -1):
+                while i < ns.size and taken == ns[i]:
+                    top[i, c] = acc
+                    i += 1
+                if i == ns.size:
+                    break
+                acc += large[j]
+                taken += 1
+            for b in range(_BINS - 1, 0, -1):
+                k = np.int64(hist[c - t0, b])
+                while k > 0 and i < ns.size:
+                    need = ns[i] - taken
+                    if need <= k:
+                        acc += need * b
+                        taken += need
+                        k -= need
+                        top[i, c] = acc
+                        i += 1
+                    else:
+                        acc += k * b
+                        taken += k
+                        k = 0
+                if i == ns.size:
+                    break
+            while i < ns.size:
+                top[i, c] = acc
+                i += 1
+    return top, True
+
+
+@compiled
+def _top_sums(block, nnz, ns):  # pragma: no cover - compiled
+    """Sum of the ``n`` largest values of each cell (column) for each ``n`` in ``ns``
+    (ascending), zeros included: counted in bins for counts (:func:`_count_top_sums`),
+    else selected (:func:`_select_top_sums`); no sort per cell either way."""
+    if ns.size == 0:
+        return np.zeros((0, block.shape[1]))
+    top, ok = _count_top_sums(block, ns)
+    if ok:
+        return top
+    return _select_top_sums(block, nnz, ns)
 
 
 _KERNEL_DTYPES = frozenset("bBhHiIlLqQfd")

@@ -128,3 +128,85 @@ def test_only_whole_chunks_are_packed(tmp_path: Path, col0: int, k: int) -> None
         if pack:
             assert start % 64 == 0 and (stop % 64 == 0 or stop == 254), (start, stop)
     assert any(packed) == (k - (-col0 % 64) >= 64 or (col0 + k == 254 and col0 % 64 == 0))
+
+
+@pytest.mark.parametrize("scheduler", ["threads", "sync"])
+@pytest.mark.parametrize("slow", [False, True])
+def test_packed_blocks_are_written_by_one_writer_thread(tmp_path, monkeypatch, scheduler, slow):
+    import threading
+    import time
+
+    from loomx._hdf5 import codecs as _codecs
+
+    writers: list[str] = []
+    real = _codecs.write_packed
+
+    def record(dset, packed, fresh=True):
+        writers.append(threading.current_thread().name)
+        if slow:  # the write still queued when every block has been computed
+            time.sleep(0.2)
+        return real(dset, packed, fresh)
+
+    monkeypatch.setattr(_codecs, "write_packed", record)
+    ds = make_ds(chunks=(64, 64))
+    with dask.config.set(scheduler=scheduler):
+        to_loom(ds, tmp_path / "w.loom")
+    assert writers and set(writers) == {"loomx-writer"}
+    with h5py.File(tmp_path / "w.loom", "r") as f:
+        np.testing.assert_array_equal(f["matrix"][:], ds["matrix"].values)
+
+
+@pytest.mark.parametrize("mode", ["w", "a"])
+def test_a_failing_chunk_write_fails_the_write_and_leaves_the_file(tmp_path, monkeypatch, mode):
+    from conftest import temp_files
+
+    from loomx._hdf5 import codecs as _codecs
+
+    target = tmp_path / "t.loom"
+    if mode == "a":
+        to_loom(make_ds(), target)
+    before = target.read_bytes() if mode == "a" else None
+    calls = []
+    real = _codecs.write_packed
+
+    def fail_second(dset, packed, fresh=True):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full (injected)")
+        return real(dset, packed, fresh)
+
+    monkeypatch.setattr(_codecs, "write_packed", fail_second)
+    ds = make_ds(seed=1, chunks=(64, 64))
+    ds["extra"] = ds["matrix"] * 3
+    with pytest.raises(OSError, match="disk full"):
+        to_loom(ds, target, mode=mode)
+    if mode == "a":
+        assert target.read_bytes() == before
+    else:
+        assert not target.exists()
+    assert temp_files(tmp_path) == []
+
+
+def test_the_writer_queue_holds_at_most_depth_blocks():
+    import threading
+
+    release = threading.Event()
+    written = []
+
+    class SlowSink:
+        def write_packed(self, packed):
+            release.wait()
+            written.append(packed)
+
+    writer = _stream.Writer(depth=2)
+    sink = SlowSink()
+    for k in range(3):  # one in the writer's hands, two queued
+        writer.put(sink, k)
+    blocked = threading.Thread(target=writer.put, args=(sink, 3))
+    blocked.start()
+    blocked.join(timeout=0.3)
+    assert blocked.is_alive() and writer.queue.qsize() == 2
+    release.set()
+    blocked.join()
+    writer.close()
+    assert written == [0, 1, 2, 3] and writer.written == 4
