@@ -245,7 +245,7 @@ def fastest_codec(level: int, chunk_nbytes: int) -> str:
     if key not in _FASTEST:
         rng = np.random.default_rng(0)
         n = max(1, (1 << 20) // max(1, chunk_nbytes))
-        counts = rng.negative_binomial(1, 0.3, n * max(1, chunk_nbytes // 4))
+        counts = rng.negative_binomial(1, 0.3, -(-n * chunk_nbytes // 4))
         sample = (counts * (rng.random(counts.size) < 0.2)).astype(np.float32)
         values = sample.view(np.uint8)[: n * chunk_nbytes].reshape(n, chunk_nbytes)
         shape = (1, chunk_nbytes)

@@ -159,3 +159,9 @@ def test_pack_block_refuses_bad_levels_and_codecs():
     assert block.grid == (1, 2)
     assert block.offsets((4, 4)) == [(64, 128), (64, 132)]
     assert zlib.decompress(block.chunks[1]) == bytes([1, 0, 0, 0] * 3 + [0] * 4)
+
+
+@pytest.mark.parametrize("chunk_nbytes", [1, 3, 6, 7 * 13 * 4, 64 * 64 * 4])
+def test_the_fastest_codec_is_measured_for_any_chunk_size(chunk_nbytes):
+    """Chunks of int8 (2, 3) are 6 bytes: the sample is cut into whole chunks of any size."""
+    assert _codecs.fastest_codec(2, chunk_nbytes) in _codecs.CODECS

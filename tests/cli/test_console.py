@@ -212,7 +212,8 @@ def test_a_missing_optional_package_names_the_extra(tmp_path):
     )
     source = tmp_path / "x.h5ad"
     source.write_bytes(b"")
-    env = {**os.environ, "PYTHONPATH": f"{shim.parent}{os.pathsep}{os.environ['PYTHONPATH']}"}
+    paths = [str(shim.parent), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     done = subprocess.run(
         [str(LOOMX_SCRIPT), "convert", str(source), str(tmp_path / "x.loom")],
         capture_output=True,
