@@ -189,7 +189,11 @@ def main(argv: list[str] | None = None) -> None:
         else:
             parser.error("give a file or --make ROWS COLS")
         name = "seed.loom"
-        os.symlink(os.path.abspath(source), os.path.join(folder, name))
+        served_copy = os.path.join(folder, name)  # the servers serve only files in their folder
+        try:
+            os.link(source, served_copy)
+        except OSError:  # another filesystem
+            shutil.copyfile(source, served_copy)
         p = plan(source, args.seed)
         with h5py.File(source, "r") as f:
             shape, chunks = f["matrix"].shape, f["matrix"].chunks
