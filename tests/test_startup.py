@@ -28,7 +28,7 @@ WORKLOAD = textwrap.dedent(
     ds["log1p"] = np.log1p(ds["matrix"])
     loomx.to_loom(ds, target)  # the encode kernel
     report = {}
-    for module in ("loomx._hdf5.kernels", "loomx._read.layer", "loomx.ops.qc"):
+    for module in ("loomx._hdf5.kernels", "loomx._read.layer", "loomx.ops.qc_kernels"):
         for name, f in vars(importlib.import_module(module)).items():
             if isinstance(f, CPUDispatcher) and f.signatures:
                 report[f"{module}.{name}"] = {

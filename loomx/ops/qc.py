@@ -32,12 +32,12 @@ import xarray as xr
 from loomx._format import names as conv
 from loomx._format import spec as _spec
 from loomx._hdf5.filesystem import move_into_place, temporary_file
-from loomx._hdf5.kernels import compiled
 from loomx._read import chunking as _chunking
 from loomx._read.backend import chunk_layers, open_loom
 from loomx._write.maintain import delete
 from loomx._write.writer import to_loom
 from loomx.errors import LoomFormatError, LoomNameError
+from loomx.ops.qc_kernels import band_stats
 
 __all__ = ["assign_qc", "calculate_qc_metrics", "qc_file"]
 
@@ -99,224 +99,6 @@ def mito_mask(symbols: Any, prefixes: Sequence[str]) -> np.ndarray:
     values = np.asarray(symbols)
     text = [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
     return np.array([t.startswith(tuple(prefixes)) for t in text], dtype=bool)
-
-
-@compiled(fastmath={"reassoc", "contract"})
-def _accumulate(block, mito):  # pragma: no cover - compiled
-    """Per cell (total, non-zeros, mitochondrial total) and per gene (sum, sum of squares,
-    non-zeros) of a band ``block`` (genes x cells), in one row-major sweep without
-    branches (so that it vectorises)."""
-    n_genes, n_cells = block.shape
-    total = np.zeros(n_cells)
-    nnz = np.zeros(n_cells, dtype=np.int64)
-    mt = np.zeros(n_cells)
-    gsum = np.zeros(n_genes)
-    gsq = np.zeros(n_genes)
-    gnnz = np.zeros(n_genes, dtype=np.int64)
-    for g in range(n_genes):
-        row = block[g]
-        s = 0.0
-        q = 0.0
-        k = 0
-        for c in range(n_cells):
-            x = np.float64(row[c])
-            nz = x != 0
-            total[c] += x
-            nnz[c] += nz
-            s += x
-            q += x * x
-            k += nz
-        if mito[g]:
-            for c in range(n_cells):
-                mt[c] += np.float64(row[c])
-        gsum[g] = s
-        gsq[g] = q
-        gnnz[g] = k
-    return total, nnz, mt, gsum, gsq, gnnz
-
-
-@compiled
-def _select(a, lo, hi, k):  # pragma: no cover - compiled
-    """Rearrange ``a[lo:hi]`` in place so that ``a[k]`` holds the value of rank ``k``
-    (ascending), values before it no greater and values after it no smaller (3-way
-    quickselect, median-of-three pivots: fast with the many ties of counts)."""
-    while hi - lo > 1:
-        x, y, z = a[lo], a[(lo + hi) // 2], a[hi - 1]
-        pivot = max(min(x, y), min(max(x, y), z))
-        lt = lo
-        i = lo
-        gt = hi
-        while i < gt:
-            v = a[i]
-            if v < pivot:
-                a[i] = a[lt]
-                a[lt] = v
-                lt += 1
-                i += 1
-            elif v > pivot:
-                gt -= 1
-                a[i] = a[gt]
-                a[gt] = v
-            else:
-                i += 1
-        if k < lt:
-            hi = lt
-        elif k >= gt:
-            lo = gt
-        else:
-            return
-
-
-@compiled
-def _select_top_sums(block, nnz, ns):  # pragma: no cover - compiled
-    """Sum of the ``n`` largest values of each cell (column) for each ``n`` in ``ns``
-    (ascending), zeros included: the non-zeros of each cell are compacted, padded with
-    enough zeros, then selected rank by rank from the largest ``n`` down."""
-    n_genes, n_cells = block.shape
-    top = np.zeros((ns.size, n_cells))
-    if ns.size == 0:
-        return top
-    top_n = ns[-1]
-    offsets = np.zeros(n_cells + 1, dtype=np.int64)
-    for c in range(n_cells):
-        offsets[c + 1] = offsets[c] + nnz[c] + min(n_genes - nnz[c], top_n)
-    values = np.zeros(offsets[-1])  # the padding zeros are already there
-    fill = offsets[:-1].copy()
-    for g in range(n_genes):
-        row = block[g]
-        for c in range(n_cells):
-            v = row[c]
-            if v != 0:
-                values[fill[c]] = v
-                fill[c] += 1
-    for c in range(n_cells):
-        lo = offsets[c]
-        hi = offsets[c + 1]
-        for i in range(ns.size - 1, -1, -1):
-            start = max(lo, hi - ns[i])
-            if start > lo:
-                _select(values, lo, hi, start)
-                lo = start
-            acc = 0.0
-            for j in range(lo, hi):
-                acc += values[j]
-            top[i, c] = acc
-    return top
-
-
-_BINS = 256
-"""Whole counts below this are counted in bins by :func:`_count_top_sums`; larger values
-are kept and sorted (few per cell in count data)."""
-
-_TILE = 512
-"""Cells counted at once by :func:`_count_top_sums` (its bins: ``_TILE * _BINS`` int32)."""
-
-
-@compiled
-def _count_top_sums(block, ns):  # pragma: no cover - compiled
-    """:func:`_top_sums` of counts without selection: one sweep counts each cell's whole
-    values below ``_BINS`` in bins and keeps the larger ones; then the largest values are
-    taken bin by bin from the top.  ``ok`` is False (and ``top`` unfinished) as soon as a
-    value is negative or a non-whole number below ``_BINS``."""
-    n_genes, n_cells = block.shape
-    top = np.zeros((ns.size, n_cells))
-    hist = np.zeros((_TILE, _BINS), np.int32)
-    kept = np.empty(64)
-    kept_cell = np.empty(64, np.int64)
-    for t0 in range(0, n_cells, _TILE):
-        t1 = min(t0 + _TILE, n_cells)
-        hist[:] = 0
-        n_kept = 0
-        for g in range(n_genes):
-            row = block[g]
-            for c in range(t0, t1):
-                v = row[c]
-                if v != 0:
-                    f = np.float64(v)
-                    if f >= _BINS:
-                        if n_kept == kept.size:
-                            kept = np.concatenate((kept, np.empty(kept.size)))
-                            kept_cell = np.concatenate(
-                                (kept_cell, np.empty(kept_cell.size, np.int64))
-                            )
-                        kept[n_kept] = f
-                        kept_cell[n_kept] = c
-                        n_kept += 1
-                    else:
-                        b = np.int64(f)
-                        if b != f or f < 0:
-                            return top, False
-                        hist[c - t0, b] += 1
-        order = np.argsort(kept_cell[:n_kept], kind="mergesort")
-        start = 0
-        for c in range(t0, t1):
-            stop = start
-            while stop < n_kept and kept_cell[order[stop]] == c:
-                stop += 1
-            large = np.sort(kept[order[start:stop]])
-            start = stop
-            i = 0
-            taken = 0
-            acc = 0.0
-            for j in range(large.size - 1, -1, -1):
-                while i < ns.size and taken == ns[i]:
-                    top[i, c] = acc
-                    i += 1
-                if i == ns.size:
-                    break
-                acc += large[j]
-                taken += 1
-            for b in range(_BINS - 1, 0, -1):
-                k = np.int64(hist[c - t0, b])
-                while k > 0 and i < ns.size:
-                    need = ns[i] - taken
-                    if need <= k:
-                        acc += need * b
-                        taken += need
-                        k -= need
-                        top[i, c] = acc
-                        i += 1
-                    else:
-                        acc += k * b
-                        taken += k
-                        k = 0
-                if i == ns.size:
-                    break
-            while i < ns.size:
-                top[i, c] = acc
-                i += 1
-    return top, True
-
-
-@compiled
-def _top_sums(block, nnz, ns):  # pragma: no cover - compiled
-    """Sum of the ``n`` largest values of each cell (column) for each ``n`` in ``ns``
-    (ascending), zeros included: counted in bins for counts (:func:`_count_top_sums`),
-    else selected (:func:`_select_top_sums`); no sort per cell either way."""
-    if ns.size == 0:
-        return np.zeros((0, block.shape[1]))
-    top, ok = _count_top_sums(block, ns)
-    if ok:
-        return top
-    return _select_top_sums(block, nnz, ns)
-
-
-_KERNEL_DTYPES = frozenset("bBhHiIlLqQfd")
-
-
-def _band_stats(block: np.ndarray, mito: np.ndarray, ns: np.ndarray) -> dict[str, np.ndarray]:
-    block = np.asarray(block)
-    if block.dtype.char not in _KERNEL_DTYPES:
-        block = block.astype(np.float64)
-    block = np.ascontiguousarray(block)
-    total, nnz, mt, gsum, gsq, gnnz = _accumulate(block, mito)
-    top = _top_sums(block, nnz, ns)
-    return {
-        "cells": np.vstack((total, nnz, mt, top)),
-        "sum": gsum,
-        "sumsq": gsq,
-        "nnz": gnnz,
-    }
 
 
 def _add_genes(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -417,13 +199,13 @@ def calculate_qc_metrics(
     )
     _warn_without_mito(mito_prefixes, symbols, int(mito.sum()))
     data = _bands(var, row_dim, col_dim)
-    band_stats = [
-        dask.delayed(_band_stats, pure=True)(block, mito, ns) for block in data.to_delayed()[0]
+    per_band = [
+        dask.delayed(band_stats, pure=True)(block, mito, ns) for block in data.to_delayed()[0]
     ]
-    if band_stats:
-        cell_parts = [dask.delayed(_cells_only, pure=True)(s) for s in band_stats]
+    if per_band:
+        cell_parts = [dask.delayed(_cells_only, pure=True)(s) for s in per_band]
         cells_raw = dask.delayed(np.hstack, pure=True)(cell_parts)
-        genes_raw = _tree_sum([dask.delayed(_genes_only, pure=True)(s) for s in band_stats])
+        genes_raw = _tree_sum([dask.delayed(_genes_only, pure=True)(s) for s in per_band])
     else:
         cells_raw = np.zeros((3 + ns.size, 0))
         genes_raw = {

@@ -131,45 +131,6 @@ def test_percent_top_handles_negative_values_as_scanpy():
     assert_matches_scanpy(cells, genes, obs, var, matrix, rtol=1e-9)
 
 
-def sorted_top_sums(block: np.ndarray, ns: np.ndarray) -> np.ndarray:
-    """Sum of the ``n`` largest values of each column, by a full sort (the reference)."""
-    descending = -np.sort(-block.astype(np.float64), axis=0)
-    return np.stack([descending[:n].sum(axis=0) for n in ns])
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.uint16, np.int64, np.float64])
-def test_counted_top_sums_equal_a_sort(dtype):
-    """The counting pass (whole counts in bins, large ones kept) over more cells than one
-    tile, with ties at every rank, values above the bins and empty cells."""
-    from loomx.ops import qc
-
-    rng = np.random.default_rng(7)
-    block = rng.negative_binomial(1, 0.3, (700, 1100)) * (rng.random((700, 1100)) < 0.3)
-    block[:40, 3] = 255 + np.arange(40)  # values beyond the bins, one cell
-    block[::3, 600] = 1000  # many large values in a cell of the second tile
-    block[:, 9] = 0  # an empty cell
-    block = block.astype(dtype)
-    ns = np.array([1, 5, 50, 233, 700])
-    counted, ok = qc._count_top_sums(block, ns)
-    assert ok
-    np.testing.assert_array_equal(counted, sorted_top_sums(block, ns))
-    nnz = (block != 0).sum(axis=0)
-    np.testing.assert_array_equal(qc._top_sums(block, nnz, ns), counted)
-
-
-@pytest.mark.parametrize("bad", ["fraction", "negative"])
-def test_top_sums_of_values_that_are_not_counts_fall_back_to_selection(bad):
-    from loomx.ops import qc
-
-    rng = np.random.default_rng(8)
-    block = rng.poisson(2, (300, 70)).astype(np.float64)
-    block[150, 40] = 2.5 if bad == "fraction" else -1.0
-    ns = np.array([1, 10, 100])
-    assert not qc._count_top_sums(block, ns)[1]
-    nnz = (block != 0).sum(axis=0)
-    np.testing.assert_allclose(qc._top_sums(block, nnz, ns), sorted_top_sums(block, ns))
-
-
 def test_top_percentages_of_large_counts_equal_scanpy(tmp_path):
     rng = np.random.default_rng(9)
     matrix = (rng.negative_binomial(1, 0.004, (640, 90)) * (rng.random((640, 90)) < 0.4)).astype(
