@@ -162,22 +162,43 @@ LOADERS = ["loader_block", "loader_uniform", "uniform_chunk_bound"]
 
 
 def child(tool: str, name: str, path: str) -> None:
+    """Run one method; the tool's import is timed apart (``import_s``), the rest is ``seconds``.
+
+    ``seconds`` includes opening the file and every first read (chunk indexes, caches).
+    """
     start = time.perf_counter()
+    if tool == "loomx":
+        import dask.array  # noqa: F401
+
+        import loomx  # noqa: F401
+    else:
+        import loompy  # noqa: F401
+    imported = time.perf_counter()
     result = METHODS[tool](name, path)
-    seconds = time.perf_counter() - start
+    seconds = time.perf_counter() - imported
     with open("/proc/self/status") as fh:
         peak = next(int(line.split()[1]) / 1024 for line in fh if line.startswith("VmHWM:"))
     out = np.asarray(result, dtype=np.float64)
     digest = [float(np.nansum(out)), int(out.size)]
-    print(json.dumps({"seconds": seconds, "peak_mb": peak, "digest": digest}))
+    imports = imported - start
+    print(json.dumps({"seconds": seconds, "import_s": imports, "peak_mb": peak, "digest": digest}))
 
 
-def measure(tool: str, name: str, path: str) -> dict[str, Any]:
+def measure(tool: str, name: str, path: str, timeout: float | None = None) -> dict[str, Any]:
+    """One method in a fresh process; ``{"timeout": seconds}`` if it ran past ``timeout``."""
     cmd = [sys.executable, "-m", "benchmarks.reports.scale_report", "--child", tool, name, path]
-    done = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"timeout": timeout}
     if done.returncode:
         raise RuntimeError(f"{tool} {name} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _emit(line: str) -> str:
+    print(line, flush=True)
+    return line
 
 
 def _check(a: dict[str, Any], b: dict[str, Any], what: str) -> None:
@@ -186,29 +207,46 @@ def _check(a: dict[str, Any], b: dict[str, Any], what: str) -> None:
         raise AssertionError(f"{what}: loomx {a['digest']} and the peer {b['digest']} differ")
 
 
-def seed_table(path: str, skip_loompy: set[str]) -> list[str]:
+def seed_table(
+    path: str,
+    skip_loompy: set[str],
+    only: list[str] | None = None,
+    loaders: bool = True,
+    timeout: float | None = None,
+) -> list[str]:
+    """The seed table; each line is printed as soon as it is measured."""
     lines = [
-        "| operation | loomx s | loomx peak MB | loompy s | loompy peak MB | speed-up |",
-        "| --- | ---: | ---: | ---: | ---: | ---: |",
+        _emit(
+            "| operation | loomx s | loomx peak MB | loomx import s "
+            "| loompy s | loompy peak MB | loompy import s | speed-up |"
+        ),
+        _emit("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"),
     ]
-    for name in SEED_ROWS:
+    for name in only or SEED_ROWS:
         ours = measure("loomx", name, path)
         peer = None
         if name != "qc" and name not in skip_loompy:
-            peer = measure("loompy", name, path)
-            _check(ours, peer, name)
-        cells = [f"{ours['seconds']:.2f}", f"{ours['peak_mb']:.0f}"]
+            peer = measure("loompy", name, path, timeout)
+            if "timeout" not in peer:
+                _check(ours, peer, name)
+        cells = [f"{ours['seconds']:.2f}", f"{ours['peak_mb']:.0f}", f"{ours['import_s']:.1f}"]
         if peer is None:
-            cells += ["", "", ""]
+            cells += ["", "", "", ""]
+        elif "timeout" in peer:
+            stopped = [f"> {timeout:.0f} (stopped)", "", ""]
+            cells += [*stopped, f"> {timeout / ours['seconds']:.0f}x"]
         else:
             ratio = peer["seconds"] / ours["seconds"]
-            cells += [f"{peer['seconds']:.2f}", f"{peer['peak_mb']:.0f}", f"{ratio:.1f}x"]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            cells += [f"{peer['seconds']:.2f}", f"{peer['peak_mb']:.0f}", f"{peer['import_s']:.1f}"]
+            cells.append(f"{ratio:.1f}x")
+        lines.append(_emit(f"| {name} | " + " | ".join(cells) + " |"))
+    if not loaders:
+        return lines
     full = measure("loomx", "fullpass", path)
     lines += [
-        "",
-        "| loader | s | peak MB | cells/s | of the full pass |",
-        "| --- | ---: | ---: | ---: | ---: |",
+        _emit(""),
+        _emit("| loader | s | peak MB | cells/s | of the full pass |"),
+        _emit("| --- | ---: | ---: | ---: | ---: |"),
     ]
     n_cells = full["digest"][1]
     for name in LOADERS:
@@ -216,31 +254,52 @@ def seed_table(path: str, skip_loompy: set[str]) -> list[str]:
         _check(r, full, name)
         share = full["seconds"] / r["seconds"]
         lines.append(
-            f"| {name} | {r['seconds']:.2f} | {r['peak_mb']:.0f} | "
-            f"{n_cells / r['seconds']:,.0f} | {share:.0%} |"
+            _emit(
+                f"| {name} | {r['seconds']:.2f} | {r['peak_mb']:.0f} | "
+                f"{n_cells / r['seconds']:,.0f} | {share:.0%} |"
+            )
         )
     return lines
 
 
-def scaling_table(folder: Path, rows: int, sizes: list[int]) -> list[str]:
+def scaling_table(
+    folder: Path,
+    rows: int,
+    sizes: list[int],
+    methods: list[str] | None = None,
+    files: list[Path] | None = None,
+) -> list[str]:
+    """Time and peak memory against the number of cells, one line per file.
+
+    ``files`` are measured as they are; otherwise ``folder/scale_{rows}x{cols}.loom`` for
+    each size, written by :func:`make` when absent.
+    """
+    methods = methods or ["fullpass", "loader_block", "loader_uniform"]
+    head = ["cells", *(f"{name} {unit}" for name in methods for unit in ("s", "MB"))]
+    head += [f"{name} cells/s" for name in methods]
     lines = [
-        "| cells | fullpass s | MB | loader_block s | MB | loader_uniform s | MB |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        _emit("| file | " + " | ".join(head) + " |"),
+        _emit("| --- | " + " | ".join("---:" for _ in head) + " |"),
     ]
-    for cols in sizes:
-        path = folder / f"scale_{rows}x{cols}.loom"
-        if not path.exists():
-            make(folder, rows, cols, name=path.name)
-        cells = [f"{cols:,}"]
-        full = None
-        for name in ("fullpass", "loader_block", "loader_uniform"):
+    if files is None:
+        files = []
+        for cols in sizes:
+            path = folder / f"scale_{rows}x{cols}.loom"
+            if not path.exists():
+                make(folder, rows, cols, name=path.name)
+            files.append(path)
+    for path in files:
+        full, cells, rates = None, [], []
+        for name in methods:
             r = measure("loomx", name, str(path))
             if full is None:
                 full = r
             else:
                 _check(r, full, name)
             cells += [f"{r['seconds']:.2f}", f"{r['peak_mb']:.0f}"]
-        lines.append("| " + " | ".join(cells) + " |")
+            rates.append(f"{full['digest'][1] / r['seconds']:,.0f}")
+        n = f"{full['digest'][1]:,}" if full else ""
+        lines.append(_emit(f"| {path.name} | {n} | " + " | ".join(cells + rates) + " |"))
     return lines
 
 
@@ -252,6 +311,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rows", type=int, default=27998)
     parser.add_argument("--cols", type=int, nargs="+", default=[160796])
     parser.add_argument("--skip-loompy", nargs="*", default=[], help="e.g. cols5000")
+    parser.add_argument("--only", nargs="*", help="seed rows to measure (default: all)")
+    parser.add_argument("--no-loaders", action="store_true", help="seed table without loaders")
+    parser.add_argument("--timeout", type=float, help="stop a peer's method after this many s")
+    parser.add_argument("--methods", nargs="*", help="scaling methods (default: all three)")
+    parser.add_argument("--files", type=Path, nargs="*", help="scaling: measure these files")
     parser.add_argument("--child", nargs=3, metavar=("TOOL", "METHOD", "PATH"))
     args = parser.parse_args(argv)
     if args.child:
@@ -264,11 +328,12 @@ def main(argv: list[str] | None = None) -> None:
             f"wrote {path} in {time.perf_counter() - start:.1f} s ({os.path.getsize(path):,} bytes)"
         )
         return
-    print(f"uptime: {os.getloadavg()}")
-    if args.scaling:
-        print("\n".join(scaling_table(args.scaling, args.rows, args.cols)))
-        return
-    print("\n".join(seed_table(args.path, set(args.skip_loompy))))
+    print(f"uptime: {os.getloadavg()}", flush=True)
+    if args.scaling or args.files:
+        scaling_table(args.scaling, args.rows, args.cols, args.methods, args.files)
+    else:
+        seed_table(args.path, set(args.skip_loompy), args.only, not args.no_loaders, args.timeout)
+    print(f"uptime: {os.getloadavg()}", flush=True)
 
 
 if __name__ == "__main__":
