@@ -187,10 +187,13 @@ def child(tool: str, name: str, path: str) -> None:
 def measure(tool: str, name: str, path: str, timeout: float | None = None) -> dict[str, Any]:
     """One method in a fresh process; ``{"timeout": seconds}`` if it ran past ``timeout``."""
     cmd = [sys.executable, "-m", "benchmarks.reports.scale_report", "--child", tool, name, path]
+    start = time.perf_counter()
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"timeout": timeout}
+    if done.returncode in (-9, -15):  # stopped from outside: record how long it ran
+        return {"timeout": time.perf_counter() - start}
     if done.returncode:
         raise RuntimeError(f"{tool} {name} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -224,6 +227,7 @@ def seed_table(
     ]
     for name in only or SEED_ROWS:
         ours = measure("loomx", name, path)
+        print(f"loomx {name}: {ours}", flush=True)
         peer = None
         if name != "qc" and name not in skip_loompy:
             peer = measure("loompy", name, path, timeout)
@@ -233,8 +237,8 @@ def seed_table(
         if peer is None:
             cells += ["", "", "", ""]
         elif "timeout" in peer:
-            stopped = [f"> {timeout:.0f} (stopped)", "", ""]
-            cells += [*stopped, f"> {timeout / ours['seconds']:.0f}x"]
+            stopped = [f"> {peer['timeout']:.0f} (stopped)", "", ""]
+            cells += [*stopped, f"> {peer['timeout'] / ours['seconds']:.0f}x"]
         else:
             ratio = peer["seconds"] / ours["seconds"]
             cells += [f"{peer['seconds']:.2f}", f"{peer['peak_mb']:.0f}", f"{peer['import_s']:.1f}"]
