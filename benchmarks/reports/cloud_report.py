@@ -14,6 +14,10 @@ reads run again with ``FILE.kerchunk.json`` beside the file (``loomx index``).  
 column times the same reads from the local disk in this process (its chunk index cold at
 the first read too).  Every result is checked against h5py.
 
+``--sidecar-only`` runs only the reads with the sidecar (a long table in several runs);
+``--s3-probe`` only times one range request to moto holding the file.  The last column
+gives the stored bytes of the chunks each read needs (h5py's chunk index).
+
 ``--make ROWS COLS`` writes a file in loompy's layout of that shape first (a small one
 proves the script: ``--make 2000 20000``).  moto copies the whole object for every range
 request, so its seconds at large sizes say little about S3; its requests and bytes are the
@@ -65,7 +69,13 @@ def counted(server: Any, out: dict[str, float]) -> Iterator[None]:
 
 
 def plan(path: str, seed: int) -> dict[str, Any]:
-    """The reads (columns picked once, fixed seed) and h5py's answers to check them."""
+    """The reads (columns picked once, fixed seed), h5py's answers to check them and the
+    stored bytes of the chunks each read needs (h5py's chunk index).  The per-cell totals
+    are kept in the temporary folder (keyed by the file's size and mtime) for later runs."""
+    st = os.stat(path)
+    cache = (
+        Path(tempfile.gettempdir()) / f"cloud-report-{st.st_ino}-{st.st_size}-{st.st_mtime_ns}.npy"
+    )
     with h5py.File(path, "r") as f:
         dset = f["matrix"]
         n_rows, n_cols = dset.shape
@@ -80,10 +90,37 @@ def plan(path: str, seed: int) -> dict[str, Any]:
             "1000": dset[:, int(picks[1000][-1])],
             "block": dset[:, block.stop - 1],
         }
-        totals = np.zeros(n_cols)
-        for i in range(0, n_rows, 4096):
-            totals += dset[i : i + 4096].sum(axis=0, dtype=np.float64)
-    return {"first": first, "picks": picks, "block": block, "check": check, "totals": totals}
+        if cache.exists():
+            totals = np.load(cache)
+        else:
+            totals = np.zeros(n_cols)
+            for i in range(0, n_rows, 4096):
+                totals += dset[i : i + 4096].sum(axis=0, dtype=np.float64)
+            np.save(cache, totals)
+        cells: list[tuple[int, int]] = []
+        dset.id.chunk_iter(lambda s: cells.append((s.chunk_offset[1], s.size)))
+        width = dset.chunks[1]
+    col, size = np.array(cells, np.int64).reshape(-1, 2).T
+    per_col = np.bincount(col // width, weights=size, minlength=-(-n_cols // width))
+
+    def chunk_bytes(columns: np.ndarray) -> float:
+        return float(per_col[np.unique(np.asarray(columns) // width)].sum())
+
+    needs = {
+        "first column": chunk_bytes(np.array([first])),
+        "100 random columns": chunk_bytes(picks[100]),
+        "1000 random columns": chunk_bytes(picks[1000]),
+        f"{CONTIGUOUS:,} contiguous cells": chunk_bytes(np.arange(block.start, block.stop)),
+        "full pass (per-cell totals)": float(per_col.sum()),
+    }
+    return {
+        "first": first,
+        "picks": picks,
+        "block": block,
+        "check": check,
+        "totals": totals,
+        "needs": needs,
+    }
 
 
 def reads(ds: Any, p: dict[str, Any]) -> dict[str, Callable[[], None]]:
@@ -148,23 +185,56 @@ def served(
     return server, lambda: loomx.open_loom(f"s3://{bucket}/{name}", storage_options=options)
 
 
-def table(title: str, results: dict[str, dict[str, dict]], local: dict[str, dict]) -> list[str]:
+def table(
+    title: str, results: dict[str, dict[str, dict]], local: dict[str, dict], needs: dict
+) -> list[str]:
     configs = list(results)
     lines = [
         f"**{title}**",
         "",
         "| read | "
         + " | ".join(f"{c} requests | {c} MB | {c} s" for c in configs)
-        + " | local s |",
-        "| --- |" + " ---: |" * (3 * len(configs) + 1),
+        + " | local s | MB of the chunks it needs |",
+        "| --- |" + " ---: |" * (3 * len(configs) + 2),
     ]
     for step in local:
         cells = []
         for c in configs:
             r = results[c][step]
             cells += [f"{r['requests']:.0f}", f"{r['bytes'] / MB:.2f}", f"{r['seconds']:.2f}"]
-        lines.append(f"| {step} | " + " | ".join(cells) + f" | {local[step]['seconds']:.2f} |")
+        need = f"{needs[step] / MB:.2f}" if step in needs else ""
+        lines.append(
+            f"| {step} | " + " | ".join(cells) + f" | {local[step]['seconds']:.2f} | {need} |"
+        )
     return lines
+
+
+def s3_probe(source: str, n: int = 5) -> None:
+    """Seconds of one 1 KB range request to moto holding ``source`` (moto copies the whole
+    object for every range request: the bound of S3 rows on large files)."""
+    import s3fs
+
+    server = S3Server().start()
+    try:
+        start = time.perf_counter()
+        server.upload("probe", {"file": source})
+        upload = time.perf_counter() - start
+        fs = s3fs.S3FileSystem(**server.storage_options())
+        size = os.path.getsize(source)
+        took = []
+        for k in range(n):
+            offset = (k + 1) * size // (n + 2)
+            start = time.perf_counter()
+            fs.cat_file("probe/file", start=offset, end=offset + 1024)
+            took.append(time.perf_counter() - start)
+        print(
+            f"moto, an object of {size / MB:.0f} MB: upload {upload:.1f} s; one 1 KB range "
+            f"request {np.median(took):.3f} s (median of {n}: "
+            + ", ".join(f"{t:.3f}" for t in took)
+            + ")"
+        )
+    finally:
+        server.close()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -174,6 +244,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--delays", nargs="+", type=float, default=[0.0, 0.02])
     parser.add_argument("--protocols", nargs="+", default=["http", "s3"], choices=["http", "s3"])
     parser.add_argument("--sidecar", action="store_true", help="also with FILE.kerchunk.json")
+    parser.add_argument("--sidecar-only", action="store_true", help="only with FILE.kerchunk.json")
+    parser.add_argument(
+        "--s3-probe", action="store_true", help="only time one range request to moto"
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     folder = tempfile.mkdtemp(prefix="cloud-report-")
@@ -188,6 +262,11 @@ def main(argv: list[str] | None = None) -> None:
             source = args.path
         else:
             parser.error("give a file or --make ROWS COLS")
+        if args.s3_probe:
+            print(f"Load before: {uptime()}")
+            s3_probe(source)
+            print(f"Load after: {uptime()}")
+            return
         name = "seed.loom"
         served_copy = os.path.join(folder, name)  # the servers serve only files in their folder
         try:
@@ -209,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
             _ = ds["matrix"].isel(col=[1, 5]).values, ds["matrix"][:, 3].values
         log("local")
         local = measure(lambda: loomx.open_loom(source), None, p)
-        rounds = [False, True] if args.sidecar else [False]
+        rounds = [True] if args.sidecar_only else [False, True] if args.sidecar else [False]
         for with_sidecar in rounds:
             sidecar = os.path.join(folder, name + SIDECAR_SUFFIX)
             if with_sidecar:
@@ -225,8 +304,9 @@ def main(argv: list[str] | None = None) -> None:
                         results[label] = measure(open_ds, server, p)
                     finally:
                         server.close()
+                    log(f"  load: {uptime()}")
             title = "With the sidecar" if with_sidecar else "Without a sidecar"
-            print("\n".join(table(title, results, local)))
+            print("\n".join(table(title, results, local, p["needs"])))
             print()
         print(f"Load after: {uptime()}")
     finally:
