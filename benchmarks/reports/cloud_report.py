@@ -15,7 +15,9 @@ column times the same reads from the local disk in this process (its chunk index
 the first read too).  Every result is checked against h5py.
 
 ``--sidecar-only`` runs only the reads with the sidecar (a long table in several runs);
-``--s3-probe`` only times one range request to moto holding the file.  The last column
+``--s3-probe`` only times one range request to moto holding the file; ``--rate-probe``
+only measures the loopback HTTP server's requests per second at each delay; with no
+``--protocols``, only the local reads, twice.  The last column
 gives the stored bytes of the chunks each read needs (h5py's chunk index).
 
 ``--make ROWS COLS`` writes a file in loompy's layout of that shape first (a small one
@@ -209,6 +211,31 @@ def table(
     return lines
 
 
+def rate_probe(folder: str, name: str, delays: list[float], n: int = 5000) -> None:
+    """Requests per second the loopback HTTP server answers, with ``n`` 1 KB ranges 1 MB
+    apart fetched by one fsspec ``cat_ranges`` call (no coalescing; fsspec's batches), and
+    the most in flight at once: the ceiling of any read's request rate on this machine."""
+    import fsspec
+
+    for delay in delays:
+        with RangeHTTPServer(folder, delay=delay) as server:
+            fs = fsspec.filesystem("http", skip_instance_cache=True)
+            url = server.url(name)
+            size = os.path.getsize(os.path.join(folder, name))
+            starts = [(k << 20) % (size - 1024) for k in range(n)]
+            fs.cat_file(url, start=0, end=8)
+            server.counts.reset()
+            start = time.perf_counter()
+            fs.cat_ranges([url] * n, starts, [a + 1024 for a in starts])
+            took = time.perf_counter() - start
+            in_flight = server.counts.max_in_flight
+            requests, _ = server.counts.reset()
+        print(
+            f"loopback HTTP, {delay * 1000:.0f} ms per request: {requests} requests of 1 KB "
+            f"in {took:.2f} s ({requests / took:.0f} per second), at most {in_flight} in flight"
+        )
+
+
 def s3_probe(source: str, n: int = 5) -> None:
     """Seconds of one 1 KB range request to moto holding ``source`` (moto copies the whole
     object for every range request: the bound of S3 rows on large files)."""
@@ -242,11 +269,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("path", nargs="?", help="the Loom file (loompy's layout)")
     parser.add_argument("--make", nargs=2, type=int, metavar=("ROWS", "COLS"))
     parser.add_argument("--delays", nargs="+", type=float, default=[0.0, 0.02])
-    parser.add_argument("--protocols", nargs="+", default=["http", "s3"], choices=["http", "s3"])
+    parser.add_argument("--protocols", nargs="*", default=["http", "s3"], choices=["http", "s3"])
     parser.add_argument("--sidecar", action="store_true", help="also with FILE.kerchunk.json")
     parser.add_argument("--sidecar-only", action="store_true", help="only with FILE.kerchunk.json")
     parser.add_argument(
         "--s3-probe", action="store_true", help="only time one range request to moto"
+    )
+    parser.add_argument(
+        "--rate-probe", action="store_true", help="only the loopback HTTP server's request rate"
     )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -262,17 +292,20 @@ def main(argv: list[str] | None = None) -> None:
             source = args.path
         else:
             parser.error("give a file or --make ROWS COLS")
-        if args.s3_probe:
-            print(f"Load before: {uptime()}")
-            s3_probe(source)
-            print(f"Load after: {uptime()}")
-            return
         name = "seed.loom"
         served_copy = os.path.join(folder, name)  # the servers serve only files in their folder
         try:
             os.link(source, served_copy)
         except OSError:  # another filesystem
             shutil.copyfile(source, served_copy)
+        if args.s3_probe or args.rate_probe:
+            print(f"Load before: {uptime()}")
+            if args.rate_probe:
+                rate_probe(folder, name, args.delays)
+            if args.s3_probe:
+                s3_probe(source)
+            print(f"Load after: {uptime()}")
+            return
         p = plan(source, args.seed)
         with h5py.File(source, "r") as f:
             shape, chunks = f["matrix"].shape, f["matrix"].chunks
@@ -288,6 +321,18 @@ def main(argv: list[str] | None = None) -> None:
             _ = ds["matrix"].isel(col=[1, 5]).values, ds["matrix"][:, 3].values
         log("local")
         local = measure(lambda: loomx.open_loom(source), None, p)
+        if not args.protocols:  # the local reads only, a second time (the chunk index kept)
+            again = measure(lambda: loomx.open_loom(source), None, p)
+            print("| read | local s | local s, again (index kept) | MB of the chunks it needs |")
+            print("| --- | ---: | ---: | ---: |")
+            for step in local:
+                need = f"{p['needs'][step] / MB:.2f}" if step in p["needs"] else ""
+                print(
+                    f"| {step} | {local[step]['seconds']:.2f} | "
+                    f"{again[step]['seconds']:.2f} | {need} |"
+                )
+            print(f"\nLoad after: {uptime()}")
+            return
         rounds = [True] if args.sidecar_only else [False, True] if args.sidecar else [False]
         for with_sidecar in rounds:
             sidecar = os.path.join(folder, name + SIDECAR_SUFFIX)
