@@ -17,7 +17,8 @@ the first read too).  Every result is checked against h5py.
 ``--sidecar-only`` runs only the reads with the sidecar (a long table in several runs);
 ``--s3-probe`` only times one range request to moto holding the file; ``--rate-probe``
 only measures the loopback HTTP server's requests per second at each delay; with no
-``--protocols``, only the local reads, twice; ``--no-local`` leaves them out.  The last column
+``--protocols``, only the local reads, twice; ``--no-local`` leaves them out; ``--steps
+1 2 4`` makes only those reads (in the order above).  The last column
 gives the stored bytes of the chunks each read needs (h5py's chunk index).
 
 ``--make ROWS COLS`` writes a file in loompy's layout of that shape first (a small one
@@ -146,13 +147,15 @@ def reads(ds: Any, p: dict[str, Any]) -> dict[str, Callable[[], None]]:
     def full() -> None:
         np.testing.assert_allclose(m.sum("row").values, p["totals"], rtol=1e-4)
 
-    return {
+    steps = {
         "first column": first,
         "100 random columns": random(100, 7),
         "1000 random columns": random(1000, -1),
         f"{CONTIGUOUS:,} contiguous cells": block,
         "full pass (per-cell totals)": full,
     }
+    keep = p.get("steps")
+    return {k: v for i, (k, v) in enumerate(steps.items()) if not keep or i + 1 in keep}
 
 
 def measure(open_ds: Callable[[], Any], server: Any, p: dict[str, Any]) -> dict[str, dict]:
@@ -277,6 +280,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--no-local", action="store_true", help="leave the local reads out")
     parser.add_argument(
+        "--steps", nargs="+", type=int, help="only these reads (1: first column ... 5: full pass)"
+    )
+    parser.add_argument(
         "--rate-probe", action="store_true", help="only the loopback HTTP server's request rate"
     )
     parser.add_argument("--seed", type=int, default=0)
@@ -308,6 +314,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"Load after: {uptime()}")
             return
         p = plan(source, args.seed)
+        p["steps"] = args.steps
         with h5py.File(source, "r") as f:
             shape, chunks = f["matrix"].shape, f["matrix"].chunks
         print(
