@@ -10,9 +10,11 @@ needs more than :data:`LOOKUP_SHARE` of the cells walks the whole tree once
 (``H5Dchunk_iter``).  Cells once known stay known for the life of the index (one per
 file version, :data:`loomx._hdf5.handles.CHUNK_INDEXES`).
 
-Remote files read the same way: each lookup fetches the B-tree nodes it has not fetched
-yet, so the first column of a remote layer costs about one request per chunk row of the
-index instead of one per leaf of the whole tree.
+Remote files read the same way, big reads included: each read fetches the B-tree nodes on
+the way to its cells that it has not fetched yet, a level at a time, each level's nodes in
+flight together, so the first column of a remote layer costs about one request per chunk
+row of the index instead of one per leaf of the whole tree, and a read of most of a layer
+costs a few round trips, not one per node.
 
 Examples
 --------
@@ -37,7 +39,8 @@ __all__ = ["LOOKUP_SHARE", "UNKNOWN", "BTree", "check_known", "fill_all", "neede
 UNKNOWN = -2
 """The offset of a cell not looked up yet (``-1`` is an unallocated chunk)."""
 LOOKUP_SHARE = 1 / 16
-"""A read needing more than this share of a layer's unknown cells walks the whole tree."""
+"""A read of a local file needing more than this share of a layer's cells walks the whole
+tree (through HDF5)."""
 SMALL_GRID = 1024
 """Grids of up to this many cells are indexed whole on their first read."""
 
@@ -118,7 +121,10 @@ def resolve(
         the B-tree nodes on the way to the needed cells are read through it, one level at
         a time.  Without it, or for an index other than a version-1 B-tree (files written
         with the newest HDF5 format), or when the read needs more than
-        :data:`LOOKUP_SHARE` of the cells, HDF5 walks the whole tree once (:func:`fill_all`).
+        :data:`LOOKUP_SHARE` of the cells of a local file, HDF5 walks the whole tree once
+        (:func:`fill_all`).  A remote reader (one with ``read_ranges``) walks to the cells
+        of every read itself: each level's nodes in flight together, where HDF5 would fetch
+        the whole tree one node per round trip.
     small_grid
         Grids of up to this many cells are indexed whole (default :data:`SMALL_GRID`).
     """
@@ -130,7 +136,8 @@ def resolve(
     if not unknown.any():
         return
     total = math.prod(index.offsets.shape)
-    if read_at is None or total <= small_grid or unknown.sum() > LOOKUP_SHARE * total:
+    many = unknown.sum() > LOOKUP_SHARE * total
+    if read_at is None or total <= small_grid or (many and not _concurrent(read_at)):
         fill_all(index, dsid)
         return
     tree = getattr(index, "_tree", None)
@@ -145,6 +152,15 @@ def resolve(
         axis[i] for axis, i in zip(axes, np.unravel_index(wanted, region.shape), strict=True)
     ]
     tree.find(index, read_at, np.unique(np.ravel_multi_index(grid_at, index.offsets.shape)))
+    if many and not (index.offsets == UNKNOWN).any():
+        index.complete = True
+
+
+def _concurrent(read_at: ReadAt) -> bool:
+    """Whether ``read_at`` fetches many ranges together (a remote file): a big read then
+    walks the B-tree to its own cells a level at a time rather than letting HDF5 walk the
+    whole tree node by node, each node a round trip."""
+    return getattr(read_at, "read_ranges", None) is not None
 
 
 class BTree:

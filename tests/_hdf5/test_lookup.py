@@ -249,3 +249,29 @@ def _nodes_in(raw: bytes) -> list[int]:
             found.append(at)
         at = raw.find(b"TREE", at + 1)
     return found
+
+
+def test_a_big_remote_read_walks_to_its_cells_a_level_at_a_time(tmp_path):
+    """Over HTTP (5 ms per request), a read of a quarter of the columns looks up its cells by
+    the B-tree walk, each level's nodes in flight together: no more requests than header,
+    root, inner nodes and two leaves per chunk row, many at once; most other cells stay
+    unknown (HDF5's own walk would fetch every node of the tree, one at a time)."""
+    pytest.importorskip("aiohttp")
+    path, data = fine_file(tmp_path / "fine.h5")
+    cells_in = [c for (_, c) in chunk_places(path, "/matrix") if c < 512]
+    with RangeHTTPServer(tmp_path, delay=0.005) as server:
+        source = RemoteSource(server.url("fine.h5"))
+        with source.open_h5() as f:
+            index = ChunkIndex.from_dataset(f["matrix"], lazy=True)
+            server.counts.reset()
+            cells = needed_cells(index, (slice(None), slice(0, 512)))
+            resolve(index, f["matrix"].id, cells, source)
+            in_flight = server.counts.max_in_flight
+            requests, _ = server.counts.reset()
+            key = (slice(None), slice(0, 512))
+            np.testing.assert_array_equal(index.read(source, key), data[key])
+            assert_index_as_h5py(index, path)
+    assert len(cells_in) == 32 * 64  # a quarter of the 8192 cells
+    assert (index.offsets[:, :64] != UNKNOWN).all() and not index.complete
+    assert known(index) < 8192 // 2  # the leaves of its cells, not the whole tree
+    assert requests <= 2 + 1 + 3 + 2 * 32 and in_flight >= 8  # header, root, inner, leaves
