@@ -39,7 +39,8 @@ DEEP_MEMORY = 8 << 30
 
 
 def _layers(f: h5py.File) -> list[h5py.Dataset]:
-    """``/matrix`` and every layer that is a hard-linked 2-D number dataset."""
+    """``/matrix`` and every layer that is a hard-linked 2-D number dataset with stored
+    data (a declared layer with no chunk written reads as its fill value: nothing to check)."""
     found = []
     for group, names in (("/", [_spec.MATRIX]), (f"/{_spec.LAYERS}", None)):
         parent = f.get(group)
@@ -48,7 +49,8 @@ def _layers(f: h5py.File) -> list[h5py.Dataset]:
         for name in names if names is not None else list(parent):
             link = parent.get(name, getlink=True)
             obj = parent.get(name) if isinstance(link, h5py.HardLink) else None
-            if isinstance(obj, h5py.Dataset) and obj.ndim == 2 and obj.dtype.kind in "iufb":
+            layer = isinstance(obj, h5py.Dataset) and obj.ndim == 2 and obj.dtype.kind in "iufb"
+            if layer and obj.id.get_storage_size() > 0:  # else only the fill value: no data
                 found.append(obj)
     return found
 
