@@ -46,7 +46,16 @@ def gather_chunks(
     read_at: ReadAt, offsets: np.ndarray, sizes: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
     """The stored bytes of chunks at ``offsets`` (increasing) of ``sizes`` bytes, read in
-    runs of file-adjacent chunks into one array, and where each chunk starts in it."""
+    runs of file-adjacent chunks into one array, and where each chunk starts in it.
+
+    A negative offset or size (a crafted chunk index) raises :class:`LoomFileError`."""
+    if offsets.size and (offsets.min() < 0 or sizes.min() < 0):
+        at = int(np.flatnonzero((offsets < 0) | (sizes < 0))[0])
+        raise LoomFileError(
+            f"the chunk index gives a chunk at byte {int(offsets[at])} of {int(sizes[at])} "
+            "bytes; expected a non-negative offset and size (the file is corrupt)",
+            path=getattr(read_at, "label", None),
+        )
     bounds = run_bounds(offsets, sizes)
     first, last = bounds[:-1], bounds[1:] - 1
     run_offsets = offsets[first]

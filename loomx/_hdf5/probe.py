@@ -10,16 +10,27 @@ index.  It reports each object before it touches it, through a pipe, so that a h
 crash or an error becomes a :class:`~loomx.errors.LoomFileError` naming the file and the
 object being read.  The calling process opens the file only after the child finished.
 
+The children are forked from a probe server (:func:`serve`), a process started once per
+calling process that has imported h5py and numpy (but not loomx) and never opens a file
+itself: a probe costs two forks and the walk, not an interpreter's start.  The server
+forks one supervising child per probe, which forks the walking child, enforces the time
+limit and answers how it ended.
+
 Layer data are not read (the kernels check what they decode, see
 :mod:`loomx._hdf5.kernels`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 import sys
+import tempfile
+import threading
 import time
+import weakref
 from typing import Any
 
 __all__ = ["PROBE_MEMORY", "PROBE_SECONDS", "is_hdf5", "probe_file", "walk"]
@@ -27,7 +38,8 @@ __all__ = ["PROBE_MEMORY", "PROBE_SECONDS", "is_hdf5", "probe_file", "walk"]
 PROBE_SECONDS = 60.0
 """The default time limit of the child process (``LOOMX_PROBE_SECONDS`` overrides it)."""
 PROBE_MEMORY = 4 << 30
-"""The default address-space limit of the child process, in bytes."""
+"""The default memory limit of the child process: the address space it may add to what
+it has mapped when it starts, in bytes."""
 
 
 def _report(out: Any, what: str) -> None:
@@ -90,16 +102,198 @@ def walk(path: str, out: Any) -> None:
     _report(out, "DONE")
 
 
-_CHILD = "import runpy, sys; runpy.run_path(sys.argv[1])['walk'](sys.argv[2], sys.stdout)"
+_SERVE = "import runpy, sys; runpy.run_path(sys.argv[1])['serve'](sys.argv[2])"
 
 
-def _limits(memory: int) -> None:  # pragma: no cover - runs in the child
+def _limit(memory: int) -> None:  # pragma: no cover - runs in the child
+    """Cap the child's address space at what it has mapped now plus ``memory`` bytes."""
     import resource
 
+    with open("/proc/self/statm") as fh:
+        mapped = int(fh.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    limit = mapped + memory
     hard = resource.getrlimit(resource.RLIMIT_AS)[1]
     if hard != resource.RLIM_INFINITY:
-        memory = min(memory, hard)  # a limited parent: never more than it has
-    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+        limit = min(limit, hard)  # a limited parent: never more than it has
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+
+
+def _walk_child(path: str, memory: int, fd: int) -> None:  # pragma: no cover - in the child
+    """The forked child: limits, then :func:`walk`; an exception is reported as ERROR."""
+    code = 1
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        out = os.fdopen(fd, "w")
+        _limit(memory)
+        try:
+            walk(path, out)
+            code = 0
+        except BaseException as err:
+            message = f"{type(err).__name__}: {err}".replace("\n", " ")[:500]
+            _report(out, f"ERROR {message}")
+    finally:
+        os._exit(code)
+
+
+def _supervise(conn: Any) -> None:  # pragma: no cover - runs in the server's child
+    """One probe: fork the walking child, read its reports until it ends or its time is
+    up (then kill it), and answer ``conn`` with how it ended."""
+    import json
+    import select
+    import signal
+
+    request = json.loads(conn.makefile("r").readline())
+    read_fd, write_fd = os.pipe()
+    start = time.monotonic()
+    pid = os.fork()
+    if pid == 0:
+        os.close(read_fd)
+        conn.close()
+        _walk_child(request["path"], request["memory"], write_fd)
+    os.close(write_fd)
+    deadline = start + request["timeout"]
+    data = b""
+    hung = False
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([read_fd], [], [], left)[0]:
+            hung = True
+            os.kill(pid, signal.SIGKILL)
+            break
+        chunk = os.read(read_fd, 1 << 16)
+        if not chunk:
+            break
+        data = data[-4096:] + chunk  # the last reports are the ones that matter
+    os.close(read_fd)
+    _, status = os.waitpid(pid, 0)
+    lines = data.decode("utf-8", "replace").splitlines()
+    error = lines.pop()[6:] if lines and lines[-1].startswith("ERROR ") else ""
+    answer = {
+        "hung": hung,
+        "signal": os.WTERMSIG(status) if os.WIFSIGNALED(status) and not hung else 0,
+        "code": os.WEXITSTATUS(status) if os.WIFEXITED(status) else -1,
+        "last": lines[-1] if lines else "",
+        "error": error,
+        "seconds": time.monotonic() - start,
+    }
+    with contextlib.suppress(OSError):  # the asking process may be gone
+        conn.sendall((json.dumps(answer) + "\n").encode())
+
+
+def serve(address: str) -> None:  # pragma: no cover - the server process
+    """The probe server: listen on the Unix socket ``address`` and fork one child per
+    connection (which forks the walking child); end when standard input closes.
+
+    h5py and numpy are imported once here, so a probe costs two forks, not an
+    interpreter's start.  The server itself never opens a file with HDF5.
+    """
+    import select
+    import signal
+    import socket
+
+    import h5py  # noqa: F401  (imported before forking: the children start warm)
+    import numpy  # noqa: F401
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # it ends with its parent's pipe
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(address)
+    listener.listen(64)
+    sys.stdout.write("ready\n")
+    sys.stdout.flush()
+    try:
+        while True:
+            ready = select.select([listener, sys.stdin], [], [], 5.0)[0]
+            while True:  # reap finished supervisors
+                try:
+                    if os.waitpid(-1, os.WNOHANG)[0] == 0:
+                        break
+                except ChildProcessError:
+                    break
+            if sys.stdin in ready and not os.read(sys.stdin.fileno(), 4096):
+                return
+            if listener in ready:
+                conn = listener.accept()[0]
+                if os.fork() == 0:
+                    try:
+                        listener.close()
+                        _supervise(conn)
+                    finally:
+                        os._exit(0)
+                conn.close()
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(address)
+
+
+class _Server:
+    """The probe server of this process, started on first use.
+
+    Processes forked from this one share it (they connect to its socket); one that
+    cannot reach it starts its own.
+    """
+
+    def __init__(self) -> None:
+        self.address = ""
+        self.proc: subprocess.Popen[str] | None = None
+        self.lock = threading.Lock()
+
+    def connect(self) -> Any:
+        import socket
+
+        with self.lock:
+            for attempt in (0, 1):
+                if self.address:
+                    conn = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                    try:
+                        conn.connect(self.address)
+                        return conn
+                    except OSError:
+                        conn.close()
+                        if attempt:
+                            raise
+                self._start()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _start(self) -> None:
+        folder = tempfile.mkdtemp(prefix="loomx-probe-")
+        address = os.path.join(folder, "probe.sock")
+        env = {
+            **os.environ,
+            "HDF5_USE_FILE_LOCKING": os.environ.get("HDF5_USE_FILE_LOCKING", "FALSE"),
+        }
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _SERVE, __file__, address],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+            env=env,
+        )
+        if proc.stdout.readline().strip() != "ready":  # type: ignore[union-attr]
+            proc.kill()
+            proc.wait()
+            raise OSError(f"the probe server did not start (exit {proc.returncode})")
+        self.proc, self.address = proc, address
+        weakref.finalize(self, _stop, proc, folder)
+
+    def reset_after_fork(self) -> None:
+        self.lock = threading.Lock()  # a lock held by another thread at fork stays held
+
+
+def _stop(proc: subprocess.Popen[str], folder: str) -> None:
+    with contextlib.suppress(OSError):
+        proc.stdin.close()  # type: ignore[union-attr]
+    with contextlib.suppress(Exception):
+        proc.wait(timeout=5)
+    with contextlib.suppress(OSError):
+        os.rmdir(folder)
+
+
+_SERVER = _Server()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_SERVER.reset_after_fork)
 
 
 def probe_file(
@@ -122,8 +316,8 @@ def probe_file(
     >>> probe_file("download.loom")  # doctest: +SKIP
     0.21
     """
-    # loomx is imported here, not at the top: the child runs this file without the package
-    # (python, h5py and numpy only: it starts in a fraction of loomx's import time)
+    # loomx is imported here, not at the top: the probe server runs this file without the
+    # package (python, h5py and numpy only)
     from loomx.errors import LoomFileError, LoomFileNotFoundError
 
     path = os.fspath(path)
@@ -131,37 +325,30 @@ def probe_file(
         raise LoomFileNotFoundError("no such file", path=path)
     if timeout is None:
         timeout = float(os.environ.get("LOOMX_PROBE_SECONDS", PROBE_SECONDS))
-    start = time.perf_counter()
-    env = {**os.environ, "HDF5_USE_FILE_LOCKING": os.environ.get("HDF5_USE_FILE_LOCKING", "FALSE")}
-    child = subprocess.Popen(
-        [sys.executable, "-c", _CHILD, __file__, path],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-        text=True,
-        env=env,
-        preexec_fn=(lambda: _limits(memory)) if os.name == "posix" else None,
-    )
+    conn = _SERVER.connect()
     try:
-        out, err = child.communicate(timeout=timeout)
-        hung = False
-    except subprocess.TimeoutExpired:
-        child.kill()
-        out, err = child.communicate()
-        hung = True
-    lines = out.splitlines()
-    if not hung and child.returncode == 0 and lines and lines[-1] == "DONE":
-        return time.perf_counter() - start
-    last = lines[-1] if lines else "the file itself (opening it)"
-    if hung:
+        request = {"path": os.path.abspath(path), "timeout": timeout, "memory": memory}
+        conn.sendall((json.dumps(request) + "\n").encode())
+        conn.settimeout(timeout + 60.0)  # the server kills the child at ``timeout``
+        try:
+            answer = json.loads(conn.makefile("r").readline() or "null")
+        except (OSError, ValueError):
+            answer = None
+    finally:
+        conn.close()
+    if answer is None:
+        answer = {"hung": False, "signal": 0, "code": -1, "last": "", "error": "no answer"}
+    if not any((answer["hung"], answer["signal"], answer["code"])) and answer["last"] == "DONE":
+        return float(answer["seconds"])
+    last = answer["last"] or "the file itself (opening it)"
+    if answer["hung"]:
         what = f"HDF5 did not finish within {timeout:g} s (a hang on damaged metadata)"
-    elif child.returncode < 0:
-        what = f"HDF5 crashed the process reading it (signal {-child.returncode})"
-    elif "MemoryError" in err:
+    elif answer["signal"]:
+        what = f"HDF5 crashed the process reading it (signal {answer['signal']})"
+    elif answer["error"].startswith("MemoryError"):
         what = f"reading it needed more than {memory >> 20} MiB"
     else:
-        tail = err.strip().splitlines()[-1] if err.strip() else f"exit {child.returncode}"
-        what = f"HDF5 failed reading it ({tail})"
+        what = f"HDF5 failed reading it ({answer['error'] or 'exit ' + str(answer['code'])})"
     raise LoomFileError(
         f"refused as untrusted input: {what}, at {last}; the file was not opened in this "
         "process (open_loom(..., untrusted=False) or --trusted skips this check)",

@@ -178,6 +178,12 @@ def validate_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also check loompy's attribute conventions (CellID, ClusterID, ...)",
     )
+    parser.add_argument(
+        "--deep",
+        action="store_true",
+        help="also read every chunk of every layer (checksums verified) and decode every "
+        "string, in a child process",
+    )
     trusted_argument(parser, "path")
 
 
@@ -185,10 +191,27 @@ def validate_command(args: argparse.Namespace) -> int:
     from loomx._read.validate import validate_loom
     from loomx.cli.checks import loom_source
 
-    problems = validate_loom(loom_source(args.path), conventions=args.conventions)
+    if args.deep:
+        from loomx._read.deep import validate_deep
+        from loomx.cli.progress import progress_line
+
+        started = time.perf_counter()
+
+        def draw(done: int, total: int) -> None:
+            line = progress_line(done, total, time.perf_counter() - started)
+            sys.stderr.write("\r" + line + ("\n" if done == total else ""))
+            sys.stderr.flush()
+
+        source = loom_source(args.path)
+        problems = validate_deep(
+            source, conventions=args.conventions, progress=draw if sys.stderr.isatty() else None
+        )
+    else:
+        problems = validate_loom(loom_source(args.path), conventions=args.conventions)
     for problem in problems:
         print(f"{problem.h5path}: {problem.message}")
     level = "spec and conventions" if args.conventions else "spec"
+    level += ", every chunk and string" if args.deep else ""
     if problems:
         print(f"{args.path}: {len(problems)} problem(s) ({level})", file=sys.stderr)
         return 1

@@ -127,6 +127,15 @@ def test_a_read_past_the_end_of_the_file_names_the_file(tmp_path: Path) -> None:
         assert err.value.path == str(path) and str(path) in str(err.value)
 
 
+def test_a_negative_size_or_offset_is_a_loomx_error(tmp_path: Path) -> None:
+    path = _chunked_file(tmp_path / "c.h5")
+    reader = FileReader.of(path)
+    for offsets, sizes in [([0, 100], [8, -5]), ([-8, 100], [8, 5])]:
+        with pytest.raises(LoomFileError, match="non-negative offset and size") as err:
+            gather_chunks(reader, np.array(offsets), np.array(sizes))
+        assert err.value.path == str(path)
+
+
 def test_a_short_read_is_an_error(tmp_path: Path) -> None:
     path = _chunked_file(tmp_path / "c.h5")
     chunks = _stored_chunks(path)[:3]
