@@ -11,13 +11,16 @@ METHOD FILE OUT``) while the parent samples the summed RSS of the process tree:
 - ``loomx_process``: ``loomx process`` on a copy (every step, written back);
 - ``scanpy_memory``: scanpy in memory (CSR) on the first ``--subsample`` cells, the same
   steps (``svd_solver="arpack"``);
-- ``scanpy_dask``: scanpy on dask arrays over an h5ad CSR copy (``loomx convert``), read
+- ``scanpy_dask``: scanpy on dask arrays over an h5ad CSR copy (``--h5ad``, default
+  ``FILE.h5ad``; made by :func:`make_h5ad` when missing, one band of cells at a time), read
   with ``anndata.experimental.read_elem_lazy``, the same steps (``covariance_eigh``).
 
 Each prints wall seconds, passes over the matrix (loomx), GB inflated per second (the
-dense float bytes a pass decompresses) and peak RSS, and the machine load before and after.
-The benchmark file (counts as loompy stores them: float32, gzip, written by loomx in
-parallel bands) is made with ``--make CELLS GENES``:
+dense float bytes a pass decompresses) and peak RSS, and the machine load before and after;
+each method's log lines say how far it got.  ``--max-rss-mb`` and ``--max-seconds`` stop a
+method (its process tree killed) that passes either.  The benchmark file (counts as loompy
+stores them: float32, gzip, written by loomx in parallel bands) is made with
+``--make CELLS GENES``:
 
     python -m benchmarks.reports.pipeline_report /work/bench-data/p500k.loom --make 500000 27998
     python -m benchmarks.reports.pipeline_report /work/bench-data/p500k.loom --subsample 100000
@@ -26,6 +29,7 @@ parallel bands) is made with ``--make CELLS GENES``:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -85,6 +89,49 @@ def make(path: str, n_cells: int, n_genes: int) -> None:
     loomx.to_loom(ds, path)
 
 
+def make_h5ad(path: str, target: str, width: int = 4096) -> None:
+    """An h5ad copy of ``path`` with CSR ``X`` (cells x genes, float32, int32 indices, not
+    compressed: anndata's default), written band of cells by band of cells, so that only one
+    band is ever held (``loomx convert`` builds the whole CSR matrix in memory)."""
+    import anndata
+    import h5py
+    import pandas as pd
+    import scipy.sparse as sp
+
+    import loomx
+
+    ds = loomx.open_loom(path)
+    n_genes, n_cells = ds["matrix"].shape
+    obs = pd.DataFrame(index=ds["CellID"].values.astype(str))
+    var = pd.DataFrame(index=ds["Gene"].values.astype(str))
+    tmp = target + ".partial"
+    anndata.AnnData(obs=obs, var=var).write_h5ad(tmp)
+    with h5py.File(tmp, "a") as f:
+        x = f.create_group("X")
+        x.attrs.update({"encoding-type": "csr_matrix", "encoding-version": "0.1.0"})
+        x.attrs["shape"] = np.array([n_cells, n_genes], dtype=np.int64)
+        data = x.create_dataset("data", (0,), np.float32, maxshape=(None,), chunks=(1 << 18,))
+        indices = x.create_dataset("indices", (0,), np.int32, maxshape=(None,), chunks=(1 << 18,))
+        indptr = np.zeros(n_cells + 1, dtype=np.int64)
+        for start in range(0, n_cells, width):
+            stop = min(start + width, n_cells)
+            band = sp.csr_matrix(np.ascontiguousarray(ds["matrix"][:, start:stop].values.T))
+            at = int(indptr[start])
+            data.resize((at + band.nnz,))
+            indices.resize((at + band.nnz,))
+            data[at:] = band.data
+            indices[at:] = band.indices
+            indptr[start + 1 : stop + 1] = at + band.indptr[1:]
+        x.create_dataset("indptr", data=indptr)
+    ds.close()
+    os.replace(tmp, target)
+
+
+def _step(name: str, start: float) -> None:
+    """How far a method got (its output goes to the run's log)."""
+    print(f"    {name} at {time.perf_counter() - start:.1f} s", flush=True)
+
+
 # ------------------------------------------------------------------------------- methods
 
 
@@ -97,15 +144,21 @@ def _loomx_full_pass(path: str, _: int) -> dict[str, np.ndarray]:
 def _loomx_core(path: str, _: int) -> dict[str, np.ndarray]:
     import loomx
 
+    start = time.perf_counter()
     ds = loomx.open_loom(path)
     ds = loomx.pp.log1p(loomx.pp.normalize_total(ds, target_sum=1e4))
     ds = loomx.pp.highly_variable_genes(ds, n_top_genes=2000)
+    ds["highly_variable"].values  # noqa: B018  (the gene pass, timed on its own)
+    _step("highly variable genes", start)
     ds = loomx.pp.pca(ds, n_comps=50)
-    return {"ratio": np.asarray(ds.attrs["pca_variance_ratio"]), "x_pca": ds["X_pca"].values}
+    _step("PCA fit (Gram pass)", start)
+    x_pca = ds["X_pca"].values
+    _step("X_pca (projection pass)", start)
+    return {"ratio": np.asarray(ds.attrs["pca_variance_ratio"]), "x_pca": x_pca}
 
 
 def _loomx_process(path: str, _: int) -> dict[str, np.ndarray]:
-    cmd = [str(Path(sys.executable).with_name("loomx")), "process", path, "-q"]
+    cmd = [str(Path(sys.executable).with_name("loomx")), "process", path]  # step times shown
     subprocess.run(cmd, check=True)
     return {}
 
@@ -113,10 +166,13 @@ def _loomx_process(path: str, _: int) -> dict[str, np.ndarray]:
 def _scanpy_steps(ad: Any, solver: str) -> dict[str, np.ndarray]:
     import scanpy as sc
 
+    start = time.perf_counter()
     sc.pp.normalize_total(ad, target_sum=1e4)
     sc.pp.log1p(ad)
     sc.pp.highly_variable_genes(ad, n_top_genes=2000)
+    _step("normalize, log1p, highly variable genes", start)
     sc.pp.pca(ad, n_comps=50, svd_solver=solver, mask_var="highly_variable")
+    _step("PCA", start)
     return {"ratio": np.asarray(ad.uns["pca"]["variance_ratio"])}
 
 
@@ -125,20 +181,34 @@ def _scanpy_memory(path: str, subsample: int) -> dict[str, np.ndarray]:
     import h5py
     import scipy.sparse as sp
 
+    start = time.perf_counter()
     with h5py.File(path, "r") as f:
         m = f["matrix"]
         k = min(subsample, m.shape[1])
-        parts = [sp.csr_matrix(m[:, s : s + 4096].T) for s in range(0, k, 4096)]
-    ad = anndata.AnnData(sp.vstack(parts).tocsr())
+        parts = [sp.csr_matrix(m[:, s : min(s + 4096, k)].T) for s in range(0, k, 4096)]
+    # one CSR matrix from the bands, each array joined on its own (not twice the matrix)
+    shape = (k, parts[0].shape[1])
+    offsets = np.cumsum([0] + [p.nnz for p in parts])
+    indptr = np.concatenate(
+        [[0], *(p.indptr[1:] + n for p, n in zip(parts, offsets[:-1], strict=True))]
+    )
+    datas, positions = [p.data for p in parts], [p.indices for p in parts]
+    del parts
+    data = np.concatenate(datas)
+    del datas
+    indices = np.concatenate(positions)
+    del positions
+    ad = anndata.AnnData(sp.csr_matrix((data, indices, indptr), shape=shape))
+    del data, indices
+    _step(f"read {k} cells into CSR ({ad.X.nnz} non-zeros)", start)
     return _scanpy_steps(ad, "arpack")
 
 
-def _scanpy_dask(path: str, _: int) -> dict[str, np.ndarray]:
+def _scanpy_dask(h5ad: str, _: int) -> dict[str, np.ndarray]:
     import anndata
     import h5py
     from anndata.experimental import read_elem_lazy
 
-    h5ad = path + ".h5ad"
     f = h5py.File(h5ad, "r")
     x = read_elem_lazy(f["X"], chunks=(10_000, -1))
     ad = anndata.AnnData(x)
@@ -165,23 +235,50 @@ def child(method: str, path: str, out: str, subsample: int) -> None:
     np.savez(out, seconds=np.array(time.perf_counter() - start), **result)
 
 
-def measure(method: str, path: str, scratch: str, subsample: int) -> dict[str, Any]:
+def measure(
+    method: str,
+    path: str,
+    scratch: str,
+    subsample: int,
+    h5ad: str,
+    max_rss_mb: float = float("inf"),
+    max_seconds: float = float("inf"),
+) -> dict[str, Any]:
+    """Run ``method`` in a fresh process; stopped (its process tree killed) when its RSS
+    passes ``max_rss_mb`` or it runs longer than ``max_seconds``."""
     out = os.path.join(scratch, f"{method}.npz")
-    target = path
+    target = h5ad if method == "scanpy_dask" else path
     if method == "loomx_process":
         target = os.path.join(scratch, "copy.loom")
         shutil.copyfile(path, target)
     env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     cmd = [sys.executable, "-P", "-m", CHILD_MODULE, "--child", method, target, out]
     proc = subprocess.Popen([*cmd, "--subsample", str(subsample)], env=env)
-    peak = 0.0
+    peak, start, stopped = 0.0, time.perf_counter(), ""
     while proc.poll() is None:
         peak = max(peak, _tree_rss_mb(proc.pid))
+        elapsed = time.perf_counter() - start
+        if peak > max_rss_mb or elapsed > max_seconds:
+            stopped = f"stopped at {elapsed:.0f} s, {peak:.0f} MB"
+            _kill_tree(proc.pid)
+            proc.wait()
+            break
         time.sleep(0.05)
-    if proc.returncode:
-        return {"seconds": float("nan"), "peak_rss_mb": peak, "failed": proc.returncode}
+    if stopped or proc.returncode:
+        print(f"    {method}: {stopped or f'exit code {proc.returncode}'}", flush=True)
+        return {"seconds": float("nan"), "peak_rss_mb": peak, "failed": stopped or "error"}
     data = dict(np.load(out))
     return {"seconds": float(data.pop("seconds")), "peak_rss_mb": peak, "result": data}
+
+
+def _kill_tree(pid: int) -> None:
+    import psutil
+
+    with contextlib.suppress(psutil.NoSuchProcess):
+        proc = psutil.Process(pid)
+        for p in [*proc.children(recursive=True), proc]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -189,31 +286,39 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("path", nargs="?")
     parser.add_argument("--make", nargs=2, type=int, metavar=("CELLS", "GENES"))
     parser.add_argument("--subsample", type=int, default=100_000)
+    parser.add_argument("--h5ad", help="the CSR copy for scanpy on dask (default: FILE.h5ad)")
     parser.add_argument("--methods", nargs="*", default=list(METHODS))
     parser.add_argument("--child", nargs=3, metavar=("METHOD", "FILE", "OUT"))
+    parser.add_argument("--max-rss-mb", type=float, default=float("inf"), help="stop a method")
+    parser.add_argument("--max-seconds", type=float, default=float("inf"), help="stop a method")
     args = parser.parse_args(argv)
     if args.child:
         child(*args.child, args.subsample)
         return
     if args.make:
         make(args.path, *args.make)
-    if "scanpy_dask" in args.methods and not os.path.exists(args.path + ".h5ad"):
-        import loomx.interop.conversion as conversion
-
-        conversion.convert(args.path, args.path + ".h5ad")
+    h5ad = args.h5ad or args.path + ".h5ad"
+    if "scanpy_dask" in args.methods and not os.path.exists(h5ad):
+        make_h5ad(args.path, h5ad)
     import h5py
 
     with h5py.File(args.path, "r") as f:
         n_genes, n_cells = f["matrix"].shape
     gb = n_genes * n_cells * 4 / 1e9
     print(f"{args.path}: {n_genes} genes x {n_cells} cells, {gb:.2f} GB as float32")
+    if os.path.exists(h5ad):
+        with h5py.File(h5ad, "r") as f:
+            nnz = f["X/data"].shape[0]
+        print(f"non-zeros: {nnz} ({nnz / (n_genes * n_cells):.1%}); CSR {nnz * 8 / 1e9:.2f} GB")
     print(f"load before: {_uptime()}")
     print("| method | seconds | passes | GB/s inflated per pass | peak RSS MB |")
     print("| --- | ---: | ---: | ---: | ---: |")
     with tempfile.TemporaryDirectory() as scratch:
         for method in args.methods:
             label, passes = METHODS[method]
-            got = measure(method, args.path, scratch, args.subsample)
+            got = measure(
+                method, args.path, scratch, args.subsample, h5ad, args.max_rss_mb, args.max_seconds
+            )
             seconds = got["seconds"]
             rate = f"{gb * passes / seconds:.2f}" if passes and seconds == seconds else "-"
             print(

@@ -37,6 +37,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -45,11 +46,26 @@ from typing import Any
 import h5py
 import numpy as np
 
-from loomx._hdf5.filesystem import display_name, is_fsspec_file, signature_error
+from loomx._hdf5.filesystem import (
+    display_name,
+    is_fsspec_file,
+    is_url,
+    move_into_place,
+    signature_error,
+    temporary_file,
+)
 from loomx._hdf5.handles import CHUNK_INDEXES
 from loomx.errors import LoomFileError, LoomFileNotFoundError, LoomWriteError
 
-__all__ = ["BLOCK_SIZE", "GAP_BUDGET", "MAX_GAP", "RemoteSource", "coalesce"]
+__all__ = [
+    "BLOCK_SIZE",
+    "COPY_BLOCK",
+    "GAP_BUDGET",
+    "MAX_GAP",
+    "RemoteSource",
+    "coalesce",
+    "local_copy",
+]
 
 BLOCK_SIZE = 1 << 12
 """Bytes h5py's metadata reads fetch at a time (aligned blocks, the recent ones kept).
@@ -67,6 +83,8 @@ MAX_GAP = 1 << 20
 """No gap larger than this is fetched to join two ranges into one request."""
 MAX_REQUEST = 64 << 20
 """No request is made larger than this by joining ranges (a single range may be)."""
+COPY_BLOCK = 64 << 20
+"""Bytes fetched per request when :func:`local_copy` copies a whole remote file."""
 
 
 def coalesce(
@@ -315,6 +333,35 @@ class RemoteSource:
                 f"cannot open as HDF5: {err}. The file may be truncated or corrupt",
                 path=self.name,
             ) from err
+
+
+@contextlib.contextmanager
+def local_copy(
+    source: str, output: str, storage_options: dict[str, Any] | None = None
+) -> Iterator[str]:
+    """Copy ``source`` (a URL, read by ranged requests of :data:`COPY_BLOCK` bytes, or a
+    local path) to a temporary file next to ``output``; yield its name; rename it to
+    ``output`` when the block ends without an error (removed otherwise).
+
+    A remote file replaced while it is copied is refused (:class:`LoomFileError`).
+
+    Examples
+    --------
+    >>> with local_copy("https://example.org/pbmc.loom", "pbmc.loom") as tmp:  # doctest: +SKIP
+    ...     qc_file(tmp)
+    """
+    with temporary_file(output, "copy", f"copying {source} to {output}") as tmp:
+        if is_url(source):
+            remote = RemoteSource(source, storage_options)
+            size = remote.size
+            with open(tmp, "wb") as fh:
+                for offset in range(0, size, COPY_BLOCK):
+                    fh.write(remote(offset, min(COPY_BLOCK, size - offset)))
+            remote.check_version()
+        else:
+            shutil.copyfile(source, tmp)
+        yield tmp
+        move_into_place(tmp, output)
 
 
 @contextlib.contextmanager

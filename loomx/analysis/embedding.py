@@ -90,6 +90,56 @@ def _anndata(ds: xr.Dataset, cells: np.ndarray, graphs: bool) -> Any:
     return ad
 
 
+class _NNDescentCSR:
+    """scanpy's own choice for many cells (pynndescent with umap's ``n_trees`` and
+    ``n_iters``), its graph given as a ``csr_matrix``: pynndescent 0.7 returns a
+    ``csr_array``, which scanpy 1.11's ``neighbors`` cannot read (no ``getnnz``)."""
+
+    def __init__(self, **params: Any) -> None:
+        self.params = params
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        return dict(self.params)
+
+    def set_params(self, **params: Any) -> _NNDescentCSR:
+        self.params.update(params)
+        return self
+
+    def fit(self, x: Any, y: Any = None) -> _NNDescentCSR:
+        from pynndescent import PyNNDescentTransformer
+
+        self.inner = PyNNDescentTransformer(**self.params).fit(x)
+        return self
+
+    def transform(self, x: Any) -> sp.csr_matrix:
+        return sp.csr_matrix(self.inner.transform(x))
+
+    def fit_transform(self, x: Any, y: Any = None) -> sp.csr_matrix:
+        from pynndescent import PyNNDescentTransformer
+
+        self.inner = PyNNDescentTransformer(**self.params)
+        return sp.csr_matrix(self.inner.fit_transform(x))
+
+
+def _transformer(n_obs: int, n_neighbors: int, metric: str, random_state: int) -> Any:
+    """None where scanpy computes exact neighbors (below 4096 cells, or 8192 with the
+    euclidean metric), else :class:`_NNDescentCSR` with the parameters scanpy would give
+    pynndescent."""
+    if n_obs < 4096 or (metric == "euclidean" and n_obs < 8192):
+        return None
+    from scanpy import settings
+
+    return _NNDescentCSR(
+        n_neighbors=n_neighbors,
+        metric=metric,
+        metric_kwds={},
+        random_state=random_state,
+        n_jobs=settings.n_jobs,
+        n_trees=min(64, 5 + round(n_obs**0.5 / 20.0)),
+        n_iters=max(5, round(np.log2(n_obs))),
+    )
+
+
 def neighbors(
     ds: xr.Dataset,
     n_neighbors: int = 15,
@@ -118,6 +168,7 @@ def neighbors(
         use_rep=use_rep,
         metric=metric,
         random_state=random_state,
+        transformer=_transformer(ad.n_obs, n_neighbors, metric, random_state),
     )
     distances = _expand_graph(ad.obsp["distances"], cells)
     knn = (distances > 0).astype(np.float64)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -28,8 +27,8 @@ import xarray as xr
 
 from loomx._format import names as conv
 from loomx._format import spec as _spec
-from loomx._hdf5.filesystem import is_url, move_into_place, temporary_file
-from loomx._hdf5.remote import RemoteSource
+from loomx._hdf5.filesystem import is_url
+from loomx._hdf5.remote import local_copy
 from loomx._read import chunking as _chunking
 from loomx._read.backend import chunk_layers, open_loom
 from loomx._write.writer import to_loom
@@ -166,10 +165,6 @@ def _summary(path: str) -> dict[str, Any]:
         }
 
 
-_COPY_BLOCK = 1 << 26
-"""Bytes fetched per request when a remote file is copied to ``output``."""
-
-
 def require_output(path: str | os.PathLike[str], output: str | os.PathLike[str] | None) -> None:
     """Refuse a remote ``path`` (a URL) without a local ``output`` for the results.
 
@@ -187,21 +182,6 @@ def require_output(path: str | os.PathLike[str], output: str | os.PathLike[str] 
         )
     if output is not None and is_url(os.fspath(output)):
         raise LoomFileError("output must be a local file, found a URL", path=output)
-
-
-def _copy(path: str, target: str, storage_options: dict[str, Any] | None) -> None:
-    """Copy ``path`` (local or a URL) to the new file ``target``, renamed into place last."""
-    with temporary_file(target, "process", f"writing {target}") as tmp:
-        if is_url(path):
-            source = RemoteSource(path, storage_options)
-            size = source.size
-            with open(tmp, "wb") as fh:
-                for offset in range(0, size, _COPY_BLOCK):
-                    fh.write(source(offset, min(_COPY_BLOCK, size - offset)))
-            source.check_version()  # refuses a file replaced during the copy
-        else:
-            shutil.copyfile(path, tmp)
-        move_into_place(tmp, target)
 
 
 def process_file(
@@ -255,7 +235,8 @@ def process_file(
     chosen = {step: {**DEFAULTS[step], **dict((params or {}).get(step, {}))} for step in STEPS}
     target = os.fspath(output if output is not None else path)
     if output is not None and not os.path.exists(target):
-        _copy(os.fspath(path), target, storage_options)
+        with local_copy(os.fspath(path), target, storage_options):
+            pass  # renamed into place as the block ends
     records = _records(chosen)
     states: dict[str, str] = {}
     seconds: dict[str, float] = {}

@@ -139,7 +139,7 @@ def qc_command(args: argparse.Namespace) -> int:
 
 def _qc_remote(url: str, output: str, options: dict[str, Any]) -> dict[str, Any]:
     """``qc_file`` on a local copy of ``url`` that becomes ``output``."""
-    from loomx.cli.download import local_copy
+    from loomx._hdf5.remote import local_copy
     from loomx.ops.qc import qc_file
 
     with local_copy(url, output) as tmp:

@@ -18,7 +18,8 @@ import xarray as xr
 from conftest import chunk_places, run_cli
 
 import loomx
-from loomx._hdf5.remote import BLOCK_SIZE, RemoteSource, coalesce
+from loomx._hdf5 import remote
+from loomx._hdf5.remote import BLOCK_SIZE, RemoteSource, coalesce, local_copy
 from loomx._write import transaction as _transaction
 from loomx.errors import LoomFileError, LoomFileNotFoundError, LoomWriteError
 from loomx.testing import make_example_loom
@@ -271,6 +272,54 @@ def test_a_file_replaced_on_the_server_is_refused_not_mixed(tmp_path):
         ):
             ds["matrix"].sum().compute()  # a fresh process reopens the URL
         assert err.value.path == server.url("moving.loom")
+
+
+def test_local_copy_is_byte_equal_and_renamed_at_the_end(tmp_path, monkeypatch):
+    monkeypatch.setattr(remote, "COPY_BLOCK", 1000)  # a copy of several requests
+    served = tmp_path / "served"
+    served.mkdir()
+    data = os.urandom(4567)
+    (served / "x.loom").write_bytes(data)
+    out = tmp_path / "out.loom"
+    with RangeHTTPServer(served) as server:
+        with local_copy(server.url("x.loom"), str(out)) as tmp:
+            assert not out.exists()
+            with open(tmp, "rb") as f:
+                assert f.read() == data
+        assert server.requests >= 5
+        assert out.read_bytes() == data
+        with pytest.raises(RuntimeError), local_copy(server.url("x.loom"), str(out)):
+            raise RuntimeError("failed")
+    local = tmp_path / "local.loom"
+    with local_copy(str(served / "x.loom"), str(local)):
+        assert not local.exists()
+    assert local.read_bytes() == data
+    assert sorted(os.listdir(tmp_path)) == ["local.loom", "out.loom", "served"]
+
+
+def test_local_copy_refuses_a_file_replaced_during_the_copy(tmp_path, monkeypatch):
+    monkeypatch.setattr(remote, "COPY_BLOCK", 1000)
+    (tmp_path / "x.loom").write_bytes(os.urandom(4567))
+    replaced = iter([False])
+    read = RemoteSource.__call__
+
+    def read_then_replace(self, offset, size):
+        if next(replaced, True) is False:  # after the first block, a new file of that size
+            (tmp_path / "new.loom").write_bytes(os.urandom(4567))
+            os.replace(tmp_path / "new.loom", tmp_path / "x.loom")
+        return read(self, offset, size)
+
+    monkeypatch.setattr(RemoteSource, "__call__", read_then_replace)
+    out = tmp_path / "out" / "copy.loom"
+    out.parent.mkdir()
+    with RangeHTTPServer(tmp_path) as server:
+        url = server.url("x.loom")
+        with (
+            pytest.raises(LoomFileError, match="changed since it was opened"),
+            local_copy(url, str(out)),
+        ):
+            pass
+    assert os.listdir(out.parent) == []
 
 
 def test_pending_region_write_is_read_as_the_local_reader_reads_it(tmp_path, monkeypatch):

@@ -76,3 +76,27 @@ def test_cluster_ids_by_size() -> None:
     np.testing.assert_array_equal(
         cluster_ids(np.array([5, 2, 2, 7, 7, 7, 5])), [2, 1, 1, 0, 0, 0, 2]
     )
+
+
+def test_neighbors_of_many_cells_take_scanpys_approximate_path() -> None:
+    """From 8192 cells (euclidean) scanpy uses pynndescent, whose 0.7 graph (a ``csr_array``)
+    scanpy 1.11 cannot read: loomx hands scanpy the same search with a ``csr_matrix``.  Checked
+    against the exact neighbors (sklearn, brute force): nearly all of them found."""
+    from sklearn.neighbors import NearestNeighbors
+
+    n = 8300
+    x = np.random.default_rng(0).normal(size=(n, 8)).astype(np.float32)
+    ds = loomx.from_arrays(
+        np.zeros((2, n), np.float32),
+        {"Gene": np.array(["a", "b"], dtype=object)},
+        {"CellID": np.array([f"c{i}" for i in range(n)], dtype=object), "X_pca": x},
+    )
+    out = loomx.pp.neighbors(ds, n_neighbors=10, random_state=0)
+    distances = out.loom.col_graphs.to_scipy("distances").tocsr()
+    knn = out.loom.col_graphs.to_scipy("KNN").tocsr()
+    assert (np.diff(knn.indptr) == 10).all()  # pynndescent's graph also holds each cell
+    assert knn.diagonal().sum() == 0
+    assert ((knn > 0) != (distances > 0)).nnz == 0
+    exact = NearestNeighbors(n_neighbors=11).fit(x).kneighbors(x, return_distance=False)
+    found = sum(len(set(knn[i].indices) & set(exact[i, 1:])) for i in range(n))
+    assert found / (n * 10) > 0.95

@@ -14,7 +14,7 @@ import scanpy as sc
 from conftest import sha256
 
 import loomx
-from loomx.analysis import pipeline
+from loomx._hdf5 import remote
 from loomx.analysis.pipeline import RECORD_PREFIX, STEPS, process_file
 from loomx.errors import LoomFileError
 from loomx.testing.servers import RangeHTTPServer
@@ -84,7 +84,7 @@ def test_rerun_skips_done_steps_and_redoes_changed_ones(processed, tmp_path) -> 
 def test_remote_file_is_read_and_results_go_to_output(
     processed, counts_loom, tmp_path, monkeypatch
 ) -> None:
-    monkeypatch.setattr(pipeline, "_COPY_BLOCK", 1 << 15)  # a copy of several requests
+    monkeypatch.setattr(remote, "COPY_BLOCK", 1 << 15)  # a copy of several requests
     served = tmp_path / "served"
     served.mkdir()
     shutil.copy(counts_loom, served / "counts.loom")
