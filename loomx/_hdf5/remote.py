@@ -35,6 +35,7 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import os
 import shutil
@@ -64,6 +65,7 @@ __all__ = [
     "MAX_GAP",
     "RemoteSource",
     "coalesce",
+    "collector_paused",
     "local_copy",
 ]
 
@@ -379,6 +381,40 @@ def _remote_errors(name: str, what: str) -> Iterator[None]:
         raise LoomFileError(f"cannot {what}: {type(err).__name__}: {err}", path=name) from err
 
 
+_COLLECTION_LOCK = threading.Lock()
+_COLLECTION_PAUSES = [0, False]  # readers inside a fetch, whether they turned the collector off
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """Python's cyclic garbage collector off while HDF5 waits on a remote fetch.
+
+    HDF5 calls :class:`RangeFile` with h5py's global lock held; the fetch runs on fsspec's
+    event-loop thread.  A collection there that frees an h5py object needs that lock, and
+    the two threads wait on each other forever (h5py issue 2019).  The collector is back
+    on when the last fetch in flight ends, if it was on before the first.
+
+    Examples
+    --------
+    >>> import gc
+    >>> with collector_paused():
+    ...     gc.isenabled()
+    False
+    """
+    with _COLLECTION_LOCK:
+        if _COLLECTION_PAUSES[0] == 0:
+            _COLLECTION_PAUSES[1] = gc.isenabled()
+            gc.disable()
+        _COLLECTION_PAUSES[0] += 1
+    try:
+        yield
+    finally:
+        with _COLLECTION_LOCK:
+            _COLLECTION_PAUSES[0] -= 1
+            if _COLLECTION_PAUSES[0] == 0 and _COLLECTION_PAUSES[1]:
+                gc.enable()
+
+
 class RangeFile(io.RawIOBase):
     """A read-only, seekable file object over a :class:`RemoteSource`, for h5py.
 
@@ -433,7 +469,9 @@ class RangeFile(io.RawIOBase):
                 (a * self.block_size, min(z * self.block_size, self.size) - a * self.block_size)
                 for a, z in runs
             ]
-            for (a, z), data in zip(runs, self.source.read_ranges(ranges), strict=True):
+            with collector_paused():  # h5py's lock is held: see collector_paused
+                fetched = self.source.read_ranges(ranges)
+            for (a, z), data in zip(runs, fetched, strict=True):
                 for b in range(a, z):
                     lo = (b - a) * self.block_size
                     self.blocks[b] = data[lo : lo + self.block_size]

@@ -423,3 +423,26 @@ def test_a_reference_index_of_another_file_is_refused(tmp_path):
         refs["refs"][".zattrs"] = "{}"  # no size recorded: the layers' shapes are compared
         with pytest.raises(loomx.LoomFormatError, match="reference index describes"):
             loomx.open_loom(server.url("c.loom"), chunk_index=refs)
+
+
+def test_the_collector_is_off_while_hdf5_waits_on_a_fetch(served, local):
+    """h5py holds its global lock while HDF5 reads through ``RangeFile``; a garbage
+    collection on fsspec's thread that frees an h5py object then deadlocks both threads
+    (h5py issue 2019).  The collector is off during each fetch and back on after."""
+    import gc
+
+    _, arrays = local
+    source = RemoteSource(served.url("example.loom"))
+    seen = []
+    fetch = source.read_ranges
+
+    def watched(ranges):
+        seen.append(gc.isenabled())
+        return fetch(ranges)
+
+    source.read_ranges = watched
+    assert gc.isenabled()
+    with h5py.File(remote.RangeFile(source), "r") as f:
+        np.testing.assert_array_equal(f["matrix"][()], arrays["matrix"])
+    assert seen and not any(seen)
+    assert gc.isenabled()
