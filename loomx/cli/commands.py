@@ -193,14 +193,14 @@ def validate_command(args: argparse.Namespace) -> int:
 
     if args.deep:
         from loomx._read.deep import validate_deep
-        from loomx.cli.progress import progress_line
+        from loomx.cli.progress import ProgressLine
 
-        started = time.perf_counter()
+        started, line = time.perf_counter(), ProgressLine(sys.stderr)
 
         def draw(done: int, total: int) -> None:
-            line = progress_line(done, total, time.perf_counter() - started)
-            sys.stderr.write("\r" + line + ("\n" if done == total else ""))
-            sys.stderr.flush()
+            line.draw(done, total, time.perf_counter() - started)
+            if done == total:
+                line.end()
 
         source = loom_source(args.path)
         problems = validate_deep(

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from dask.callbacks import Callback
 
-__all__ = ["ProgressBar", "format_seconds", "progress_line"]
+__all__ = ["ProgressBar", "ProgressLine", "format_seconds", "progress_line"]
 
 
 def format_seconds(seconds: float) -> str:
@@ -45,15 +45,42 @@ def progress_line(done: int, total: int, elapsed: float, width: int = 30) -> str
     return text
 
 
+class ProgressLine:
+    """One :func:`progress_line` redrawn in place on ``out`` (default stderr), padded so
+    that no character of a longer earlier line stays on screen.
+
+    Examples
+    --------
+    >>> import io
+    >>> line = ProgressLine(io.StringIO())
+    >>> line.draw(1, 2, 1.0); line.end()
+    """
+
+    def __init__(self, out: TextIO | None = None) -> None:
+        self.out = out if out is not None else sys.stderr
+        self._shown = 0  # characters of the line drawn last
+
+    def draw(self, done: int, total: int, elapsed: float) -> None:
+        text = progress_line(done, total, elapsed)
+        self.out.write("\r" + text + " " * max(0, self._shown - len(text)))
+        self.out.flush()
+        self._shown = len(text)
+
+    def end(self) -> None:
+        """Move past the line: the next one starts on its own."""
+        self.out.write("\n")
+        self.out.flush()
+        self._shown = 0
+
+
 class ProgressBar(Callback):
     """dask callback that draws :func:`progress_line` every ``interval`` seconds."""
 
     def __init__(self, out: TextIO | None = None, interval: float = 0.2) -> None:
         super().__init__()
-        self._out = out if out is not None else sys.stderr
+        self._line = ProgressLine(out)
         self._interval = interval
         self._state: dict[str, Any] | None = None
-        self._shown = 0  # characters of the line drawn last
         self._running = False
         self._thread: threading.Thread | None = None
         self._started = 0.0
@@ -73,9 +100,7 @@ class ProgressBar(Callback):
         if self._thread is not None:
             self._thread.join()
         self._draw()
-        self._out.write("\n")
-        self._out.flush()
-        self._shown = 0
+        self._line.end()
 
     def _redraw(self) -> None:
         while self._running:
@@ -88,7 +113,4 @@ class ProgressBar(Callback):
             return
         done = len(state["finished"])
         total = done + len(state["ready"]) + len(state["waiting"]) + len(state["running"])
-        text = progress_line(done, total, time.perf_counter() - self._started)
-        self._out.write("\r" + text + " " * max(0, self._shown - len(text)))
-        self._out.flush()
-        self._shown = len(text)
+        self._line.draw(done, total, time.perf_counter() - self._started)
