@@ -140,16 +140,19 @@ def available() -> bool:
     return _LIB is not None
 
 
-def compiled(function: Any = None, *, fastmath: Any = False) -> Any:
+def compiled(function: Any = None, *, fastmath: Any = False, cache: bool = True) -> Any:
     """``numba.njit(nogil=True, fastmath=fastmath)``, cached on disk where numba finds a
-    writable place: the decorator of every compiled loop in loomx (the one place numba is
-    imported); without numba the function stays plain Python."""
+    writable place (unless ``cache`` is false: a function that calls a C function pointer
+    cannot be cached): the decorator of every compiled loop in loomx (the one place numba
+    is imported); without numba the function stays plain Python."""
     if function is None:
-        return partial(compiled, fastmath=fastmath)
+        return partial(compiled, fastmath=fastmath, cache=cache)
     try:
         import numba
     except ImportError:  # pragma: no cover - numba is a dependency
         return function
+    if not cache:
+        return numba.njit(nogil=True, fastmath=fastmath)(function)
     try:
         return numba.njit(nogil=True, cache=True, fastmath=fastmath)(function)
     except RuntimeError:  # no writable cache location: compile once per process

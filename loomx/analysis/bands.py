@@ -5,10 +5,14 @@ loomx's naming rule.
 A step reads a layer as full-height column bands (every gene of a few hundred cells) and
 runs one numpy function per band: a derived layer (normalized, log1p, scaled) is a chain
 of such functions that dask fuses with the read of the band, so a statistic of a derived
-layer is one pass over the stored matrix.  A global statistic that a derived layer needs
-(the median library size, the gene means of ``scale``) is computed from a clone of the
-reads (:func:`dask.graph_manipulation.clone`): the band tasks of the layer itself then wait
-for it without holding bands in memory.
+layer is one pass over the stored matrix.  Statistics take each band as its non-zeros
+(:func:`loomx.analysis.band_kernels.to_csr`, right after the read): a step that maps zero
+to zero registers a variant that works on the non-zeros alone
+(:func:`register_sparse_step`), so that the chain costs what the non-zeros cost.
+
+A global statistic that a derived layer needs (the median library size, the gene means of
+``scale``) is computed from a clone of the reads (:func:`dask.graph_manipulation.clone`):
+the band tasks of the layer itself then wait for it without holding bands in memory.
 """
 
 from __future__ import annotations
@@ -21,10 +25,13 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.graph_manipulation import clone
+from xarray.core import indexing
 
 from loomx._format import names as conv
 from loomx._format import spec as _spec
 from loomx._read import chunking as _chunking
+from loomx._read.layer import LayerArray
+from loomx.analysis import band_kernels as _kernels
 from loomx.errors import LoomFormatError, LoomNameError
 from loomx.ops.qc import assign_qc
 
@@ -39,7 +46,9 @@ __all__ = [
     "bands",
     "cell_mask",
     "gene_mask",
+    "register_sparse_step",
     "source_layer",
+    "tree_sum",
 ]
 
 CURRENT_LAYER = "loomx_current_layer"
@@ -98,6 +107,12 @@ def bands(ds: xr.Dataset, name: str) -> da.Array:
     width = _chunking.band_width(n, var.dtype.itemsize, hdf5 or current)
     if not isinstance(data, da.Array):
         return da.from_array(np.asarray(data), chunks=(max(n, 1), width))
+    source = getattr(data, "_source", None)
+    if isinstance(data, LayerArray) and source is not None and ds[name].dims == var.dims:
+        # a stored layer read whole: read it in bands (a rechunk would read blocks of
+        # other shapes and join them)
+        stored = xr.Variable(var.dims, indexing.LazilyIndexedArray(source))
+        return stored.chunk({row_dim: -1, col_dim: width}).data
     out = data.rechunk({0: -1, 1: width})
     _RECIPES[out.name] = (data, ((_RECHUNK, ({0: -1, 1: width},), out.dtype),))
     return out
@@ -120,6 +135,16 @@ applied to it (see :func:`derive`, :func:`fresh_reads`)."""
 _RECHUNK = object()
 """A step of a recipe that rechunks (into full-height bands) instead of mapping bands."""
 
+_SPARSE_STEPS: dict[Callable[..., Any], Callable[..., Any]] = {}
+"""Band function of a derived layer -> its variant on the band's non-zeros."""
+
+
+def register_sparse_step(dense: Callable[..., Any], variant: Callable[..., Any]) -> None:
+    """Declare that ``dense(band, *args)`` maps zero to zero and that
+    ``variant(csr_band, *args)`` computes the same values on a CSR band's non-zeros
+    (returning a CSR band of the same shape)."""
+    _SPARSE_STEPS[dense] = variant
+
 
 def derive(data: da.Array, func: Callable[..., np.ndarray], *args: Any, dtype: Any) -> da.Array:
     """``func(band, *args)`` on every band of ``data``: a derived layer, lazy, whose
@@ -133,17 +158,49 @@ def derive(data: da.Array, func: Callable[..., np.ndarray], *args: Any, dtype: A
     return out
 
 
+def _cloned(root: da.Array) -> da.Array:
+    """``root`` under new task keys (reads of its own), or ``root`` itself when its graph
+    holds a rechunk: dask cannot compute a clone of one (dask 2026.8: "Cannot fuse tasks
+    with multiple outputs"); the reads are then shared, which costs memory, not results."""
+    if any(str(name).startswith("rechunk-") for name in root.dask.layers):
+        return root
+    return clone(root, assume_layers=False)
+
+
 def fresh_reads(data: da.Array) -> da.Array:
     """``data`` computed from reads of its own (new task keys for the stored layer's
     bands, the derivation applied again; statistics it waits for are shared)."""
     root, chain = _RECIPES.get(data.name, (data, ()))
-    out = clone(root, assume_layers=False)
+    out = _cloned(root)
     for func, args, dtype in chain:
         if func is _RECHUNK:
             out = out.rechunk(*args)
         else:
             out = out.map_blocks(func, *args, dtype=dtype, meta=np.empty((0, 0), dtype))
     return out
+
+
+def _sparse_chain(data: da.Array, fresh: bool) -> tuple[da.Array, tuple[Any, ...]] | None:
+    """The stored bands ``data`` derives from and the sparse variants of its steps, or None
+    when a step has no variant."""
+    root, chain = _RECIPES.get(data.name, (data, ()))
+    source = _cloned(root) if fresh else root
+    steps: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
+    for func, args, _ in chain:
+        if func is _RECHUNK and not steps:
+            source = source.rechunk(*args)
+        elif func in _SPARSE_STEPS:
+            steps.append((_SPARSE_STEPS[func], args))
+        else:
+            return None
+    return source, tuple(steps)
+
+
+def _on_nonzeros(block: Any, steps: Any, func: Callable[..., Any], args: Any, kw: Any) -> Any:
+    band = _kernels.to_csr(block)
+    for step, step_args in steps:
+        band = step(band, *step_args)
+    return func(band, *args, **kw)
 
 
 def band_map(
@@ -153,32 +210,49 @@ def band_map(
     cells: Mapping[str, Any] | None = None,
     fresh: bool = True,
 ) -> list[Any]:
-    """Delayed ``func(band, *args, **per-cell slices)``, one per band of ``data``.
+    """Delayed ``func(band, *args, **per-cell slices)``, one per band of ``data``, each
+    band given as a :class:`scipy.sparse.csr_matrix` (genes x cells) of its non-zeros.
 
     ``cells`` are per-cell vectors, each passed to ``func`` sliced to the band.  With
     ``fresh`` (the default) the bands are read by their own tasks (:func:`fresh_reads`),
     so that a layer which waits for the result does not keep bands in memory meanwhile.
+    The steps of a derived layer run on the non-zeros where each has a sparse variant,
+    else on the dense band before it is reduced to its non-zeros.
     """
-    source = fresh_reads(data) if fresh else data
+    sparse_chain = _sparse_chain(data, fresh)
+    if sparse_chain is None:
+        source, steps = (fresh_reads(data) if fresh else data), ()
+    else:
+        source, steps = sparse_chain
     blocks = source.to_delayed()[0]
     bounds = np.cumsum((0, *data.chunks[1]))
-    call = dask.delayed(func, pure=True)
+    call = dask.delayed(_on_nonzeros, pure=True)
     return [
-        call(block, *args, **{k: v[bounds[i] : bounds[i + 1]] for k, v in (cells or {}).items()})
+        call(
+            block,
+            steps,
+            func,
+            args,
+            {k: v[bounds[i] : bounds[i + 1]] for k, v in (cells or {}).items()},
+        )
         for i, block in enumerate(blocks)
     ]
+
+
+def tree_sum(parts: list[Any]) -> Any:
+    """A delayed dict: delayed dicts added up key by key (a pairwise tree)."""
+    add = dask.delayed(_add, pure=True)
+    while len(parts) > 1:
+        pairs = [add(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
+        parts = pairs + ([parts[-1]] if len(parts) % 2 else [])
+    return parts[0]
 
 
 def band_sums(
     data: da.Array, func: Callable[..., dict[str, np.ndarray]], *args: Any, **kw: Any
 ) -> Any:
     """A delayed dict: the dicts of :func:`band_map` added up key by key (a pairwise tree)."""
-    parts = band_map(data, func, *args, **kw)
-    add = dask.delayed(_add, pure=True)
-    while len(parts) > 1:
-        pairs = [add(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
-        parts = pairs + ([parts[-1]] if len(parts) % 2 else [])
-    return parts[0]
+    return tree_sum(band_map(data, func, *args, **kw))
 
 
 def band_concat(data: da.Array, func: Callable[..., np.ndarray], *args: Any, **kw: Any) -> Any:

@@ -20,9 +20,11 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
+from scipy import sparse
 
 from loomx._format import names as conv
 from loomx._format import spec as _spec
+from loomx.analysis import band_kernels as _kernels
 from loomx.analysis import bands as _bands
 from loomx.errors import LoomNameError
 
@@ -50,41 +52,28 @@ _BATCH_COLUMNS = {"highly_variable_nbatches": np.int64, "highly_variable_interse
 
 
 def group_moments(
-    block: Any, dtype: np.dtype, genes: np.ndarray, n_batches: int, expm1: float | None, codes: Any
+    band: Any, dtype: np.dtype, genes: np.ndarray, n_batches: int, expm1: float | None, codes: Any
 ) -> dict[str, np.ndarray]:
-    """Per batch and gene of a band's valid cells (``codes`` >= 0): count, sum, sum of
+    """Per batch and gene of a CSR band's valid cells (``codes`` >= 0): count, sum, sum of
     squares (in ``dtype``, as scanpy squares) and non-zeros; ``expm1``: of
     ``expm1(x * expm1)``, scanpy's ``seurat`` flavor."""
-    x = np.asarray(block, dtype=dtype)[genes]
+    values = np.asarray(band.data, dtype=dtype)
     if expm1 is not None:
-        x = np.expm1(x if expm1 == 1 else (x * expm1).astype(dtype))
-    out = {
-        "n": np.zeros(n_batches, np.int64),
-        "sum": np.zeros((n_batches, x.shape[0])),
-        "sumsq": np.zeros((n_batches, x.shape[0])),
-        "nnz": np.zeros((n_batches, x.shape[0]), np.int64),
-    }
-    for b in range(n_batches):
-        part = x[:, codes == b]
-        out["n"][b] = part.shape[1]
-        out["sum"][b] = part.sum(axis=1, dtype=np.float64)
-        out["sumsq"][b] = (part * part).sum(axis=1, dtype=np.float64)
-        out["nnz"][b] = (part != 0).sum(axis=1)
-    return out
+        values = np.expm1(values if expm1 == 1 else (values * expm1).astype(dtype))
+    band = sparse.csr_matrix((values, band.indices, band.indptr), shape=band.shape)
+    codes = np.asarray(codes)
+    total, squares, nnz = _kernels.group_moments(band, genes, codes, n_batches)
+    n = np.bincount(codes[codes >= 0], minlength=n_batches).astype(np.int64)
+    return {"n": n, "sum": total, "sumsq": squares, "nnz": nnz}
 
 
 def _clipped_sums(
-    block: Any, genes: np.ndarray, clip: np.ndarray, codes: Any
+    band: Any, genes: np.ndarray, clip: np.ndarray, codes: Any
 ) -> dict[str, np.ndarray]:
     """Per batch and gene: sum and sum of squares of the values clipped at ``clip`` (a
     (batches, genes) array), in float64 as scanpy's ``seurat_v3``."""
-    x = np.asarray(block)[genes].astype(np.float64)
-    out = {"sum": np.zeros_like(clip), "sumsq": np.zeros_like(clip)}
-    for b in range(clip.shape[0]):
-        part = np.minimum(x[:, codes == b], clip[b][:, None])
-        out["sum"][b] = part.sum(axis=1)
-        out["sumsq"][b] = np.square(part).sum(axis=1)
-    return out
+    total, squares = _kernels.clipped_sums(band, genes, np.asarray(codes), clip)
+    return {"sum": total, "sumsq": squares}
 
 
 def _mean_var(n: int, total: np.ndarray, sumsq: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

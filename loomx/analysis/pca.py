@@ -14,32 +14,50 @@ from __future__ import annotations
 from typing import Any
 
 import dask
+import dask.array as da
 import numpy as np
 import xarray as xr
 from scipy import linalg
-from scipy.linalg import blas
 
 from loomx._format import spec as _spec
+from loomx.analysis import band_kernels as _kernels
 from loomx.analysis import bands as _bands
 from loomx.errors import LoomNameError
 
-__all__ = ["pca"]
+__all__ = ["GRAM_CELLS", "pca"]
 
 
-def _gram(block: Any, genes: np.ndarray, valid: np.ndarray) -> dict[str, np.ndarray]:
-    """Over the valid cells of a band: count, per-gene sums and the Gram matrix of the
-    selected ``genes`` (float64)."""
-    x = np.asarray(block)[genes][:, valid].astype(np.float64)
-    # the upper triangle only (BLAS syrk: half the work of x @ x.T)
-    gram = blas.dsyrk(1.0, x) if x.size else np.zeros((x.shape[0], x.shape[0]))
-    return {"n": np.array(x.shape[1]), "sum": x.sum(axis=1), "gram": gram}
+GRAM_CELLS = 2048
+"""Cells per Gram task: its genes x genes result is written once per task, not per band
+(a band of 128 cells of 2,000 genes is 2 MB; its Gram matrix is 32 MB)."""
+
+
+def _selected(band: Any, genes: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """The selected ``genes`` of the valid cells of a CSR band, dense float64."""
+    return _kernels.dense_rows(band, genes, valid)
+
+
+def _gram(parts: list[np.ndarray]) -> dict[str, np.ndarray]:
+    """Count, per-gene sums and the Gram matrix (upper triangle, float64) of the cells of
+    ``parts`` (genes x cells each)."""
+    size = parts[0].shape[0]
+    gram = np.zeros((size, size), order="F")
+    # one BLAS call per task: its genes x genes result is written once per 2,048 cells
+    with _kernels.one_blas_thread():
+        _kernels.gram_add(gram, np.asfortranarray(np.concatenate(parts, axis=1)))
+    return {
+        "n": np.array(sum(x.shape[1] for x in parts)),
+        "sum": np.sum([x.sum(axis=1) for x in parts], axis=0),
+        "gram": gram,
+    }
 
 
 def _project(
-    block: Any, genes: np.ndarray, mean: np.ndarray, loadings: np.ndarray, dtype: np.dtype
+    band: Any, genes: np.ndarray, mean: np.ndarray, loadings: np.ndarray, dtype: np.dtype
 ) -> np.ndarray:
-    x = np.asarray(block)[genes].astype(np.float64)
-    return (loadings.T @ (x - mean[:, None])).astype(dtype)
+    x = _kernels.dense_rows(band, genes, np.ones(band.shape[1], bool))
+    with _kernels.one_blas_thread():
+        return _kernels.dot(loadings.T, x - mean[:, None]).astype(dtype)
 
 
 def _components(
@@ -118,18 +136,21 @@ def pca(
         n_comps = smaller - 1 if smaller <= 50 else 50
     if not 0 < n_comps <= genes.sum():
         raise ValueError(f"n_comps={n_comps}; expected 1 to {int(genes.sum())} (the genes used)")
-    (sums,) = compute(_bands.band_sums(data, _gram, genes, cells={"valid": valid}, fresh=False))
+    parts = _bands.band_map(data, _selected, genes, cells={"valid": valid}, fresh=False)
+    group = max(1, GRAM_CELLS // max(1, data.chunks[1][0]))
+    gram = dask.delayed(_gram, pure=True)
+    (sums,) = compute(
+        _bands.tree_sum([gram(parts[i : i + group]) for i in range(0, len(parts), group)])
+    )
     loadings, variance, ratio, mean = _components(sums, n_comps, zero_center)
     dtype = data.dtype if data.dtype.kind == "f" else np.dtype(np.float64)
-    projected = data.map_blocks(
-        _project,
-        genes,
-        mean,
-        loadings,
-        dtype,
-        chunks=((n_comps,), data.chunks[1]),
-        dtype=dtype,
-        meta=np.empty((0, 0), dtype),
+    parts = _bands.band_map(data, _project, genes, mean, loadings, dtype, fresh=False)
+    projected = da.concatenate(
+        [
+            da.from_delayed(part, (n_comps, width), dtype=dtype)
+            for part, width in zip(parts, data.chunks[1], strict=True)
+        ],
+        axis=1,
     ).T
     pcs = np.zeros((genes.size, n_comps), dtype=dtype)
     pcs[genes] = loadings

@@ -73,9 +73,15 @@ RECORD_PREFIX = "loomx_process_"
 Compute = Callable[..., tuple[Any, ...]]
 
 
+TARGET_SUM = "loomx_normalize_target_sum"
+"""Global attribute: the ``target_sum`` the normalize step chose (the median total when
+none is given), so that later steps normalize without a read to find it."""
+
+
 def _log_normalized(ds: xr.Dataset, params: Mapping[str, Any]) -> xr.Dataset:
     norm = params["normalize"]
-    ds = preprocess.normalize_total(ds, target_sum=norm["target_sum"], layer=_spec.MATRIX)
+    target = ds.attrs.get(TARGET_SUM, norm["target_sum"])
+    ds = preprocess.normalize_total(ds, target_sum=target, layer=_spec.MATRIX)
     return preprocess.log1p(ds, base=norm["base"])
 
 
@@ -94,7 +100,12 @@ def _run(step: str, ds: xr.Dataset, params: Mapping[str, Any], compute: Compute)
     if step == "filter_genes":
         return preprocess.filter_genes(ds, min_cells=p["min_cells"], layer=_spec.MATRIX)
     if step == "normalize":
-        return ds
+        target = p["target_sum"]
+        if target is None:
+            target = preprocess.median_total(ds, layer=_spec.MATRIX, compute=compute)
+        out = ds.copy()
+        out.attrs[TARGET_SUM] = float(target)
+        return out
     if step == "highly_variable_genes":
         source = ds if p["flavor"] == "seurat_v3" else _log_normalized(ds, params)
         return hvg.highly_variable_genes(source, **p)

@@ -15,6 +15,7 @@ from loomx.analysis.preprocess import (
     filter_genes,
     log1p,
     mark_outliers,
+    median_total,
     normalize_total,
     scale,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "highly_variable_genes",
     "log1p",
     "mark_outliers",
+    "median_total",
     "neighbors",
     "normalize_total",
     "pca",

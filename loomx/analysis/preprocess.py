@@ -18,9 +18,11 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from scipy import sparse
 
 from loomx._format import names as conv
 from loomx._format import spec as _spec
+from loomx.analysis import band_kernels as _kernels
 from loomx.analysis import bands as _bands
 from loomx.errors import LoomNameError
 from loomx.ops.qc import calculate_qc_metrics
@@ -31,6 +33,7 @@ __all__ = [
     "filter_genes",
     "log1p",
     "mark_outliers",
+    "median_total",
     "normalize_total",
     "scale",
 ]
@@ -43,26 +46,34 @@ def _float_dtype(dtype: np.dtype, integer_as: Any = np.float32) -> np.dtype:
 # ---------------------------------------------------------------------------- normalize_total
 
 
-def _totals(x: np.ndarray, genes: np.ndarray, dtype: np.dtype) -> np.ndarray:
-    """Per-cell sums over ``genes``, accumulated in float64, given in ``dtype`` as scanpy
-    gives them."""
-    return np.asarray(x)[genes].sum(axis=0, dtype=np.float64).astype(dtype)
+def _as_dtype(band: Any, dtype: np.dtype) -> Any:
+    """A CSR band with its values in ``dtype`` (the band itself when they are)."""
+    return band if band.dtype == dtype else band.astype(dtype)
+
+
+def _totals(band: Any, genes: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Per-cell sums over ``genes`` of a CSR band, accumulated in float64, given in
+    ``dtype`` as scanpy gives them."""
+    return _kernels.column_sums(band, genes).astype(dtype)
 
 
 def _high_genes(
-    block: Any, genes: np.ndarray, dtype: np.dtype, fraction: float, valid: np.ndarray
+    band: Any, genes: np.ndarray, dtype: np.dtype, fraction: float, valid: np.ndarray
 ) -> dict[str, np.ndarray]:
     """Per gene, the valid cells of a band in which it exceeds ``fraction`` of the total."""
-    x = np.asarray(block, dtype=dtype)[:, valid]
-    totals = _totals(x, genes, dtype)
-    return {"high": (x > totals[None, :] * fraction).sum(axis=1)}
+    band = _as_dtype(band, dtype)
+    thresholds = _totals(band, genes, dtype) * fraction
+    return {"high": _kernels.count_above(band, thresholds, valid)}
+
+
+def _kept(genes: np.ndarray, high: Any) -> np.ndarray:
+    return genes if high is None else genes & (high["high"] == 0)
 
 
 def _band_totals(
-    block: Any, genes: np.ndarray, dtype: np.dtype, high: Any, valid: np.ndarray
+    band: Any, genes: np.ndarray, dtype: np.dtype, high: Any, valid: np.ndarray
 ) -> np.ndarray:
-    kept = genes if high is None else genes & (high["high"] == 0)
-    return _totals(np.asarray(block)[:, valid], kept, dtype)
+    return _totals(_as_dtype(band, dtype), _kept(genes, high), dtype)[valid]
 
 
 def _median_nonzero(totals: np.ndarray) -> float:
@@ -70,14 +81,58 @@ def _median_nonzero(totals: np.ndarray) -> float:
     return float(np.median(positive)) if positive.size else 1.0
 
 
+def _size_factors(totals: np.ndarray, target: float) -> np.ndarray:
+    counts = totals / target
+    return np.where(counts == 0, 1, counts)
+
+
 def _normalize_band(
     block: Any, genes: np.ndarray, dtype: np.dtype, high: Any, target: float
 ) -> np.ndarray:
     x = np.asarray(block, dtype=dtype)
-    kept = genes if high is None else genes & (high["high"] == 0)
-    counts = _totals(x, kept, dtype) / target
-    counts = np.where(counts == 0, 1, counts)
-    return (x / counts[None, :]).astype(dtype, copy=False)
+    totals = x[_kept(genes, high)].sum(axis=0, dtype=np.float64).astype(dtype)
+    return (x / _size_factors(totals, target)[None, :]).astype(dtype, copy=False)
+
+
+def _normalize_nonzeros(
+    band: Any, genes: np.ndarray, dtype: np.dtype, high: Any, target: float
+) -> Any:
+    band = _as_dtype(band, dtype)
+    factors = _size_factors(_totals(band, _kept(genes, high), dtype), target)
+    values = (band.data / factors[band.indices]).astype(dtype, copy=False)
+    return sparse.csr_matrix((values, band.indices, band.indptr), shape=band.shape)
+
+
+_bands.register_sparse_step(_normalize_band, _normalize_nonzeros)
+
+
+def _median_target(
+    data: Any, genes: np.ndarray, dtype: np.dtype, high: Any, valid: np.ndarray
+) -> Any:
+    """Delayed: the median total of the valid cells with counts (scanpy's default target)."""
+    totals = _bands.band_concat(data, _band_totals, genes, dtype, high, cells={"valid": valid})
+    return dask.delayed(_median_nonzero, pure=True)(totals)
+
+
+def median_total(ds: xr.Dataset, *, layer: str | None = None, compute: Any = dask.compute) -> float:
+    """The ``target_sum`` :func:`normalize_total` takes when given none: the median total
+    over the valid genes of the valid cells with counts (one read of ``layer``).
+
+    Computing it once and passing it as ``target_sum`` gives the same layer without that
+    read in every later computation.
+
+    Examples
+    --------
+    >>> target = loomx.pp.median_total(ds)  # doctest: +SKIP
+    >>> ds = loomx.pp.normalize_total(ds, target_sum=target)  # doctest: +SKIP
+    """
+    source = _bands.source_layer(ds, layer)
+    data = _bands.bands(ds, source)
+    dtype = _float_dtype(data.dtype)
+    (target,) = compute(
+        _median_target(data, _bands.gene_mask(ds), dtype, None, _bands.cell_mask(ds))
+    )
+    return float(target)
 
 
 def normalize_total(
@@ -129,8 +184,7 @@ def normalize_total(
             data, _high_genes, genes, dtype, max_fraction, cells={"valid": valid}
         )
     if target_sum is None:
-        totals = _bands.band_concat(data, _band_totals, genes, dtype, high, cells={"valid": valid})
-        target: Any = dask.delayed(_median_nonzero, pure=True)(totals)
+        target: Any = _median_target(data, genes, dtype, high, valid)
     else:
         target = float(target_sum)
     out = _bands.derive(data, _normalize_band, genes, dtype, high, target, dtype=dtype)
@@ -147,13 +201,24 @@ def normalize_total(
 # ------------------------------------------------------------------------------------ log1p
 
 
-def _log1p_band(block: Any, base: float | None) -> np.ndarray:
-    x = np.asarray(block)
+def _log1p_values(x: np.ndarray, base: float | None) -> np.ndarray:
     x = x if x.dtype.kind == "f" else x.astype(np.float64)
     out = np.log1p(x)
     if base is not None:
         np.divide(out, np.log(base), out=out)
     return out
+
+
+def _log1p_band(block: Any, base: float | None) -> np.ndarray:
+    return _log1p_values(np.asarray(block), base)
+
+
+def _log1p_nonzeros(band: Any, base: float | None) -> Any:
+    values = _log1p_values(band.data, base)
+    return sparse.csr_matrix((values, band.indices, band.indptr), shape=band.shape)
+
+
+_bands.register_sparse_step(_log1p_band, _log1p_nonzeros)
 
 
 def log1p(
@@ -177,15 +242,14 @@ def log1p(
 # ------------------------------------------------------------------------------------ scale
 
 
-def gene_moments(block: Any, dtype: np.dtype, valid: np.ndarray) -> dict[str, np.ndarray]:
-    """Per gene, over the valid cells of a band: count, sum and sum of squares as
+def gene_moments(band: Any, dtype: np.dtype, valid: np.ndarray) -> dict[str, np.ndarray]:
+    """Per gene, over the valid cells of a CSR band: count, sum and sum of squares as
     scanpy's ``_get_mean_var`` forms them (squares in the layer's dtype, sums in float64)."""
-    x = np.asarray(block, dtype=dtype)[:, valid]
-    return {
-        "n": np.array(x.shape[1]),
-        "sum": x.sum(axis=1, dtype=np.float64),
-        "sumsq": (x * x).sum(axis=1, dtype=np.float64),
-    }
+    codes = np.where(valid, 0, -1)
+    total, squares, _ = _kernels.group_moments(
+        _as_dtype(band, dtype), np.ones(band.shape[0], bool), codes, 1
+    )
+    return {"n": np.array(int(np.sum(valid))), "sum": total[0], "sumsq": squares[0]}
 
 
 def mean_var(moments: Mapping[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -251,9 +315,9 @@ def scale(
 # ------------------------------------------------------------------------------ filter_genes
 
 
-def _gene_counts(block: Any, valid: np.ndarray) -> dict[str, np.ndarray]:
-    x = np.asarray(block)[:, valid]
-    return {"cells": (x > 0).sum(axis=1), "counts": x.sum(axis=1, dtype=np.float64)}
+def _gene_counts(band: Any, valid: np.ndarray) -> dict[str, np.ndarray]:
+    cells, counts = _kernels.positive_counts(band, valid)
+    return {"cells": cells, "counts": counts}
 
 
 def filter_genes(

@@ -99,3 +99,16 @@ def test_layers_in_blocks_shorter_than_the_genes(counts_loom) -> None:
     ds = loomx.pp.scale(loomx.pp.log1p(loomx.pp.normalize_total(ds)))
     assert ds["scaled"].data.chunks[0] == (ds.sizes["row"],)
     np.testing.assert_allclose(ds["scaled"].values.T, ad.X, rtol=1e-6, atol=1e-6)
+
+
+def test_median_total_is_the_target_scanpy_picks(counts_loom) -> None:
+    import h5py
+
+    with h5py.File(counts_loom, "r") as f:
+        totals = f["matrix"][:].astype(np.float64).sum(axis=0)
+    target = loomx.pp.median_total(loomx.open_loom(counts_loom))
+    assert target == np.median(totals[totals > 0])
+    ad = adata_of(counts_loom)
+    sc.pp.normalize_total(ad)  # its default target: the median total
+    ds = loomx.pp.normalize_total(loomx.open_loom(counts_loom), target_sum=target)
+    np.testing.assert_allclose(ds["normalized"].values.T, ad.X, rtol=1e-6)
