@@ -6,6 +6,7 @@ mask of genes as scanpy's subset."""
 from __future__ import annotations
 
 import anndata
+import dask
 import numpy as np
 import pytest
 import scanpy as sc
@@ -57,3 +58,36 @@ def test_pca_as_scanpy_arpack(counts_loom, zero_center) -> None:
     x_pca = out["X_pca"].values
     assert x_pca.shape == (ds.sizes["col"], 30)
     assert cosines(x_pca[cells][:, keep], ad.obsm["X_pca"][:, keep]).min() >= 0.9999
+
+
+@pytest.fixture(scope="module")
+def cells_20k(tmp_path_factory) -> str:
+    """20,000 cells x 300 genes: many bands, and Gram tasks of several bands each."""
+    from loomx.testing import make_counts_loom
+
+    return make_counts_loom(tmp_path_factory.mktemp("c20k") / "c20k.loom", 300, 20_000, seed=3)
+
+
+def test_normalize_hvg_pca_of_20000_cells_as_scanpy(cells_20k) -> None:
+    with dask.config.set({"array.chunk-size": "256KiB"}):  # ~100 bands, ~10 per Gram task
+        ds = loomx.open_loom(cells_20k)
+        ds = loomx.pp.log1p(loomx.pp.normalize_total(ds))
+        ds = loomx.pp.highly_variable_genes(ds, n_top_genes=100)
+        hv = ds["highly_variable"].values
+        out = loomx.pp.pca(ds, n_comps=20)
+        x_pca = out["X_pca"].values
+
+    ad = anndata.AnnData(np.ascontiguousarray(loomx.open_loom(cells_20k)["matrix"].values.T))
+    sc.pp.normalize_total(ad)
+    sc.pp.log1p(ad)
+    sc.pp.highly_variable_genes(ad, n_top_genes=100)
+    assert (ad.var["highly_variable"].to_numpy() == hv).all()
+    for column in ("means", "dispersions", "dispersions_norm"):
+        np.testing.assert_allclose(ds[column].values, ad.var[column].to_numpy(), rtol=1e-6)
+    sc.pp.pca(ad, n_comps=20, svd_solver="arpack", mask_var="highly_variable")
+    ratio = np.asarray(out.attrs["pca_variance_ratio"])
+    np.testing.assert_allclose(ratio, ad.uns["pca"]["variance_ratio"], rtol=1e-5, atol=1e-7)
+    keep = separated(ad.uns["pca"]["variance"])
+    assert keep.size >= 3
+    assert cosines(out["PCs"].values[:, keep], ad.varm["PCs"][:, keep]).min() >= 0.9999
+    assert cosines(x_pca[:, keep], ad.obsm["X_pca"][:, keep]).min() >= 0.9999
