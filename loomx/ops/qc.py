@@ -34,6 +34,8 @@ from loomx._format import spec as _spec
 from loomx._hdf5.filesystem import move_into_place, temporary_file
 from loomx._read import chunking as _chunking
 from loomx._read.backend import chunk_layers, open_loom
+from loomx._read.layer import reread
+from loomx._read.lazy_arrays import unchanged_source
 from loomx._write.maintain import delete
 from loomx._write.writer import to_loom
 from loomx.errors import LoomFormatError, LoomNameError
@@ -131,11 +133,12 @@ def _bands(var: xr.DataArray, row_dim: str, col_dim: str) -> da.Array:
         hdf5 = (var.encoding.get("chunksizes") or (None, None))[1]
         current = data.chunks[1][0] if isinstance(data, da.Array) and data.chunks[1] else None
         width = _chunking.band_width(n, var.dtype.itemsize, hdf5 or current)
-        data = (
-            data.rechunk({0: -1, 1: width})
-            if isinstance(data, da.Array)
-            else da.from_array(data, chunks=(max(n, 1), width))
-        )
+        if not isinstance(data, da.Array):
+            data = da.from_array(data, chunks=(max(n, 1), width))
+        elif unchanged_source(var.variable) is not None:
+            data = reread(data, (n, width))  # bands read from the file, not joined blocks
+        else:
+            data = data.rechunk({0: -1, 1: width})
     return data
 
 

@@ -324,3 +324,24 @@ def test_cli_qc_takes_the_gene_symbol_attribute_and_says_which(tmp_path):
     done = run_cli("qc", path, "--gene-symbols", "nope", "--output", tmp_path / "c.loom")
     assert done.returncode != 0 and "'nope'" in done.stderr and "symbol" in done.stderr
     assert not (tmp_path / "c.loom").exists()
+
+
+def test_bands_of_an_opened_layer_are_read_from_the_file_not_joined(counts_file):
+    """Square blocks to full-height bands: each band is one read of the file (dask's
+    rechunk would hold and join a row of blocks per band); a changed layer is rechunked."""
+    from loomx.ops.qc import _bands
+
+    with h5py.File(counts_file, "r") as f:
+        matrix = f["matrix"][:]
+    ds = loomx.open_loom(counts_file, chunks={"row": 64, "col": 64})
+    bands = _bands(ds["matrix"], "row", "col")
+    assert bands.chunks[0] == (matrix.shape[0],)
+    assert len(bands.__dask_graph__()) == bands.npartitions  # one task per band, nothing else
+    np.testing.assert_array_equal(bands.compute(), matrix)
+    changed = ds.assign(matrix=ds["matrix"] + 1)
+    joined = _bands(changed["matrix"], "row", "col")
+    assert len(joined.__dask_graph__()) > joined.npartitions
+    np.testing.assert_array_equal(joined.compute(), matrix + 1)
+    reference = loomx.calculate_qc_metrics(loomx.open_loom(counts_file, chunks=-1))
+    for ref, got in zip(reference, loomx.calculate_qc_metrics(ds), strict=True):
+        xr.testing.assert_allclose(ref, got, rtol=1e-12)
