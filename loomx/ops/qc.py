@@ -28,6 +28,9 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.base import tokenize
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
 
 from loomx._format import names as conv
 from loomx._format import spec as _spec
@@ -107,13 +110,40 @@ def _add_genes(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, 
     return {key: a[key] + b[key] for key in ("sum", "sumsq", "nnz")}
 
 
-def _tree_sum(parts: list[Any]) -> Any:
-    """Pairwise sum of per-band gene partials, as a dask graph of depth log2(bands)."""
-    add = dask.delayed(_add_genes, pure=True)
+def _per_band(data: da.Array, mito: np.ndarray, ns: np.ndarray) -> tuple[Delayed, Delayed]:
+    """The per-cell rows and the per-gene sums of :func:`band_stats` over the full-height
+    bands of ``data``, as one graph written out: a task per band, the cells' columns
+    joined, the genes' partials summed pairwise (depth log2(bands)).
+
+    (``dask.delayed`` per band tokenized its arguments and culled the whole graph once per
+    band: seconds of serial work for the seed file's 1,257 bands.)
+    """
+    token = tokenize(data.name, mito, ns)
+    name = f"loomx-qc-{token}"
+    stats = [(f"{name}-band", i) for i in range(data.numblocks[1])]
+    layer: dict[Any, Any] = {
+        key: (band_stats, (data.name, 0, i), mito, ns) for i, key in enumerate(stats)
+    }
+    cells = f"{name}-cells"
+    layer[cells] = (np.hstack, [(_cells_only, key) for key in stats])
+    parts: list[Any] = [(_genes_only, key) for key in stats]
+    level = 0
     while len(parts) > 1:
-        pairs = [add(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
+        pairs = []
+        for i in range(0, len(parts) - 1, 2):
+            key = (f"{name}-genes-{level}", i // 2)
+            layer[key] = (_add_genes, parts[i], parts[i + 1])
+            pairs.append(key)
         parts = pairs + ([parts[-1]] if len(parts) % 2 else [])
-    return parts[0]
+        level += 1
+    genes = f"{name}-genes"
+    layer[genes] = (_identity, parts[0])
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[data])
+    return Delayed(cells, graph, layer=name), Delayed(genes, graph, layer=name)
+
+
+def _identity(value: Any) -> Any:
+    return value
 
 
 def _genes_only(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -202,13 +232,8 @@ def calculate_qc_metrics(
     )
     _warn_without_mito(mito_prefixes, symbols, int(mito.sum()))
     data = _bands(var, row_dim, col_dim)
-    per_band = [
-        dask.delayed(band_stats, pure=True)(block, mito, ns) for block in data.to_delayed()[0]
-    ]
-    if per_band:
-        cell_parts = [dask.delayed(_cells_only, pure=True)(s) for s in per_band]
-        cells_raw = dask.delayed(np.hstack, pure=True)(cell_parts)
-        genes_raw = _tree_sum([dask.delayed(_genes_only, pure=True)(s) for s in per_band])
+    if data.numblocks[1]:
+        cells_raw, genes_raw = _per_band(data, mito, ns)
     else:
         cells_raw = np.zeros((3 + ns.size, 0))
         genes_raw = {

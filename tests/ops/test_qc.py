@@ -345,3 +345,22 @@ def test_bands_of_an_opened_layer_are_read_from_the_file_not_joined(counts_file)
     reference = loomx.calculate_qc_metrics(loomx.open_loom(counts_file, chunks=-1))
     for ref, got in zip(reference, loomx.calculate_qc_metrics(ds), strict=True):
         xr.testing.assert_allclose(ref, got, rtol=1e-12)
+
+
+def test_the_graph_is_one_layer_of_band_tasks_over_the_bands_read(counts_file):
+    """A task per band, the joins and the pairwise gene sums, in one graph layer over the
+    layer's band reads (``dask.delayed`` per band made layers per band and culled the whole
+    graph for each)."""
+    ds = loomx.open_loom(counts_file, chunks={"row": -1, "col": 64})
+    bands = ds["matrix"].data.npartitions
+    assert bands == 8
+    cells, genes = loomx.calculate_qc_metrics(ds, compute=False)
+    graph = cells["total_counts"].data.__dask_graph__()
+    layers = {name: len(layer) for name, layer in graph.layers.items()}
+    qc_layers = [n for n in layers if n.startswith("loomx-qc-")]
+    assert len(qc_layers) == 1
+    assert not any(n.startswith(("band_stats", "_add_genes", "_cells_only")) for n in layers)
+    assert layers[qc_layers[0]] == bands + 1 + (bands - 1) + 1  # bands, cells, sums, genes
+    reference = loomx.calculate_qc_metrics(loomx.open_loom(counts_file, chunks=-1))
+    for ref, got in zip(reference, (cells.compute(), genes.compute()), strict=True):
+        xr.testing.assert_allclose(ref, got, rtol=1e-12)
