@@ -112,8 +112,9 @@ def _add_genes(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, 
 
 def _per_band(data: da.Array, mito: np.ndarray, ns: np.ndarray) -> tuple[Delayed, Delayed]:
     """The per-cell rows and the per-gene sums of :func:`band_stats` over the full-height
-    bands of ``data``, as one graph written out: a task per band, the cells' columns
-    joined, the genes' partials summed pairwise (depth log2(bands)).
+    bands of ``data``, as one graph written out: a task per band, its cells' and genes'
+    parts taken apart (so that a band's results are freed before the last band is done),
+    the cells' columns joined, the genes' partials summed pairwise (depth log2(bands)).
 
     (``dask.delayed`` per band tokenized its arguments and culled the whole graph once per
     band: seconds of serial work for the seed file's 1,257 bands.)
@@ -124,9 +125,11 @@ def _per_band(data: da.Array, mito: np.ndarray, ns: np.ndarray) -> tuple[Delayed
     layer: dict[Any, Any] = {
         key: (band_stats, (data.name, 0, i), mito, ns) for i, key in enumerate(stats)
     }
-    cells = f"{name}-cells"
-    layer[cells] = (np.hstack, [(_cells_only, key) for key in stats])
-    parts: list[Any] = [(_genes_only, key) for key in stats]
+    for what, take in (("cells", _cells_only), ("genes", _genes_only)):
+        layer.update({(f"{name}-{what}", i): (take, key) for i, key in enumerate(stats)})
+    cells = f"{name}-cells-all"
+    layer[cells] = (np.hstack, [(f"{name}-cells", i) for i in range(len(stats))])
+    parts: list[Any] = [(f"{name}-genes", i) for i in range(len(stats))]
     level = 0
     while len(parts) > 1:
         pairs = []
@@ -136,7 +139,7 @@ def _per_band(data: da.Array, mito: np.ndarray, ns: np.ndarray) -> tuple[Delayed
             pairs.append(key)
         parts = pairs + ([parts[-1]] if len(parts) % 2 else [])
         level += 1
-    genes = f"{name}-genes"
+    genes = f"{name}-genes-all"
     layer[genes] = (_identity, parts[0])
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[data])
     return Delayed(cells, graph, layer=name), Delayed(genes, graph, layer=name)

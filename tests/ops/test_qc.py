@@ -351,6 +351,8 @@ def test_the_graph_is_one_layer_of_band_tasks_over_the_bands_read(counts_file):
     """A task per band, the joins and the pairwise gene sums, in one graph layer over the
     layer's band reads (``dask.delayed`` per band made layers per band and culled the whole
     graph for each)."""
+    from dask.core import get_dependencies
+
     ds = loomx.open_loom(counts_file, chunks={"row": -1, "col": 64})
     bands = ds["matrix"].data.npartitions
     assert bands == 8
@@ -360,7 +362,13 @@ def test_the_graph_is_one_layer_of_band_tasks_over_the_bands_read(counts_file):
     qc_layers = [n for n in layers if n.startswith("loomx-qc-")]
     assert len(qc_layers) == 1
     assert not any(n.startswith(("band_stats", "_add_genes", "_cells_only")) for n in layers)
-    assert layers[qc_layers[0]] == bands + 1 + (bands - 1) + 1  # bands, cells, sums, genes
+    assert layers[qc_layers[0]] == 4 * bands + 1  # bands, their 2 parts, joins, sums
+    tasks = dict(graph)
+    for key in tasks:  # a band's results are used by its two parts only (then freed)
+        used = [d for d in get_dependencies(tasks, key) if str(d[0]).endswith("-band")]
+        assert not used or (
+            key[0].endswith(("-cells", "-genes")) and used == [(used[0][0], key[1])]
+        )
     reference = loomx.calculate_qc_metrics(loomx.open_loom(counts_file, chunks=-1))
     for ref, got in zip(reference, (cells.compute(), genes.compute()), strict=True):
         xr.testing.assert_allclose(ref, got, rtol=1e-12)
