@@ -157,6 +157,19 @@ def _cells_only(stats: dict[str, np.ndarray]) -> np.ndarray:
     return stats["cells"]
 
 
+BAND_BLOCKS = 2
+"""QC's bands are this many of :func:`loomx._read.chunking.band_width`'s bands wide: a
+band reads runs of that many more adjacent chunks (one ``preadv`` each: a full-height band
+of a loompy layout reads one run per chunk row), and there are that many fewer tasks;
+wider still, a band no longer stays in the processor's cache between its kernels
+(``benchmarks/README.md``, the seed file's scale)."""
+
+
+def _band_width(n_genes: int, itemsize: int, step: int | None) -> int:
+    """Cells per QC band: :data:`BAND_BLOCKS` times the band-width rule's width."""
+    return BAND_BLOCKS * _chunking.band_width(n_genes, itemsize, step)
+
+
 def _bands(var: xr.DataArray, row_dim: str, col_dim: str) -> da.Array:
     """The layer as a dask array of full-height column bands (each HDF5 chunk read once)."""
     var = var.transpose(row_dim, col_dim)
@@ -165,7 +178,7 @@ def _bands(var: xr.DataArray, row_dim: str, col_dim: str) -> da.Array:
     if not isinstance(data, da.Array) or len(data.chunks[0]) > 1:
         hdf5 = (var.encoding.get("chunksizes") or (None, None))[1]
         current = data.chunks[1][0] if isinstance(data, da.Array) and data.chunks[1] else None
-        width = _chunking.band_width(n, var.dtype.itemsize, hdf5 or current)
+        width = _band_width(n, var.dtype.itemsize, hdf5 or current)
         if not isinstance(data, da.Array):
             data = da.from_array(data, chunks=(max(n, 1), width))
         elif unchanged_source(var.variable) is not None:
@@ -488,7 +501,7 @@ def _qc_into(
             )
         var = lazy[layer]
         hdf5 = (var.encoding.get("chunksizes") or (None, None))[1]
-        width = _chunking.band_width(lazy.sizes[row_dim], var.dtype.itemsize, hdf5)
+        width = _band_width(lazy.sizes[row_dim], var.dtype.itemsize, hdf5)
         ds = chunk_layers(lazy, {row_dim: -1, col_dim: width})
         cells, genes = calculate_qc_metrics(
             ds,
