@@ -173,6 +173,12 @@ class CachedFile:
         local = None if self.source is not None else self.path
         return _handles.pinned(self.key, self._open, local, self.locking)
 
+    def acquire_opening(self) -> contextlib.AbstractContextManager[tuple[h5py.File, int | None]]:
+        """:meth:`acquire`'s file and the number of its opening
+        (:func:`loomx._hdf5.handles.pinned_opening`)."""
+        local = None if self.source is not None else self.path
+        return _handles.pinned_opening(self.key, self._open, local, self.locking)
+
     def close(self) -> None:
         """Close this process's handle (after the reads using it have finished)."""
         _handles.close(self.key)

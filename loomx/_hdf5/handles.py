@@ -7,7 +7,11 @@ through, local or remote, in one place.
   read uses them: closing or evicting a pinned handle only marks it, and the last read
   using it closes it.  :func:`release_handles` closes this process's handles on a local
   file before a writer opens it ``r+`` (HDF5 refuses that while the process holds it
-  read-only); a handle a read is using is never closed under it.
+  read-only); a handle a read is using is never closed under it.  Every opening of a
+  read-only handle has a number of its own (:func:`pinned_opening`): what a reader
+  checked through one opening holds until the handle is closed, released or evicted
+  (nothing here writes through a read-only handle, and a writer here opens the file only
+  after releasing them).
 - **Raw descriptors** (:func:`descriptor`) the chunk reader reads chunk bytes with
   (``pread``), shared by the reads of one file version; a descriptor closes when the last
   reader holding it lets it go.
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import os
 import threading
 from collections.abc import Callable, Hashable, Iterator
@@ -48,12 +53,17 @@ __all__ = [
     "forget_descriptor",
     "locking_in_use",
     "pinned",
+    "pinned_opening",
     "release_handles",
     "released",
 ]
 
 MAX_OPEN_FILES = 128
 """HDF5 handles kept open per process (xarray's ``file_cache_maxsize`` default)."""
+
+_OPENINGS = itertools.count(1)
+"""Numbers of the openings of read-only handles (never reused; a forked child goes on
+counting from the parent's number)."""
 
 
 @dataclass(eq=False)
@@ -63,6 +73,11 @@ class _Entry:
     locking: bool | None = None
     pins: int = 0
     retired: bool = False  # out of the registry; the last read using it closes it
+    opening: int | None = None  # None: the file is writable here (a writer's view)
+
+    def __post_init__(self) -> None:
+        if self.file.mode == "r":  # "r+" also for a read handle on a writer's open file
+            self.opening = next(_OPENINGS)
 
 
 def _retire(entry: _Entry) -> None:
@@ -94,7 +109,8 @@ def pinned(
     locking: bool | None = None,
 ) -> Iterator[h5py.File]:
     """The open HDF5 handle of ``key``, opened with ``open_file()`` if this process has
-    none (or it was closed); not closed while the block runs.
+    none (or it was closed); not closed while the block runs.  (:func:`pinned_opening`
+    with the handle only.)
 
     Parameters
     ----------
@@ -108,13 +124,35 @@ def pinned(
     locking
         The HDF5 locking the handle was opened with (:func:`locking_in_use`).
     """
+    with pinned_opening(key, open_file, path, locking) as (h5file, _):
+        yield h5file
+
+
+@contextlib.contextmanager
+def pinned_opening(
+    key: Hashable,
+    open_file: Callable[[], h5py.File],
+    path: str | None = None,
+    locking: bool | None = None,
+) -> Iterator[tuple[h5py.File, int | None]]:
+    """:func:`pinned`'s handle and the number of its opening: two reads given the same
+    number read through one opening of a read-only handle, never closed or reopened in
+    between.  The number is None for a handle on a file this process holds writable (a
+    writer's view, ``"r+"``): what it holds may change under it at any time.
+
+    Examples
+    --------
+    >>> with pinned_opening("key", lambda: h5py.File("pbmc.loom", "r")) as (f, n):  # doctest: +SKIP
+    ...     n
+    1
+    """
     with _LOCK:
         entry = _OPEN.peek(key)
         if entry is None or not entry.file.id.valid:
             entry = _OPEN.put(key, _Entry(open_file(), path, locking))
         entry.pins += 1
     try:
-        yield entry.file
+        yield entry.file, entry.opening
     finally:
         with _LOCK:
             entry.pins -= 1

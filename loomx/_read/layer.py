@@ -18,8 +18,9 @@ without the GIL.  The blocks' moments are combined by dask's ``mean_combine`` /
 Rows or columns picked with an index array (``m.isel(col=cols)``) become tasks that read
 only the HDF5 chunks holding their picks and place each picked column straight into the
 result (:meth:`loomx._hdf5.chunks.ChunkIndex.read_picks`); dask's ``take`` reads every block a
-pick falls in, whole, and shuffles.  Every other operation, and any array derived from a
-layer, is plain dask.
+pick falls in, whole, and shuffles.  :func:`reread` gives a layer other blocks read
+straight from the file, where dask's ``rechunk`` would split and join the old ones.  Every
+other operation, and any array derived from a layer, is plain dask.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from loomx._hdf5 import kernels as _kernels
 __all__ = [
     "LayerArray",
     "as_layer_array",
+    "reread",
 ]
 
 _FLAGS = {"reassoc", "contract"}
@@ -422,3 +424,41 @@ def _read_picked_array(
     chunks = sizes if axis == 0 else sizes[::-1]
     graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
     return LayerArray(graph, name, chunks, meta=arr._meta)
+
+
+def reread(arr: da.Array, chunks: Any) -> da.Array:
+    """``arr.rechunk(chunks)``; for a layer as :func:`as_layer_array` made it (with its
+    backend array), each new block read straight from the file.
+
+    dask's rechunk reads the old blocks and splits and joins them: from square blocks to
+    full-height bands it holds a whole row of old blocks per band and copies every value
+    once more.  Callers make sure ``arr`` still reads its layer whole and unmodified
+    (:func:`loomx._read.lazy_arrays.unchanged_source`).
+
+    Examples
+    --------
+    >>> m = loomx.open_loom("pbmc.loom")["matrix"]  # doctest: +SKIP
+    >>> bands = reread(m.data, (m.shape[0], 128))  # doctest: +SKIP
+    """
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    source = getattr(arr, "_source", None)
+    if source is None or tuple(source.shape) != tuple(arr.shape):
+        return arr.rechunk(chunks)
+    blocks = da.core.normalize_chunks(chunks, arr.shape, dtype=arr.dtype)
+    name = "loomx-reread-" + tokenize(arr.name, blocks)
+    spans = [
+        [slice(int(a), int(b)) for a, b in itertools.pairwise(np.cumsum((0, *sizes)).tolist())]
+        for sizes in blocks
+    ]
+    layer = {
+        (name, *place): (_read_picks, source, key)
+        for place, key in zip(
+            itertools.product(*(range(len(s)) for s in spans)),
+            itertools.product(*spans),
+            strict=True,
+        )
+    }
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[])
+    return as_layer_array(da.Array(graph, name, blocks, meta=arr._meta), source)

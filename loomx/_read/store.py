@@ -89,6 +89,12 @@ class LoomStore:
         self.pending: dict[str, str] = {}  # objects of a commit not yet carried out
         self.identity: tuple[str, int, int] | None = None  # (host, device, inode) read
         self.patches: dict[str, list[Patch]] = {}  # region writes, appended columns
+        self.checked: dict[tuple[Any, ...], int] = {}  # see open_unchanged
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["checked"] = {}  # openings are numbered per process
+        return state
 
     def __repr__(self) -> str:
         return f"LoomStore({self.path!r}, mode={self.mode!r})"
@@ -97,6 +103,27 @@ class LoomStore:
     def open(self) -> Iterator[h5py.File]:
         """Context manager giving the (cached) open :class:`h5py.File`, under the HDF5 lock."""
         with self.lock, self.handle.acquire() as h5file:
+            yield h5file
+
+    @contextlib.contextmanager
+    def open_unchanged(self, info: DatasetInfo, h5path: str) -> Iterator[h5py.File]:
+        """:meth:`open`, with the file checked to hold the object ``info`` was read from
+        (:meth:`check_unchanged`, read through the link ``h5path``).
+
+        The check runs once per opening of the handle: a read-only handle this process
+        keeps open reads the same file and objects until it is closed, released before a
+        write here, or evicted, and the next read reopens it and checks again (another
+        process cannot write the file while HDF5's lock is held; without locking, an open
+        handle would not see another process's changes to the metadata, checked or not).
+        A handle on a file this process holds writable (a writer's view) is checked at
+        every read.
+        """
+        with self.lock, self.handle.acquire_opening() as (h5file, opening):
+            key = (info.h5path, h5path, info.address, info.generation)
+            if opening is None or self.checked.get(key) != opening:
+                self.check_unchanged(h5file, info, h5path)
+                if opening is not None:
+                    self.checked[key] = opening
             yield h5file
 
     def close(self) -> None:

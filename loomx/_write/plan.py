@@ -26,8 +26,8 @@ from loomx._format import values as _values
 from loomx._format.graphs import check_edges, induced_edges
 from loomx._hdf5.filesystem import same_file
 from loomx._hdf5.links import hard_get
-from loomx._read.backend import unchanged_source
 from loomx._read.layout import object_address
+from loomx._read.lazy_arrays import unchanged_source
 from loomx._write.storage import (
     LOOMPY_STORAGE,
     Storage,

@@ -28,12 +28,17 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
+from dask.base import tokenize
+from dask.delayed import Delayed
+from dask.highlevelgraph import HighLevelGraph
 
 from loomx._format import names as conv
 from loomx._format import spec as _spec
 from loomx._hdf5.filesystem import move_into_place, temporary_file
 from loomx._read import chunking as _chunking
 from loomx._read.backend import chunk_layers, open_loom
+from loomx._read.layer import reread
+from loomx._read.lazy_arrays import unchanged_source
 from loomx._write.maintain import delete
 from loomx._write.writer import to_loom
 from loomx.errors import LoomFormatError, LoomNameError
@@ -105,13 +110,43 @@ def _add_genes(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> dict[str, 
     return {key: a[key] + b[key] for key in ("sum", "sumsq", "nnz")}
 
 
-def _tree_sum(parts: list[Any]) -> Any:
-    """Pairwise sum of per-band gene partials, as a dask graph of depth log2(bands)."""
-    add = dask.delayed(_add_genes, pure=True)
+def _per_band(data: da.Array, mito: np.ndarray, ns: np.ndarray) -> tuple[Delayed, Delayed]:
+    """The per-cell rows and the per-gene sums of :func:`band_stats` over the full-height
+    bands of ``data``, as one graph written out: a task per band, its cells' and genes'
+    parts taken apart (so that a band's results are freed before the last band is done),
+    the cells' columns joined, the genes' partials summed pairwise (depth log2(bands)).
+
+    (``dask.delayed`` per band tokenized its arguments and culled the whole graph once per
+    band: seconds of serial work for the seed file's 1,257 bands.)
+    """
+    token = tokenize(data.name, mito, ns)
+    name = f"loomx-qc-{token}"
+    stats = [(f"{name}-band", i) for i in range(data.numblocks[1])]
+    layer: dict[Any, Any] = {
+        key: (band_stats, (data.name, 0, i), mito, ns) for i, key in enumerate(stats)
+    }
+    for what, take in (("cells", _cells_only), ("genes", _genes_only)):
+        layer.update({(f"{name}-{what}", i): (take, key) for i, key in enumerate(stats)})
+    cells = f"{name}-cells-all"
+    layer[cells] = (np.hstack, [(f"{name}-cells", i) for i in range(len(stats))])
+    parts: list[Any] = [(f"{name}-genes", i) for i in range(len(stats))]
+    level = 0
     while len(parts) > 1:
-        pairs = [add(parts[i], parts[i + 1]) for i in range(0, len(parts) - 1, 2)]
+        pairs = []
+        for i in range(0, len(parts) - 1, 2):
+            key = (f"{name}-genes-{level}", i // 2)
+            layer[key] = (_add_genes, parts[i], parts[i + 1])
+            pairs.append(key)
         parts = pairs + ([parts[-1]] if len(parts) % 2 else [])
-    return parts[0]
+        level += 1
+    genes = f"{name}-genes-all"
+    layer[genes] = (_identity, parts[0])
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[data])
+    return Delayed(cells, graph, layer=name), Delayed(genes, graph, layer=name)
+
+
+def _identity(value: Any) -> Any:
+    return value
 
 
 def _genes_only(stats: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -122,6 +157,19 @@ def _cells_only(stats: dict[str, np.ndarray]) -> np.ndarray:
     return stats["cells"]
 
 
+BAND_BLOCKS = 2
+"""QC's bands are this many of :func:`loomx._read.chunking.band_width`'s bands wide: a
+band reads runs of that many more adjacent chunks (one ``preadv`` each: a full-height band
+of a loompy layout reads one run per chunk row), and there are that many fewer tasks;
+wider still, a band no longer stays in the processor's cache between its kernels
+(``benchmarks/README.md``, the seed file's scale)."""
+
+
+def _band_width(n_genes: int, itemsize: int, step: int | None) -> int:
+    """Cells per QC band: :data:`BAND_BLOCKS` times the band-width rule's width."""
+    return BAND_BLOCKS * _chunking.band_width(n_genes, itemsize, step)
+
+
 def _bands(var: xr.DataArray, row_dim: str, col_dim: str) -> da.Array:
     """The layer as a dask array of full-height column bands (each HDF5 chunk read once)."""
     var = var.transpose(row_dim, col_dim)
@@ -130,12 +178,13 @@ def _bands(var: xr.DataArray, row_dim: str, col_dim: str) -> da.Array:
     if not isinstance(data, da.Array) or len(data.chunks[0]) > 1:
         hdf5 = (var.encoding.get("chunksizes") or (None, None))[1]
         current = data.chunks[1][0] if isinstance(data, da.Array) and data.chunks[1] else None
-        width = _chunking.band_width(n, var.dtype.itemsize, hdf5 or current)
-        data = (
-            data.rechunk({0: -1, 1: width})
-            if isinstance(data, da.Array)
-            else da.from_array(data, chunks=(max(n, 1), width))
-        )
+        width = _band_width(n, var.dtype.itemsize, hdf5 or current)
+        if not isinstance(data, da.Array):
+            data = da.from_array(data, chunks=(max(n, 1), width))
+        elif unchanged_source(var.variable) is not None:
+            data = reread(data, (n, width))  # bands read from the file, not joined blocks
+        else:
+            data = data.rechunk({0: -1, 1: width})
     return data
 
 
@@ -199,13 +248,8 @@ def calculate_qc_metrics(
     )
     _warn_without_mito(mito_prefixes, symbols, int(mito.sum()))
     data = _bands(var, row_dim, col_dim)
-    per_band = [
-        dask.delayed(band_stats, pure=True)(block, mito, ns) for block in data.to_delayed()[0]
-    ]
-    if per_band:
-        cell_parts = [dask.delayed(_cells_only, pure=True)(s) for s in per_band]
-        cells_raw = dask.delayed(np.hstack, pure=True)(cell_parts)
-        genes_raw = _tree_sum([dask.delayed(_genes_only, pure=True)(s) for s in per_band])
+    if data.numblocks[1]:
+        cells_raw, genes_raw = _per_band(data, mito, ns)
     else:
         cells_raw = np.zeros((3 + ns.size, 0))
         genes_raw = {
@@ -457,7 +501,7 @@ def _qc_into(
             )
         var = lazy[layer]
         hdf5 = (var.encoding.get("chunksizes") or (None, None))[1]
-        width = _chunking.band_width(lazy.sizes[row_dim], var.dtype.itemsize, hdf5)
+        width = _band_width(lazy.sizes[row_dim], var.dtype.itemsize, hdf5)
         ds = chunk_layers(lazy, {row_dim: -1, col_dim: width})
         cells, genes = calculate_qc_metrics(
             ds,

@@ -169,3 +169,35 @@ def test_forked_child_forgets_its_parents_writer(loom: Path) -> None:
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
     assert _matrix(loom)[0, 0] == 7
+
+
+def test_each_opening_of_a_read_handle_has_a_number_of_its_own(
+    loom: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a reader checked through one opening holds until the handle is closed,
+    released or evicted: a new number then; a writer's view has none."""
+    monkeypatch.setattr(_handles._OPEN, "maxsize", 1)
+    handle, other = CachedFile(loom), CachedFile(loom)
+    with handle.acquire_opening() as (f, first):
+        assert isinstance(first, int)
+    with handle.acquire_opening() as (g, again):
+        assert (g, again) == (f, first)  # the same opening
+    numbers = [first]
+
+    def evict() -> None:
+        with other.acquire():  # one handle kept: handle's goes
+            pass
+
+    for renew in (handle.close, lambda: release_handles(str(loom)), evict):
+        renew()
+        with handle.acquire_opening() as (g, number):
+            assert g is not f and number not in numbers
+        numbers.append(number)
+        f = g
+    release_handles(str(loom))
+    with open_for_writing(str(loom)), handle.acquire_opening() as (view, number):
+        assert view.mode == "r+" and number is None  # the writer's view: no number
+    with handle.acquire_opening() as (_, number):
+        assert number not in (None, *numbers)
+    handle.close()
+    other.close()

@@ -11,8 +11,8 @@ import xarray as xr
 from conftest import sha256
 
 import loomx
-from loomx._read.backend import LoomBackendArray
 from loomx._read.chunking import band_width, block_bytes, default_chunks
+from loomx._read.lazy_arrays import LoomBackendArray
 from loomx.testing import write_loom_h5py
 
 

@@ -206,3 +206,21 @@ def test_sum_without_skipna_keeps_nan_like_numpy(few_nans, dim) -> None:
     skipped = m.sum(dim)  # the default skips NaN
     np.testing.assert_allclose(skipped.values, np.nansum(values.astype("f8"), axis=axis), rtol=2e-6)
     assert not np.isnan(skipped.values).any()
+
+
+@pytest.mark.parametrize("new", [(300, 64), (37, 500), (128, 100)])
+def test_reread_blocks_come_straight_from_the_file_and_equal_h5py(awkward, new) -> None:
+    path, values = awkward
+    m = loomx.open_loom(path, chunks={"row": 64, "col": 128})["matrix"]
+    bands = _layer.reread(m.data, new)
+    names = {key[0] for key in bands.__dask_graph__()}
+    assert all(str(n).startswith("loomx-reread-") for n in names)  # no old block read
+    assert bands.chunks == da.core.normalize_chunks(new, values.shape)
+    assert bands.npartitions == len(bands.__dask_graph__())
+    np.testing.assert_array_equal(bands.compute(), values)
+    np.testing.assert_array_equal(bands[:, [3, 499]].compute(), values[:, [3, 499]])
+    with dask.config.set(scheduler="processes", num_workers=2):
+        np.testing.assert_array_equal(bands.compute(), values)
+    derived = _layer.reread((m * 2).data, new)  # not the layer itself: dask's rechunk
+    assert not any(str(k[0]).startswith("loomx-reread-") for k in derived.__dask_graph__())
+    np.testing.assert_array_equal(derived.compute(), values * 2)

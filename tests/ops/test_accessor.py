@@ -12,7 +12,7 @@ import scipy.sparse as sp
 import xarray as xr
 
 import loomx
-from loomx._read.backend import LoomBackendArray
+from loomx._read.lazy_arrays import LoomBackendArray
 from loomx.errors import LoomFormatError, LoomNameError, LoomTypeError
 from loomx.ops import accessor, operations
 from loomx.ops.accessor import GraphMapping, LoomAccessor

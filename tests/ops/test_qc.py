@@ -324,3 +324,51 @@ def test_cli_qc_takes_the_gene_symbol_attribute_and_says_which(tmp_path):
     done = run_cli("qc", path, "--gene-symbols", "nope", "--output", tmp_path / "c.loom")
     assert done.returncode != 0 and "'nope'" in done.stderr and "symbol" in done.stderr
     assert not (tmp_path / "c.loom").exists()
+
+
+def test_bands_of_an_opened_layer_are_read_from_the_file_not_joined(counts_file):
+    """Square blocks to full-height bands: each band is one read of the file (dask's
+    rechunk would hold and join a row of blocks per band); a changed layer is rechunked."""
+    from loomx.ops.qc import _bands
+
+    with h5py.File(counts_file, "r") as f:
+        matrix = f["matrix"][:]
+    ds = loomx.open_loom(counts_file, chunks={"row": 64, "col": 64})
+    bands = _bands(ds["matrix"], "row", "col")
+    assert bands.chunks[0] == (matrix.shape[0],)
+    assert len(bands.__dask_graph__()) == bands.npartitions  # one task per band, nothing else
+    np.testing.assert_array_equal(bands.compute(), matrix)
+    changed = ds.assign(matrix=ds["matrix"] + 1)
+    joined = _bands(changed["matrix"], "row", "col")
+    assert len(joined.__dask_graph__()) > joined.npartitions
+    np.testing.assert_array_equal(joined.compute(), matrix + 1)
+    reference = loomx.calculate_qc_metrics(loomx.open_loom(counts_file, chunks=-1))
+    for ref, got in zip(reference, loomx.calculate_qc_metrics(ds), strict=True):
+        xr.testing.assert_allclose(ref, got, rtol=1e-12)
+
+
+def test_the_graph_is_one_layer_of_band_tasks_over_the_bands_read(counts_file):
+    """A task per band, the joins and the pairwise gene sums, in one graph layer over the
+    layer's band reads (``dask.delayed`` per band made layers per band and culled the whole
+    graph for each)."""
+    from dask.core import get_dependencies
+
+    ds = loomx.open_loom(counts_file, chunks={"row": -1, "col": 64})
+    bands = ds["matrix"].data.npartitions
+    assert bands == 8
+    cells, genes = loomx.calculate_qc_metrics(ds, compute=False)
+    graph = cells["total_counts"].data.__dask_graph__()
+    layers = {name: len(layer) for name, layer in graph.layers.items()}
+    qc_layers = [n for n in layers if n.startswith("loomx-qc-")]
+    assert len(qc_layers) == 1
+    assert not any(n.startswith(("band_stats", "_add_genes", "_cells_only")) for n in layers)
+    assert layers[qc_layers[0]] == 4 * bands + 1  # bands, their 2 parts, joins, sums
+    tasks = dict(graph)
+    for key in tasks:  # a band's results are used by its two parts only (then freed)
+        used = [d for d in get_dependencies(tasks, key) if str(d[0]).endswith("-band")]
+        assert not used or (
+            key[0].endswith(("-cells", "-genes")) and used == [(used[0][0], key[1])]
+        )
+    reference = loomx.calculate_qc_metrics(loomx.open_loom(counts_file, chunks=-1))
+    for ref, got in zip(reference, (cells.compute(), genes.compute()), strict=True):
+        xr.testing.assert_allclose(ref, got, rtol=1e-12)
