@@ -25,12 +25,12 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 from dask.graph_manipulation import clone
-from xarray.core import indexing
 
 from loomx._format import names as conv
 from loomx._format import spec as _spec
 from loomx._read import chunking as _chunking
-from loomx._read.layer import LayerArray
+from loomx._read.layer import reread
+from loomx._read.lazy_arrays import unchanged_source
 from loomx.analysis import band_kernels as _kernels
 from loomx.errors import LoomFormatError, LoomNameError
 from loomx.ops.qc import assign_qc
@@ -107,12 +107,8 @@ def bands(ds: xr.Dataset, name: str) -> da.Array:
     width = _chunking.band_width(n, var.dtype.itemsize, hdf5 or current)
     if not isinstance(data, da.Array):
         return da.from_array(np.asarray(data), chunks=(max(n, 1), width))
-    source = getattr(data, "_source", None)
-    if isinstance(data, LayerArray) and source is not None and ds[name].dims == var.dims:
-        # a stored layer read whole: read it in bands (a rechunk would read blocks of
-        # other shapes and join them)
-        stored = xr.Variable(var.dims, indexing.LazilyIndexedArray(source))
-        return stored.chunk({row_dim: -1, col_dim: width}).data
+    if ds[name].dims == var.dims and unchanged_source(ds[name].variable) is not None:
+        return reread(data, (n, width))  # bands read from the file, not joined blocks
     out = data.rechunk({0: -1, 1: width})
     _RECIPES[out.name] = (data, ((_RECHUNK, ({0: -1, 1: width},), out.dtype),))
     return out
