@@ -47,6 +47,7 @@ __all__ = [
     "check_decode",
     "check_encode",
     "compiled",
+    "cython_function",
     "decode_chunks",
     "encode_bound",
     "encode_chunks",
@@ -157,6 +158,18 @@ def compiled(function: Any = None, *, fastmath: Any = False, cache: bool = True)
         return numba.njit(nogil=True, cache=True, fastmath=fastmath)(function)
     except RuntimeError:  # no writable cache location: compile once per process
         return numba.njit(nogil=True, fastmath=fastmath)(function)
+
+
+def cython_function(module: str, name: str, n_pointers: int) -> Any:
+    """The C function ``name`` that Cython ``module`` exports (for example SciPy's
+    ``scipy.linalg.cython_blas``), as a ctypes function of ``n_pointers`` pointer arguments
+    returning nothing: callable from :func:`compiled` code, which then releases the GIL."""
+    import ctypes
+
+    from numba.extending import get_cython_function_address
+
+    address = get_cython_function_address(module, name)
+    return ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * n_pointers)(address)
 
 
 if _LIB is not None:

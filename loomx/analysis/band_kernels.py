@@ -28,7 +28,7 @@ import numpy as np
 from scipy import sparse
 from threadpoolctl import ThreadpoolController
 
-from loomx._hdf5.kernels import compiled
+from loomx._hdf5.kernels import compiled, cython_function
 
 __all__ = [
     "clipped_sums",
@@ -222,18 +222,9 @@ def dense_rows(band: sparse.csr_matrix, rows: np.ndarray, columns: np.ndarray) -
     return out
 
 
-def _blas_syrk() -> Any:
-    """BLAS ``dsyrk`` of SciPy's Cython BLAS, callable from compiled code (which releases
-    the GIL: SciPy's and NumPy's Python-level BLAS calls run one at a time across threads)."""
-    import ctypes
-
-    from numba.extending import get_cython_function_address
-
-    address = get_cython_function_address("scipy.linalg.cython_blas", "dsyrk")
-    return ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 10)(address)
-
-
-_DSYRK = _blas_syrk()
+# BLAS dsyrk of SciPy's Cython BLAS: called from compiled code, without the GIL (SciPy's
+# and NumPy's Python-level BLAS calls hold it, or run one at a time across threads)
+_DSYRK = cython_function("scipy.linalg.cython_blas", "dsyrk", 10)
 
 
 @compiled(cache=False)

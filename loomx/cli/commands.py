@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from loomx.cli import interrupted
 from loomx.cli.index import index_arguments, index_command
 from loomx.cli.process import process_arguments, process_command
 from loomx.cli.trust import probe_untrusted_inputs, trusted_argument
@@ -467,6 +468,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # `loomx info x.loom | head`: the reader has what it wanted
         return _quiet_broken_pipe()
     except Exception as err:
+        if isinstance(err, ImportError) and interrupted():  # Ctrl-C inside an import
+            print("loomx: interrupted", file=sys.stderr)
+            return 130
         from loomx.cli.messages import describe
 
         print(f"loomx: {describe(err)}", file=sys.stderr)

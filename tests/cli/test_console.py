@@ -411,3 +411,33 @@ def test_info_lists_one_attribute_per_line_with_dtype_and_shape(tmp_path):
         "shape": [30],
     }
     assert info["globals"]["Description"] == "a long description " * 20
+
+
+def _import_fails(interrupt: bool):
+    def probe(args):
+        import signal
+
+        if not interrupt:
+            raise ImportError("no module named 'missing'")
+        try:  # what NumPy does with Ctrl-C inside its C-extension import
+            signal.raise_signal(signal.SIGINT)
+        except KeyboardInterrupt:
+            raise ImportError('PyCapsule_Import could not import module "datetime"') from None
+
+    return probe
+
+
+def test_ctrl_c_inside_an_import_ends_as_an_interrupt(counts, monkeypatch, capsys):
+    from loomx.cli import commands, main
+
+    monkeypatch.setattr(commands, "probe_untrusted_inputs", _import_fails(interrupt=True))
+    assert main(["info", str(counts)]) == 130
+    assert capsys.readouterr().err == "loomx: interrupted\n"
+
+
+def test_an_import_error_without_ctrl_c_is_an_error(counts, monkeypatch, capsys):
+    from loomx.cli import commands, main
+
+    monkeypatch.setattr(commands, "probe_untrusted_inputs", _import_fails(interrupt=False))
+    assert main(["info", str(counts)]) == 1
+    assert "no module named 'missing'" in capsys.readouterr().err
