@@ -428,3 +428,34 @@ def crashing(tmp_path_factory) -> Path:
     path = folder / "crash.loom"
     path.write_bytes(mutate(Path(source).read_bytes(), random.Random(CRASH_SEED)))
     return path
+
+
+@pytest.fixture(params=["compiled", "python"])
+def decode_path(request, monkeypatch):
+    """Reads decode through the compiled kernel, or through its Python twin (a process's
+    first small reads)."""
+    from loomx._hdf5 import pydecode
+
+    twin = request.param == "python"
+    monkeypatch.setattr(pydecode, "takes_python_path", lambda n: twin)
+    return request.param
+
+
+def record_writer_threads(monkeypatch, fail_at: int | None = None) -> list[str]:
+    """The names of the threads that write packed chunks from now on (the list fills as
+    they write); the write number ``fail_at`` raises ``OSError("disk full (injected)")``."""
+    import threading
+
+    from loomx._hdf5 import codecs
+
+    writers: list[str] = []
+    real = codecs.write_packed
+
+    def record(dset, packed, fresh=True):
+        writers.append(threading.current_thread().name)
+        if len(writers) == fail_at:
+            raise OSError("disk full (injected)")
+        return real(dset, packed, fresh)
+
+    monkeypatch.setattr(codecs, "write_packed", record)
+    return writers

@@ -18,9 +18,11 @@ WORKLOAD = textwrap.dedent(
     import importlib, json, sys
     import numpy as np
     import loomx
+    import loomx._hdf5.kernels
     from numba.core.registry import CPUDispatcher
 
     source, target = sys.argv[1], sys.argv[2]
+    loomx._hdf5.kernels.load()  # small first reads would run in Python before it
     ds = loomx.open_loom(source)
     ds["matrix"].sum("col").compute()  # the decode kernel and the fused sum
     ds["matrix"].std("col").compute()  # the fused moments

@@ -1,7 +1,9 @@
 """The compiled read path of the chunk reader: the stored bytes of every chunk a read
 needs gathered into one buffer, then decoded and placed in one call of
 :func:`loomx._hdf5.kernels.decode_chunks`, without the GIL (1-D and 2-D datasets; whole
-boxes, or picked rows or columns)."""
+boxes, or picked rows or columns).  A process's first small reads, before the compiled
+kernel is loaded, go through its Python twin instead
+(:func:`loomx._hdf5.pydecode.takes_python_path`)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from loomx._hdf5 import kernels as _kernels
+from loomx._hdf5 import pydecode as _pydecode
 from loomx._hdf5.chunkio import ReadAt, gather_chunks
 from loomx._hdf5.grid import axis_geometry, cell_positions
 from loomx.errors import LoomFileError
@@ -135,7 +138,8 @@ def _decode_cells(
     chunks = [1, *index.chunks][-2:]
     status = np.zeros(3, np.int64)
     pick_axis, pick_ptr, pick_in, pick_out = picked or (0, *(_NO_PICKS,) * 3)
-    _kernels.decode_chunks(
+    small = _pydecode.takes_python_path(offs.size)  # before the kernel is loaded
+    (_pydecode.decode_chunks if small else _kernels.decode_chunks)(
         src,
         chunk_starts,
         sizes,

@@ -49,7 +49,7 @@ import math
 import os
 import zlib
 from collections.abc import Callable
-from functools import lru_cache, partial
+from functools import partial
 from typing import Any
 
 import h5py
@@ -62,6 +62,13 @@ from loomx._hdf5 import lookup as _lookup
 from loomx._hdf5.chunkio import FileReader, ReadAt, fetch_runs, run_bounds
 from loomx._hdf5.filters import DECODED_FILTERS, DEFLATE, SHUFFLE
 from loomx._hdf5.grid import axis_geometry, slice_bounds
+from loomx._hdf5.pydecode import (
+    DEFAULT_INFLATER,
+    INFLATE,
+    INFLATERS,
+    check_fletcher32,
+    unshuffle,
+)
 from loomx.errors import LoomFileError
 
 __all__ = [
@@ -73,74 +80,9 @@ __all__ = [
     "take_picks",
 ]
 
-_Inflate = Callable[[Any, int], Any]
-
 MAX_GRID_CELLS = 1 << 24
 """Datasets with more chunk-grid cells than this (a declared 1e7 x 1e7 matrix) are read
 through h5py: the index keeps one entry per cell."""
-
-
-def _find_inflaters() -> dict[str, _Inflate]:
-    found: dict[str, _Inflate] = {}
-    with contextlib.suppress(ImportError):
-        import deflate
-
-        found["libdeflate"] = deflate.zlib_decompress
-    with contextlib.suppress(ImportError):
-        from isal import isal_zlib
-
-        found["isal"] = lambda data, size, f=isal_zlib.decompress: f(data, 15, max(size, 1))
-    found["zlib"] = lambda data, size: zlib.decompress(data, 15, max(size, 1))
-    return found
-
-
-_INFLATE_FUNCS = _find_inflaters()
-#: Names of the inflaters installed, fastest first.
-INFLATERS: tuple[str, ...] = tuple(_INFLATE_FUNCS)
-#: The inflater :meth:`ChunkIndex.read` uses unless told otherwise.
-DEFAULT_INFLATER: str = INFLATERS[0]
-
-
-def _unshuffle(itemsize: int, buf: Any) -> np.ndarray:
-    src = np.frombuffer(buf, np.uint8)
-    n = src.size // itemsize
-    body = n * itemsize
-    dst = np.empty(src.size, np.uint8)
-    dst[:body].reshape(n, itemsize)[...] = src[:body].reshape(itemsize, n).T
-    dst[body:] = src[body:]
-    return dst
-
-
-@lru_cache(maxsize=4)
-def _fletcher_weights(nwords: int) -> np.ndarray:
-    return (np.arange(nwords, 0, -1, dtype=np.uint64) % 65535).astype(np.uint32)
-
-
-def _fletcher32(data: np.ndarray) -> int:
-    """HDF5's Fletcher-32 of a uint8 array (16-bit big-endian words, ones' complement sums)."""
-    if data.size % 2:
-        data = np.append(data, np.uint8(0))
-    words = data.view(">u2").astype(np.uint64)
-    if not words.size:
-        return 0
-    s1 = int(words.sum())
-    if s1 == 0:
-        return 0
-    s2 = int(np.dot(words, _fletcher_weights(words.size)))
-    return (((s2 - 1) % 65535 + 1) << 16) | ((s1 - 1) % 65535 + 1)
-
-
-def _check_fletcher32(buf: Any) -> np.ndarray:
-    a = np.frombuffer(buf, np.uint8)
-    if a.size < 4:
-        raise LoomFileError("chunk too short for its fletcher32 checksum")
-    data = a[:-4]
-    stored = int.from_bytes(a[-4:].tobytes(), "little")
-    value = _fletcher32(data)
-    swapped = ((value & 0x00FF00FF) << 8) | ((value >> 8) & 0x00FF00FF)
-    if stored not in (value, swapped):
-        raise LoomFileError("data error detected by fletcher32 checksum")
-    return data
 
 
 class ChunkIndex:
@@ -250,7 +192,7 @@ class ChunkIndex:
         found = self._decoders.get((mask, inflater))
         if found is not None:
             return found
-        inflate = _INFLATE_FUNCS[inflater]
+        inflate = INFLATE[inflater]
         size: int | None = int(np.prod(self.chunks)) * self.dtype.itemsize
         steps: list[Callable[[Any], Any]] = []
         for i, (code, values) in enumerate(self.filters):
@@ -261,9 +203,9 @@ class ChunkIndex:
                 steps.append(zlib.decompress if sized is None else sized)
                 size = None
             elif code == SHUFFLE:
-                steps.append(partial(_unshuffle, values[0] if values else self.dtype.itemsize))
+                steps.append(partial(unshuffle, values[0] if values else self.dtype.itemsize))
             else:
-                steps.append(_check_fletcher32)
+                steps.append(check_fletcher32)
                 size = None if size is None else size + 4
         steps.reverse()
 

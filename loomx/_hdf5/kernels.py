@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 from functools import partial
 from typing import Any
 
@@ -51,6 +52,9 @@ __all__ = [
     "decode_chunks",
     "encode_bound",
     "encode_chunks",
+    "load",
+    "loaded",
+    "runs_in_python_first",
 ]
 
 INFLATE_FAILED, BAD_SIZE, BAD_CHECKSUM, TOO_SHORT = 1, 2, 3, 4
@@ -141,6 +145,49 @@ def available() -> bool:
     return _LIB is not None
 
 
+LOAD_SECONDS = 0.4
+"""What the first call of a compiled function costs a process, with every kernel cached on
+disk (numba's initialisation: 0.42 s on the 2-core machine of ``benchmarks/README.md``);
+later compiled functions load in milliseconds."""
+
+_DISPATCHERS: list[Any] = []
+_python_seconds = 0.0
+_python_lock = threading.Lock()
+
+
+def loaded() -> bool:
+    """Whether a compiled function has run in this process (numba is initialised: later
+    calls pay no :data:`LOAD_SECONDS`)."""
+    return any(getattr(d, "signatures", ()) for d in _DISPATCHERS)
+
+
+def runs_in_python_first(seconds: float) -> bool:
+    """Whether work that takes about ``seconds`` in Python runs there rather than compiled:
+    no compiled function has run in this process yet, and the process's work in Python so
+    far, this included, stays within :data:`LOAD_SECONDS`.  The first small reads of a
+    process then cost what they read; the first larger one loads the kernels, and after
+    that everything is compiled.  Work that answers yes is counted."""
+    global _python_seconds
+    if not available() or loaded():
+        return False
+    with _python_lock:
+        if _python_seconds + seconds > LOAD_SECONDS:
+            return False
+        _python_seconds += seconds
+        return True
+
+
+def load() -> None:
+    """Load the compiled :func:`decode_chunks` now (an empty call): every read after it is
+    compiled (:func:`runs_in_python_first`)."""
+    if available():
+        none = np.zeros(0, np.int64)
+        place = np.zeros((0, 6), np.int64)
+        dst = np.zeros((1, 4), np.uint8)
+        args = (np.zeros(0, np.uint8), none, none, none, none, none, 1, 4, 4, place, dst)
+        decode_chunks(*args, np.zeros(3, np.int64), 0, none, none, none, none)
+
+
 def compiled(function: Any = None, *, fastmath: Any = False, cache: bool = True) -> Any:
     """``numba.njit(nogil=True, fastmath=fastmath)``, cached on disk where numba finds a
     writable place (unless ``cache`` is false: a function that calls a C function pointer
@@ -153,11 +200,14 @@ def compiled(function: Any = None, *, fastmath: Any = False, cache: bool = True)
     except ImportError:  # pragma: no cover - numba is a dependency
         return function
     if not cache:
-        return numba.njit(nogil=True, fastmath=fastmath)(function)
-    try:
-        return numba.njit(nogil=True, cache=True, fastmath=fastmath)(function)
-    except RuntimeError:  # no writable cache location: compile once per process
-        return numba.njit(nogil=True, fastmath=fastmath)(function)
+        dispatcher = numba.njit(nogil=True, fastmath=fastmath)(function)
+    else:
+        try:
+            dispatcher = numba.njit(nogil=True, cache=True, fastmath=fastmath)(function)
+        except RuntimeError:  # no writable cache location: compile once per process
+            dispatcher = numba.njit(nogil=True, fastmath=fastmath)(function)
+    _DISPATCHERS.append(dispatcher)
+    return dispatcher
 
 
 def cython_function(module: str, name: str, n_pointers: int) -> Any:

@@ -112,6 +112,8 @@ def _block_moments(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Count, sum and M2 of a 2-D block along ``axis`` (one axis), with kept dims."""
     values = np.asarray(block)
+    if _kernels.runs_in_python_first(values.size * _VALUE_SECONDS * (1 + with_m2)):
+        return _moments_in_numpy(values, axis[0], with_m2)
     if axis == (1,):
         n, total, m2 = _moments_along_rows(values, with_m2)
         shape = (values.shape[0], 1)
@@ -119,6 +121,27 @@ def _block_moments(
         n, total, m2 = _moments_along_cols(values, with_m2)
         shape = (1, values.shape[1])
     return n.reshape(shape), total.reshape(shape), m2.reshape(shape)
+
+
+_VALUE_SECONDS = 4e-9
+"""NumPy's time per value in :func:`_moments_in_numpy` (one pass; 2-core machine)."""
+
+
+def _moments_in_numpy(
+    values: np.ndarray, axis: int, with_m2: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`_block_moments` in NumPy, for a process's first small reductions (before a
+    compiled function is loaded: :func:`loomx._hdf5.kernels.runs_in_python_first`); the
+    same values, summed in another order."""
+    seen = ~np.isnan(values) if values.dtype.kind in "fc" else np.ones(values.shape, bool)
+    clean = np.where(seen, values, 0).astype(np.float64, copy=False)
+    n = seen.sum(axis, dtype=np.int64, keepdims=True)
+    total = clean.sum(axis, dtype=np.float64, keepdims=True)
+    m2 = np.zeros(total.shape, np.float64)
+    if with_m2:
+        deviation = np.where(seen, clean - total / np.maximum(n, 1), 0.0)
+        m2 = np.square(deviation).sum(axis, keepdims=True)
+    return n, total, m2
 
 
 def _mean_chunk(

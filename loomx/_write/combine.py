@@ -122,7 +122,7 @@ def _write_layers(
                     continue
                 data = da.asarray(part[layer.var_name].data).astype(dtype)
                 queue_columns(jobs, dset, data, col0, lock, rows=order)
-        run_queue(jobs)
+        run_queue(jobs, overlap=True)  # into a new file no reader sees until it is complete
 
 
 def _combined(

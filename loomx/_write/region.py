@@ -244,7 +244,7 @@ def _commit_region(
                         spool.id, f"p{k}".encode(), target.id.get_type(), space, dcpl=dcpl
                     )
                     _stream.queue_columns(jobs, h5py.Dataset(dsid), values, 0, lock)
-                _stream.run_queue(jobs, client)
+                _stream.run_queue(jobs, client, overlap=True)  # into the spool
         finally:
             if source is not None:
                 source.close()

@@ -54,7 +54,9 @@ def _corrupt_first_chunk(path: Path, index: ChunkIndex, at: int, value: int) -> 
         ({"fletcher32": True}, 0, "fletcher32 checksum"),
     ],
 )
-def test_damaged_chunks_raise_with_the_chunk_offset(tmp_path, kwargs, where, message) -> None:
+def test_damaged_chunks_raise_with_the_chunk_offset(
+    tmp_path, decode_path, kwargs, where, message
+) -> None:
     rng = np.random.default_rng(1)
     data = rng.random((64, 64)).astype("float32")
     index, _ = indexed_dataset(tmp_path / "c.h5", data, chunks=(32, 32), **kwargs)
@@ -65,9 +67,9 @@ def test_damaged_chunks_raise_with_the_chunk_offset(tmp_path, kwargs, where, mes
 
 
 @pytest.mark.parametrize(
-    ("size", "message"), [(60, "decodes to 60 bytes, not 64"), (100, "decodes to more than")]
+    ("size", "message"), [(60, "decodes to 60 bytes, not 64"), (100, "decodes to more than 64")]
 )
-def test_chunks_decoding_to_the_wrong_size_raise(tmp_path, size, message) -> None:
+def test_chunks_decoding_to_the_wrong_size_raise(tmp_path, decode_path, size, message) -> None:
     path = tmp_path / "d.h5"
     with h5py.File(path, "w") as f:
         dset = f.create_dataset("x", (8, 8), "int32", chunks=(4, 4), compression="gzip")
@@ -116,7 +118,7 @@ def test_decoding_releases_the_gil(tmp_path, monkeypatch) -> None:
     data = (rng.random((4096, 2048)) * (rng.random((4096, 2048)) < 0.2)).astype("float32")
     index, _ = indexed_dataset(tmp_path / "g.h5", data, chunks=(32, 32), compression="gzip")
     reader = FileReader.of(tmp_path / "g.h5")
-    index.read(reader)  # compiled or loaded from the cache before the measured calls
+    _kernels.load()  # compiled or loaded from the cache before the measured calls
 
     def work() -> None:
         for _ in range(5):
@@ -367,7 +369,7 @@ def test_a_crafted_chunk_index_in_the_file_gives_a_loomx_error(tmp_path, field, 
         crafted.read(FileReader.of(path))
 
 
-def test_a_chunk_whose_mask_skips_the_shuffle_reads_as_hdf5_reads_it(tmp_path):
+def test_a_chunk_whose_mask_skips_the_shuffle_reads_as_hdf5_reads_it(tmp_path, decode_path):
     path = tmp_path / "crafted.h5"
     data = np.arange(64, dtype=np.int32).reshape(8, 8)
     index, _ = indexed_dataset(path, data, chunks=(4, 4), compression="gzip", shuffle=True)

@@ -34,9 +34,19 @@ def awkward(tmp_path_factory):
         return path, f["matrix"][:]
 
 
+@pytest.fixture(params=["compiled", "numpy"])
+def moments_path(request, monkeypatch):
+    """The fused moments compiled, or in NumPy as before a process loads its kernels."""
+    from loomx._hdf5 import kernels
+
+    first = request.param == "numpy"
+    monkeypatch.setattr(kernels, "runs_in_python_first", lambda seconds: first)
+    return request.param
+
+
 @pytest.mark.parametrize("chunks", [{"row": 64, "col": 128}, {"row": 300, "col": 64}, "auto"])
 @pytest.mark.parametrize("ddof", [0, 1])
-def test_defaults_equal_numpy(awkward, chunks, ddof) -> None:
+def test_defaults_equal_numpy(awkward, chunks, ddof, moments_path) -> None:
     path, values = awkward
     m = loomx.open_loom(path, chunks=chunks)["matrix"]
     assert isinstance(m.data, _layer.LayerArray)
@@ -76,6 +86,24 @@ def test_the_fused_path_runs_once_per_block(awkward, monkeypatch) -> None:
         warnings.simplefilter("ignore", RuntimeWarning)
         np.testing.assert_allclose(mean.values, np.nanmean(values.astype("f8"), axis=1), rtol=2e-6)
         np.testing.assert_allclose(std.values, np.nanstd(values.astype("f8"), axis=1), rtol=2e-6)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32", "uint16"])
+@pytest.mark.parametrize("axis", [0, 1])
+def test_numpy_moments_equal_the_compiled_ones(dtype, axis) -> None:
+    rng = np.random.default_rng(9)
+    values = (rng.random((97, 203)) * 300 * (rng.random((97, 203)) < 0.4)).astype(dtype)
+    if values.dtype.kind == "f":
+        values[rng.random(values.shape) < 0.1] = np.nan
+        values[:, 5] = values[13, :] = np.nan
+    compiled = _layer._moments_along_rows if axis == 1 else _layer._moments_along_cols
+    shape = (-1, 1) if axis == 1 else (1, -1)
+    for with_m2 in (False, True):
+        numpy_n, numpy_total, numpy_m2 = _layer._moments_in_numpy(values, axis, with_m2)
+        n, total, m2 = compiled(values, with_m2)
+        np.testing.assert_array_equal(numpy_n, n.reshape(shape))
+        np.testing.assert_allclose(numpy_total, total.reshape(shape), rtol=1e-13)
+        np.testing.assert_allclose(numpy_m2, m2.reshape(shape), rtol=1e-11, atol=1e-9)
 
 
 def test_derived_arrays_and_other_reductions_are_plain_dask(awkward, monkeypatch) -> None:

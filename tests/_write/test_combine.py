@@ -138,3 +138,27 @@ def test_combine_copies_aligned_chunks_raw(tmp_path: Path, monkeypatch, key) -> 
     with h5py.File(out, "r") as f:
         assert f["matrix"].chunks == (64, 64) and f["matrix"].compression == "gzip"
         assert f["matrix"].maxshape == (N, None)
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_streamed_inputs_are_written_by_the_writer_thread(tmp_path: Path, monkeypatch, fail):
+    """Realigned inputs are packed while one writer thread writes the chunks (the output is
+    a new file no reader sees until it is complete); a failing chunk write fails the
+    combine and leaves no output."""
+    from conftest import record_writer_threads, temp_files
+
+    contents = [cells_content(40 + i, m) for i, m in enumerate((70, 64, 90))]
+    paths = [write_cells(tmp_path / f"w{i}.loom", c) for i, c in enumerate(contents)]
+    writers = record_writer_threads(monkeypatch, fail_at=2 if fail else None)
+    out = tmp_path / "out.loom"
+    if fail:
+        with pytest.raises(OSError, match="disk full"):
+            cb.combine(paths, out, key="Accession", batch_size=32)
+        assert not out.exists() and temp_files(tmp_path) == []
+        return
+    cb.combine(paths, out, key="Accession", batch_size=32)
+    assert writers and set(writers) == {"loomx-writer"}
+    with h5py.File(out, "r") as f:
+        np.testing.assert_array_equal(
+            f["matrix"][:], np.hstack([c["layers"][""] for c in contents])
+        )

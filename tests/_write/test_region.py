@@ -166,3 +166,25 @@ def test_a_dataset_opened_before_a_region_write_refuses_to_mix_old_and_new(tmp_p
     loomx.append(path, grown.assign_coords(cells), fill_values="auto")
     with loomx.open_loom(path) as after:  # an append changes no existing value: no error
         assert after.sizes["col"] == M + 5
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_region_chunks_are_written_by_the_writer_thread(tmp_path, monkeypatch, fail):
+    """A region is packed while one writer thread writes its chunks into the spool (a file
+    no reader sees); a failing chunk write fails the write and leaves the file as it was."""
+    from conftest import record_writer_threads
+
+    path = region_file(tmp_path / "r.loom")
+    before = path.read_bytes()
+    writers = record_writer_threads(monkeypatch, fail_at=2 if fail else None)
+    rows, cols = slice(0, N), slice(0, 200)
+    new = region_ds(rows, cols).chunk({"col": 64})
+    if fail:
+        with pytest.raises(OSError, match="disk full"):
+            loomx.to_loom(new, path, mode="r+", region={"row": rows, "col": cols})
+        assert path.read_bytes() == before
+        return
+    loomx.to_loom(new, path, mode="r+", region={"row": rows, "col": cols})
+    assert writers and set(writers) == {"loomx-writer"}
+    with h5py.File(path, "r") as f:
+        np.testing.assert_array_equal(f["matrix"][:, cols], new["matrix"].values)
