@@ -37,6 +37,7 @@ import xarray as xr
 from xarray.core.indexing import OuterIndexer
 
 from loomx._format import names as conv
+from loomx._hdf5 import kernels as _kernels
 from loomx._read.layer import LayerArray
 from loomx.errors import LoomNameError
 
@@ -231,7 +232,9 @@ class BatchLoader:
         values = {name: np.asarray(self._ds[name].values) for name in self._attrs}
         data = self._ds[self._layer].data
         gauge = self._gauge
-        pending: deque[tuple[_Fetch, Future[np.ndarray]]] = deque()
+        pending: deque[tuple[_Fetch, np.ndarray, Future[np.ndarray]]] = deque()
+        biggest = max((len(f.cells) for f in fetches), default=0)
+        spare: list[np.ndarray] = []  # buffers whose rows are handed out: read into again
         pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="loomx-batches")
         todo = iter(fetches)
         carried_ids = np.zeros(0, np.int64)
@@ -243,19 +246,21 @@ class BatchLoader:
                     if fetch is None:
                         break
                     gauge.add(len(fetch.cells))
-                    pending.append((fetch, pool.submit(_read_cells, data, fetch.cells)))
+                    base = spare.pop() if spare else np.empty((biggest, data.shape[0]), data.dtype)
+                    out = base[: len(fetch.cells)]
+                    pending.append((fetch, base, pool.submit(_read_cells, data, fetch.cells, out)))
                 if not pending:
                     break
-                fetch, future = pending.popleft()
+                fetch, base, future = pending.popleft()
                 rows = future.result()
                 ids = np.concatenate([carried_ids, fetch.cells])
-                rows = rows if carried is None else np.concatenate([carried, rows])
                 for take in fetch.take:
                     picked = ids[take]
-                    batch = {"X": rows[take], "index": picked}
+                    batch = {"X": _gather(carried, rows, take), "index": picked}
                     batch.update((name, v[picked]) for name, v in values.items())
                     yield batch
-                carried_ids, carried = ids[fetch.keep], rows[fetch.keep]
+                carried_ids, carried = ids[fetch.keep], _gather(carried, rows, fetch.keep)
+                spare.append(base)  # every row taken from it is a copy
                 gauge.add(len(carried_ids) - len(ids))
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
@@ -331,17 +336,58 @@ class BatchLoader:
         return _torch_class()(self)
 
 
+def _gather(carried: np.ndarray | None, rows: np.ndarray, take: np.ndarray) -> np.ndarray:
+    """Rows ``take`` of ``carried`` and ``rows`` stacked, without stacking them (positions
+    below ``len(carried)`` are carried rows): only the rows taken are copied."""
+    if carried is None or not len(carried):
+        return rows[take]
+    out = np.empty((len(take), rows.shape[1]), rows.dtype)
+    old = take < len(carried)
+    out[old] = carried[take[old]]
+    out[~old] = rows[take[~old] - len(carried)]
+    return out
+
+
+if _kernels.available():
+
+    @_kernels.compiled
+    def _transpose_compiled(src: np.ndarray, dst: np.ndarray) -> None:  # pragma: no cover
+        """``dst[j, i] = src[i, j]`` in 16 x 16 tiles, without the GIL."""
+        rows, cols = src.shape
+        for i0 in range(0, rows, 16):
+            i1 = min(i0 + 16, rows)
+            for j0 in range(0, cols, 16):
+                j1 = min(j0 + 16, cols)
+                for i in range(i0, i1):
+                    for j in range(j0, j1):
+                        dst[j, i] = src[i, j]
+
+
+def _transpose_into(src: np.ndarray, dst: np.ndarray) -> None:
+    """``dst[...] = src.T`` for a genes x cells block read from the layer: in tiles that
+    stay in cache (3.6 GB/s of float32 against NumPy's strided copy at 0.6 GB/s, 2-core
+    machine; the loader's largest cost at 28k genes)."""
+    same = src.dtype == dst.dtype and src.dtype.isnative and src.dtype.kind in "biuf"
+    if _kernels.available() and same:
+        _transpose_compiled(src, dst)
+    else:
+        dst[...] = src.T
+
+
 _RUN = 64
 """Cells per contiguous run from which a read takes whole boxes rather than picks."""
 
 
-def _read_cells(data: Any, cells: np.ndarray) -> np.ndarray:
-    """The columns ``cells`` (sorted) of a layer's array as C-ordered rows.
+def _read_cells(data: Any, cells: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """The columns ``cells`` (sorted) of a layer's array as C-ordered rows (into ``out``,
+    ``len(cells)`` x genes, when given: a buffer read into again saves the page faults of
+    a new one).
 
     A layer as loomx opened it is read through its backend array: contiguous runs of cells
     (the blocks of ``"block"`` mode) as boxes, scattered cells as picks, each HDF5 chunk
     once and without a dask graph; any other array through dask (or numpy)."""
-    out = np.empty((len(cells), data.shape[0]), data.dtype)
+    if out is None:
+        out = np.empty((len(cells), data.shape[0]), data.dtype)
     if not len(cells):
         return out
     source = getattr(data, "_source", None)
@@ -353,12 +399,12 @@ def _read_cells(data: Any, cells: np.ndarray) -> np.ndarray:
         return out
     runs = np.split(cells, np.flatnonzero(np.diff(cells) != 1) + 1)
     if len(runs) * _RUN > len(cells):
-        out[:] = np.asarray(source[OuterIndexer((slice(None), cells))]).T
+        _transpose_into(np.asarray(source[OuterIndexer((slice(None), cells))]), out)
         return out
     at = 0
     for run in runs:
         box = source[OuterIndexer((slice(None), slice(int(run[0]), int(run[-1]) + 1)))]
-        out[at : at + len(run)] = np.asarray(box).T
+        _transpose_into(np.asarray(box), out[at : at + len(run)])
         at += len(run)
     return out
 

@@ -49,7 +49,9 @@ def reads(monkeypatch) -> list[np.ndarray]:
     seen: list[np.ndarray] = []
     real = loader_module._read_cells
     monkeypatch.setattr(
-        loader_module, "_read_cells", lambda data, cells: seen.append(cells) or real(data, cells)
+        loader_module,
+        "_read_cells",
+        lambda data, cells, out=None: seen.append(cells) or real(data, cells, out),
     )
     return seen
 
@@ -74,6 +76,28 @@ def test_values_and_attributes_equal_h5pys_read_of_the_same_cells(loom, settings
             np.testing.assert_array_equal(batch["X"], loom[layer][:, cells].T)
             np.testing.assert_array_equal(batch["Score"], loom["Score"][cells])
             np.testing.assert_array_equal(batch["CellID"], loom["CellID"][cells])
+
+
+@pytest.mark.parametrize("settings", SETTINGS)
+def test_batches_kept_to_the_end_of_the_epoch_keep_their_values(loom, settings):
+    """The loader reads into its buffers again: a batch handed out is the caller's own."""
+    ds = loomx.open_loom(loom["path"])
+    batches = collect(ds.loom.batches(32, seed=5, prefetch=1, **settings))
+    assert sum(len(b["index"]) for b in batches) == N_CELLS
+    for batch in batches:
+        np.testing.assert_array_equal(batch["X"], loom["matrix"][:, batch["index"]].T)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int64", "uint16", ">f4", "bool"])
+@pytest.mark.parametrize("shape", [(1, 1), (37, 5), (150, 64), (33, 17)])
+def test_blocks_are_transposed_into_rows_as_numpy_transposes(dtype, shape) -> None:
+    rng = np.random.default_rng(4)
+    block = (rng.random(shape) * 1000).astype(dtype)
+    out = (rng.random((shape[1] + 3, shape[0] + 2)) * 1000).astype(dtype)
+    expected = out.copy()
+    expected[1 : shape[1] + 1, 2:] = block.T
+    loader_module._transpose_into(block, out[1 : shape[1] + 1, 2:])
+    np.testing.assert_array_equal(out, expected)  # written where it goes, nowhere else
 
 
 @pytest.mark.parametrize("settings", SETTINGS)
