@@ -138,7 +138,7 @@ def _decode_cells(
     chunks = [1, *index.chunks][-2:]
     status = np.zeros(3, np.int64)
     pick_axis, pick_ptr, pick_in, pick_out = picked or (0, *(_NO_PICKS,) * 3)
-    small = _pydecode.takes_python_path(offs.size)  # before the kernel is loaded
+    small = _pydecode.takes_python_path(offs.size * math.prod(chunks) * item)
     (_pydecode.decode_chunks if small else _kernels.decode_chunks)(
         src,
         chunk_starts,

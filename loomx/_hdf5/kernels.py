@@ -29,12 +29,12 @@ from __future__ import annotations
 
 import ctypes
 import os
-import threading
 from functools import partial
 from typing import Any
 
 import numpy as np
 
+from loomx._hdf5 import first_calls as _first_calls
 from loomx._hdf5.filters import DEFLATE, FLETCHER32, SHUFFLE
 from loomx.errors import LoomFileError
 
@@ -53,8 +53,6 @@ __all__ = [
     "encode_bound",
     "encode_chunks",
     "load",
-    "loaded",
-    "runs_in_python_first",
 ]
 
 INFLATE_FAILED, BAD_SIZE, BAD_CHECKSUM, TOO_SHORT = 1, 2, 3, 4
@@ -145,41 +143,9 @@ def available() -> bool:
     return _LIB is not None
 
 
-LOAD_SECONDS = 0.4
-"""What the first call of a compiled function costs a process, with every kernel cached on
-disk (numba's initialisation: 0.42 s on the 2-core machine of ``benchmarks/README.md``);
-later compiled functions load in milliseconds."""
-
-_DISPATCHERS: list[Any] = []
-_python_seconds = 0.0
-_python_lock = threading.Lock()
-
-
-def loaded() -> bool:
-    """Whether a compiled function has run in this process (numba is initialised: later
-    calls pay no :data:`LOAD_SECONDS`)."""
-    return any(getattr(d, "signatures", ()) for d in _DISPATCHERS)
-
-
-def runs_in_python_first(seconds: float) -> bool:
-    """Whether work that takes about ``seconds`` in Python runs there rather than compiled:
-    no compiled function has run in this process yet, and the process's work in Python so
-    far, this included, stays within :data:`LOAD_SECONDS`.  The first small reads of a
-    process then cost what they read; the first larger one loads the kernels, and after
-    that everything is compiled.  Work that answers yes is counted."""
-    global _python_seconds
-    if not available() or loaded():
-        return False
-    with _python_lock:
-        if _python_seconds + seconds > LOAD_SECONDS:
-            return False
-        _python_seconds += seconds
-        return True
-
-
 def load() -> None:
     """Load the compiled :func:`decode_chunks` now (an empty call): every read after it is
-    compiled (:func:`runs_in_python_first`)."""
+    compiled (:func:`loomx._hdf5.first_calls.runs_in_python_first`)."""
     if available():
         none = np.zeros(0, np.int64)
         place = np.zeros((0, 6), np.int64)
@@ -206,8 +172,7 @@ def compiled(function: Any = None, *, fastmath: Any = False, cache: bool = True)
             dispatcher = numba.njit(nogil=True, cache=True, fastmath=fastmath)(function)
         except RuntimeError:  # no writable cache location: compile once per process
             dispatcher = numba.njit(nogil=True, fastmath=fastmath)(function)
-    _DISPATCHERS.append(dispatcher)
-    return dispatcher
+    return _first_calls.register(dispatcher)
 
 
 def cython_function(module: str, name: str, n_pointers: int) -> Any:
@@ -511,7 +476,8 @@ def _byte_rows(name: str, a: np.ndarray) -> None:
     """A 2-D uint8 array whose rows are contiguous bytes, one after another."""
     if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 2:
         raise _refuse(f"{name} must be a 2-D uint8 array")
-    if a.shape[0] > 1 and a.shape[1] and (a.strides[1] != 1 or a.strides[0] < a.shape[1]):
+    spread = a.shape[1] > 1 and a.strides[1] != 1
+    if spread or (a.shape[0] > 1 and a.shape[1] and a.strides[0] < a.shape[1]):
         raise _refuse(f"{name} must hold its rows as contiguous bytes (strides {a.strides})")
 
 

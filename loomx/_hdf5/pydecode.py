@@ -4,17 +4,17 @@ small reads of a process.
 
 The compiled kernel (:func:`loomx._hdf5.kernels.decode_chunks`) decodes a chunk in a few
 microseconds, but the first call in a process pays numba's initialisation, even with every
-kernel cached on disk (:data:`loomx._hdf5.kernels.LOAD_SECONDS`), more than decoding the
-4,380 chunks of ten random columns of the seed file takes in Python.  So a process's first
-small reads go through the twin here, within the budget of
-:func:`loomx._hdf5.kernels.runs_in_python_first`; the first larger read loads the kernel,
+kernel cached on disk (:data:`loomx._hdf5.first_calls.LOAD_SECONDS`), more than decoding
+the 4,380 chunks of ten random columns of the seed file takes in Python.  So a process's
+first small reads go through the twin here, within the budget of
+:func:`loomx._hdf5.first_calls.runs_in_python_first`; the first larger read loads the kernel,
 and from then on every read is compiled.  The twin takes the kernel's arguments, checks
 them with :func:`loomx._hdf5.kernels.check_decode`, writes the same bytes and reports
 errors in the same ``status`` codes.
 
 Examples
 --------
->>> takes_python_path(10)  # doctest: +SKIP
+>>> takes_python_path(4096)  # before anything compiled has run here  # doctest: +SKIP
 True
 """
 
@@ -28,12 +28,13 @@ from typing import Any
 
 import numpy as np
 
+from loomx._hdf5 import first_calls as _first_calls
 from loomx._hdf5 import kernels as _kernels
 from loomx._hdf5.filters import DEFLATE, FLETCHER32
 from loomx.errors import LoomFileError
 
 __all__ = [
-    "CHUNK_SECONDS",
+    "BYTE_SECONDS",
     "DEFAULT_INFLATER",
     "INFLATE",
     "INFLATERS",
@@ -117,14 +118,16 @@ def check_fletcher32(buf: Any) -> np.ndarray:
     return a[:-4]
 
 
-CHUNK_SECONDS = 30e-6
-"""Python's time per chunk in :func:`decode_chunks` (a 16 KB float32 chunk; 2-core machine)."""
+BYTE_SECONDS = 3e-9
+"""Python's time per decoded byte in :func:`decode_chunks` (22-53 us for a 16 KB chunk,
+5 ms for a 2 MB one; 2-core machine)."""
 
 
-def takes_python_path(n_chunks: int) -> bool:
-    """Whether a read of ``n_chunks`` chunks goes through :func:`decode_chunks` here rather
-    than the compiled kernel (:func:`loomx._hdf5.kernels.runs_in_python_first`)."""
-    return _kernels.runs_in_python_first(n_chunks * CHUNK_SECONDS)
+def takes_python_path(nbytes: int) -> bool:
+    """Whether a read that decodes ``nbytes`` bytes of chunks goes through
+    :func:`decode_chunks` here rather than the compiled kernel
+    (:func:`loomx._hdf5.first_calls.runs_in_python_first`)."""
+    return _first_calls.runs_in_python_first(nbytes * BYTE_SECONDS)
 
 
 def _inflate_status(data: np.ndarray, cap: int) -> tuple[int, int]:
@@ -181,7 +184,7 @@ def decode_chunks(*args: Any) -> None:
     cap = nbytes + 4 * codes.size
     inflate = INFLATE[DEFAULT_INFLATER]
     lanes = np.arange(itemsize)
-    status[:3] = 0
+    status[0] = 0
     for k in range(starts.size):
         stored = src[starts[k] : starts[k] + lengths[k]]
         cur, code, detail = _decode_one(stored, int(masks[k]), codes, params, cap, inflate)

@@ -33,6 +33,7 @@ import dask.array as da
 import numpy as np
 from dask.array import reductions as dask_reductions
 
+from loomx._hdf5 import first_calls as _first_calls
 from loomx._hdf5 import kernels as _kernels
 
 __all__ = [
@@ -112,7 +113,8 @@ def _block_moments(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Count, sum and M2 of a 2-D block along ``axis`` (one axis), with kept dims."""
     values = np.asarray(block)
-    if _kernels.runs_in_python_first(values.size * _VALUE_SECONDS * (1 + with_m2)):
+    small = values.size <= _NUMPY_VALUES
+    if small and _first_calls.runs_in_python_first(values.size * _VALUE_SECONDS * (1 + with_m2)):
         return _moments_in_numpy(values, axis[0], with_m2)
     if axis == (1,):
         n, total, m2 = _moments_along_rows(values, with_m2)
@@ -125,14 +127,23 @@ def _block_moments(
 
 _VALUE_SECONDS = 4e-9
 """NumPy's time per value in :func:`_moments_in_numpy` (one pass; 2-core machine)."""
+_NUMPY_VALUES = 1 << 22
+"""The largest block :func:`_moments_in_numpy` takes (its float64 temporaries: 32 MB each)."""
 
 
 def _moments_in_numpy(
     values: np.ndarray, axis: int, with_m2: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`_block_moments` in NumPy, for a process's first small reductions (before a
-    compiled function is loaded: :func:`loomx._hdf5.kernels.runs_in_python_first`); the
+    compiled function is loaded: :func:`loomx._hdf5.first_calls.runs_in_python_first`); the
     same values, summed in another order."""
+    with np.errstate(invalid="ignore"):  # inf - inf, as the compiled loop computes it
+        return _numpy_moments(values, axis, with_m2)
+
+
+def _numpy_moments(
+    values: np.ndarray, axis: int, with_m2: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     seen = ~np.isnan(values) if values.dtype.kind in "fc" else np.ones(values.shape, bool)
     clean = np.where(seen, values, 0).astype(np.float64, copy=False)
     n = seen.sum(axis, dtype=np.int64, keepdims=True)
@@ -171,9 +182,13 @@ def _moment_chunk(
     return {"total": total.astype(dtype), "n": n, "M": m2.astype(dtype)[..., np.newaxis]}
 
 
+_COMPILED_DTYPES = (np.dtype("float32"), np.dtype("float64"))
+"""The layer dtypes the fused reductions take (numba has no float16)."""
+
+
 def _check(a: da.Array, axis: Any, kwargs: dict[str, Any]) -> tuple[int, ...]:
-    if not _kernels.available() or a.ndim != 2 or a.dtype.kind != "f":
-        raise _Unsupported
+    if not _kernels.available() or a.ndim != 2 or a.dtype not in _COMPILED_DTYPES:
+        raise _Unsupported  # float16: dask's own reductions
     if kwargs.get("out") is not None or kwargs.get("where", True) is not True:
         raise _Unsupported
     axes = (axis,) if isinstance(axis, int | np.integer) else axis

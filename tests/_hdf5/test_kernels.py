@@ -290,6 +290,7 @@ def _picks(axis: int, pin: list[int], pout: list[int], ptr=None) -> Callable[[li
         (_set(8, 5), "of 5-byte items"),
         (_set(10, np.zeros((12, 48), np.float32)), "dst must be"),
         (_set(10, np.zeros((12, 96), np.uint8)[:, ::2]), "contiguous bytes"),
+        (_set(10, np.zeros((1, 48), np.uint8)[:, ::-1]), "contiguous bytes"),
         (_set(11, np.zeros(2, np.int64)), "status holds 2"),
         (_set(1, np.zeros(6, np.int32)), "starts must be"),
         (_set(3, np.zeros(5, np.int64)), "masks holds 5"),

@@ -3,7 +3,7 @@ process's first small reads.
 
 The twin is compared with the compiled kernel on the fuzzer's cases (valid and damaged:
 the same bytes written and the same status), reads through it with h5py, and the rule that
-picks it (:func:`loomx._hdf5.kernels.runs_in_python_first`) in fresh processes.  Damaged and
+picks it (:func:`loomx._hdf5.first_calls.runs_in_python_first`) in fresh processes.  Damaged and
 crafted chunks go through both paths in test_kernels.py (fixture ``decode_path``).
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import numpy as np
 import pytest
@@ -18,6 +19,7 @@ from conftest import indexed_dataset, python_process
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from loomx._hdf5 import first_calls as _first_calls
 from loomx._hdf5 import kernels as _kernels
 from loomx._hdf5 import pydecode as _pydecode
 from loomx._hdf5.chunkio import FileReader
@@ -45,7 +47,7 @@ def test_the_twin_writes_what_the_kernel_writes(seed) -> None:
     try:
         _kernels.decode_chunks(*compiled)
     except LoomFileError as refused:
-        with pytest.raises(LoomFileError, match=str(refused).split(":")[0]):
+        with pytest.raises(LoomFileError, match=re.escape(str(refused))):
             _pydecode.decode_chunks(*twin)
         return
     _pydecode.decode_chunks(*twin)
@@ -91,23 +93,36 @@ def test_a_one_dimensional_read_through_the_twin_equals_h5py(tmp_path, python_pa
 
 
 def test_python_work_is_budgeted_until_a_kernel_is_loaded(monkeypatch) -> None:
-    monkeypatch.setattr(_kernels, "_python_seconds", 0.0)
-    monkeypatch.setattr(_kernels, "loaded", lambda: False)
-    budget = _kernels.LOAD_SECONDS
-    assert _kernels.runs_in_python_first(budget * 0.6)
-    assert not _kernels.runs_in_python_first(budget * 0.6)  # over the budget: compiled
-    assert _kernels.runs_in_python_first(budget * 0.3)  # a smaller one still fits
+    monkeypatch.setattr(_first_calls, "_python_seconds", 0.0)
+    monkeypatch.setattr(_first_calls, "loaded", lambda: False)
+    budget = _first_calls.LOAD_SECONDS
+    assert _first_calls.runs_in_python_first(budget * 0.6)
+    assert not _first_calls.runs_in_python_first(budget * 0.6)  # over the budget: compiled
+    assert _first_calls.runs_in_python_first(budget * 0.3)  # a smaller one still fits
     assert _pydecode.takes_python_path(0)
-    monkeypatch.setattr(_kernels, "_python_seconds", 0.0)
-    monkeypatch.setattr(_kernels, "loaded", lambda: True)
-    assert not _kernels.runs_in_python_first(0.0)  # once loaded, everything is compiled
+    # charged by the bytes decoded: a few large chunks cost as much as many small ones
+    left = budget - _first_calls._python_seconds
+    assert not _pydecode.takes_python_path(int(left / _pydecode.BYTE_SECONDS) + 1)
+    monkeypatch.setattr(_first_calls, "_python_seconds", 0.0)
+    monkeypatch.setattr(_first_calls, "loaded", lambda: True)
+    assert not _first_calls.runs_in_python_first(0.0)  # once loaded, everything is compiled
+
+
+def test_every_compiled_function_counts_as_loaded() -> None:
+    """The rule looks at every function compiled through ``kernels.compiled``."""
+    from loomx._read import layer
+    from loomx.ops import loader, qc_kernels
+
+    registered = {getattr(d, "__name__", "") for d in _first_calls._DISPATCHERS}
+    assert {"_decode_compiled", "_moments_along_rows", "_transpose_compiled"} <= registered
+    assert layer and loader and qc_kernels
 
 
 FIRST_READS = """
 import json, sys
 import h5py, numpy as np
 import loomx
-from loomx._hdf5 import kernels
+from loomx._hdf5 import first_calls, kernels
 
 path = sys.argv[1]
 ds = loomx.open_loom(path)
@@ -117,10 +132,10 @@ with h5py.File(path, "r") as f:
 cols = [3, 700, 2999]
 picked = m.isel(col=cols)
 first = {"values": bool((picked.values == expected[:, cols]).all()),
-         "sums": picked.sum("row").values.tolist(), "loaded": kernels.loaded()}
-kernels.LOAD_SECONDS = 0.01  # a smaller budget: the whole file is past it
+         "sums": picked.sum("row").values.tolist(), "loaded": first_calls.loaded()}
+first_calls.LOAD_SECONDS = 0.01  # a smaller budget: the whole file is past it
 total = m.sum("row").values
-second = {"loaded": kernels.loaded(), "sums": total[cols].tolist(),
+second = {"loaded": first_calls.loaded(), "sums": total[cols].tolist(),
           "all": bool(np.array_equal(total, expected.sum(axis=0, dtype=np.float64)))}
 print(json.dumps({"first": first, "second": second}))
 """

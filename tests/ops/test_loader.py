@@ -88,7 +88,9 @@ def test_batches_kept_to_the_end_of_the_epoch_keep_their_values(loom, settings):
         np.testing.assert_array_equal(batch["X"], loom["matrix"][:, batch["index"]].T)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64", "int64", "uint16", ">f4", "bool"])
+@pytest.mark.parametrize(
+    "dtype", ["float32", "float64", "float16", "int64", "uint16", ">f4", "bool"]
+)
 @pytest.mark.parametrize("shape", [(1, 1), (37, 5), (150, 64), (33, 17)])
 def test_blocks_are_transposed_into_rows_as_numpy_transposes(dtype, shape) -> None:
     rng = np.random.default_rng(4)
@@ -98,6 +100,18 @@ def test_blocks_are_transposed_into_rows_as_numpy_transposes(dtype, shape) -> No
     expected[1 : shape[1] + 1, 2:] = block.T
     loader_module._transpose_into(block, out[1 : shape[1] + 1, 2:])
     np.testing.assert_array_equal(out, expected)  # written where it goes, nowhere else
+    with pytest.raises(ValueError, match="does not fit"):
+        loader_module._transpose_into(block, out[1 : shape[1] + 1, 1:])
+
+
+def test_a_float16_layer_is_handed_out_in_batches(tmp_path: Path) -> None:
+    import xarray as xr
+
+    values = np.random.default_rng(6).random((70, 150)).astype(np.float16)
+    loomx.to_loom(xr.Dataset({"matrix": (("row", "col"), values)}), tmp_path / "h.loom")
+    ds = loomx.open_loom(tmp_path / "h.loom")
+    for batch in ds.loom.batches(32, seed=1):
+        np.testing.assert_array_equal(batch["X"], values[:, batch["index"]].T)
 
 
 @pytest.mark.parametrize("settings", SETTINGS)
