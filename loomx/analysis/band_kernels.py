@@ -41,6 +41,7 @@ __all__ = [
     "one_blas_thread",
     "positive_counts",
     "to_csr",
+    "with_values",
 ]
 
 
@@ -80,6 +81,12 @@ def to_csr(block: Any) -> sparse.csr_matrix:
     data = np.empty(indptr[-1], dtype=block.dtype)
     _fill(block, indptr, indices, data)
     return sparse.csr_matrix((data, indices, indptr), shape=block.shape, copy=False)
+
+
+def with_values(band: sparse.csr_matrix, values: np.ndarray) -> sparse.csr_matrix:
+    """``band`` with new ``values`` at its non-zeros (same positions, shape and index
+    arrays): a step that maps zero to zero, applied to the non-zeros."""
+    return sparse.csr_matrix((values, band.indices, band.indptr), shape=band.shape)
 
 
 @compiled

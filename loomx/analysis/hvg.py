@@ -20,7 +20,6 @@ import dask.array as da
 import numpy as np
 import pandas as pd
 import xarray as xr
-from scipy import sparse
 
 from loomx._format import names as conv
 from loomx._format import spec as _spec
@@ -60,7 +59,7 @@ def group_moments(
     values = np.asarray(band.data, dtype=dtype)
     if expm1 is not None:
         values = np.expm1(values if expm1 == 1 else (values * expm1).astype(dtype))
-    band = sparse.csr_matrix((values, band.indices, band.indptr), shape=band.shape)
+    band = _kernels.with_values(band, values)
     codes = np.asarray(codes)
     total, squares, nnz = _kernels.group_moments(band, genes, codes, n_batches)
     n = np.bincount(codes[codes >= 0], minlength=n_batches).astype(np.int64)

@@ -18,7 +18,6 @@ import dask
 import dask.array as da
 import numpy as np
 import xarray as xr
-from scipy import sparse
 
 from loomx._format import names as conv
 from loomx._format import spec as _spec
@@ -100,7 +99,7 @@ def _normalize_nonzeros(
     band = _as_dtype(band, dtype)
     factors = _size_factors(_totals(band, _kept(genes, high), dtype), target)
     values = (band.data / factors[band.indices]).astype(dtype, copy=False)
-    return sparse.csr_matrix((values, band.indices, band.indptr), shape=band.shape)
+    return _kernels.with_values(band, values)
 
 
 _bands.register_sparse_step(_normalize_band, _normalize_nonzeros)
@@ -215,7 +214,7 @@ def _log1p_band(block: Any, base: float | None) -> np.ndarray:
 
 def _log1p_nonzeros(band: Any, base: float | None) -> Any:
     values = _log1p_values(band.data, base)
-    return sparse.csr_matrix((values, band.indices, band.indptr), shape=band.shape)
+    return _kernels.with_values(band, values)
 
 
 _bands.register_sparse_step(_log1p_band, _log1p_nonzeros)
