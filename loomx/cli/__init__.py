@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import Any
 
-__all__ = ["SUBCOMMANDS", "build_parser", "interrupted", "main"]
+__all__ = ["SUBCOMMANDS", "build_parser", "interrupted", "main", "report_interrupt"]
 
 _INTERRUPTS: list[int] = []
 
@@ -29,6 +29,12 @@ def interrupted() -> bool:
     """Whether Ctrl-C arrived while this command ran.  An import it interrupts can surface
     as an ``ImportError`` (NumPy turns it into one), which then means "interrupted"."""
     return bool(_INTERRUPTS)
+
+
+def report_interrupt() -> int:
+    """Say that the command was interrupted; its exit status (130, as a shell's for SIGINT)."""
+    print("loomx: interrupted", file=sys.stderr)
+    return 130
 
 
 def _on_interrupt(signum: int, frame: FrameType | None) -> None:
@@ -49,11 +55,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ImportError:
             if not interrupted():  # Ctrl-C inside an import surfaces as one
                 raise
-            print("loomx: interrupted", file=sys.stderr)
-            return 130
+            return report_interrupt()
         except KeyboardInterrupt:
-            print("loomx: interrupted", file=sys.stderr)
-            return 130
+            return report_interrupt()
         return run(argv)
     finally:
         if previous is not None:

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from loomx.cli import interrupted
+from loomx.cli import interrupted, report_interrupt
 from loomx.cli.index import index_arguments, index_command
 from loomx.cli.process import process_arguments, process_command
 from loomx.cli.trust import probe_untrusted_inputs, trusted_argument
@@ -463,14 +463,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stdout.flush()  # a closed pipe shows here, not at exit
         return status
     except KeyboardInterrupt:
-        print("loomx: interrupted", file=sys.stderr)
-        return 130
+        return report_interrupt()
     except BrokenPipeError:  # `loomx info x.loom | head`: the reader has what it wanted
         return _quiet_broken_pipe()
     except Exception as err:
         if isinstance(err, ImportError) and interrupted():  # Ctrl-C inside an import
-            print("loomx: interrupted", file=sys.stderr)
-            return 130
+            return report_interrupt()
         from loomx.cli.messages import describe
 
         print(f"loomx: {describe(err)}", file=sys.stderr)
