@@ -131,20 +131,14 @@ _NUMPY_VALUES = 1 << 22
 """The largest block :func:`_moments_in_numpy` takes (its float64 temporaries: 32 MB each)."""
 
 
+@np.errstate(invalid="ignore")  # inf - inf, as the compiled loop computes it
 def _moments_in_numpy(
     values: np.ndarray, axis: int, with_m2: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`_block_moments` in NumPy, for a process's first small reductions (before a
     compiled function is loaded: :func:`loomx._hdf5.first_calls.runs_in_python_first`); the
-    same values, summed in another order."""
-    with np.errstate(invalid="ignore"):  # inf - inf, as the compiled loop computes it
-        return _numpy_moments(values, axis, with_m2)
-
-
-def _numpy_moments(
-    values: np.ndarray, axis: int, with_m2: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    seen = ~np.isnan(values) if values.dtype.kind in "fc" else np.ones(values.shape, bool)
+    same values, summed in another order.  ``values``: float32 or float64 (:func:`_check`)."""
+    seen = ~np.isnan(values)
     clean = np.where(seen, values, 0).astype(np.float64, copy=False)
     n = seen.sum(axis, dtype=np.int64, keepdims=True)
     total = clean.sum(axis, dtype=np.float64, keepdims=True)

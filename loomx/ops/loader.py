@@ -369,8 +369,8 @@ def _transpose_into(src: np.ndarray, dst: np.ndarray) -> None:
     machine; the loader's largest cost at 28k genes)."""
     if dst.shape != src.shape[::-1]:
         raise ValueError(f"a {src.shape} block does not fit {dst.shape} rows")
-    same = src.dtype == dst.dtype and src.dtype.isnative and src.dtype.kind in "biuf"
-    if _kernels.available() and same and src.dtype != np.float16:  # numba has no float16
+    kind = src.dtype.kind in "biuf" and src.dtype != np.float16  # numba has no float16
+    if _kernels.available() and kind and src.dtype == dst.dtype and src.dtype.isnative:
         _transpose_compiled(src, dst)
     else:
         dst[...] = src.T
@@ -397,7 +397,7 @@ def _read_cells(data: Any, cells: np.ndarray, out: np.ndarray | None = None) -> 
         block = data[:, cells]
         if hasattr(block, "compute"):
             block = block.compute(scheduler="synchronous")
-        out[:] = np.asarray(block).T
+        _transpose_into(np.asarray(block), out)
         return out
     runs = np.split(cells, np.flatnonzero(np.diff(cells) != 1) + 1)
     if len(runs) * _RUN > len(cells):
